@@ -1,0 +1,17 @@
+# Compiler flags shared by every Krul target.
+include(CheckCXXCompilerFlag)
+
+add_compile_options(-Wall -Wextra -Wno-unused-parameter)
+if(KRUL_NATIVE_ARCH)
+  check_cxx_compiler_flag(-march=native KRUL_HAS_MARCH_NATIVE)
+  if(KRUL_HAS_MARCH_NATIVE)
+    add_compile_options($<$<COMPILE_LANGUAGE:CXX,C>:-march=native>)
+  endif()
+endif()
+
+# ccache, when installed, makes CI rebuilds on a 2-core machine cheap.
+find_program(KRUL_CCACHE ccache)
+if(KRUL_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
+  set(CMAKE_C_COMPILER_LAUNCHER ${KRUL_CCACHE})
+  set(CMAKE_CXX_COMPILER_LAUNCHER ${KRUL_CCACHE})
+endif()

@@ -1,0 +1,17 @@
+# CUDA is optional: AUTO enables it when nvcc is found (on PATH or in
+# /usr/local/cuda), ON requires it, OFF never looks.
+set(KRUL_CUDA_ENABLED OFF)
+if(NOT KRUL_WITH_CUDA STREQUAL "OFF")
+  if(NOT CMAKE_CUDA_COMPILER AND EXISTS /usr/local/cuda/bin/nvcc)
+    set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
+  endif()
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    set(KRUL_CUDA_ENABLED ON)
+  elseif(KRUL_WITH_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "KRUL_WITH_CUDA=ON but no CUDA compiler was found")
+  endif()
+endif()
