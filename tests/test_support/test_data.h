@@ -1,0 +1,44 @@
+// Helpers for tests that read the staged real data (../shared/data) and
+// write scratch files.
+#ifndef KRUL_TESTS_TEST_SUPPORT_TEST_DATA_H_
+#define KRUL_TESTS_TEST_SUPPORT_TEST_DATA_H_
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "gtest/gtest.h"
+
+namespace krul::testing {
+
+// Path of `relative` under the data folder ($KRUL_DATA_DIR, set by CTest to
+// ../shared/data), or nullopt when the file does not exist.
+std::optional<std::string> DataFile(std::string_view relative);
+
+// Path of the folder `relative` under the data folder, or nullopt.
+std::optional<std::string> DataDirectory(std::string_view relative);
+
+// A fresh directory under the test's temp dir, removed by the OS later.
+std::string ScratchDir();
+
+// Writes `bytes` to `path`, failing the test on error.
+void WriteFileOrDie(const std::string& path, std::string_view bytes);
+
+// Reads a whole file, failing the test on error.
+std::string ReadFileOrDie(const std::string& path);
+
+}  // namespace krul::testing
+
+// Declares `var` as the path of a data file or skips the test with a message.
+#define KRUL_REQUIRE_DATA_FILE(var, relative)                                        \
+  std::string var;                                                                  \
+  do {                                                                              \
+    auto krul_data_file_ = ::krul::testing::DataFile(relative);                     \
+    if (!krul_data_file_) {                                                         \
+      GTEST_SKIP() << "shared data file '" << (relative)                            \
+                   << "' not found (set KRUL_DATA_DIR to the shared/data folder)";  \
+    }                                                                               \
+    var = *krul_data_file_;                                                         \
+  } while (0)
+
+#endif  // KRUL_TESTS_TEST_SUPPORT_TEST_DATA_H_
