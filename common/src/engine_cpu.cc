@@ -24,6 +24,10 @@ using internal::Softmax;
 // buffers however long the prefill is.
 constexpr int kMaxBlockTokens = 256;
 
+// Multiply-adds below which attention for some (head, query) pairs is not
+// worth handing to another thread.
+constexpr int64_t kMinAttentionMacsPerTask = 32 * 1024;
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
@@ -128,17 +132,20 @@ void Engine::Attention(int layer, const KvCache& cache, int start_pos, int num_t
     std::fill(out, out + hs, 0.0f);
     for (int j = 0; j < ctx; ++j) {
       const float* v = values + static_cast<size_t>(j) * kv_dim + kv_off;
-      const float p = probs[j];
-      for (int i = 0; i < hs; ++i) out[i] += p * v[i];
+      internal::Axpy(out, probs[j], v, hs);
     }
   };
 
+  // (head, query) pairs per thread hand-off: enough that each costs more than
+  // waking a thread (~2 * context * head_size multiply-adds per pair).
+  const int64_t pair_cost = 2 * static_cast<int64_t>(start_pos + num_tokens) * hs;
+  const int64_t min_pairs = std::max<int64_t>(1, kMinAttentionMacsPerTask / pair_cost);
   if (observer_ == nullptr) {
     pool_->ParallelFor(static_cast<int64_t>(c.n_heads) * num_tokens, [&](int64_t b, int64_t e) {
       thread_local std::vector<float> row;
       if (row.size() < static_cast<size_t>(start_pos + num_tokens)) row.resize(start_pos + num_tokens);
       for (int64_t i = b; i < e; ++i) attend(static_cast<int>(i % c.n_heads), static_cast<int>(i / c.n_heads), row.data());
-    });
+    }, min_pairs);
     return;
   }
   // With an observer, keep the block's probabilities (heads, queries, context)
@@ -153,7 +160,7 @@ void Engine::Attention(int layer, const KvCache& cache, int start_pos, int num_t
         const int h = static_cast<int>(i / nq), t = static_cast<int>(i % nq);
         attend(h, q0 + t, probs_.data() + (static_cast<size_t>(h) * nq + t) * ctx_len);
       }
-    });
+    }, min_pairs);
     AttentionWeights weights;
     weights.layer = layer;
     weights.n_heads = c.n_heads;

@@ -1,8 +1,8 @@
 #include "gguf_reader.h"
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
-#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -48,7 +48,9 @@ uint64_t ValueSize(GgufValueType type) {
   return 0;
 }
 
-bool IsKnownValueType(uint32_t raw) { return raw <= static_cast<uint32_t>(GgufValueType::kFloat64); }
+bool IsKnownValueType(uint32_t raw) {
+  return raw <= static_cast<uint32_t>(GgufValueType::kFloat64);
+}
 
 template <typename T>
 absl::Status ReadPod(InputFile& file, T* value, const std::string& what) {
@@ -69,9 +71,9 @@ void Widen(const uint8_t* raw, uint64_t count, std::vector<Out>* out) {
 }  // namespace
 
 std::string GgufValueTypeName(GgufValueType type) {
-  static constexpr const char* kNames[] = {"uint8",   "int8",   "uint16", "int16", "uint32",
-                                           "int32",   "float32", "bool",  "string", "array",
-                                           "uint64",  "int64",  "float64"};
+  static constexpr const char* kNames[] = {"uint8",  "int8",    "uint16", "int16",  "uint32",
+                                           "int32",  "float32", "bool",   "string", "array",
+                                           "uint64", "int64",   "float64"};
   const auto raw = static_cast<uint32_t>(type);
   if (raw < std::size(kNames)) return kNames[raw];
   return absl::StrCat("type(", raw, ")");
@@ -80,10 +82,10 @@ std::string GgufValueTypeName(GgufValueType type) {
 std::string GgmlTypeName(uint32_t type) {
   // Names of the ggml types a GGUF file may hold, for error messages.
   static constexpr std::pair<uint32_t, const char*> kNames[] = {
-      {0, "F32"},   {1, "F16"},   {2, "Q4_0"},  {3, "Q4_1"},  {6, "Q5_0"},  {7, "Q5_1"},
-      {8, "Q8_0"},  {9, "Q8_1"},  {10, "Q2_K"}, {11, "Q3_K"}, {12, "Q4_K"}, {13, "Q5_K"},
-      {14, "Q6_K"}, {15, "Q8_K"}, {24, "I8"},   {25, "I16"},  {26, "I32"},  {27, "I64"},
-      {28, "F64"},  {30, "BF16"}};
+      {0, "F32"},   {1, "F16"},   {2, "Q4_0"},  {3, "Q4_1"},  {6, "Q5_0"},
+      {7, "Q5_1"},  {8, "Q8_0"},  {9, "Q8_1"},  {10, "Q2_K"}, {11, "Q3_K"},
+      {12, "Q4_K"}, {13, "Q5_K"}, {14, "Q6_K"}, {15, "Q8_K"}, {24, "I8"},
+      {25, "I16"},  {26, "I32"},  {27, "I64"},  {28, "F64"},  {30, "BF16"}};
   for (const auto& [number, name] : kNames) {
     if (number == type) return name;
   }
@@ -139,9 +141,8 @@ absl::Status GgufFile::ReadValue(GgufValueType type, const std::string& key, Ggu
     uint32_t raw_element = 0;
     if (auto s = ReadPod(file_, &raw_element, what); !s.ok()) return s;
     if (!IsKnownValueType(raw_element)) {
-      return absl::InvalidArgumentError(absl::StrCat(path(), ": key '", key,
-                                                     "' is an array of unknown type ",
-                                                     raw_element));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path(), ": key '", key, "' is an array of unknown type ", raw_element));
     }
     element = static_cast<GgufValueType>(raw_element);
     if (element == GgufValueType::kArray) {
@@ -161,8 +162,7 @@ absl::Status GgufFile::ReadValue(GgufValueType type, const std::string& key, Ggu
     if (count * min_bytes > file_.remaining()) {
       return absl::DataLossError(absl::StrCat(path(), ": truncated: key '", key, "' has ", count,
                                               " elements of ", GgufValueTypeName(element),
-                                              " but only ", file_.remaining(),
-                                              " bytes remain"));
+                                              " but only ", file_.remaining(), " bytes remain"));
     }
   }
   out->element_type = element;
@@ -182,21 +182,41 @@ absl::Status GgufFile::ReadValue(GgufValueType type, const std::string& key, Ggu
   if (auto s = file_.Read(raw.data(), raw.size(), what.c_str()); !s.ok()) return s;
   const uint8_t* p = raw.data();
   switch (element) {
-    case GgufValueType::kUint8: Widen<uint8_t>(p, count, &out->ints); break;
-    case GgufValueType::kInt8: Widen<int8_t>(p, count, &out->ints); break;
-    case GgufValueType::kUint16: Widen<uint16_t>(p, count, &out->ints); break;
-    case GgufValueType::kInt16: Widen<int16_t>(p, count, &out->ints); break;
-    case GgufValueType::kUint32: Widen<uint32_t>(p, count, &out->ints); break;
-    case GgufValueType::kInt32: Widen<int32_t>(p, count, &out->ints); break;
-    case GgufValueType::kUint64: Widen<uint64_t>(p, count, &out->ints); break;
-    case GgufValueType::kInt64: Widen<int64_t>(p, count, &out->ints); break;
+    case GgufValueType::kUint8:
+      Widen<uint8_t>(p, count, &out->ints);
+      break;
+    case GgufValueType::kInt8:
+      Widen<int8_t>(p, count, &out->ints);
+      break;
+    case GgufValueType::kUint16:
+      Widen<uint16_t>(p, count, &out->ints);
+      break;
+    case GgufValueType::kInt16:
+      Widen<int16_t>(p, count, &out->ints);
+      break;
+    case GgufValueType::kUint32:
+      Widen<uint32_t>(p, count, &out->ints);
+      break;
+    case GgufValueType::kInt32:
+      Widen<int32_t>(p, count, &out->ints);
+      break;
+    case GgufValueType::kUint64:
+      Widen<uint64_t>(p, count, &out->ints);
+      break;
+    case GgufValueType::kInt64:
+      Widen<int64_t>(p, count, &out->ints);
+      break;
     case GgufValueType::kBool:
       // Normalized so that GetInt on a bool yields 0 or 1.
       out->ints.reserve(count);
       for (uint64_t i = 0; i < count; ++i) out->ints.push_back(p[i] != 0);
       break;
-    case GgufValueType::kFloat32: Widen<float>(p, count, &out->floats); break;
-    case GgufValueType::kFloat64: Widen<double>(p, count, &out->floats); break;
+    case GgufValueType::kFloat32:
+      Widen<float>(p, count, &out->floats);
+      break;
+    case GgufValueType::kFloat64:
+      Widen<double>(p, count, &out->floats);
+      break;
     case GgufValueType::kString:
     case GgufValueType::kArray:
       break;  // handled above
@@ -245,9 +265,13 @@ absl::Status GgufFile::CheckTensor(GgufTensorInfo* info) const {
   }
   info->element_count = elements;
   switch (static_cast<GgmlType>(info->type)) {
-    case GgmlType::kF32: info->byte_size = elements * 4; break;
+    case GgmlType::kF32:
+      info->byte_size = elements * 4;
+      break;
     case GgmlType::kF16:
-    case GgmlType::kBF16: info->byte_size = elements * 2; break;
+    case GgmlType::kBF16:
+      info->byte_size = elements * 2;
+      break;
     case GgmlType::kQ8_0:
       if (info->ne[0] % kQ8_0BlockValues != 0) {
         return absl::InvalidArgumentError(absl::StrCat(what, " is Q8_0 but its row length ",
@@ -262,17 +286,16 @@ absl::Status GgufFile::CheckTensor(GgufTensorInfo* info) const {
       break;
   }
   if (info->offset % alignment_ != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " has offset ", info->offset,
-                                                   ", not a multiple of the alignment ",
-                                                   alignment_));
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " has offset ", info->offset, ", not a multiple of the alignment ", alignment_));
   }
   // data_offset_ <= size was checked by the caller; written to avoid overflow.
   const uint64_t data_bytes = file_.size() - data_offset_;
   if (info->offset > data_bytes || info->byte_size > data_bytes - info->offset) {
-    return absl::DataLossError(absl::StrCat(
-        path(), ": truncated: tensor '", info->name, "' (", GgmlTypeName(info->type), ", ",
-        elements, " elements) needs ", info->byte_size, " bytes at data offset ", info->offset,
-        " but the data section has only ", data_bytes, " bytes"));
+    return absl::DataLossError(
+        absl::StrCat(path(), ": truncated: tensor '", info->name, "' (", GgmlTypeName(info->type),
+                     ", ", elements, " elements) needs ", info->byte_size, " bytes at data offset ",
+                     info->offset, " but the data section has only ", data_bytes, " bytes"));
   }
   return absl::OkStatus();
 }
@@ -314,7 +337,8 @@ absl::Status GgufFile::Parse() {
           absl::StrCat(path(), ": metadata '", key, "' has unknown value type ", raw_type));
     }
     if (values_.contains(key)) {
-      return absl::InvalidArgumentError(absl::StrCat(path(), ": duplicate metadata key '", key, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path(), ": duplicate metadata key '", key, "'"));
     }
     GgufValue value;
     if (auto s = ReadValue(static_cast<GgufValueType>(raw_type), key, &value); !s.ok()) return s;
@@ -322,7 +346,8 @@ absl::Status GgufFile::Parse() {
   }
 
   if (const GgufValue* v = FindValue("general.alignment"); v != nullptr) {
-    if (v->type != GgufValueType::kUint32 || v->ints[0] == 0 || static_cast<uint64_t>(v->ints[0]) > kMaxAlignment ||
+    if (v->type != GgufValueType::kUint32 || v->ints[0] == 0 ||
+        static_cast<uint64_t>(v->ints[0]) > kMaxAlignment ||
         !std::has_single_bit(static_cast<uint64_t>(v->ints[0]))) {
       return absl::InvalidArgumentError(absl::StrCat(
           path(), ": general.alignment must be a uint32 power of two up to ", kMaxAlignment));
@@ -370,14 +395,12 @@ absl::StatusOr<int64_t> GgufFile::GetInt(absl::string_view key) const {
   const GgufValue* v = FindValue(key);
   if (v == nullptr) return absl::NotFoundError(absl::StrCat(path(), ": no metadata '", key, "'"));
   if (v->is_array() || !v->is_integer()) {
-    return absl::InvalidArgumentError(absl::StrCat(path(), ": metadata '", key, "' is ",
-                                                   GgufValueTypeName(v->type),
-                                                   ", expected an integer"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        path(), ": metadata '", key, "' is ", GgufValueTypeName(v->type), ", expected an integer"));
   }
   if (v->type == GgufValueType::kUint64 && v->ints[0] < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path(), ": metadata '", key, "' = ", static_cast<uint64_t>(v->ints[0]),
-                     " is too large"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        path(), ": metadata '", key, "' = ", static_cast<uint64_t>(v->ints[0]), " is too large"));
   }
   return v->ints[0];
 }
@@ -387,18 +410,16 @@ absl::StatusOr<double> GgufFile::GetFloat(absl::string_view key) const {
   if (v == nullptr) return absl::NotFoundError(absl::StrCat(path(), ": no metadata '", key, "'"));
   if (!v->is_array() && v->is_float()) return v->floats[0];
   if (!v->is_array() && v->is_integer()) return static_cast<double>(v->ints[0]);
-  return absl::InvalidArgumentError(absl::StrCat(path(), ": metadata '", key, "' is ",
-                                                 GgufValueTypeName(v->type),
-                                                 ", expected a number"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      path(), ": metadata '", key, "' is ", GgufValueTypeName(v->type), ", expected a number"));
 }
 
 absl::StatusOr<std::string> GgufFile::GetString(absl::string_view key) const {
   const GgufValue* v = FindValue(key);
   if (v == nullptr) return absl::NotFoundError(absl::StrCat(path(), ": no metadata '", key, "'"));
   if (v->type != GgufValueType::kString) {
-    return absl::InvalidArgumentError(absl::StrCat(path(), ": metadata '", key, "' is ",
-                                                   GgufValueTypeName(v->type),
-                                                   ", expected a string"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        path(), ": metadata '", key, "' is ", GgufValueTypeName(v->type), ", expected a string"));
   }
   return v->strings[0];
 }
@@ -411,9 +432,9 @@ absl::Status GgufFile::CheckReadable(const GgufTensorInfo& tensor) const {
     case GgmlType::kQ8_0:
       return absl::OkStatus();
   }
-  return absl::UnimplementedError(absl::StrCat(
-      path(), ": tensor '", tensor.name, "' has ggml type ", GgmlTypeName(tensor.type), " (",
-      tensor.type, "); only F32, F16, BF16 and Q8_0 are supported"));
+  return absl::UnimplementedError(
+      absl::StrCat(path(), ": tensor '", tensor.name, "' has ggml type ", GgmlTypeName(tensor.type),
+                   " (", tensor.type, "); only F32, F16, BF16 and Q8_0 are supported"));
 }
 
 absl::Status GgufFile::ReadTensorF32(const GgufTensorInfo& tensor, float* dst) {
@@ -434,8 +455,12 @@ absl::Status GgufFile::ReadTensorF32(const GgufTensorInfo& tensor, float* dst) {
     if (auto s = file_.Read(chunk.data(), units * unit_bytes, what.c_str()); !s.ok()) return s;
     float* out = dst + done * unit_values;
     switch (type) {
-      case GgmlType::kF16: ConvertToFp32(DType::kF16, chunk.data(), out, units); break;
-      case GgmlType::kBF16: ConvertToFp32(DType::kBF16, chunk.data(), out, units); break;
+      case GgmlType::kF16:
+        ConvertToFp32(DType::kF16, chunk.data(), out, units);
+        break;
+      case GgmlType::kBF16:
+        ConvertToFp32(DType::kBF16, chunk.data(), out, units);
+        break;
       case GgmlType::kQ8_0:
         for (uint64_t b = 0; b < units; ++b) {
           const uint8_t* block = chunk.data() + b * kQ8_0BlockBytes;

@@ -73,9 +73,9 @@ struct GgufValue {
   GgufValueType type = GgufValueType::kUint8;          // kArray for arrays
   GgufValueType element_type = GgufValueType::kUint8;  // the scalar type, or the array's
 
-  std::vector<int64_t> ints;          // integer and bool elements
-  std::vector<double> floats;         // float elements
-  std::vector<std::string> strings;   // string elements
+  std::vector<int64_t> ints;         // integer and bool elements
+  std::vector<double> floats;        // float elements
+  std::vector<std::string> strings;  // string elements
 
   bool is_array() const { return type == GgufValueType::kArray; }
   bool is_integer() const;  // element_type is an integer type or bool
@@ -87,11 +87,11 @@ struct GgufValue {
 
 struct GgufTensorInfo {
   std::string name;
-  int n_dims = 0;                    // 1..4
+  int n_dims = 0;                          // 1..4
   std::array<uint64_t, 4> ne{1, 1, 1, 1};  // ne[0] innermost; unused dims are 1
-  uint32_t type = 0;                 // ggml_type number (see GgmlType)
-  uint64_t offset = 0;               // bytes from the start of the data section
-  uint64_t element_count = 0;        // product of ne
+  uint32_t type = 0;                       // ggml_type number (see GgmlType)
+  uint64_t offset = 0;                     // bytes from the start of the data section
+  uint64_t element_count = 0;              // product of ne
   // Bytes in the file; 0 when `type` is not one we can read (then the tensor
   // was not bounds-checked and ReadTensorF32 returns UNIMPLEMENTED).
   uint64_t byte_size = 0;
@@ -101,9 +101,9 @@ struct GgufTensorInfo {
 // above them is rejected with INVALID_ARGUMENT rather than allocated for.
 inline constexpr uint64_t kGgufMaxTensors = 1 << 20;
 inline constexpr uint64_t kGgufMaxKeyValues = 1 << 20;
-inline constexpr uint64_t kGgufMaxKeyLength = 1 << 16;      // keys and tensor names
-inline constexpr uint64_t kGgufMaxStringLength = 1 << 24;   // string values
-inline constexpr uint64_t kGgufMaxArrayLength = 1 << 24;    // array elements
+inline constexpr uint64_t kGgufMaxKeyLength = 1 << 16;     // keys and tensor names
+inline constexpr uint64_t kGgufMaxStringLength = 1 << 24;  // string values
+inline constexpr uint64_t kGgufMaxArrayLength = 1 << 24;   // array elements
 inline constexpr uint64_t kGgufMaxTensorElements = uint64_t{1} << 48;
 
 // A parsed GGUF file: metadata and tensor directory in memory, tensor data

@@ -15,6 +15,9 @@ constexpr int kRowGroup = 4;     // weight rows per micro-kernel
 constexpr int kTokenGroup = 4;   // tokens per micro-kernel
 constexpr int kTokenTile = 64;   // tokens kept hot in cache per pass over a row block
 constexpr int kRowsPerTask = 16; // minimum rows handed to one thread
+// Multiply-adds below which handing work to another thread costs more than it
+// saves (a wake-up is microseconds); tiny models run their products serially.
+constexpr int64_t kMinMacsPerTask = 64 * 1024;
 
 #ifdef KRUL_MATMUL_AVX2
 inline float HorizontalSum(__m256 v) {
@@ -58,6 +61,28 @@ inline void MicroKernel(const float* x, const float* w, int in, float* y, int ou
     for (int t = 0; t < T; ++t) y[static_cast<size_t>(t) * out + r] = acc[r][t];
 }
 
+// One dot product of length n with four independent accumulators, so the
+// FMA latency is hidden and each weight row streams through once. Decode
+// (a single token) is bound by reading the weights; measured here, one row at
+// a time streams faster than interleaving several rows.
+inline float DotRow(const float* w, const float* x, int n) {
+  int i = 0;
+  float sum = 0.0f;
+#ifdef KRUL_MATMUL_AVX2
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+  }
+  for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+  sum = HorizontalSum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+#endif
+  for (; i < n; ++i) sum += w[i] * x[i];
+  return sum;
+}
+
 // Rows [row_begin, row_end) of w against tokens [t_begin, t_end) of x.
 template <int R>
 void RowGroupTokens(const float* x, int t_begin, int t_end, int in, const float* w, int row,
@@ -76,6 +101,10 @@ void RowGroupTokens(const float* x, int t_begin, int t_end, int in, const float*
 
 void MatMulRows(const float* x, int n, int in, const float* w, int out, float* y, int row_begin,
                 int row_end) {
+  if (n == 1) {
+    for (int r = row_begin; r < row_end; ++r) y[r] = DotRow(w + static_cast<size_t>(r) * in, x, in);
+    return;
+  }
   for (int t0 = 0; t0 < n; t0 += kTokenTile) {
     const int t1 = std::min(n, t0 + kTokenTile);
     int r = row_begin;
@@ -90,11 +119,13 @@ void MatMulRows(const float* x, int n, int in, const float* w, int out, float* y
 
 void MatMul(ThreadPool& pool, const float* x, int n, int in, const float* w, int out, float* y) {
   const int64_t tasks = (out + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t macs_per_task = static_cast<int64_t>(n) * in * kRowsPerTask;
+  const int64_t min_tasks = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, macs_per_task));
   pool.ParallelFor(tasks, [&](int64_t begin, int64_t end) {
     const int row_begin = static_cast<int>(begin) * kRowsPerTask;
     const int row_end = std::min(out, static_cast<int>(end) * kRowsPerTask);
     MatMulRows(x, n, in, w, out, y, row_begin, row_end);
-  });
+  }, min_tasks);
 }
 
 void NaiveMatMul(ThreadPool& pool, const float* x, int n, int in, const float* w, int out,

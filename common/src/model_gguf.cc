@@ -3,14 +3,19 @@
 //
 // GGUF stores a row-major (out, in) matrix with ne = {in, out}, which is the
 // same bytes as our (out, in), so tensors are copied without transposing. Nor
-// are Q and K permuted: llama.cpp's "llama" architecture uses the same
-// interleaved-pair RoPE as llama2.c, and its converters store Q/K for it.
+// are Q and K permuted: llama.cpp's converters already reorder Hugging Face
+// Q/K rows into the interleaved-pair RoPE layout that llama2.c also uses
+// (stories260K.gguf and stories260K.bin hold bit-identical wq and wk).
+//
+// Error codes: NOT_FOUND (no file), DATA_LOSS (truncated), UNIMPLEMENTED (an
+// architecture other than llama, a tensor type other than F32/F16/BF16/Q8_0),
+// RESOURCE_EXHAUSTED (the weights cannot be allocated), INVALID_ARGUMENT for
+// everything else (bad metadata, missing tensor, shape mismatch, bad config).
 #include <cstdint>
 #include <limits>
 #include <new>
 #include <optional>
 #include <string>
-#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -45,8 +50,7 @@ absl::StatusOr<int> GetIntField(const GgufFile& file, const std::string& key,
   return static_cast<int>(*value);
 }
 
-absl::StatusOr<float> GetFloatField(const GgufFile& file, const std::string& key,
-                                    float fallback) {
+absl::StatusOr<float> GetFloatField(const GgufFile& file, const std::string& key, float fallback) {
   auto value = file.GetFloat(key);
   if (absl::IsNotFound(value.status())) return fallback;
   if (!value.ok()) return value.status();
@@ -57,8 +61,8 @@ absl::StatusOr<ModelConfig> ReadConfig(const GgufFile& file) {
   auto arch = file.GetString("general.architecture");
   if (!arch.ok()) return absl::InvalidArgumentError(arch.status().message());
   if (*arch != "llama") {
-    return absl::UnimplementedError(absl::StrCat(
-        file.path(), ": general.architecture is '", *arch, "'; only 'llama' is supported"));
+    return absl::UnimplementedError(absl::StrCat(file.path(), ": general.architecture is '", *arch,
+                                                 "'; only 'llama' is supported"));
   }
   ModelConfig c;
   auto set_int = [&file](int* field, const char* key, std::optional<int> fallback) {
@@ -92,7 +96,8 @@ absl::StatusOr<ModelConfig> ReadConfig(const GgufFile& file) {
   }
   if (embedding->n_dims != 2 || embedding->ne[1] > std::numeric_limits<int>::max()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        file.path(), ": tensor 'token_embd.weight' must be 2-D (dim, vocab) with vocab fitting int"));
+        file.path(),
+        ": tensor 'token_embd.weight' must be 2-D (dim, vocab) with vocab fitting int"));
   }
   c.vocab_size = static_cast<int>(embedding->ne[1]);
   c.shared_classifier = file.FindTensor("output.weight") == nullptr;
@@ -102,7 +107,7 @@ absl::StatusOr<ModelConfig> ReadConfig(const GgufFile& file) {
   return c;
 }
 
-// A tensor to copy into the layout: where it goes and the shape it must have.
+// A tensor to copy into the weight buffer, and where it goes.
 struct Placement {
   const GgufTensorInfo* tensor;
   int64_t offset;  // in floats, into the weight buffer
@@ -120,8 +125,8 @@ absl::StatusOr<std::vector<Placement>> PlanLayout(const GgufFile& file, const Mo
   auto add = [&](const std::string& name, int64_t rows, int64_t cols) -> absl::Status {
     const GgufTensorInfo* t = file.FindTensor(name);
     if (t == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(file.path(), ": missing tensor '", name,
-                                                     "' (config ", c.ToString(), ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(file.path(), ": missing tensor '", name, "' (config ", c.ToString(), ")"));
     }
     const int want_dims = rows == 0 ? 1 : 2;
     const bool same = t->n_dims == want_dims && t->ne[0] == static_cast<uint64_t>(cols) &&
@@ -129,9 +134,9 @@ absl::StatusOr<std::vector<Placement>> PlanLayout(const GgufFile& file, const Mo
     if (!same) {
       std::string got = absl::StrCat(t->ne[0]);
       for (int d = 1; d < t->n_dims; ++d) absl::StrAppend(&got, ", ", t->ne[d]);
-      return absl::InvalidArgumentError(absl::StrCat(
-          file.path(), ": tensor '", name, "' has ne [", got, "], expected [", cols,
-          rows == 0 ? "" : absl::StrCat(", ", rows), "] for config ", c.ToString()));
+      return absl::InvalidArgumentError(
+          absl::StrCat(file.path(), ": tensor '", name, "' has ne [", got, "], expected [", cols,
+                       rows == 0 ? "" : absl::StrCat(", ", rows), "] for config ", c.ToString()));
     }
     if (auto s = file.CheckReadable(*t); !s.ok()) return s;
     plan.push_back({t, offset});
@@ -170,10 +175,9 @@ absl::StatusOr<std::vector<Placement>> PlanLayout(const GgufFile& file, const Mo
   uint64_t total_bytes = 0;
   for (const Placement& p : plan) total_bytes += p.tensor->byte_size;
   if (total_bytes > file.size() - file.data_offset()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(file.path(), ": the model's tensors need ", total_bytes,
-                     " bytes but the data section has ", file.size() - file.data_offset(),
-                     "; tensors overlap"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        file.path(), ": the model's tensors need ", total_bytes, " bytes but the data section has ",
+        file.size() - file.data_offset(), "; tensors overlap"));
   }
   return plan;
 }
@@ -189,9 +193,9 @@ absl::StatusOr<std::optional<Vocabulary>> ReadVocabulary(const GgufFile& file, i
     return bad("tokenizer.ggml.tokens", "is not an array of strings");
   }
   if (tokens->size() != static_cast<size_t>(vocab_size)) {
-    return bad("tokenizer.ggml.tokens", absl::StrCat("has ", tokens->size(),
-                                                     " entries but token_embd.weight has ",
-                                                     vocab_size, " rows"));
+    return bad("tokenizer.ggml.tokens",
+               absl::StrCat("has ", tokens->size(), " entries but token_embd.weight has ",
+                            vocab_size, " rows"));
   }
   Vocabulary vocab;
   vocab.pieces.reserve(vocab_size);

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages Krul needs to build and test, and nothing
+# else. Idempotent: packages already installed are left alone, and apt is not
+# touched at all when nothing is missing. Runs apt as root, through sudo when
+# the caller is not root.
+#
+# Usage: scripts/install-deps.sh
+set -euo pipefail
+
+# Every Debian package the build and the tests need. Add new ones here.
+KRUL_DEB_PACKAGES=(
+  # toolchain
+  build-essential cmake ninja-build ccache pkg-config git
+  # engine and tests
+  libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
+  # services: RPC, storage, transport, metrics, HTTP, checksums
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  librocksdb-dev libucx-dev ucx-utils prometheus-cpp-dev
+  nlohmann-json3-dev libcpp-httplib-dev libxxhash-dev
+)
+
+log() { echo "install-deps: $*"; }
+die() { echo "install-deps: error: $*" >&2; exit 1; }
+
+if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then
+  die "needs a Debian-like system with dpkg and apt-get (Debian 12 is supported)"
+fi
+
+missing=()
+for pkg in "${KRUL_DEB_PACKAGES[@]}"; do
+  # "install ok installed" (or "hold ok installed") means present; anything
+  # else, including "no such package" from dpkg-query, means missing.
+  status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
+  [[ "$status" == *" ok installed" ]] || missing+=("$pkg")
+done
+
+if ((${#missing[@]} == 0)); then
+  log "all ${#KRUL_DEB_PACKAGES[@]} packages already installed; nothing to do"
+  exit 0
+fi
+
+as_root=()
+if [[ "$(id -u)" -ne 0 ]]; then
+  command -v sudo >/dev/null || die "not root and sudo not found; install as root: ${missing[*]}"
+  as_root=(sudo)
+fi
+
+# apt's own output goes to a log that is shown only when something fails.
+apt_log="$(mktemp -t krul-install-deps.XXXXXX)"
+trap 'rm -f "$apt_log"' EXIT
+
+apt() {
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -q -y \
+    -o Dpkg::Use-Pty=0 "$@" >>"$apt_log" 2>&1
+}
+
+install_missing() {
+  apt update && apt install --no-install-recommends "${missing[@]}"
+}
+
+log "installing ${#missing[@]} missing package(s): ${missing[*]}"
+if ! install_missing; then
+  # Package lists or a mirror may have been mid-update; one retry is enough
+  # to ride that out without hiding a real error.
+  log "apt-get failed; updating the package lists and retrying once"
+  sleep 5
+  : >"$apt_log"
+  if ! install_missing; then
+    cat "$apt_log" >&2
+    die "could not install: ${missing[*]}"
+  fi
+fi
+log "installed: ${missing[*]}"
