@@ -4,6 +4,10 @@
 //
 //   build/bin/krul-bench-engine [--json] [--threads N] [--rounds R]
 //
+// The baseline memory-maps the checkpoint file as run.c does, so each side
+// reads weights from its own memory (Krul: its loaded, huge-page-backed
+// buffers).
+//
 // Models: stories260K.bin from the shared data folder when present, and a
 // seeded synthetic checkpoint of the stories110M shape (dim 768, 12 layers,
 // 12 heads, hidden 2048, vocab 32000) written as a llama2.c file and loaded
@@ -78,9 +82,14 @@ Throughput RunKrul(krul::Engine& engine, const std::vector<int>& prompt, int dec
   return r;
 }
 
-Throughput RunBaseline(const krul::Model& model, int threads, const std::vector<int>& prompt,
-                       int decode) {
-  krul::bench::Llama2cStyleForward forward(model, threads);
+Throughput RunBaseline(const std::string& path, const krul::Model& model, int threads,
+                       const std::vector<int>& prompt, int decode) {
+  auto opened = krul::bench::Llama2cStyleForward::Open(path, model, threads);
+  if (!opened.ok()) {
+    std::fprintf(stderr, "%s\n", opened.status().ToString().c_str());
+    std::exit(1);
+  }
+  krul::bench::Llama2cStyleForward& forward = **opened;
   const int vocab = model.config().vocab_size;
   Throughput r;
   auto t0 = Clock::now();
@@ -112,7 +121,10 @@ struct Row {
   bool agree = false;
 };
 
-Row Measure(const std::string& name, const krul::Model& model, int prompt_tokens, int threads) {
+// `path` is the llama2.c checkpoint `model` was loaded from; the baseline
+// maps it itself, as run.c does.
+Row Measure(const std::string& name, const std::string& path, const krul::Model& model,
+            int prompt_tokens, int threads) {
   const int decode = absl::GetFlag(FLAGS_decode_tokens);
   krul::EngineOptions options;
   options.num_threads = threads;
@@ -128,7 +140,7 @@ Row Measure(const std::string& name, const krul::Model& model, int prompt_tokens
   for (int round = 0; round < absl::GetFlag(FLAGS_rounds); ++round) {
     // Alternate so that drifting machine load hits both sides alike.
     Throughput k = RunKrul(**engine, prompt, decode);
-    Throughput b = RunBaseline(model, threads, prompt, decode);
+    Throughput b = RunBaseline(path, model, threads, prompt, decode);
     kp.push_back(k.prefill_tps);
     kd.push_back(k.decode_tps);
     bp.push_back(b.prefill_tps);
@@ -168,7 +180,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
       return 1;
     }
-    rows.push_back(Measure("stories260K", **model, 256, threads));
+    rows.push_back(Measure("stories260K", stories, **model, 256, threads));
   } else {
     std::fprintf(stderr, "note: %s not found; skipping the real stories260K model\n", stories.c_str());
   }
@@ -191,12 +203,12 @@ int main(int argc, char** argv) {
     }
     synthetic->reset();
     auto model = krul::LoadLlama2cModel(path);
-    std::filesystem::remove(path);
     if (!model.ok()) {
       std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
       return 1;
     }
-    rows.push_back(Measure("synthetic-stories110M", **model, 128, threads));
+    rows.push_back(Measure("synthetic-stories110M", path, **model, 128, threads));
+    std::filesystem::remove(path);
   }
 
   if (absl::GetFlag(FLAGS_json)) {

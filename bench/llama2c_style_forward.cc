@@ -3,6 +3,13 @@
 #include <cmath>
 #include <cstring>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -40,8 +47,66 @@ void MatVec(float* xout, const float* x, const float* w, int n, int d) {
 
 }  // namespace
 
-Llama2cStyleForward::Llama2cStyleForward(const Model& model, int num_threads) : model_(model) {
+absl::StatusOr<std::unique_ptr<Llama2cStyleForward>> Llama2cStyleForward::Open(
+    const std::string& path, const Model& model, int num_threads) {
   const ModelConfig& c = model.config();
+  std::unique_ptr<Llama2cStyleForward> f(new Llama2cStyleForward(c, num_threads));
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  struct stat st;
+  ::fstat(fd, &st);
+  f->mapping_bytes_ = static_cast<size_t>(st.st_size);
+  f->mapping_ = ::mmap(nullptr, f->mapping_bytes_, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (f->mapping_ == MAP_FAILED) {
+    f->mapping_ = nullptr;
+    return absl::InternalError(absl::StrCat(path, ": mmap failed"));
+  }
+  // The legacy layout: 7 int32 header, then the tensors in llama2.c's order.
+  ModelConfig shared = c;
+  shared.shared_classifier = true;
+  const size_t expected = 28 + sizeof(float) * (Llama2cWeightCount(shared) +
+                                                 static_cast<size_t>(c.seq_len) * c.head_size() +
+                                                 (c.shared_classifier ? 0 : size_t{1} * c.vocab_size * c.dim));
+  if (f->mapping_bytes_ != expected) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": size does not match its config"));
+  }
+  const float* p = reinterpret_cast<const float*>(static_cast<const char*>(f->mapping_) + 28);
+  auto take = [&p](size_t n) {
+    const float* at = p;
+    p += n;
+    return at;
+  };
+  const size_t dim = c.dim, hidden = c.hidden_dim, layers = c.n_layers, kv = c.kv_dim();
+  f->token_embedding_ = take(static_cast<size_t>(c.vocab_size) * dim);
+  const float* rms_att = take(layers * dim);
+  const float* wq = take(layers * dim * dim);
+  const float* wk = take(layers * kv * dim);
+  const float* wv = take(layers * kv * dim);
+  const float* wo = take(layers * dim * dim);
+  const float* rms_ffn = take(layers * dim);
+  const float* w1 = take(layers * hidden * dim);
+  const float* w2 = take(layers * dim * hidden);
+  const float* w3 = take(layers * hidden * dim);
+  f->rms_final_ = take(dim);
+  take(static_cast<size_t>(c.seq_len) * c.head_size());  // freq_cis_real, freq_cis_imag
+  f->classifier_ = c.shared_classifier ? f->token_embedding_ : p;
+  f->layers_.resize(layers);
+  for (size_t l = 0; l < layers; ++l) {
+    f->layers_[l] = {rms_att + l * dim, wq + l * dim * dim,         wk + l * kv * dim,
+                     wv + l * kv * dim, wo + l * dim * dim,         rms_ffn + l * dim,
+                     w1 + l * hidden * dim, w2 + l * dim * hidden, w3 + l * hidden * dim};
+  }
+  return f;
+}
+
+Llama2cStyleForward::~Llama2cStyleForward() {
+  if (mapping_ != nullptr) ::munmap(mapping_, mapping_bytes_);
+}
+
+Llama2cStyleForward::Llama2cStyleForward(const ModelConfig& config, int num_threads)
+    : config_(config) {
+  const ModelConfig& c = config;
 #ifdef _OPENMP
   if (num_threads > 0) omp_set_num_threads(num_threads);
 #endif
@@ -58,14 +123,14 @@ Llama2cStyleForward::Llama2cStyleForward(const Model& model, int num_threads) : 
 }
 
 const float* Llama2cStyleForward::Forward(int token, int pos) {
-  const ModelConfig& c = model_.config();
+  const ModelConfig& c = config_;
   const int dim = c.dim, kv_dim = c.kv_dim(), hidden = c.hidden_dim, head_size = c.head_size();
   const int kv_mul = c.n_heads / c.n_kv_heads;
   float* x = x_.data();
-  std::memcpy(x, model_.token_embedding() + static_cast<size_t>(token) * dim, dim * sizeof(float));
+  std::memcpy(x, token_embedding_ + static_cast<size_t>(token) * dim, dim * sizeof(float));
 
   for (int l = 0; l < c.n_layers; l++) {
-    const LayerWeights& w = model_.layer(l);
+    const LayerWeights& w = layers_[l];
     RmsNorm(xb_.data(), x, w.rms_att, dim, c.norm_eps);
     const size_t loff = static_cast<size_t>(l) * c.seq_len * kv_dim;
     float* k = key_cache_.data() + loff + static_cast<size_t>(pos) * kv_dim;
@@ -119,8 +184,8 @@ const float* Llama2cStyleForward::Forward(int token, int pos) {
     MatVec(xb_.data(), hb_.data(), w.w2, hidden, dim);
     for (int i = 0; i < dim; i++) x[i] += xb_[i];
   }
-  RmsNorm(x, x, model_.rms_final(), dim, c.norm_eps);
-  MatVec(logits_.data(), x, model_.classifier(), dim, c.vocab_size);
+  RmsNorm(x, x, rms_final_, dim, c.norm_eps);
+  MatVec(logits_.data(), x, classifier_, dim, c.vocab_size);
   return logits_.data();
 }
 

@@ -26,7 +26,24 @@ constexpr int kMaxBlockTokens = 256;
 
 // Multiply-adds below which attention for some (head, query) pairs is not
 // worth handing to another thread.
-constexpr int64_t kMinAttentionMacsPerTask = 32 * 1024;
+constexpr int64_t kMinAttentionMacsPerTask = 16 * 1024;
+
+// Attention of one query `q` (head_size) over keys/values rows [0, ctx) with
+// row stride `kv_dim`: probs (ctx) = softmax(q . k_j * scale), out (head_size)
+// = sum_j probs[j] * v_j. kHeadSize > 0 fixes head_size at compile time.
+template <int kHeadSize>
+void AttendOne(const float* q, const float* keys, const float* values, int kv_dim, int ctx,
+               float scale, float* probs, float* out, int head_size) {
+  const int hs = kHeadSize > 0 ? kHeadSize : head_size;
+  for (int j = 0; j < ctx; ++j) {
+    probs[j] = Dot(q, keys + static_cast<size_t>(j) * kv_dim, hs) * scale;
+  }
+  Softmax(probs, ctx);
+  std::fill(out, out + hs, 0.0f);
+  for (int j = 0; j < ctx; ++j) {
+    internal::Axpy(out, probs[j], values + static_cast<size_t>(j) * kv_dim, hs);
+  }
+}
 
 }  // namespace
 
@@ -119,20 +136,31 @@ void Engine::Attention(int layer, const KvCache& cache, int start_pos, int num_t
   const float* values = cache.value(layer, 0);
 
   // One (head, query) pair: scores into `probs` (ctx floats), softmax, then
-  // the probability-weighted sum of values into att_.
+  // the probability-weighted sum of values into att_. Common head sizes get
+  // a compile-time length so the short per-key loops vectorize fully.
   auto attend = [&](int h, int t, float* probs) {
     const int ctx = start_pos + t + 1;
     const float* q = q_.data() + static_cast<size_t>(t) * dim + h * hs;
     const int kv_off = (h / group) * hs;
-    for (int j = 0; j < ctx; ++j) {
-      probs[j] = Dot(q, keys + static_cast<size_t>(j) * kv_dim + kv_off, hs) * scale;
-    }
-    Softmax(probs, ctx);
     float* out = att_.data() + static_cast<size_t>(t) * dim + h * hs;
-    std::fill(out, out + hs, 0.0f);
-    for (int j = 0; j < ctx; ++j) {
-      const float* v = values + static_cast<size_t>(j) * kv_dim + kv_off;
-      internal::Axpy(out, probs[j], v, hs);
+    switch (hs) {
+      case 8:
+        AttendOne<8>(q, keys + kv_off, values + kv_off, kv_dim, ctx, scale, probs, out, hs);
+        break;
+      case 16:
+        AttendOne<16>(q, keys + kv_off, values + kv_off, kv_dim, ctx, scale, probs, out, hs);
+        break;
+      case 32:
+        AttendOne<32>(q, keys + kv_off, values + kv_off, kv_dim, ctx, scale, probs, out, hs);
+        break;
+      case 64:
+        AttendOne<64>(q, keys + kv_off, values + kv_off, kv_dim, ctx, scale, probs, out, hs);
+        break;
+      case 128:
+        AttendOne<128>(q, keys + kv_off, values + kv_off, kv_dim, ctx, scale, probs, out, hs);
+        break;
+      default:
+        AttendOne<0>(q, keys + kv_off, values + kv_off, kv_dim, ctx, scale, probs, out, hs);
     }
   };
 

@@ -17,7 +17,7 @@ constexpr int kTokenTile = 64;   // tokens kept hot in cache per pass over a row
 constexpr int kRowsPerTask = 16; // minimum rows handed to one thread
 // Multiply-adds below which handing work to another thread costs more than it
 // saves (a wake-up is microseconds); tiny models run their products serially.
-constexpr int64_t kMinMacsPerTask = 64 * 1024;
+constexpr int64_t kMinMacsPerTask = 16 * 1024;
 
 #ifdef KRUL_MATMUL_AVX2
 inline float HorizontalSum(__m256 v) {
