@@ -71,32 +71,8 @@ absl::StatusOr<std::unique_ptr<Llama2cStyleForward>> Llama2cStyleForward::Open(
   if (f->mapping_bytes_ != expected) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": size does not match its config"));
   }
-  const float* p = reinterpret_cast<const float*>(static_cast<const char*>(f->mapping_) + 28);
-  auto take = [&p](size_t n) {
-    const float* at = p;
-    p += n;
-    return at;
-  };
-  const size_t dim = c.dim, hidden = c.hidden_dim, layers = c.n_layers, kv = c.kv_dim();
-  f->token_embedding_ = take(static_cast<size_t>(c.vocab_size) * dim);
-  const float* rms_att = take(layers * dim);
-  const float* wq = take(layers * dim * dim);
-  const float* wk = take(layers * kv * dim);
-  const float* wv = take(layers * kv * dim);
-  const float* wo = take(layers * dim * dim);
-  const float* rms_ffn = take(layers * dim);
-  const float* w1 = take(layers * hidden * dim);
-  const float* w2 = take(layers * dim * hidden);
-  const float* w3 = take(layers * hidden * dim);
-  f->rms_final_ = take(dim);
-  take(static_cast<size_t>(c.seq_len) * c.head_size());  // freq_cis_real, freq_cis_imag
-  f->classifier_ = c.shared_classifier ? f->token_embedding_ : p;
-  f->layers_.resize(layers);
-  for (size_t l = 0; l < layers; ++l) {
-    f->layers_[l] = {rms_att + l * dim, wq + l * dim * dim,         wk + l * kv * dim,
-                     wv + l * kv * dim, wo + l * dim * dim,         rms_ffn + l * dim,
-                     w1 + l * hidden * dim, w2 + l * dim * hidden, w3 + l * hidden * dim};
-  }
+  const float* weights = reinterpret_cast<const float*>(static_cast<const char*>(f->mapping_) + 28);
+  f->weights_ = MapLlama2cLayout(c, weights, static_cast<int64_t>(c.seq_len) * c.head_size());
   return f;
 }
 
@@ -127,10 +103,10 @@ const float* Llama2cStyleForward::Forward(int token, int pos) {
   const int dim = c.dim, kv_dim = c.kv_dim(), hidden = c.hidden_dim, head_size = c.head_size();
   const int kv_mul = c.n_heads / c.n_kv_heads;
   float* x = x_.data();
-  std::memcpy(x, token_embedding_ + static_cast<size_t>(token) * dim, dim * sizeof(float));
+  std::memcpy(x, weights_.token_embedding + static_cast<size_t>(token) * dim, dim * sizeof(float));
 
   for (int l = 0; l < c.n_layers; l++) {
-    const LayerWeights& w = layers_[l];
+    const LayerWeights& w = weights_.layers[l];
     RmsNorm(xb_.data(), x, w.rms_att, dim, c.norm_eps);
     const size_t loff = static_cast<size_t>(l) * c.seq_len * kv_dim;
     float* k = key_cache_.data() + loff + static_cast<size_t>(pos) * kv_dim;
@@ -184,8 +160,8 @@ const float* Llama2cStyleForward::Forward(int token, int pos) {
     MatVec(xb_.data(), hb_.data(), w.w2, hidden, dim);
     for (int i = 0; i < dim; i++) x[i] += xb_[i];
   }
-  RmsNorm(x, x, rms_final_, dim, c.norm_eps);
-  MatVec(logits_.data(), x, classifier_, dim, c.vocab_size);
+  RmsNorm(x, x, weights_.rms_final, dim, c.norm_eps);
+  MatVec(logits_.data(), x, weights_.classifier, dim, c.vocab_size);
   return logits_.data();
 }
 

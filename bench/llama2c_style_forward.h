@@ -33,10 +33,7 @@ class Llama2cStyleForward {
   ModelConfig config_;
   void* mapping_ = nullptr;
   size_t mapping_bytes_ = 0;
-  const float* token_embedding_ = nullptr;
-  std::vector<LayerWeights> layers_;
-  const float* rms_final_ = nullptr;
-  const float* classifier_ = nullptr;
+  WeightViews weights_;  // into the mapping
   std::vector<float> x_, xb_, xb2_, hb_, hb2_, q_, att_, logits_;
   std::vector<float> key_cache_, value_cache_;  // (layer, seq_len, kv_dim)
 };

@@ -94,6 +94,47 @@ int64_t Llama2cWeightCount(const ModelConfig& c) {
   return n;
 }
 
+WeightViews MapLlama2cLayout(const ModelConfig& config, const float* data,
+                             int64_t gap_before_classifier) {
+  const size_t dim = config.dim, hidden = config.hidden_dim, layers = config.n_layers;
+  const size_t q_dim = static_cast<size_t>(config.n_heads) * config.head_size();
+  const size_t kv_dim = config.kv_dim();
+  const float* p = data;
+  auto take = [&p](size_t count) {
+    const float* at = p;
+    p += count;
+    return at;
+  };
+  WeightViews v;
+  v.token_embedding = take(config.vocab_size * dim);
+  const float* rms_att = take(layers * dim);
+  const float* wq = take(layers * q_dim * dim);
+  const float* wk = take(layers * kv_dim * dim);
+  const float* wv = take(layers * kv_dim * dim);
+  const float* wo = take(layers * dim * q_dim);
+  const float* rms_ffn = take(layers * dim);
+  const float* w1 = take(layers * hidden * dim);
+  const float* w2 = take(layers * dim * hidden);
+  const float* w3 = take(layers * hidden * dim);
+  v.rms_final = take(dim);
+  take(static_cast<size_t>(gap_before_classifier));
+  v.classifier = config.shared_classifier ? v.token_embedding : p;
+  v.layers.resize(layers);
+  for (size_t l = 0; l < layers; ++l) {
+    LayerWeights& w = v.layers[l];
+    w.rms_att = rms_att + l * dim;
+    w.wq = wq + l * q_dim * dim;
+    w.wk = wk + l * kv_dim * dim;
+    w.wv = wv + l * kv_dim * dim;
+    w.wo = wo + l * dim * q_dim;
+    w.rms_ffn = rms_ffn + l * dim;
+    w.w1 = w1 + l * hidden * dim;
+    w.w2 = w2 + l * dim * hidden;
+    w.w3 = w3 + l * hidden * dim;
+  }
+  return v;
+}
+
 absl::StatusOr<std::unique_ptr<Model>> Model::FromLlama2cLayout(
     const ModelConfig& config, AlignedBuffer<float> weights, std::string source,
     std::optional<Vocabulary> vocabulary) {
@@ -110,41 +151,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromLlama2cLayout(
   model->source_ = std::move(source);
   model->vocabulary_ = std::move(vocabulary);
 
-  const size_t dim = config.dim, hidden = config.hidden_dim, layers = config.n_layers;
-  const size_t q_dim = static_cast<size_t>(config.n_heads) * config.head_size();
-  const size_t kv_dim = config.kv_dim();
-  const float* p = model->storage_.data();
-  auto take = [&p](size_t count) {
-    const float* at = p;
-    p += count;
-    return at;
-  };
-  model->token_embedding_ = take(config.vocab_size * dim);
-  const float* rms_att = take(layers * dim);
-  const float* wq = take(layers * q_dim * dim);
-  const float* wk = take(layers * kv_dim * dim);
-  const float* wv = take(layers * kv_dim * dim);
-  const float* wo = take(layers * dim * q_dim);
-  const float* rms_ffn = take(layers * dim);
-  const float* w1 = take(layers * hidden * dim);
-  const float* w2 = take(layers * dim * hidden);
-  const float* w3 = take(layers * hidden * dim);
-  model->rms_final_ = take(dim);
-  model->classifier_ =
-      config.shared_classifier ? model->token_embedding_ : take(config.vocab_size * dim);
-  model->layers_.resize(layers);
-  for (size_t l = 0; l < layers; ++l) {
-    LayerWeights& w = model->layers_[l];
-    w.rms_att = rms_att + l * dim;
-    w.wq = wq + l * q_dim * dim;
-    w.wk = wk + l * kv_dim * dim;
-    w.wv = wv + l * kv_dim * dim;
-    w.wo = wo + l * dim * q_dim;
-    w.rms_ffn = rms_ffn + l * dim;
-    w.w1 = w1 + l * hidden * dim;
-    w.w2 = w2 + l * dim * hidden;
-    w.w3 = w3 + l * hidden * dim;
-  }
+  model->weights_ = MapLlama2cLayout(config, model->storage_.data());
   return model;
 }
 

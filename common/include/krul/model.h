@@ -67,6 +67,22 @@ struct LayerWeights {
   const float* w3 = nullptr;       // (hidden_dim, dim)  up
 };
 
+// Views of every tensor of a model laid out as in a llama2.c checkpoint.
+struct WeightViews {
+  const float* token_embedding = nullptr;  // (vocab, dim)
+  std::vector<LayerWeights> layers;
+  const float* rms_final = nullptr;   // (dim)
+  const float* classifier = nullptr;  // (vocab, dim); == token_embedding when shared
+};
+
+// Points WeightViews into `data`, which holds the tensors in llama2.c order
+// (see Llama2cWeightCount). `gap_before_classifier` floats are skipped after
+// rms_final: a legacy checkpoint stores its unused RoPE tables there
+// (seq_len * head_size floats), an in-memory layout nothing. The caller
+// guarantees `data` is large enough.
+WeightViews MapLlama2cLayout(const ModelConfig& config, const float* data,
+                             int64_t gap_before_classifier = 0);
+
 // A vocabulary carried inside a model file (GGUF). Pieces use plain spaces
 // (SentencePiece's U+2581 is translated on load).
 struct Vocabulary {
@@ -80,10 +96,10 @@ struct Vocabulary {
 class Model {
  public:
   const ModelConfig& config() const { return config_; }
-  const float* token_embedding() const { return token_embedding_; }  // (vocab, dim)
-  const LayerWeights& layer(int l) const { return layers_[l]; }
-  const float* rms_final() const { return rms_final_; }  // (dim)
-  const float* classifier() const { return classifier_; }  // (vocab, dim)
+  const float* token_embedding() const { return weights_.token_embedding; }  // (vocab, dim)
+  const LayerWeights& layer(int l) const { return weights_.layers[l]; }
+  const float* rms_final() const { return weights_.rms_final; }    // (dim)
+  const float* classifier() const { return weights_.classifier; }  // (vocab, dim)
   // The vocabulary stored in the model file, if it had one.
   const std::optional<Vocabulary>& vocabulary() const { return vocabulary_; }
   // Where the weights came from: a path or "synthetic(seed=...)".
@@ -101,10 +117,7 @@ class Model {
   Model() = default;
   ModelConfig config_;
   AlignedBuffer<float> storage_;
-  const float* token_embedding_ = nullptr;
-  std::vector<LayerWeights> layers_;
-  const float* rms_final_ = nullptr;
-  const float* classifier_ = nullptr;
+  WeightViews weights_;
   std::optional<Vocabulary> vocabulary_;
   std::string source_;
 };
