@@ -164,6 +164,8 @@ TEST_F(Llama2cBadInputTest, AbsurdDimensionsAreRejectedBeforeAllocating) {
       {5, INT32_MIN},
       {6, 1 << 30},  // seq_len
   };
+  // 256 MiB of headroom: far below what any of these headers asks for.
+  testing::ScopedAddressSpaceCap cap(size_t{256} << 20);
   for (auto [field, value] : cases) {
     absl::Status s = Load(WithHeaderField(field, value));
     EXPECT_FALSE(s.ok()) << "field " << field << "=" << value;

@@ -136,6 +136,7 @@ TEST(TokenizerTest, BadFilesGiveClearErrors) {
   std::memcpy(model_like.data(), &dim, 4);
   EXPECT_EQ(load(model_like, 0).code(), absl::StatusCode::kInvalidArgument);
   // A token length beyond max_token_length, and an absurd one (no 2 GiB allocation).
+  testing::ScopedAddressSpaceCap cap(size_t{256} << 20);
   for (int32_t len : {17, -1, 0x7fffffff}) {
     std::string bad = Llama2cTokenizerBytes({{"<unk>", 0}});
     std::memcpy(bad.data() + 8, &len, 4);

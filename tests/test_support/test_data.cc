@@ -6,6 +6,7 @@
 #include <fstream>
 #include <sstream>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 namespace krul::testing {
@@ -53,6 +54,27 @@ std::string ReadFileOrDie(const std::string& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+ScopedAddressSpaceCap::ScopedAddressSpaceCap(size_t headroom_bytes) {
+  std::ifstream statm("/proc/self/statm");
+  unsigned long long pages = 0;
+  struct rlimit limit;
+  if (!(statm >> pages) || getrlimit(RLIMIT_AS, &limit) != 0) return;
+  const unsigned long long current = pages * static_cast<unsigned long long>(sysconf(_SC_PAGESIZE));
+  const unsigned long long cap = current + headroom_bytes;
+  if (limit.rlim_max != RLIM_INFINITY && cap > limit.rlim_max) return;
+  old_soft_ = limit.rlim_cur;
+  limit.rlim_cur = cap;
+  active_ = setrlimit(RLIMIT_AS, &limit) == 0;
+}
+
+ScopedAddressSpaceCap::~ScopedAddressSpaceCap() {
+  if (!active_) return;
+  struct rlimit limit;
+  getrlimit(RLIMIT_AS, &limit);
+  limit.rlim_cur = old_soft_;
+  setrlimit(RLIMIT_AS, &limit);
 }
 
 }  // namespace krul::testing

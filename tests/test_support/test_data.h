@@ -27,6 +27,23 @@ void WriteFileOrDie(const std::string& path, std::string_view bytes);
 // Reads a whole file, failing the test on error.
 std::string ReadFileOrDie(const std::string& path);
 
+// Caps this process's address space at its current size plus `headroom_bytes`
+// for the object's lifetime, so a test can prove that code under test makes
+// no huge allocation: one would fail (std::bad_alloc) instead of succeeding
+// quietly on a machine with plenty of memory. The old limit is restored on
+// destruction. Not for sanitizer builds (they reserve terabytes up front).
+class ScopedAddressSpaceCap {
+ public:
+  explicit ScopedAddressSpaceCap(size_t headroom_bytes);
+  ~ScopedAddressSpaceCap();
+  ScopedAddressSpaceCap(const ScopedAddressSpaceCap&) = delete;
+  ScopedAddressSpaceCap& operator=(const ScopedAddressSpaceCap&) = delete;
+
+ private:
+  bool active_ = false;
+  unsigned long long old_soft_ = 0;
+};
+
 }  // namespace krul::testing
 
 // Declares `var` as the path of a data file or skips the test with a message.
