@@ -1,7 +1,9 @@
 # Compiler flags shared by every Krul target.
 include(CheckCXXCompilerFlag)
 
-add_compile_options(-Wall -Wextra -Wno-unused-parameter)
+# Host-compiler warnings only: nvcc does not take -Wall directly.
+add_compile_options($<$<COMPILE_LANGUAGE:CXX,C>:-Wall> $<$<COMPILE_LANGUAGE:CXX,C>:-Wextra>
+                    $<$<COMPILE_LANGUAGE:CXX,C>:-Wno-unused-parameter>)
 if(KRUL_NATIVE_ARCH)
   check_cxx_compiler_flag(-march=native KRUL_HAS_MARCH_NATIVE)
   if(KRUL_HAS_MARCH_NATIVE)
