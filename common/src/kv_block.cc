@@ -204,8 +204,8 @@ absl::StatusOr<std::string> EncodeRawBlock(std::string_view bytes) {
 
 absl::StatusOr<BlockHeader> DecodeBlockHeader(std::string_view encoded) {
   if (encoded.size() < kBlockHeaderBytes) {
-    return absl::DataLossError(absl::StrCat("kv block: ", encoded.size(),
-                                            " bytes, shorter than the 64-byte header"));
+    return absl::DataLossError(
+        absl::StrCat("kv block: ", encoded.size(), " bytes, shorter than the 64-byte header"));
   }
   const char* h = encoded.data();
   if (Get32(h + kOffMagic) != kBlockMagic) return absl::DataLossError("kv block: bad magic");
@@ -216,11 +216,9 @@ absl::StatusOr<BlockHeader> DecodeBlockHeader(std::string_view encoded) {
   uint16_t version = Get16(h + kOffVersion);
   if (version > kBlockFormatVersion) {
     return absl::UnimplementedError(absl::StrCat("kv block: format version ", version,
-                                                 " is newer than supported ",
-                                                 kBlockFormatVersion));
+                                                 " is newer than supported ", kBlockFormatVersion));
   }
-  if (version == 0 || Get16(h + kOffHeaderBytes) != kBlockHeaderBytes ||
-      h[kOffFlags] != 0) {
+  if (version == 0 || Get16(h + kOffHeaderBytes) != kBlockHeaderBytes || h[kOffFlags] != 0) {
     return absl::DataLossError("kv block: bad version, header size or flags");
   }
   BlockHeader out;

@@ -30,7 +30,7 @@ uint64_t FrameChecksum(const char* frame16, std::string_view proto) {
   return XXH3_64bits_withSeed(proto.data(), proto.size(), XXH3_64bits(frame16, 16));
 }
 
-absl::Status Invalid(std::string_view field, std::string_view problem) {
+absl::Status Invalid(absl::string_view field, absl::string_view problem) {
   return absl::InvalidArgumentError(absl::StrCat("manifest.", field, ": ", problem));
 }
 
@@ -62,7 +62,8 @@ absl::Status ValidateManifest(const v1::Manifest& m) {
     return Invalid("model_id", absl::StrCat("longer than ", kMaxModelIdBytes, " bytes"));
   }
   if (m.n_layers() < 1 || m.n_layers() > kMaxManifestLayers) {
-    return Invalid("n_layers", absl::StrCat(m.n_layers(), " outside [1, ", kMaxManifestLayers, "]"));
+    return Invalid("n_layers",
+                   absl::StrCat(m.n_layers(), " outside [1, ", kMaxManifestLayers, "]"));
   }
   if (m.plan().size() > kMaxPlanBytes) {
     return Invalid("plan", absl::StrCat(m.plan().size(), " bytes exceed ", kMaxPlanBytes));
@@ -139,8 +140,8 @@ absl::StatusOr<DecodedBlock> VerifyBlock(const v1::BlockRef& ref, std::string_vi
   if (h.payload_xxh3 != ref.payload_xxh3() || h.layer != ref.layer() ||
       h.layer_pair != ref.layer_pair() || h.token_begin != ref.token_begin() ||
       h.num_tokens != ref.num_tokens()) {
-    return absl::DataLossError(
-        absl::StrCat("block ", ref.index(), ": not the block the manifest names (checksum or "
+    return absl::DataLossError(absl::StrCat("block ", ref.index(),
+                                            ": not the block the manifest names (checksum or "
                                             "layer/token range differ)"));
   }
   return block;

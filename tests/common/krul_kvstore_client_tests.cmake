@@ -6,3 +6,12 @@ krul_add_test(krul_kv_codec_tests
   LIBS
     krul_kv_codec
 )
+
+# The kvstore client without a server (options, sharding, argument checks,
+# unreachable shards); end-to-end tests live in tests/services/kvstore.
+krul_add_test(krul_kvstore_client_tests
+  SOURCES
+    ${CMAKE_CURRENT_LIST_DIR}/kvstore_client_test.cc
+  LIBS
+    krul_kvstore_client
+)

@@ -94,9 +94,7 @@ struct DecodedBlock {
 uint64_t BlockChecksum(std::string_view bytes);
 
 // Size of the encoding of a block with `payload_bytes` payload bytes.
-inline size_t EncodedBlockSize(size_t payload_bytes) {
-  return kBlockHeaderBytes + payload_bytes;
-}
+inline size_t EncodedBlockSize(size_t payload_bytes) { return kBlockHeaderBytes + payload_bytes; }
 
 // Encodes header + payload into a new string.
 // INVALID_ARGUMENT when the header is inconsistent (unknown dtype/layout,

@@ -1,0 +1,143 @@
+// Integration tests of the UCX data plane: krul-kvstore --ucx processes and
+// a client whose blocks move over UCX (shared memory, or TCP on loopback).
+#include <span>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "krul/kvstore_client.h"
+#include "krul/ucx_transport.h"
+#include "kv_test_util.h"
+#include "kvstore_process.h"
+
+namespace krul::testing {
+namespace {
+
+// UCX needs a usable transport on this host (shared memory or loopback
+// TCP); where it has none the tests skip rather than fail.
+#define KRUL_REQUIRE_UCX()                                                        \
+  do {                                                                            \
+    absl::StatusOr<std::unique_ptr<Transport>> probe = NewUcxTransport();         \
+    if (!probe.ok() && probe.status().code() == absl::StatusCode::kUnavailable) { \
+      GTEST_SKIP() << "UCX is not usable here: " << probe.status();              \
+    }                                                                             \
+  } while (0)
+
+struct UcxSetup {
+  std::unique_ptr<KvStoreProcess> server;
+  std::unique_ptr<Transport> transport;
+  std::unique_ptr<KvStoreClient> client;
+};
+
+// A server with --ucx and a client using UCX for every put and read.
+UcxSetup Start(const TempDir& dir, bool force_tcp, const std::string& grant_scope = "block") {
+  UcxSetup s;
+  std::vector<std::string> args = {"--rocksdb_path=" + dir.Sub("db"), "--ucx",
+                                   "--dram_capacity=512M", "--ucx_grant_scope=" + grant_scope};
+  if (force_tcp) args.push_back("--ucx_force_tcp");
+  absl::StatusOr<std::unique_ptr<KvStoreProcess>> p = KvStoreProcess::Start(args);
+  EXPECT_TRUE(p.ok()) << p.status();
+  if (!p.ok()) return s;
+  s.server = *std::move(p);
+  UcxTransportOptions uo;
+  uo.force_tcp = force_tcp;
+  absl::StatusOr<std::unique_ptr<Transport>> t = NewUcxTransport(uo);
+  EXPECT_TRUE(t.ok()) << t.status();
+  if (!t.ok()) return s;
+  s.transport = *std::move(t);
+  KvStoreClientOptions o;
+  o.addresses = {s.server->address()};
+  o.inline_put_bytes = 0;  // Every put goes through the data plane.
+  o.initial_backoff = absl::Milliseconds(5);
+  o.block_transport = NewUcxBlockTransport(s.transport.get());
+  absl::StatusOr<std::unique_ptr<KvStoreClient>> c = KvStoreClient::Create(std::move(o));
+  EXPECT_TRUE(c.ok()) << c.status();
+  if (c.ok()) s.client = *std::move(c);
+  return s;
+}
+
+void RoundTrip(KvStoreClient& client, const TestVersion& v) {
+  std::vector<std::string_view> blocks(v.blocks.begin(), v.blocks.end());
+  absl::StatusOr<v1::Manifest> put = client.Put(v.manifest, blocks);
+  ASSERT_TRUE(put.ok()) << put.status();
+  absl::StatusOr<v1::Manifest> m = client.Lookup(v.manifest.key());
+  ASSERT_TRUE(m.ok()) << m.status();
+  // Blocks arrive in order, each verified, while later ones are in flight.
+  uint32_t next = 0;
+  absl::Status s =
+      client.Read(*m, {}, [&](uint32_t index, std::string_view encoded, const DecodedBlock&) {
+        EXPECT_EQ(index, next++);
+        EXPECT_TRUE(encoded == v.blocks[index]) << "block " << index;
+        return absl::OkStatus();
+      });
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(next, v.blocks.size());
+}
+
+void RoundTripsAllSizes(bool force_tcp, const std::string& grant_scope = "block") {
+  TempDir dir;
+  UcxSetup s = Start(dir, force_tcp, grant_scope);
+  ASSERT_NE(s.client, nullptr);
+  uint32_t seed = force_tcp ? 100 : 1;
+  for (size_t payload : {size_t{1} << 10, size_t{1} << 20, size_t{64} << 20}) {
+    SCOPED_TRACE(absl::StrCat("payload ", payload));
+    RoundTrip(*s.client,
+              MakeVersion(Key("acme", absl::StrCat("ucx-", payload), 1), 1, payload - 64, seed++));
+  }
+  RoundTrip(*s.client, MakeVersion(Key("acme", "layers", 1), 32, 128 << 10, seed++));
+  absl::StatusOr<v1::StatsResponse> stats = s.client->Stats(s.server->address());
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->open_puts(), 0u);
+  EXPECT_EQ(s.server->Terminate(), 0);
+}
+
+TEST(KvStoreUcxTest, RoundTripsOverSharedMemory) {
+  KRUL_REQUIRE_UCX();
+  RoundTripsAllSizes(/*force_tcp=*/false);
+}
+
+TEST(KvStoreUcxTest, RoundTripsOverTcp) {
+  KRUL_REQUIRE_UCX();
+  RoundTripsAllSizes(/*force_tcp=*/true);
+}
+
+// Whole-chunk grants, cached by the client across requests.
+TEST(KvStoreUcxTest, RoundTripsWithChunkGrants) {
+  KRUL_REQUIRE_UCX();
+  RoundTripsAllSizes(/*force_tcp=*/false, "chunk");
+}
+
+TEST(KvStoreUcxTest, CorruptionInTransitIsDataLoss) {
+  KRUL_REQUIRE_UCX();
+  TempDir dir;
+  UcxSetup s = Start(dir, /*force_tcp=*/false);
+  ASSERT_NE(s.client, nullptr);
+  TestVersion v = MakeVersion(Key("acme", "c", 1), 4, 256 << 10, 7);
+  std::vector<std::string_view> blocks(v.blocks.begin(), v.blocks.end());
+  // Every write damaged: the store refuses to commit.
+  s.transport->SetTamperHookForTesting(
+      [](TransferOp, std::span<uint8_t> bytes) { bytes[bytes.size() / 3] ^= 0x08; });
+  EXPECT_EQ(s.client->Put(v.manifest, blocks).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(s.client->Lookup(v.manifest.key()).status().code(), absl::StatusCode::kNotFound);
+  s.transport->SetTamperHookForTesting(nullptr);
+  ASSERT_TRUE(s.client->Put(v.manifest, blocks).ok());
+  absl::StatusOr<v1::Manifest> m = s.client->Lookup(v.manifest.key());
+  ASSERT_TRUE(m.ok());
+  // Every read damaged: nothing reaches the caller.
+  s.transport->SetTamperHookForTesting([](TransferOp op, std::span<uint8_t> bytes) {
+    if (op == TransferOp::kRead) bytes[bytes.size() - 1] ^= 0x01;
+  });
+  int delivered = 0;
+  absl::Status read = s.client->Read(*m, {}, [&](uint32_t, std::string_view, const DecodedBlock&) {
+    ++delivered;
+    return absl::OkStatus();
+  });
+  EXPECT_EQ(read.code(), absl::StatusCode::kDataLoss) << read;
+  EXPECT_EQ(delivered, 0);
+  s.transport->SetTamperHookForTesting(nullptr);
+  absl::StatusOr<std::vector<std::string>> data = s.client->ReadAll(*m);
+  ASSERT_TRUE(data.ok()) << data.status();
+  EXPECT_TRUE(*data == v.blocks);
+}
+
+}  // namespace
+}  // namespace krul::testing
