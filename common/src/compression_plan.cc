@@ -54,7 +54,8 @@ class Reader {
   bool Has(size_t n) const { return in_.size() - pos_ >= n; }
   uint64_t Le(int n) {
     uint64_t v = 0;
-    for (int i = 0; i < n; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(in_[pos_ + i])) << (8 * i);
+    for (int i = 0; i < n; ++i)
+      v |= static_cast<uint64_t>(static_cast<uint8_t>(in_[pos_ + i])) << (8 * i);
     pos_ += n;
     return v;
   }
@@ -103,8 +104,8 @@ absl::Status ValidatePlan(const CompressionPlan& plan) {
   }
   if (plan.input_sensitive.size() != static_cast<size_t>(plan.n_layers)) {
     return absl::InvalidArgumentError(absl::StrCat("plan input_sensitive has ",
-                                                   plan.input_sensitive.size(),
-                                                   " entries for ", plan.n_layers, " layers"));
+                                                   plan.input_sensitive.size(), " entries for ",
+                                                   plan.n_layers, " layers"));
   }
   for (int l = 0; l < plan.n_layers; ++l) {
     if (plan.input_sensitive[l] > 1) {
@@ -132,16 +133,15 @@ absl::Status ValidatePlan(const CompressionPlan& plan) {
                                                      plan.n_layers));
     }
     if (!std::isfinite(p.distance) || p.distance < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("plan pair (", p.first, ", ", p.second,
-                                                     ") has a bad distance"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("plan pair (", p.first, ", ", p.second, ") has a bad distance"));
     }
     for (int l : {p.first, p.second}) {
       if (used[l]) {
         return absl::InvalidArgumentError(absl::StrCat("plan layer ", l, " is in two pairs"));
       }
       if (plan.input_sensitive[l]) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("plan shares input-sensitive layer ", l));
+        return absl::InvalidArgumentError(absl::StrCat("plan shares input-sensitive layer ", l));
       }
       used[l] = 1;
     }
@@ -178,8 +178,7 @@ std::string SerializePlan(const CompressionPlan& plan) {
 
 absl::StatusOr<CompressionPlan> ParsePlan(std::string_view bytes) {
   if (bytes.size() < kFixedHeaderBytes + kChecksumBytes) {
-    return absl::DataLossError(
-        absl::StrCat("plan is truncated: ", bytes.size(), " bytes"));
+    return absl::DataLossError(absl::StrCat("plan is truncated: ", bytes.size(), " bytes"));
   }
   if (std::memcmp(bytes.data(), kMagic, 4) != 0) {
     return absl::DataLossError("plan has a wrong magic (not \"KRPL\")");
@@ -234,7 +233,8 @@ absl::StatusOr<CompressionPlan> ParsePlan(std::string_view bytes) {
     plan.input_sensitive[l] = (static_cast<uint8_t>(bitmap[l / 8]) >> (l % 8)) & 1;
   }
   // Bits past the last layer must be zero: one plan, one encoding.
-  if (n_layers % 8 != 0 && (static_cast<uint8_t>(bitmap[bitmap_bytes - 1]) >> (n_layers % 8)) != 0) {
+  if (n_layers % 8 != 0 &&
+      (static_cast<uint8_t>(bitmap[bitmap_bytes - 1]) >> (n_layers % 8)) != 0) {
     return absl::InvalidArgumentError("plan sensitivity bitmap has bits beyond the last layer");
   }
   if (auto s = ValidatePlan(plan); !s.ok()) return s;

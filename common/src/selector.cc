@@ -11,8 +11,8 @@ namespace {
 
 absl::Status ValidateEstimate(const SimilarityEstimate& e) {
   if (e.n_layers < 1 || e.n_layers > 4096) {
-    return absl::InvalidArgumentError(absl::StrCat("estimate n_layers ", e.n_layers,
-                                                   " is outside [1, 4096]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("estimate n_layers ", e.n_layers, " is outside [1, 4096]"));
   }
   const size_t l = e.n_layers;
   if (e.distance.size() != l * l || e.first_mass_sum.size() != l || e.last_mass_sum.size() != l ||
@@ -23,7 +23,8 @@ absl::Status ValidateEstimate(const SimilarityEstimate& e) {
     return absl::InvalidArgumentError("estimate edge_fraction is outside (0, 0.5]");
   }
   auto bad = [](double v) { return !std::isfinite(v) || v < 0; };
-  if (bad(e.rows_represented)) return absl::InvalidArgumentError("estimate rows_represented is bad");
+  if (bad(e.rows_represented))
+    return absl::InvalidArgumentError("estimate rows_represented is bad");
   for (double v : e.distance) {
     if (bad(v)) return absl::InvalidArgumentError("estimate has a negative or non-finite distance");
   }
@@ -45,8 +46,8 @@ absl::Status SelectorOptions::Validate() const {
   }
   if (!std::isfinite(sensitivity_threshold) || sensitivity_threshold < 0 ||
       sensitivity_threshold > 1) {
-    return absl::InvalidArgumentError(absl::StrCat("sensitivity_threshold ",
-                                                   sensitivity_threshold, " is outside [0, 1]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sensitivity_threshold ", sensitivity_threshold, " is outside [0, 1]"));
   }
   if (!std::isfinite(quality_budget) || quality_budget < 0) {
     return absl::InvalidArgumentError("quality_budget must be finite and >= 0");
@@ -81,7 +82,8 @@ absl::StatusOr<CompressionPlan> SelectPlan(const SimilarityEstimate& estimate,
   plan.quality_budget = options.quality_budget;
   for (int l : options.never_share) {
     if (l < 0 || l >= n) {
-      return absl::InvalidArgumentError(absl::StrCat("never_share layer ", l, " is outside [0, ", n, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("never_share layer ", l, " is outside [0, ", n, ")"));
     }
     plan.input_sensitive[l] = 1;
   }
@@ -109,7 +111,8 @@ absl::StatusOr<CompressionPlan> SelectPlan(const SimilarityEstimate& estimate,
   std::vector<uint8_t> used(n, 0);
   for (const auto& [d, a, b] : candidates) {
     if (static_cast<int>(plan.pairs.size()) >= wanted) break;
-    if (options.quality_budget > 0 && d > options.quality_budget) break;  // sorted: all later are worse
+    if (options.quality_budget > 0 && d > options.quality_budget)
+      break;  // sorted: all later are worse
     if (used[a] || used[b]) continue;
     used[a] = used[b] = 1;
     plan.pairs.push_back(LayerPair{a, b, d});

@@ -44,6 +44,7 @@
 #include "krul/dtype.h"
 #include "krul/kv_cache.h"
 #include "krul/model.h"
+#include "krul/thread_pool.h"
 
 namespace krul {
 
@@ -116,6 +117,8 @@ struct CompressorOptions {
   // two layers exceeds this are retained unmerged. In [0, 180]; 180 = never
   // retain. Default 180.
   double retain_angle_degrees = 180.0;
+  // Segments are encoded in parallel on this pool when set. Not owned.
+  ThreadPool* pool = nullptr;
 
   // INVALID_ARGUMENT naming the field when out of range.
   absl::Status Validate() const;

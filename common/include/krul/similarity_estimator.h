@@ -27,9 +27,15 @@
 // Sampling. Everything is exact by default (every head, every query). A
 // prefill block whose rows for all layers would exceed `max_slot_bytes` is
 // subsampled deterministically (every s-th query, s the smallest power of two
-// that fits), and strides can be forced with the *_stride options. A sampled
+// that fits), and strides (of prefill queries and heads, decode heads and
+// decode tokens) can be forced with the *_stride options. A sampled
 // row counts with the weight of the rows it stands for (an unbiased estimate
 // of the full sum); SimilarityEstimate reports how many rows were compared.
+//
+// Attach the estimator while a turn is generated (prefill of the new input,
+// decode); detach it while the restore path recomputes history layer by
+// layer, which would report partial blocks (they are handled, but only
+// compared among the layers reported).
 //
 // Thread safety: OnAttention and Finish/Reset must be called from one thread
 // at a time (the engine thread); the estimator's background thread is
@@ -59,8 +65,14 @@ struct SimilarityEstimatorOptions {
   // Compare only query heads h with h % stride == 0 (1 = all). Default 1.
   int prefill_head_stride = 1;
   int decode_head_stride = 1;
+  // Compare only decode tokens at positions p with p % stride == 0, each
+  // standing for `stride` tokens (1 = all). The cheapest way to cut the
+  // decode cost on tiny models, where it is largest relative to the engine.
+  int decode_token_stride = 1;
   // Bytes the background thread may hold for one query block across all
-  // layers before queries are subsampled. Default 256 MiB.
+  // layers before queries are subsampled. Also the most the estimator keeps
+  // of freed copy buffers for reuse (across turns, so later prefills copy
+  // into warm memory instead of page-faulting). Default 256 MiB.
   size_t max_slot_bytes = size_t{256} << 20;
   // Bytes of copied prefill rows waiting for or held by the background
   // thread; above it, OnAttention blocks until the thread catches up
@@ -69,6 +81,9 @@ struct SimilarityEstimatorOptions {
   size_t max_pending_bytes = size_t{1} << 30;
   // Pool for the decode-token comparison (typically the engine's own pool,
   // idle while the observer runs). Not owned; nullptr = engine thread only.
+  // Only worth it for many layers and long contexts: on a 2-core machine
+  // waking the pool per layer cost more than it saved
+  // (krul-bench-estimator --decode_pool).
   ThreadPool* decode_pool = nullptr;
 
   // INVALID_ARGUMENT naming the field when out of range.
@@ -102,8 +117,10 @@ struct SimilarityEstimate {
   int64_t rows_compared = 0;
   bool sampled = false;  // true when any row was skipped by sampling
   // Seconds spent inside OnAttention on the engine thread (the critical-path
-  // cost), of it waiting for backpressure, and on the background thread.
+  // cost), of it on decode rows, of it waiting for backpressure, and on the
+  // background thread.
   double engine_thread_seconds = 0;
+  double decode_engine_seconds = 0;
   double blocked_seconds = 0;
   double background_seconds = 0;
   double edge_fraction = 0.1;
@@ -135,8 +152,10 @@ class SimilarityEstimator final : public AttentionObserver {
   SimilarityEstimator(const SimilarityEstimator&) = delete;
   SimilarityEstimator& operator=(const SimilarityEstimator&) = delete;
 
-  // Called by the engine. Blocks whose layer or head count does not match
-  // the model, or whose shape is inconsistent, are ignored and counted in
+  // Called by the engine. A block of one query takes the decode path, more
+  // take the prefill path. Blocks whose layer or head count does not match
+  // the model, or whose shape is inconsistent (context_len !=
+  // query_begin + num_queries, or beyond seq_len), are ignored and counted in
   // ignored_blocks() (an observer cannot return an error).
   void OnAttention(const AttentionWeights& weights) override;
 
