@@ -4,3 +4,19 @@
 add_executable(krul-bench-estimator ${CMAKE_CURRENT_LIST_DIR}/estimator_bench.cc)
 target_link_libraries(krul-bench-estimator PRIVATE krul_core absl::flags absl::flags_parse
                                                    absl::flags_usage absl::str_format)
+
+# Restore TTFT of every mode (recompute, load, cake, minicache, krul-fixed,
+# krul) over history lengths, storage per mode and scheduler efficiency; and
+# the quality of each mode's stored KV on real conversations (which needs
+# nlohmann_json to read the conversation files).
+if(TARGET krul_restore)
+  add_executable(krul-bench-restore ${CMAKE_CURRENT_LIST_DIR}/restore_bench.cc)
+  target_link_libraries(krul-bench-restore PRIVATE krul_restore absl::flags absl::flags_parse
+                                                   absl::flags_usage absl::str_format absl::strings)
+  if(TARGET nlohmann_json::nlohmann_json)
+    add_executable(krul-bench-quality ${CMAKE_CURRENT_LIST_DIR}/quality_bench.cc)
+    target_link_libraries(krul-bench-quality PRIVATE krul_restore nlohmann_json::nlohmann_json
+                                                     absl::flags absl::flags_parse
+                                                     absl::flags_usage absl::strings)
+  endif()
+endif()

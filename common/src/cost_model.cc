@@ -127,7 +127,8 @@ void CostModel::ObserveLoad(size_t bytes, double seconds) {
   LoadCoefficients& load = coefficients_.load;
   const double a = options_.ewma_alpha;
   if (bytes <= options_.latency_probe_max_bytes) {
-    const double latency = std::max(0.0, seconds - static_cast<double>(bytes) / load.bytes_per_second);
+    const double latency =
+        std::max(0.0, seconds - static_cast<double>(bytes) / load.bytes_per_second);
     load.latency_s += a * (latency - load.latency_s);
     return;
   }
@@ -239,8 +240,8 @@ absl::StatusOr<ComputeCoefficients> ProbeCompute(Engine& engine,
     if (n <= capacity) fitting.push_back(n);
   }
   if (fitting.size() < 2) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ComputeProbeOptions.token_counts do not fit seq_len=", capacity));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ComputeProbeOptions.token_counts do not fit seq_len=", capacity));
   }
   const int max_tokens = std::max(fitting.back(), late_start + late_tokens);
   auto cache = KvCache::Create(config, std::min(capacity, max_tokens));
@@ -252,10 +253,12 @@ absl::StatusOr<ComputeCoefficients> ProbeCompute(Engine& engine,
   // (slow paths on some CPUs).
   for (size_t i = 0; i < input.size(); ++i) input[i] = 0.01f * static_cast<float>(i % 97) - 0.48f;
 
+  int calls = 0;
   auto time_once = [&](int start, int n) -> absl::StatusOr<double> {
     std::memcpy(hidden.data(), input.data(), sizeof(float) * static_cast<size_t>(n) * config.dim);
+    const int layer = (options.layer + calls++) % config.n_layers;
     const auto t0 = Clock::now();
-    if (auto s = engine.ComputeLayer(options.layer, *cache, start, n, hidden.data()); !s.ok()) {
+    if (auto s = engine.ComputeLayer(layer, *cache, start, n, hidden.data()); !s.ok()) {
       return s;
     }
     return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -288,8 +291,7 @@ absl::StatusOr<LoadCoefficients> ProbeLoad(const LoadProbeFn& fetch,
                                            const LoadProbeOptions& options) {
   if (options.repeats < 1) return absl::InvalidArgumentError("LoadProbeOptions.repeats < 1");
   if (options.small_tokens < 1 || options.large_tokens <= options.small_tokens) {
-    return absl::InvalidArgumentError(
-        "LoadProbeOptions needs 1 <= small_tokens < large_tokens");
+    return absl::InvalidArgumentError("LoadProbeOptions needs 1 <= small_tokens < large_tokens");
   }
   auto time_point = [&](int tokens, size_t& bytes) -> absl::StatusOr<double> {
     std::vector<double> times;
@@ -308,7 +310,8 @@ absl::StatusOr<LoadCoefficients> ProbeLoad(const LoadProbeFn& fetch,
   auto large = time_point(options.large_tokens, large_bytes);
   if (!large.ok()) return large.status();
   if (large_bytes <= small_bytes) {
-    return absl::InvalidArgumentError("the large probe fetch moved no more bytes than the small one");
+    return absl::InvalidArgumentError(
+        "the large probe fetch moved no more bytes than the small one");
   }
   LoadCoefficients c;
   const double dt = *large - *small;

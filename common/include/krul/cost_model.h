@@ -129,6 +129,9 @@ struct ComputeProbeOptions {
   // Each point is timed this many times; the fastest run counts (the others
   // carry page faults and cache warm-up).
   int repeats = 3;
+  // Timed calls go round the layers starting here, so each finds its
+  // weights as cold as a restore does (a restore runs every layer once;
+  // timing one layer again and again would keep its weights in cache).
   int layer = 0;
 };
 

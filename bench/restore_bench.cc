@@ -1,0 +1,516 @@
+// krul-bench-restore: time to first token of a returning conversation under
+// every restore mode, side by side in one run.
+//
+//   build/bin/krul-bench-restore [--json] [--histories 512,1024,...]
+//       [--model_shape dim=256,hidden=688,layers=12,heads=8,kv_heads=8]
+//       [--new_tokens 128] [--load_gbps G] [--load_latency_us U]
+//       [--ratio 1.5] [--kv_dtype f32|f16|bf16] [--rounds R] [--threads T]
+//
+// For each history length N: a conversation of N tokens is prefilled (its
+// last `turn_tokens` with the similarity estimator on, as the turn that just
+// ended); at turn end every mode plans its restore with the cost model,
+// compresses and stores the KV in an in-process store behind an emulated
+// link (latency + bandwidth); then each mode restores it with the same
+// executor and prefills the same 128 new tokens. TTFT = restore + prefill +
+// logits, the median of R rounds. Printed per length: ttft_<mode>/ttft_krul,
+// stored bytes per mode, and Krul's scheduler efficiency (ideal lower bound
+// under the cost model / achieved).
+//
+// The cost model is calibrated at start-up by the probe (ComputeLayer on a
+// few token counts; fetches of two sizes through the store) and refreshed
+// from every restore. With --load_gbps 0 (default) the link bandwidth is set
+// so that loading a full `balance_tokens`-token history takes as long as
+// recomputing it under the probed compute speed: the regime where neither
+// classic approach wins outright (recompute grows quadratically, load
+// linearly, so short histories favour recompute and long ones load). The
+// value used is printed.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "krul/compression_plan.h"
+#include "krul/compressor.h"
+#include "krul/cost_model.h"
+#include "krul/engine.h"
+#include "krul/kv_cache.h"
+#include "krul/kv_source.h"
+#include "krul/model.h"
+#include "krul/restore_mode.h"
+#include "krul/restore_plan.h"
+#include "krul/restorer.h"
+#include "krul/selector.h"
+#include "krul/similarity_estimator.h"
+
+ABSL_FLAG(bool, json, false, "Print the results as one JSON object");
+ABSL_FLAG(std::string, histories, "512,1024,2048,4096,8192", "History lengths (tokens)");
+ABSL_FLAG(std::string, model_shape, "dim=128,hidden=344,layers=12,heads=2,kv_heads=2,vocab=512",
+          "Synthetic model shape: comma-separated key=value (dim, hidden, layers, heads, "
+          "kv_heads, vocab)");
+ABSL_FLAG(int, new_tokens, 128, "New input tokens prefilled after the restore");
+ABSL_FLAG(int, turn_tokens, 128, "Last tokens of the history observed by the estimator");
+ABSL_FLAG(double, load_gbps, 0, "Emulated link bandwidth in GB/s (0 = balance, see above)");
+ABSL_FLAG(int, balance_tokens, 2048, "History length where load and recompute balance");
+ABSL_FLAG(double, load_latency_us, 20, "Emulated per-request latency in microseconds");
+ABSL_FLAG(double, ratio, 1.5, "Target compression ratio of minicache / krul-fixed / krul");
+ABSL_FLAG(std::string, kv_dtype, "f32", "Stored KV type: f32, f16 or bf16 (all modes)");
+ABSL_FLAG(int, rounds, 1,
+          "Restores per mode and length; the median counts. Histories up to 1024 tokens "
+          "always get at least 3 (they are cheap and noisy)");
+ABSL_FLAG(int, threads, 0, "Engine threads (0 = all cores)");
+ABSL_FLAG(int, calibration_conversations, 3, "Conversations for krul-fixed's pairs");
+ABSL_FLAG(int, granularity, 32, "Split granularity of the planner (tokens)");
+ABSL_FLAG(uint64_t, seed, 7, "Seed of the synthetic model and the token streams");
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using krul::RestoreMode;
+
+#define CHECK_OK(expr)                                        \
+  do {                                                        \
+    const absl::Status check_ok_status_ = (expr);             \
+    if (!check_ok_status_.ok()) {                             \
+      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, \
+                   check_ok_status_.ToString().c_str());      \
+      std::exit(1);                                           \
+    }                                                         \
+  } while (0)
+
+template <typename T>
+T ValueOrDie(absl::StatusOr<T> v, const char* what) {
+  if (!v.ok()) {
+    std::fprintf(stderr, "%s: %s\n", what, v.status().ToString().c_str());
+    std::exit(1);
+  }
+  return *std::move(v);
+}
+
+absl::StatusOr<krul::ModelConfig> ParseShape(const std::string& text, int seq_len) {
+  krul::ModelConfig c;
+  c.dim = 128;
+  c.hidden_dim = 344;
+  c.n_layers = 12;
+  c.n_heads = 2;
+  c.n_kv_heads = 2;
+  c.vocab_size = 512;
+  for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    std::vector<std::string> kv = absl::StrSplit(item, '=');
+    int value = 0;
+    if (kv.size() != 2 || !absl::SimpleAtoi(kv[1], &value)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--model_shape: bad item '", std::string(item), "'"));
+    }
+    if (kv[0] == "dim")
+      c.dim = value;
+    else if (kv[0] == "hidden")
+      c.hidden_dim = value;
+    else if (kv[0] == "layers")
+      c.n_layers = value;
+    else if (kv[0] == "heads")
+      c.n_heads = value;
+    else if (kv[0] == "kv_heads")
+      c.n_kv_heads = value;
+    else if (kv[0] == "vocab")
+      c.vocab_size = value;
+    else
+      return absl::InvalidArgumentError(absl::StrCat("--model_shape: unknown key ", kv[0]));
+  }
+  c.seq_len = seq_len;
+  if (auto s = c.Validate(); !s.ok()) return s;
+  return c;
+}
+
+absl::StatusOr<krul::DType> ParseDType(const std::string& s) {
+  if (s == "f32") return krul::DType::kF32;
+  if (s == "f16") return krul::DType::kF16;
+  if (s == "bf16") return krul::DType::kBF16;
+  return absl::InvalidArgumentError("--kv_dtype must be f32, f16 or bf16");
+}
+
+std::vector<int> Tokens(int n, int vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int> t(n);
+  for (int& v : t) v = std::uniform_int_distribution<int>(3, vocab - 1)(rng);
+  if (n > 0) t[0] = 1;
+  return t;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Prefills `tokens` into `cache`, the last `turn` of them with the estimator
+// observing (the turn that just ended), and returns the estimate.
+krul::SimilarityEstimate PrefillWithEstimate(krul::Engine& engine, krul::KvCache& cache,
+                                             const std::vector<int>& tokens, int turn) {
+  const int n = static_cast<int>(tokens.size());
+  turn = std::clamp(turn, 1, n);
+  if (n - turn > 0) {
+    CHECK_OK(engine.Forward(cache, std::span(tokens).subspan(0, n - turn), 0, {}));
+  }
+  krul::SimilarityEstimatorOptions eo;
+  auto estimator = ValueOrDie(krul::SimilarityEstimator::Create(engine.config(), eo), "estimator");
+  engine.SetAttentionObserver(estimator.get());
+  CHECK_OK(engine.Forward(cache, std::span(tokens).subspan(n - turn), n - turn, {}));
+  engine.SetAttentionObserver(nullptr);
+  return estimator->Finish();
+}
+
+krul::CompressionPlan SelectOrNone(const krul::SimilarityEstimate& estimate, int n_layers,
+                                   double ratio) {
+  krul::SelectorOptions so;
+  so.target_ratio = ratio;
+  auto plan = krul::SelectPlan(estimate, so);
+  if (!plan.ok()) {
+    std::fprintf(stderr, "selector: %s (storing uncompressed)\n", plan.status().ToString().c_str());
+    return krul::CompressionPlan::Uncompressed(n_layers);
+  }
+  return *plan;
+}
+
+std::string PairsString(const krul::CompressionPlan& plan) {
+  std::vector<std::string> parts;
+  for (const krul::LayerPair& p : plan.pairs) parts.push_back(absl::StrCat(p.first, "-", p.second));
+  return absl::StrJoin(parts, " ");
+}
+
+std::string Key(int history, RestoreMode mode) {
+  return absl::StrCat("conv-", history, "-", std::string(krul::RestoreModeName(mode)));
+}
+
+struct ModeResult {
+  double ttft_s = 0;
+  double predicted_s = 0;
+  double lower_bound_s = 0;
+  double efficiency = 0;
+  double stream_efficiency = 0;
+  double stored_bytes = 0;
+  double max_logit_diff = 0;  // vs the recompute mode's logits
+  int64_t recomputed_token_layers = 0;
+  bool replanned = false;
+  std::vector<int> split;
+  std::string pairs;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("Restore TTFT of every mode over history lengths");
+  absl::ParseCommandLine(argc, argv);
+  const bool json = absl::GetFlag(FLAGS_json);
+  std::vector<int> histories;
+  for (absl::string_view s :
+       absl::StrSplit(absl::GetFlag(FLAGS_histories), ',', absl::SkipEmpty())) {
+    int h = 0;
+    if (!absl::SimpleAtoi(s, &h) || h < 1) {
+      std::fprintf(stderr, "--histories: bad length '%s'\n", std::string(s).c_str());
+      return 1;
+    }
+    histories.push_back(h);
+  }
+  if (histories.empty()) {
+    std::fprintf(stderr, "--histories is empty\n");
+    return 1;
+  }
+  const int new_tokens = absl::GetFlag(FLAGS_new_tokens);
+  if (new_tokens < 1) {
+    std::fprintf(stderr, "--new_tokens must be >= 1\n");
+    return 1;
+  }
+  const int max_history = *std::max_element(histories.begin(), histories.end());
+  const int seq_len = std::max(max_history + new_tokens, 4096);
+  const krul::ModelConfig config =
+      ValueOrDie(ParseShape(absl::GetFlag(FLAGS_model_shape), seq_len), "model shape");
+  const krul::DType dtype = ValueOrDie(ParseDType(absl::GetFlag(FLAGS_kv_dtype)), "kv dtype");
+  const uint64_t seed = absl::GetFlag(FLAGS_seed);
+  const double ratio = absl::GetFlag(FLAGS_ratio);
+  const int rounds = std::max(1, absl::GetFlag(FLAGS_rounds));
+
+  auto model = ValueOrDie(krul::MakeSyntheticModel(config, seed), "model");
+  krul::EngineOptions eo;
+  eo.num_threads = absl::GetFlag(FLAGS_threads);
+  auto engine = ValueOrDie(krul::Engine::Create(*model, eo), "engine");
+  const krul::KvShape shape = krul::KvShape::FromConfig(config);
+
+  // ---- start-up probe: compute ----
+  const auto probe_start = Clock::now();
+  krul::ComputeProbeOptions cpo;
+  // Points spread over the lengths the benchmark restores, so the fitted
+  // linear / quadratic split holds where it is used.
+  cpo.token_counts = {128, 512, std::min(2048, seq_len)};
+  cpo.late_start = std::min(4096, seq_len / 2);
+  cpo.late_tokens = 128;
+  cpo.repeats = 3;
+  const krul::ComputeCoefficients compute =
+      ValueOrDie(krul::ProbeCompute(*engine, cpo), "compute probe");
+
+  // ---- the link ----
+  krul::LinkModel link;
+  link.latency_s = absl::GetFlag(FLAGS_load_latency_us) * 1e-6;
+  link.bytes_per_second = absl::GetFlag(FLAGS_load_gbps) * 1e9;
+  if (link.bytes_per_second <= 0) {
+    const int b = absl::GetFlag(FLAGS_balance_tokens);
+    const double recompute_s = config.n_layers * compute.LayerSeconds(0, b);
+    const double bytes =
+        static_cast<double>(krul::PlainBytesPerToken(shape, dtype)) * config.n_layers * b;
+    link.bytes_per_second = bytes / std::max(1e-9, recompute_s - config.n_layers * link.latency_s);
+  }
+  auto store = ValueOrDie(krul::InProcessKvStore::Create(link), "store");
+
+  // ---- start-up probe: load, through the store ----
+  krul::LoadCoefficients load;
+  {
+    const int probe_tokens = 256;
+    auto cache = ValueOrDie(krul::KvCache::Create(config, probe_tokens), "probe cache");
+    CHECK_OK(engine->Forward(cache, Tokens(probe_tokens, config.vocab_size, seed + 99), 0, {}));
+    krul::CompressorOptions co;
+    co.dtype = dtype;
+    auto kv = ValueOrDie(
+        krul::CompressKv(cache, shape, krul::CompressionPlan::Uncompressed(config.n_layers),
+                         probe_tokens, {}, co),
+        "probe compress");
+    store->Put("probe", std::move(kv));
+    auto source = ValueOrDie(store->Open("probe"), "probe open");
+    const std::vector<int> layer0 = {0};
+    krul::LoadProbeFn fetch = [&](int tokens) {
+      return source->Fetch(layer0, 0, std::min(tokens, probe_tokens), cache);
+    };
+    krul::LoadProbeOptions lpo;
+    lpo.small_tokens = 1;
+    lpo.large_tokens = probe_tokens;
+    load = ValueOrDie(krul::ProbeLoad(fetch, lpo), "load probe");
+    CHECK_OK(store->Erase("probe"));
+  }
+  auto cost_model = ValueOrDie(krul::CostModel::Create({compute, load}), "cost model");
+  const double probe_s = std::chrono::duration<double>(Clock::now() - probe_start).count();
+
+  // ---- krul-fixed: pairs from the average similarity of a calibration set ----
+  krul::CompressionPlan fixed_pairs = krul::CompressionPlan::Uncompressed(config.n_layers);
+  {
+    krul::SimilarityEstimate merged = krul::SimilarityEstimate::Empty(config.n_layers);
+    const int calib_tokens = 512;
+    for (int c = 0; c < absl::GetFlag(FLAGS_calibration_conversations); ++c) {
+      auto cache = ValueOrDie(krul::KvCache::Create(config, calib_tokens), "calibration cache");
+      const auto tokens = Tokens(calib_tokens, config.vocab_size, seed * 1000 + 500 + c);
+      CHECK_OK(merged.Merge(
+          PrefillWithEstimate(*engine, cache, tokens, absl::GetFlag(FLAGS_turn_tokens))));
+    }
+    fixed_pairs = SelectOrNone(merged, config.n_layers, ratio);
+  }
+  const krul::CompressionPlan static_pairs =
+      ValueOrDie(krul::StaticMidDepthPlan(config.n_layers, ratio), "static pairs");
+
+  krul::RestorerOptions ro;
+  ro.cost_model = cost_model.get();
+  auto restorer = ValueOrDie(krul::Restorer::Create(*engine, ro), "restorer");
+  krul::ModePlanOptions mpo;
+  mpo.dtype = dtype;
+  mpo.granularity_tokens = absl::GetFlag(FLAGS_granularity);
+
+  // Other processes on the machine distort wall-clock timings: say how busy
+  // it was.
+  double load_average[1] = {-1};
+  if (getloadavg(load_average, 1) != 1) load_average[0] = -1;
+  if (!json) {
+    std::printf(
+        "krul-bench-restore: %s, new input %d tokens, KV %s, ratio %.2f, %u cores, "
+        "load average %.2f\n",
+        config.ToString().c_str(), new_tokens, std::string(krul::DTypeName(dtype)).c_str(), ratio,
+        std::thread::hardware_concurrency(), load_average[0]);
+    std::printf(
+        "probe (%.2fs): compute fixed=%.3gs per_token=%.3gs per_pair=%.3gs; "
+        "load latency=%.3gs bandwidth=%.3f GB/s (link: %.1f us, %.3f GB/s)\n",
+        probe_s, compute.fixed_s, compute.per_token_s, compute.per_attention_pair_s, load.latency_s,
+        load.bytes_per_second / 1e9, link.latency_s * 1e6, link.bytes_per_second / 1e9);
+    std::printf("pairs: minicache [%s]  krul-fixed [%s]\n", PairsString(static_pairs).c_str(),
+                PairsString(fixed_pairs).c_str());
+    std::printf("%7s %9s %9s %9s %9s %9s %9s | %6s %6s %6s %6s %6s | %7s %5s %5s\n", "history",
+                "recompute", "load", "cake", "minicache", "krul-fix", "krul", "x_rec", "x_load",
+                "x_cake", "x_mini", "x_fix", "storage", "eff", "s_eff");
+  }
+
+  // Warm-up: the first restore pays for page faults, thread start-up and
+  // cold caches; keep it out of the numbers.
+  {
+    const int n = std::min(256, histories.front());
+    const auto tokens = Tokens(n, config.vocab_size, seed + 5);
+    auto cache = ValueOrDie(krul::KvCache::Create(config, n + new_tokens), "cache");
+    krul::RestoreProblem p;
+    p.n_layers = config.n_layers;
+    p.history_tokens = n;
+    p.new_tokens = new_tokens;
+    p.layout = krul::UncompressedLayout(config.n_layers, 1);
+    p.policy = krul::SplitPolicy::kRecomputeAll;
+    const auto plan = ValueOrDie(krul::PlanRestore(p, cost_model->Snapshot()), "warm-up plan");
+    std::vector<float> logits(config.vocab_size);
+    ValueOrDie(restorer->Restore(plan, tokens, Tokens(new_tokens, config.vocab_size, seed + 6),
+                                 nullptr, cache, logits),
+               "warm-up restore");
+  }
+
+  std::vector<std::map<RestoreMode, ModeResult>> all;
+  for (int history : histories) {
+    const std::vector<int> tokens = Tokens(history, config.vocab_size, seed * 7919 + history);
+    const std::vector<int> input = Tokens(new_tokens, config.vocab_size, seed * 31 + history);
+    auto full = ValueOrDie(krul::KvCache::Create(config, history + new_tokens), "cache");
+    const krul::SimilarityEstimate estimate =
+        PrefillWithEstimate(*engine, full, tokens, absl::GetFlag(FLAGS_turn_tokens));
+    const krul::CompressionPlan own_pairs = SelectOrNone(estimate, config.n_layers, ratio);
+    auto restored = ValueOrDie(krul::KvCache::Create(config, history + new_tokens), "cache");
+    std::vector<float> logits(config.vocab_size), reference(config.vocab_size);
+
+    // Every mode plans at turn end from the same costs.
+    const krul::CostCoefficients turn_end_costs = cost_model->Snapshot();
+    const int length_rounds = history <= 1024 ? std::max(rounds, 3) : rounds;
+    std::map<RestoreMode, ModeResult> results;
+    std::map<RestoreMode, krul::RestorePlan> plans;
+    std::map<RestoreMode, std::vector<double>> ttft;
+    std::map<RestoreMode, krul::RestoreStats> last;
+    // Turn end: every mode plans with the same costs, compresses, stores.
+    for (RestoreMode mode : krul::kAllRestoreModes) {
+      const krul::CompressionPlan& pairs = mode == RestoreMode::kMiniCache   ? static_pairs
+                                           : mode == RestoreMode::kKrulFixed ? fixed_pairs
+                                                                             : own_pairs;
+      plans[mode] = ValueOrDie(
+          krul::PlanForMode(mode, pairs, shape, history, new_tokens, turn_end_costs, mpo), "plan");
+      const krul::CompressionPlan storage = krul::StoragePlanForMode(mode, pairs, config.n_layers);
+      krul::CompressorOptions co;
+      co.dtype = dtype;
+      auto kv = ValueOrDie(
+          krul::CompressKv(full, shape, storage, history, plans[mode].recompute_tokens, co),
+          "compress");
+      ModeResult& r = results[mode];
+      r.stored_bytes = static_cast<double>(kv.stored_bytes());
+      r.pairs = PairsString(storage);
+      store->Put(Key(history, mode), std::move(kv));
+    }
+    // Turn start: restore + prefill. Rounds go over all modes in turn so
+    // that load from other processes hits every mode alike.
+    for (int round = 0; round < length_rounds; ++round) {
+      for (RestoreMode mode : krul::kAllRestoreModes) {
+        auto source = ValueOrDie(store->Open(Key(history, mode)), "open");
+        last[mode] = ValueOrDie(
+            restorer->Restore(plans[mode], tokens, input, source.get(), restored, logits),
+            "restore");
+        ttft[mode].push_back(last[mode].total_seconds);
+        if (mode == RestoreMode::kRecompute) reference = logits;
+        for (size_t i = 0; i < logits.size(); ++i) {
+          results[mode].max_logit_diff =
+              std::max(results[mode].max_logit_diff,
+                       static_cast<double>(std::abs(logits[i] - reference[i])));
+        }
+      }
+    }
+    for (RestoreMode mode : krul::kAllRestoreModes) {
+      CHECK_OK(store->Erase(Key(history, mode)));
+      ModeResult& r = results[mode];
+      const krul::RestoreStats& st = last[mode];
+      r.ttft_s = Median(ttft[mode]);
+      r.predicted_s = st.plan.predicted_seconds;
+      r.lower_bound_s = st.plan.lower_bound_seconds;
+      r.efficiency = r.lower_bound_s / r.ttft_s;
+      r.stream_efficiency = st.stream_efficiency;
+      r.recomputed_token_layers = st.recomputed_token_layers;
+      r.replanned = st.replanned;
+      r.split = st.plan.recompute_tokens;
+    }
+    const ModeResult& k = results[RestoreMode::kKrul];
+    auto x = [&](RestoreMode m) { return results[m].ttft_s / k.ttft_s; };
+    const double storage_ratio = results[RestoreMode::kLoad].stored_bytes / k.stored_bytes;
+    if (!json) {
+      std::printf(
+          "%7d %8.1fms %8.1fms %8.1fms %8.1fms %8.1fms %8.1fms | %6.2f %6.2f %6.2f %6.2f "
+          "%6.2f | %6.2fx %5.2f %5.2f\n",
+          history, results[RestoreMode::kRecompute].ttft_s * 1e3,
+          results[RestoreMode::kLoad].ttft_s * 1e3, results[RestoreMode::kCake].ttft_s * 1e3,
+          results[RestoreMode::kMiniCache].ttft_s * 1e3,
+          results[RestoreMode::kKrulFixed].ttft_s * 1e3, k.ttft_s * 1e3, x(RestoreMode::kRecompute),
+          x(RestoreMode::kLoad), x(RestoreMode::kCake), x(RestoreMode::kMiniCache),
+          x(RestoreMode::kKrulFixed), storage_ratio, k.efficiency, k.stream_efficiency);
+      std::printf("        krul split [%s] pairs [%s]%s predicted %.1fms ideal %.1fms; stored MB:",
+                  absl::StrJoin(k.split, ",").c_str(), k.pairs.c_str(),
+                  k.replanned ? " (re-planned)" : "", k.predicted_s * 1e3, k.lower_bound_s * 1e3);
+      for (RestoreMode m : krul::kAllRestoreModes) {
+        std::printf(" %s=%.2f", std::string(krul::RestoreModeName(m)).c_str(),
+                    results[m].stored_bytes / 1e6);
+      }
+      std::printf("; cake split %d\n", results[RestoreMode::kCake].split.empty()
+                                           ? 0
+                                           : results[RestoreMode::kCake].split[0]);
+      std::fflush(stdout);
+    }
+    all.push_back(std::move(results));
+  }
+
+  if (json) {
+    std::printf("{\n  \"bench\": \"krul-bench-restore\",\n");
+    std::printf("  \"model\": \"%s\",\n  \"new_tokens\": %d,\n  \"kv_dtype\": \"%s\",\n",
+                config.ToString().c_str(), new_tokens, std::string(krul::DTypeName(dtype)).c_str());
+    std::printf("  \"target_ratio\": %.4f,\n  \"rounds\": %d,\n", ratio, rounds);
+    std::printf("  \"cores\": %u,\n  \"load_average_at_start\": %.2f,\n",
+                std::thread::hardware_concurrency(), load_average[0]);
+    std::printf("  \"link\": {\"latency_s\": %.6g, \"bytes_per_second\": %.6g},\n", link.latency_s,
+                link.bytes_per_second);
+    std::printf(
+        "  \"probe\": {\"seconds\": %.4g, \"fixed_s\": %.6g, \"per_token_s\": %.6g, "
+        "\"per_attention_pair_s\": %.6g, \"load_latency_s\": %.6g, "
+        "\"load_bytes_per_second\": %.6g},\n",
+        probe_s, compute.fixed_s, compute.per_token_s, compute.per_attention_pair_s, load.latency_s,
+        load.bytes_per_second);
+    std::printf("  \"pairs\": {\"minicache\": \"%s\", \"krul-fixed\": \"%s\"},\n",
+                PairsString(static_pairs).c_str(), PairsString(fixed_pairs).c_str());
+    std::printf("  \"results\": [\n");
+    for (size_t i = 0; i < all.size(); ++i) {
+      auto& results = all[i];
+      const ModeResult& k = results[RestoreMode::kKrul];
+      auto x = [&](RestoreMode m) { return results[m].ttft_s / k.ttft_s; };
+      std::printf(
+          "    {\"history\": %d, \"ratio_vs_recompute\": %.4f, \"ratio_vs_load\": %.4f, "
+          "\"ratio_vs_cake\": %.4f, \"ratio_vs_minicache\": %.4f, "
+          "\"ratio_vs_krul_fixed\": %.4f, \"storage_ratio\": %.4f, \"efficiency\": %.4f, "
+          "\"stream_efficiency\": %.4f,\n",
+          histories[i], x(RestoreMode::kRecompute), x(RestoreMode::kLoad), x(RestoreMode::kCake),
+          x(RestoreMode::kMiniCache), x(RestoreMode::kKrulFixed),
+          results[RestoreMode::kLoad].stored_bytes / k.stored_bytes, k.efficiency,
+          k.stream_efficiency);
+      std::printf("     \"krul_split\": [%s], \"krul_pairs\": \"%s\", \"krul_replanned\": %s,\n",
+                  absl::StrJoin(k.split, ",").c_str(), k.pairs.c_str(),
+                  k.replanned ? "true" : "false");
+      std::printf("     \"modes\": {");
+      bool first = true;
+      for (RestoreMode m : krul::kAllRestoreModes) {
+        const ModeResult& r = results[m];
+        std::printf(
+            "%s\n       \"%s\": {\"ttft_s\": %.6g, \"predicted_s\": %.6g, "
+            "\"lower_bound_s\": %.6g, \"efficiency\": %.4f, \"stream_efficiency\": %.4f, "
+            "\"stored_bytes\": %.0f, "
+            "\"recomputed_token_layers\": %lld, \"max_logit_diff_vs_recompute\": %.3g}",
+            first ? "" : ",", std::string(krul::RestoreModeName(m)).c_str(), r.ttft_s,
+            r.predicted_s, r.lower_bound_s, r.efficiency, r.stream_efficiency, r.stored_bytes,
+            static_cast<long long>(r.recomputed_token_layers), r.max_logit_diff);
+        first = false;
+      }
+      std::printf("}}%s\n", i + 1 < all.size() ? "," : "");
+    }
+    std::printf("  ]\n}\n");
+  }
+  return 0;
+}
