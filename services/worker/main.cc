@@ -1,0 +1,238 @@
+// krul-worker: the stateless inference worker (docs/worker.md).
+//
+//   krul-worker --model stories260K.bin --tokenizer tok512.bin
+//               --kvstore 127.0.0.1:7070 --http_port 8080
+//   krul-worker --synthetic --http_port 0      (in-process store, ephemeral port)
+//
+// Prints "krul-worker listening on HOST:PORT" (and "krul-worker grpc
+// listening on HOST:PORT") on stdout once it serves; SIGINT / SIGTERM stop
+// it cleanly (queued persists are given --persist_deadline_ms to finish).
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "conversation_store.h"
+#include "grpc_service.h"
+#include "http_api.h"
+#include "kvstore_conversation_store.h"
+#include "options.h"
+#include "worker_core.h"
+
+ABSL_FLAG(std::string, model, "", "Model file: llama2.c checkpoint (.bin) or GGUF (.gguf)");
+ABSL_FLAG(std::string, tokenizer, "",
+          "llama2.c tokenizer file; default: the vocabulary embedded in the model");
+ABSL_FLAG(bool, synthetic, false, "Serve a seeded random model (--synthetic_shape)");
+ABSL_FLAG(std::string, synthetic_shape, "64,172,5,8,4,512,512",
+          "dim,hidden_dim,layers,heads,kv_heads,vocab,seq_len of the synthetic model");
+ABSL_FLAG(uint64_t, seed, 42, "Seed of the synthetic model's weights");
+ABSL_FLAG(std::string, model_name, "",
+          "Model name in the API (default: the model file's stem, or 'synthetic')");
+ABSL_FLAG(std::string, chat_template, "plain", "Chat template: plain or roles");
+ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on");
+ABSL_FLAG(int, http_port, 8080, "HTTP port; 0 = ephemeral (printed on stdout)");
+ABSL_FLAG(int, grpc_port, -1, "gRPC Worker service port; 0 = ephemeral, -1 = off");
+ABSL_FLAG(int, max_active, 1, "Requests computed at once (one engine each)");
+ABSL_FLAG(int, max_queue, 8, "Requests that may wait for an engine; beyond: HTTP 429");
+ABSL_FLAG(int, queue_timeout_ms, 30000, "Longest wait for an engine before HTTP 429");
+ABSL_FLAG(int, threads, 1, "Engine threads per active request (0 = all cores)");
+ABSL_FLAG(int, default_max_tokens, 64, "max_tokens when a request gives none");
+ABSL_FLAG(int, max_tokens_limit, 4096, "Largest max_tokens a request may ask for");
+ABSL_FLAG(int, max_request_bytes, 4 << 20, "Largest request body");
+ABSL_FLAG(std::string, kvstore, "",
+          "Comma-separated kvstore gRPC addresses (host:port); empty = in-process store");
+ABSL_FLAG(int, kvstore_replication, 1, "Replicas of each conversation across the kvstore shards");
+ABSL_FLAG(bool, kvstore_ucx, false,
+          "Move KV blocks over UCX (shared memory / TCP / RDMA) instead of gRPC");
+ABSL_FLAG(std::string, tenant, "default", "Tenant the conversations are stored under");
+ABSL_FLAG(std::string, mode, "krul",
+          "Restore mode: krul, recompute, load, cake, minicache, krul-fixed");
+ABSL_FLAG(bool, allow_mode_override, true, "Let requests pick a mode with \"krul_mode\"");
+ABSL_FLAG(double, target_ratio, 1.5,
+          "Target KV compression ratio (layers / stored layers), [1, 2]");
+ABSL_FLAG(double, sensitivity_threshold, 0.9,
+          "Edge attention mass above which a layer is never shared, [0, 1]");
+ABSL_FLAG(std::string, kv_dtype, "f32", "Storage type of stored KV: f32, f16, bf16");
+ABSL_FLAG(bool, prefetch_blocks, true,
+          "Read all blocks of a restore in one streamed request (false: one per load step)");
+ABSL_FLAG(int, chunk_tokens, 256, "Tokens per stored KV block");
+ABSL_FLAG(int, kvstore_deadline_ms, 1000, "Deadline of a restore-time lookup or block fetch");
+ABSL_FLAG(int, persist_deadline_ms, 10000, "Deadline of a background persist");
+ABSL_FLAG(int, max_pending_persists, 16, "Persists that may wait; beyond, a turn is not stored");
+ABSL_FLAG(int, granularity_tokens, 16, "Restore split grid (tokens)");
+ABSL_FLAG(int, expected_new_tokens, 64, "New-input length assumed when the split is chosen");
+ABSL_FLAG(bool, probe_compute, true, "Measure the recompute cost at start-up");
+ABSL_FLAG(bool, probe_load, true,
+          "Time block reads from the store at start-up (also warms its connections)");
+ABSL_FLAG(double, compute_fixed_us, 20, "Cost model: fixed cost of one layer call (us)");
+ABSL_FLAG(double, compute_per_token_us, 5, "Cost model: per token per layer (us)");
+ABSL_FLAG(double, compute_per_pair_ns, 5, "Cost model: per attention (query, key) pair (ns)");
+ABSL_FLAG(double, load_latency_us, 300, "Cost model: per load request (us)");
+ABSL_FLAG(double, load_gbps, 1.0, "Cost model: load bandwidth (GB/s)");
+ABSL_FLAG(bool, freeze_costs, false, "Do not refresh the cost model from live measurements");
+ABSL_FLAG(std::string, fixed_pairs, "",
+          "krul-fixed layer pairs 'a:b,c:d'; empty = calibrate at start-up");
+
+namespace {
+
+using krul::worker::WorkerOptions;
+
+int Fail(const absl::Status& status) {
+  std::cerr << "krul-worker: " << status << "\n";
+  return 1;
+}
+
+absl::StatusOr<WorkerOptions> OptionsFromFlags() {
+  WorkerOptions o;
+  o.model_path = absl::GetFlag(FLAGS_model);
+  o.tokenizer_path = absl::GetFlag(FLAGS_tokenizer);
+  o.synthetic = absl::GetFlag(FLAGS_synthetic);
+  if (o.synthetic) {
+    auto shape = krul::worker::ParseModelShape(absl::GetFlag(FLAGS_synthetic_shape));
+    if (!shape.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("synthetic_shape: ", shape.status().message()));
+    }
+    o.synthetic_shape = *shape;
+  }
+  o.synthetic_seed = absl::GetFlag(FLAGS_seed);
+  o.model_name = absl::GetFlag(FLAGS_model_name);
+  auto tmpl = krul::worker::ParseChatTemplate(absl::GetFlag(FLAGS_chat_template));
+  if (!tmpl.ok())
+    return absl::InvalidArgumentError(absl::StrCat("chat_template: ", tmpl.status().message()));
+  o.chat_template = *tmpl;
+  o.host = absl::GetFlag(FLAGS_host);
+  o.http_port = absl::GetFlag(FLAGS_http_port);
+  o.grpc_port = absl::GetFlag(FLAGS_grpc_port);
+  o.max_active = absl::GetFlag(FLAGS_max_active);
+  o.max_queue = absl::GetFlag(FLAGS_max_queue);
+  o.queue_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_queue_timeout_ms));
+  o.threads = absl::GetFlag(FLAGS_threads);
+  o.default_max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
+  o.max_tokens_limit = absl::GetFlag(FLAGS_max_tokens_limit);
+  if (absl::GetFlag(FLAGS_max_request_bytes) < 0) {
+    return absl::InvalidArgumentError("max_request_bytes: must be >= 0");
+  }
+  o.max_request_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_request_bytes));
+  o.kvstore_addresses = absl::StrSplit(absl::GetFlag(FLAGS_kvstore), ',', absl::SkipWhitespace());
+  o.tenant = absl::GetFlag(FLAGS_tenant);
+  auto mode = krul::ParseRestoreMode(absl::GetFlag(FLAGS_mode));
+  if (!mode.ok())
+    return absl::InvalidArgumentError(absl::StrCat("mode: ", mode.status().message()));
+  o.mode = *mode;
+  o.allow_mode_override = absl::GetFlag(FLAGS_allow_mode_override);
+  o.target_ratio = absl::GetFlag(FLAGS_target_ratio);
+  o.sensitivity_threshold = absl::GetFlag(FLAGS_sensitivity_threshold);
+  auto dtype = krul::worker::ParseDType(absl::GetFlag(FLAGS_kv_dtype));
+  if (!dtype.ok())
+    return absl::InvalidArgumentError(absl::StrCat("kv_dtype: ", dtype.status().message()));
+  o.kv_dtype = *dtype;
+  o.chunk_tokens = absl::GetFlag(FLAGS_chunk_tokens);
+  o.prefetch_blocks = absl::GetFlag(FLAGS_prefetch_blocks);
+  o.kvstore_deadline = absl::Milliseconds(absl::GetFlag(FLAGS_kvstore_deadline_ms));
+  o.persist_deadline = absl::Milliseconds(absl::GetFlag(FLAGS_persist_deadline_ms));
+  o.max_pending_persists = absl::GetFlag(FLAGS_max_pending_persists);
+  o.granularity_tokens = absl::GetFlag(FLAGS_granularity_tokens);
+  o.expected_new_tokens = absl::GetFlag(FLAGS_expected_new_tokens);
+  o.probe_compute = absl::GetFlag(FLAGS_probe_compute);
+  o.probe_load = absl::GetFlag(FLAGS_probe_load);
+  o.compute_fixed_us = absl::GetFlag(FLAGS_compute_fixed_us);
+  o.compute_per_token_us = absl::GetFlag(FLAGS_compute_per_token_us);
+  o.compute_per_pair_ns = absl::GetFlag(FLAGS_compute_per_pair_ns);
+  o.load_latency_us = absl::GetFlag(FLAGS_load_latency_us);
+  o.load_gbps = absl::GetFlag(FLAGS_load_gbps);
+  o.freeze_costs = absl::GetFlag(FLAGS_freeze_costs);
+  o.fixed_pairs = absl::GetFlag(FLAGS_fixed_pairs);
+  if (auto s = o.Validate(); !s.ok()) return s;
+  return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "The Krul inference worker: OpenAI-compatible chat over HTTP, KV in the kvstore.\n"
+      "  krul-worker --model FILE [--tokenizer FILE] [--kvstore HOST:PORT] [--http_port N]\n"
+      "  krul-worker --synthetic --http_port 0");
+  absl::ParseCommandLine(argc, argv);
+
+  // Block the stop signals in every thread; one thread waits for them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto options = OptionsFromFlags();
+  if (!options.ok()) return Fail(options.status());
+
+  std::unique_ptr<krul::worker::ConversationStore> store;
+  if (!options->kvstore_addresses.empty()) {
+    krul::worker::KvstoreStoreOptions kv;
+    kv.addresses = options->kvstore_addresses;
+    kv.replication = absl::GetFlag(FLAGS_kvstore_replication);
+    kv.restore_deadline = options->kvstore_deadline;
+    kv.persist_deadline = options->persist_deadline;
+    kv.ucx = absl::GetFlag(FLAGS_kvstore_ucx);
+    auto remote = krul::worker::NewKvstoreConversationStore(kv);
+    if (!remote.ok()) return Fail(remote.status());
+    store = *std::move(remote);
+  } else {
+    std::cerr << "krul-worker: no --kvstore: conversations live in this process only\n";
+  }
+  if (store != nullptr) {
+    // Opens the channels now, so the first restore does not pay for it. A
+    // store that is down is not fatal: turns then recompute.
+    if (auto s = store->Health(absl::Now() + absl::Seconds(2)); !s.ok()) {
+      std::cerr << "krul-worker: kvstore not reachable yet (" << s.message()
+                << "); restores fall back to recompute until it is\n";
+    }
+  }
+  auto core = krul::worker::WorkerCore::Create(*options, std::move(store));
+  if (!core.ok()) return Fail(core.status());
+
+  krul::worker::HttpApi http(core->get());
+  auto port = http.Bind(options->host, options->http_port);
+  if (!port.ok()) return Fail(port.status());
+  (*core)->set_worker_id(options->host + ":" + std::to_string(*port));
+
+  std::unique_ptr<krul::worker::GrpcServer> grpc;
+  if (options->grpc_port >= 0) {
+    auto started = krul::worker::GrpcServer::Start(core->get(), options->host, options->grpc_port);
+    if (!started.ok()) return Fail(started.status());
+    grpc = *std::move(started);
+  }
+
+  std::thread server([&http] { http.Serve(); });
+  std::cerr << "krul-worker: model " << (*core)->model_name() << " ("
+            << (*core)->model().config().ToString() << "), mode "
+            << krul::RestoreModeName(options->mode) << ", store "
+            << (options->kvstore_addresses.empty() ? "in-process" : "kvstore") << "\n";
+  std::printf("krul-worker listening on %s:%d\n", options->host.c_str(), *port);
+  if (grpc != nullptr) {
+    std::printf("krul-worker grpc listening on %s:%d\n", options->host.c_str(), grpc->port());
+  }
+  std::fflush(stdout);
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  std::cerr << "krul-worker: signal " << signal_number << ", shutting down\n";
+  (*core)->Shutdown(options->persist_deadline);
+  if (grpc != nullptr) grpc->Stop();
+  http.Stop();
+  server.join();
+  core->reset();
+  return 0;
+}

@@ -1,0 +1,159 @@
+// Helpers shared by the worker's in-process tests: a model to serve (the
+// real krul12L when the shared data is there, else a synthetic one), a
+// store shared by several WorkerCores, running one turn, and an
+// independent reference run of the engine that keeps its KV cache across
+// turns (what an uninterrupted conversation computes).
+#ifndef KRUL_TESTS_SERVICES_WORKER_WORKER_TEST_UTIL_H_
+#define KRUL_TESTS_SERVICES_WORKER_WORKER_TEST_UTIL_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "conversation_store.h"
+#include "krul/engine.h"
+#include "krul/sampler.h"
+#include "krul/tokenizer.h"
+#include "options.h"
+#include "session.h"
+#include "test_support/test_data.h"
+#include "worker_core.h"
+
+namespace krul::worker::testing {
+
+// Worker options for the test model: krul12L + tok512 from the shared data
+// when present, else a small synthetic model. `real` tells which.
+inline WorkerOptions TestModelOptions(bool* real = nullptr) {
+  WorkerOptions o;
+  auto model = ::krul::testing::DataFile("models/krul12L.bin");
+  auto tokenizer = ::krul::testing::DataFile("models/tok512.bin");
+  if (model && tokenizer) {
+    o.model_path = *model;
+    o.tokenizer_path = *tokenizer;
+    if (real) *real = true;
+  } else {
+    o.synthetic = true;
+    o.synthetic_shape = *ParseModelShape("64,172,6,8,4,512,256");
+    if (real) *real = false;
+  }
+  o.threads = 1;
+  o.probe_compute = false;  // fixed costs: the same split on every run
+  o.probe_load = false;
+  o.freeze_costs = true;
+  o.fixed_pairs = "";
+  o.allow_mode_override = true;
+  return o;
+}
+
+// Lets several WorkerCores (each owning its store) share one store, like
+// several worker processes sharing the kvstore.
+class SharedStore final : public ConversationStore {
+ public:
+  explicit SharedStore(std::shared_ptr<MemoryConversationStore> store) : store_(std::move(store)) {}
+  absl::StatusOr<v1::Manifest> LookupLatest(const std::string& tenant, const std::string& id,
+                                            absl::Time deadline) override {
+    return store_->LookupLatest(tenant, id, deadline);
+  }
+  absl::Status ReadBlocks(const v1::Manifest& manifest, std::span<const uint32_t> indices,
+                          const BlockSink& sink, absl::Time deadline) override {
+    return store_->ReadBlocks(manifest, indices, sink, deadline);
+  }
+  absl::Status Write(const v1::Manifest& manifest, std::vector<std::string> blocks,
+                     absl::Time deadline) override {
+    return store_->Write(manifest, std::move(blocks), deadline);
+  }
+  absl::Status Delete(const std::string& tenant, const std::string& id,
+                      absl::Time deadline) override {
+    return store_->Delete(tenant, id, deadline);
+  }
+  absl::Status Health(absl::Time deadline) override { return store_->Health(deadline); }
+
+ private:
+  std::shared_ptr<MemoryConversationStore> store_;
+};
+
+struct TurnResult {
+  std::vector<int> ids;
+  std::string content;
+  std::string finish_reason;
+  CompletionStats stats;
+};
+
+// Runs one greedy turn to the end, commits it and waits for the persist.
+inline absl::StatusOr<TurnResult> RunTurn(WorkerCore& core, const std::vector<ChatMessage>& msgs,
+                                          int max_tokens, const std::string& conversation_id = "",
+                                          std::optional<RestoreMode> mode = std::nullopt) {
+  ChatRequest r;
+  r.messages = msgs;
+  r.max_tokens = max_tokens;
+  r.temperature = 0;
+  r.conversation_id = conversation_id;
+  r.mode = mode;
+  auto session = core.StartChat(r, absl::Now());
+  if (!session.ok()) return session.status();
+  while (!(*session)->done()) {
+    auto piece = (*session)->Next();
+    if (!piece.ok()) return piece.status();
+  }
+  TurnResult out;
+  out.ids = (*session)->completion_tokens();
+  out.content = (*session)->content();
+  out.finish_reason = (*session)->finish_reason();
+  out.stats = (*session)->stats();
+  (*session)->Commit();
+  session->reset();
+  if (!core.persister().Drain(absl::Seconds(30))) {
+    return absl::DeadlineExceededError("persist did not finish");
+  }
+  return out;
+}
+
+// The uninterrupted reference: one KV cache for the whole conversation.
+// Each user message is BOS-less Encode(content + "\n") (the plain
+// template, written out here independently of the worker's code); the
+// assistant's tokens are the ones it sampled; after a turn that ended by
+// length, its last token is prefilled with the next message.
+class ReferenceConversation {
+ public:
+  ReferenceConversation(const Model& model, const Tokenizer& tokenizer)
+      : tokenizer_(tokenizer),
+        engine_(*Engine::Create(model, EngineOptions{.num_threads = 1})),
+        cache_(*KvCache::Create(model.config(), model.config().seq_len)),
+        logits_(model.config().vocab_size) {
+    pending_.push_back(tokenizer.bos_id());
+  }
+
+  // Greedy answer of up to `max_tokens` tokens to `user`.
+  std::vector<int> Turn(const std::string& user, int max_tokens) {
+    std::vector<int> piece = tokenizer_.Encode(user + "\n", false, false);
+    pending_.insert(pending_.end(), piece.begin(), piece.end());
+    EXPECT_TRUE(engine_->Forward(cache_, pending_, pos_, logits_).ok());
+    pos_ += static_cast<int>(pending_.size());
+    pending_.clear();
+    std::vector<int> out;
+    while (true) {
+      const int next = ArgMax(logits_);
+      if (next == tokenizer_.bos_id() || next == tokenizer_.eos_id()) break;
+      out.push_back(next);
+      if (static_cast<int>(out.size()) == max_tokens) {
+        pending_.push_back(next);
+        break;
+      }
+      EXPECT_TRUE(engine_->Forward(cache_, std::span<const int>(&next, 1), pos_, logits_).ok());
+      ++pos_;
+    }
+    return out;
+  }
+
+ private:
+  const Tokenizer& tokenizer_;
+  std::unique_ptr<Engine> engine_;
+  KvCache cache_;
+  std::vector<float> logits_;
+  std::vector<int> pending_;
+  int pos_ = 0;
+};
+
+}  // namespace krul::worker::testing
+
+#endif  // KRUL_TESTS_SERVICES_WORKER_WORKER_TEST_UTIL_H_
