@@ -249,13 +249,15 @@ absl::StatusOr<RestoreStats> Restorer::Restore(const RestorePlan& stored_plan,
   stats.load_seconds = progress.busy_seconds;
   stats.loaded_bytes = progress.bytes;
   stats.load_requests = progress.requests;
-  // The ideal is judged under the costs the plan was executed with, for what
-  // was stored (the stored plan's split is the least each layer recomputes).
+  // The ideal is judged under the costs as refreshed by this restore's own
+  // measurements (so a stale probe does not count as a scheduling loss), for
+  // what was stored (the stored split is the least each layer recomputes).
   if (cost_model != nullptr) {
+    const CostCoefficients measured = cost_model->Snapshot();
     RestoreProblem executed = ProblemOf(plan);
     executed.min_recompute_tokens = stored_plan.recompute_tokens;
-    stats.plan.lower_bound_seconds = RestoreLowerBound(executed, costs_now);
-    stats.plan.relaxed_lower_bound_seconds = RelaxedRestoreLowerBound(executed, costs_now);
+    stats.plan.lower_bound_seconds = RestoreLowerBound(executed, measured);
+    stats.plan.relaxed_lower_bound_seconds = RelaxedRestoreLowerBound(executed, measured);
   }
   stats.efficiency =
       stats.total_seconds > 0 ? stats.plan.lower_bound_seconds / stats.total_seconds : 0;

@@ -18,7 +18,9 @@
 // is ever requested). Measured layer and fetch times are fed back to the cost
 // model (live refresh).
 //
-// Efficiency = the plan's ideal lower bound / the achieved time.
+// Efficiency = the ideal lower bound / the achieved time, the bound taken
+// under the cost model as refreshed by this restore's own measurements (with
+// no cost model: the plan's own bound).
 //
 // Thread safety: a Restorer drives one Engine and is not thread-safe; run
 // one per engine.
@@ -60,7 +62,7 @@ struct RestoreStats {
   size_t loaded_bytes = 0;
   int load_requests = 0;
   int64_t recomputed_token_layers = 0;
-  // lower bound / total_seconds, under the executed plan's cost model.
+  // lower bound / total_seconds (see above).
   double efficiency = 0;
   // The same against this run's own stream work, independent of the cost
   // model: max(compute busy, load busy + one layer's prefill) /
