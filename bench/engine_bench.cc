@@ -27,6 +27,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
+#include "bench_util.h"
 #include "krul/engine.h"
 #include "krul/model.h"
 #include "krul/sampler.h"
@@ -108,10 +109,7 @@ Throughput RunBaseline(const std::string& path, const krul::Model& model, int th
   return r;
 }
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using krul::bench::Median;
 
 struct Row {
   std::string name;
@@ -157,12 +155,7 @@ Row Measure(const std::string& name, const std::string& path, const krul::Model&
   return row;
 }
 
-std::string DataDir() {
-  std::string dir = absl::GetFlag(FLAGS_data_dir);
-  if (dir.empty() && std::getenv("KRUL_DATA_DIR") != nullptr) dir = std::getenv("KRUL_DATA_DIR");
-  if (dir.empty()) dir = "../shared/data";
-  return dir;
-}
+std::string DataDir() { return krul::bench::DataDir(absl::GetFlag(FLAGS_data_dir)); }
 
 }  // namespace
 

@@ -32,6 +32,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
+#include "bench_util.h"
 #include "krul/engine.h"
 #include "krul/kv_cache.h"
 #include "krul/model.h"
@@ -158,10 +159,7 @@ Paired RunPaired(krul::Engine& engine, krul::SimilarityEstimator& estimator,
   return p;
 }
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using krul::bench::Median;
 
 struct Row {
   std::string name, shape;
@@ -248,9 +246,9 @@ Row Measure(const std::string& name, const krul::Model& model, int threads) {
   row.decode_cpu_off = Median(cpu_off);
   row.decode_cpu_on = Median(cpu_on);
   row.decode_cpu_null = Median(cpu_null);
-  row.best_decode_tps_off = *std::max_element(d_off.begin(), d_off.end());
-  row.best_decode_tps_on = *std::max_element(d_on.begin(), d_on.end());
-  row.best_decode_tps_null = *std::max_element(d_null.begin(), d_null.end());
+  row.best_decode_tps_off = krul::bench::Max(d_off);
+  row.best_decode_tps_on = krul::bench::Max(d_on);
+  row.best_decode_tps_null = krul::bench::Max(d_null);
   row.turn_s_off = Median(t_off);
   row.turn_s_on = Median(t_on);
   row.prefill_s_off = Median(p_off);
@@ -258,8 +256,8 @@ Row Measure(const std::string& name, const krul::Model& model, int threads) {
   row.engine_thread_s = Median(eng);
   row.background_s = Median(bg);
   row.finish_s = Median(fin);
-  row.decode_engine_s = *std::min_element(deng.begin(), deng.end());
-  row.decode_s_off = *std::min_element(ds_off.begin(), ds_off.end());
+  row.decode_engine_s = krul::bench::Min(deng);
+  row.decode_s_off = krul::bench::Min(ds_off);
   std::vector<double> po, pn, pu;
   for (int r = 0; r < absl::GetFlag(FLAGS_rounds); ++r) {
     const Paired p = RunPaired(**engine, **estimator, null_observer, row.prompt, row.decode);
@@ -273,12 +271,7 @@ Row Measure(const std::string& name, const krul::Model& model, int threads) {
   return row;
 }
 
-std::string DataDir() {
-  std::string dir = absl::GetFlag(FLAGS_data_dir);
-  if (dir.empty() && std::getenv("KRUL_DATA_DIR") != nullptr) dir = std::getenv("KRUL_DATA_DIR");
-  if (dir.empty()) dir = "../shared/data";
-  return dir;
-}
+std::string DataDir() { return krul::bench::DataDir(absl::GetFlag(FLAGS_data_dir)); }
 
 }  // namespace
 

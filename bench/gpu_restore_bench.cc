@@ -43,11 +43,10 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
+#include "bench_util.h"
 #include "krul/compression_plan.h"
 #include "krul/compressor.h"
 #include "krul/cost_model.h"
@@ -59,6 +58,7 @@
 #include "krul/restore_plan.h"
 #include "krul/selector.h"
 #include "krul/similarity_estimator.h"
+#include "restore_bench_common.h"
 
 ABSL_FLAG(bool, json, false, "Print the results as one JSON object on stdout (progress on stderr)");
 ABSL_FLAG(std::string, histories, "1024,4096,8192,16384", "History lengths (tokens)");
@@ -85,6 +85,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using krul::RestoreMode;
+using krul::bench::Median;
+using krul::bench::PairsString;
+using krul::bench::SelectOrNone;
+using krul::bench::Tokens;
 
 bool g_json = false;
 
@@ -114,7 +118,8 @@ void CheckCuda(cudaError_t e, const std::string& what) {
   if (e != cudaSuccess) Die(what, krul::CudaStatus(e, what));
 }
 
-absl::StatusOr<krul::ModelConfig> ParseShape(const std::string& text, int seq_len) {
+// The default --model_shape (LLaMA-7B), before the flag's items.
+krul::ModelConfig DefaultShape() {
   krul::ModelConfig c;
   c.dim = 4096;
   c.hidden_dim = 11008;
@@ -122,38 +127,7 @@ absl::StatusOr<krul::ModelConfig> ParseShape(const std::string& text, int seq_le
   c.n_heads = 32;
   c.n_kv_heads = 32;
   c.vocab_size = 32000;
-  for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-    std::vector<std::string> kv = absl::StrSplit(item, '=');
-    int value = 0;
-    if (kv.size() != 2 || !absl::SimpleAtoi(kv[1], &value)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--model_shape: bad item '", std::string(item), "'"));
-    }
-    if (kv[0] == "dim")
-      c.dim = value;
-    else if (kv[0] == "hidden")
-      c.hidden_dim = value;
-    else if (kv[0] == "layers")
-      c.n_layers = value;
-    else if (kv[0] == "heads")
-      c.n_heads = value;
-    else if (kv[0] == "kv_heads")
-      c.n_kv_heads = value;
-    else if (kv[0] == "vocab")
-      c.vocab_size = value;
-    else
-      return absl::InvalidArgumentError(absl::StrCat("--model_shape: unknown key ", kv[0]));
-  }
-  c.seq_len = seq_len;
-  if (auto s = c.Validate(); !s.ok()) return s;
   return c;
-}
-
-absl::StatusOr<krul::DType> ParseDType(const std::string& s) {
-  if (s == "f32") return krul::DType::kF32;
-  if (s == "f16") return krul::DType::kF16;
-  if (s == "bf16") return krul::DType::kBF16;
-  return absl::InvalidArgumentError("--dtype must be f32, f16 or bf16");
 }
 
 absl::StatusOr<krul::CudaAttentionImpl> ParseAttention(const std::string& s) {
@@ -161,19 +135,6 @@ absl::StatusOr<krul::CudaAttentionImpl> ParseAttention(const std::string& s) {
   if (s == "fused") return krul::CudaAttentionImpl::kFused;
   if (s == "gemm") return krul::CudaAttentionImpl::kGemm;
   return absl::InvalidArgumentError("--attention must be auto, fused or gemm");
-}
-
-std::vector<int> Tokens(int n, int vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int> t(n);
-  for (int& v : t) v = std::uniform_int_distribution<int>(3, vocab - 1)(rng);
-  if (n > 0) t[0] = 1;
-  return t;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 // ---- device peaks --------------------------------------------------------
@@ -293,24 +254,6 @@ krul::SimilarityEstimate EstimateTurn(krul::CudaEngine& engine, int context, int
   return ValueOrDie(estimator->Finish(), "estimate");
 }
 
-krul::CompressionPlan SelectOrNone(const krul::SimilarityEstimate& estimate, int n_layers,
-                                   double ratio) {
-  krul::SelectorOptions so;
-  so.target_ratio = ratio;
-  auto plan = krul::SelectPlan(estimate, so);
-  if (!plan.ok()) {
-    std::fprintf(stderr, "selector: %s (storing uncompressed)\n", plan.status().ToString().c_str());
-    return krul::CompressionPlan::Uncompressed(n_layers);
-  }
-  return *plan;
-}
-
-std::string PairsString(const krul::CompressionPlan& plan) {
-  std::vector<std::string> parts;
-  for (const krul::LayerPair& p : plan.pairs) parts.push_back(absl::StrCat(p.first, "-", p.second));
-  return absl::StrJoin(parts, " ");
-}
-
 struct ModeResult {
   double ttft_s = 0;
   double predicted_s = 0;
@@ -383,16 +326,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "krul-bench-restore-gpu: %s\n", device_count.status().ToString().c_str());
     return 2;
   }
-  std::vector<int> histories;
-  for (absl::string_view s :
-       absl::StrSplit(absl::GetFlag(FLAGS_histories), ',', absl::SkipEmpty())) {
-    int h = 0;
-    if (!absl::SimpleAtoi(s, &h) || h < 1) {
-      std::fprintf(stderr, "--histories: bad length '%s'\n", std::string(s).c_str());
-      return 1;
-    }
-    histories.push_back(h);
+  auto parsed_histories = krul::bench::ParseHistories(absl::GetFlag(FLAGS_histories));
+  if (!parsed_histories.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(parsed_histories.status().message()).c_str());
+    return 1;
   }
+  const std::vector<int> histories = *std::move(parsed_histories);
   const int new_tokens = absl::GetFlag(FLAGS_new_tokens);
   if (histories.empty() || new_tokens < 1) {
     std::fprintf(stderr, "--histories must be non-empty and --new_tokens >= 1\n");
@@ -406,8 +345,10 @@ int main(int argc, char** argv) {
   const int seq_len = std::max(
       {max_history + new_tokens, turn_context + turn_decode, decode_context + decode_tokens, 640});
   const krul::ModelConfig config =
-      ValueOrDie(ParseShape(absl::GetFlag(FLAGS_model_shape), seq_len), "model shape");
-  const krul::DType dtype = ValueOrDie(ParseDType(absl::GetFlag(FLAGS_dtype)), "dtype");
+      ValueOrDie(krul::bench::ParseShape(absl::GetFlag(FLAGS_model_shape), seq_len, DefaultShape()),
+                 "model shape");
+  const krul::DType dtype =
+      ValueOrDie(krul::bench::ParseDType(absl::GetFlag(FLAGS_dtype), "dtype"), "dtype");
   const uint64_t seed = absl::GetFlag(FLAGS_seed);
   const double ratio = absl::GetFlag(FLAGS_ratio);
   const int rounds = std::max(1, absl::GetFlag(FLAGS_rounds));
@@ -440,13 +381,9 @@ int main(int argc, char** argv) {
 
   // ---- the cost model, calibrated on the device ----
   const auto t_probe = Clock::now();
-  krul::ComputeProbeOptions cpo;
-  cpo.token_counts = {128, 512, std::min(2048, seq_len)};
-  cpo.late_start = std::min(4096, seq_len / 2);
-  cpo.late_tokens = 128;
-  cpo.repeats = 3;
-  const krul::ComputeCoefficients compute =
-      ValueOrDie(krul::ProbeCudaCompute(*engine, cpo), "compute probe");
+  const krul::ComputeCoefficients compute = ValueOrDie(
+      krul::ProbeCudaCompute(*engine, krul::bench::RestoreComputeProbeOptions(seq_len)),
+      "compute probe");
   krul::LoadProbeOptions lpo;
   lpo.small_tokens = 1;
   lpo.large_tokens = 4096;
@@ -489,9 +426,8 @@ int main(int argc, char** argv) {
   std::vector<int> merged_layers;
   for (int history : histories) {
     for (RestoreMode mode : krul::kAllRestoreModes) {
-      const krul::CompressionPlan& pairs = mode == RestoreMode::kMiniCache   ? static_pairs
-                                           : mode == RestoreMode::kKrulFixed ? fixed_pairs
-                                                                             : own_pairs[history];
+      const krul::CompressionPlan& pairs =
+          krul::bench::PairsForMode(mode, static_pairs, fixed_pairs, own_pairs[history]);
       plans[{history, mode}] = ValueOrDie(
           krul::PlanForMode(mode, pairs, shape, history, new_tokens, costs, mpo), "plan");
       const krul::CompressionPlan storage = krul::StoragePlanForMode(mode, pairs, config.n_layers);
@@ -513,9 +449,7 @@ int main(int argc, char** argv) {
   auto cache = ValueOrDie(krul::CudaKvCache::Create(*engine, max_history + new_tokens), "cache");
   std::vector<float> logits(config.vocab_size);
 
-  Say("%7s %9s %9s %9s %9s %9s %9s | %6s %6s %6s %6s %6s | %7s %5s\n", "history", "recompute",
-      "load", "cake", "minicache", "krul-fix", "krul", "x_rec", "x_load", "x_cake", "x_mini",
-      "x_fix", "storage", "eff");
+  Say("%s\n", krul::bench::ModeTableHeader());
   std::vector<std::map<RestoreMode, ModeResult>> all;
   for (int history : histories) {
     const std::vector<int> tokens = Tokens(history, config.vocab_size, seed * 7919 + history);
@@ -545,16 +479,7 @@ int main(int argc, char** argv) {
       results[mode] = r;
     }
     const ModeResult& k = results[RestoreMode::kKrul];
-    auto x = [&](RestoreMode m) { return results[m].ttft_s / k.ttft_s; };
-    Say("%7d %8.1fms %8.1fms %8.1fms %8.1fms %8.1fms %8.1fms | %6.2f %6.2f %6.2f %6.2f %6.2f | "
-        "%6.2fx %5.2f\n",
-        history, results[RestoreMode::kRecompute].ttft_s * 1e3,
-        results[RestoreMode::kLoad].ttft_s * 1e3, results[RestoreMode::kCake].ttft_s * 1e3,
-        results[RestoreMode::kMiniCache].ttft_s * 1e3,
-        results[RestoreMode::kKrulFixed].ttft_s * 1e3, k.ttft_s * 1e3, x(RestoreMode::kRecompute),
-        x(RestoreMode::kLoad), x(RestoreMode::kCake), x(RestoreMode::kMiniCache),
-        x(RestoreMode::kKrulFixed), results[RestoreMode::kLoad].stored_bytes / k.stored_bytes,
-        k.efficiency);
+    Say("%s\n", krul::bench::ModeTableRow(history, krul::bench::CompareModes(results)));
     Say("        krul split [%s] pairs [%s] predicted %.1fms ideal %.1fms; cake split %d\n",
         absl::StrJoin(k.split, ","), k.pairs, k.predicted_s * 1e3, k.lower_bound_s * 1e3,
         results[RestoreMode::kCake].split.empty() ? 0 : results[RestoreMode::kCake].split[0]);
@@ -599,15 +524,8 @@ int main(int argc, char** argv) {
         absl::GetFlag(FLAGS_attention), ratio, rounds);
     absl::StrAppendFormat(&j, "  \"peak\": {\"gemm_tflops\": %.6g, \"h2d_gbps\": %.6g},\n",
                           gemm_tflops, h2d_gbps);
-    absl::StrAppendFormat(
-        &j,
-        "  \"probe\": {\"seconds\": %.4g, \"fixed_s\": %.6g, \"per_token_s\": %.6g, "
-        "\"per_attention_pair_s\": %.6g, \"load_latency_s\": %.6g, "
-        "\"load_bytes_per_second\": %.6g},\n",
-        probe_s, compute.fixed_s, compute.per_token_s, compute.per_attention_pair_s, load.latency_s,
-        load.bytes_per_second);
-    absl::StrAppendFormat(&j, "  \"pairs\": {\"minicache\": \"%s\", \"krul-fixed\": \"%s\"},\n",
-                          PairsString(static_pairs), PairsString(fixed_pairs));
+    j += krul::bench::ProbeJson(probe_s, compute, load);
+    j += krul::bench::PairsJson(static_pairs, fixed_pairs);
     absl::StrAppendFormat(&j,
                           "  \"estimator\": {\"decode_context\": %d, \"decode_tokens\": %d, "
                           "\"seconds_off\": %.6g, \"seconds_on\": %.6g, \"overhead\": %.6g},\n",
@@ -620,15 +538,8 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < all.size(); ++i) {
       auto& results = all[i];
       const ModeResult& k = results[RestoreMode::kKrul];
-      auto x = [&](RestoreMode m) { return results[m].ttft_s / k.ttft_s; };
-      absl::StrAppendFormat(
-          &j,
-          "    {\"history\": %d, \"ratio_vs_recompute\": %.4f, \"ratio_vs_load\": %.4f, "
-          "\"ratio_vs_cake\": %.4f, \"ratio_vs_minicache\": %.4f, \"ratio_vs_krul_fixed\": %.4f, "
-          "\"storage_ratio\": %.4f, \"efficiency\": %.4f,\n",
-          histories[i], x(RestoreMode::kRecompute), x(RestoreMode::kLoad), x(RestoreMode::kCake),
-          x(RestoreMode::kMiniCache), x(RestoreMode::kKrulFixed),
-          results[RestoreMode::kLoad].stored_bytes / k.stored_bytes, k.efficiency);
+      j += krul::bench::ModeRatiosJson(histories[i], krul::bench::CompareModes(results));
+      j += ",\n";
       absl::StrAppendFormat(&j,
                             "     \"prefill_tflops\": %.6g, \"prefill_fraction_of_peak\": %.4f, "
                             "\"h2d_gbps\": %.6g, \"h2d_fraction_of_peak\": %.4f,\n",

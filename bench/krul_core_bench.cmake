@@ -2,7 +2,7 @@
 
 # Estimator overhead on decode: tokens/s with the estimator off vs on.
 add_executable(krul-bench-estimator ${CMAKE_CURRENT_LIST_DIR}/estimator_bench.cc)
-target_link_libraries(krul-bench-estimator PRIVATE krul_core absl::flags absl::flags_parse
+target_link_libraries(krul-bench-estimator PRIVATE krul_core krul_bench_util absl::flags absl::flags_parse
                                                    absl::flags_usage absl::str_format)
 
 # Restore TTFT of every mode (recompute, load, cake, minicache, krul-fixed,
@@ -11,7 +11,7 @@ target_link_libraries(krul-bench-estimator PRIVATE krul_core absl::flags absl::f
 # nlohmann_json to read the conversation files).
 if(TARGET krul_restore)
   add_executable(krul-bench-restore ${CMAKE_CURRENT_LIST_DIR}/restore_bench.cc)
-  target_link_libraries(krul-bench-restore PRIVATE krul_restore absl::flags absl::flags_parse
+  target_link_libraries(krul-bench-restore PRIVATE krul_restore krul_bench_restore_common absl::flags absl::flags_parse
                                                    absl::flags_usage absl::str_format absl::strings)
   if(TARGET nlohmann_json::nlohmann_json)
     add_executable(krul-bench-quality ${CMAKE_CURRENT_LIST_DIR}/quality_bench.cc)

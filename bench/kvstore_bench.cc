@@ -58,6 +58,7 @@
 #include "krul/kvstore_client.h"
 #include "krul/manifest.h"
 #include "krul/ucx_transport.h"
+#include "loopback_tcp.h"
 
 ABSL_FLAG(bool, json, false, "Print the results as one JSON object");
 ABSL_FLAG(std::string, sizes, "64K,256K,1M,4M,16M,64M", "Block sizes (K/M suffixes)");
@@ -214,20 +215,11 @@ double MemcpyGbps(uint64_t block, uint64_t total) {
 }
 
 double RawTcpGbps(uint64_t block, uint64_t total) {
-  int listener = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  if (bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      listen(listener, 1) != 0 ||
-      getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    Die("raw tcp: bind/listen");
+  auto pair = krul::bench::ConnectLoopbackTcp();
+  if (!pair.ok()) {
+    Die(pair.status().code() == absl::StatusCode::kUnavailable ? "connect" : "raw tcp: bind/listen");
   }
-  int sender = socket(AF_INET, SOCK_STREAM, 0);
-  if (connect(sender, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) Die("connect");
-  int receiver = accept(listener, nullptr, nullptr);
-  close(listener);
+  const int sender = pair->sender, receiver = pair->receiver;
   const int n = static_cast<int>(std::max<uint64_t>(1, total / block));
   std::thread tx([&] {
     std::vector<char> out(block, 2);

@@ -2,7 +2,7 @@
 # vs memcpy / raw socket / raw RocksDB WriteBatch, and Get latency under
 # concurrency. Starts krul-kvstore processes itself.
 add_executable(krul-bench-kvstore ${CMAKE_CURRENT_LIST_DIR}/kvstore_bench.cc)
-target_link_libraries(krul-bench-kvstore PRIVATE krul_kvstore_client krul_transport
+target_link_libraries(krul-bench-kvstore PRIVATE krul_kvstore_client krul_transport krul_bench_loopback_tcp
                                                  RocksDB::rocksdb nlohmann_json::nlohmann_json
                                                  absl::flags absl::flags_parse absl::flags_usage
                                                  absl::str_format absl::strings)

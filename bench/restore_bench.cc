@@ -31,7 +31,6 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
-#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -40,11 +39,10 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
+#include "bench_util.h"
 #include "krul/compression_plan.h"
 #include "krul/compressor.h"
 #include "krul/cost_model.h"
@@ -57,6 +55,7 @@
 #include "krul/restorer.h"
 #include "krul/selector.h"
 #include "krul/similarity_estimator.h"
+#include "restore_bench_common.h"
 
 ABSL_FLAG(bool, json, false, "Print the results as one JSON object");
 ABSL_FLAG(std::string, histories, "512,1024,2048,4096,8192", "History lengths (tokens)");
@@ -82,6 +81,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using krul::RestoreMode;
+using krul::bench::Median;
+using krul::bench::PairsString;
+using krul::bench::SelectOrNone;
+using krul::bench::Tokens;
 
 #define CHECK_OK(expr)                                        \
   do {                                                        \
@@ -102,7 +105,8 @@ T ValueOrDie(absl::StatusOr<T> v, const char* what) {
   return *std::move(v);
 }
 
-absl::StatusOr<krul::ModelConfig> ParseShape(const std::string& text, int seq_len) {
+// The default --model_shape, before the flag's items.
+krul::ModelConfig DefaultShape() {
   krul::ModelConfig c;
   c.dim = 128;
   c.hidden_dim = 344;
@@ -110,51 +114,7 @@ absl::StatusOr<krul::ModelConfig> ParseShape(const std::string& text, int seq_le
   c.n_heads = 2;
   c.n_kv_heads = 2;
   c.vocab_size = 512;
-  for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-    std::vector<std::string> kv = absl::StrSplit(item, '=');
-    int value = 0;
-    if (kv.size() != 2 || !absl::SimpleAtoi(kv[1], &value)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--model_shape: bad item '", std::string(item), "'"));
-    }
-    if (kv[0] == "dim")
-      c.dim = value;
-    else if (kv[0] == "hidden")
-      c.hidden_dim = value;
-    else if (kv[0] == "layers")
-      c.n_layers = value;
-    else if (kv[0] == "heads")
-      c.n_heads = value;
-    else if (kv[0] == "kv_heads")
-      c.n_kv_heads = value;
-    else if (kv[0] == "vocab")
-      c.vocab_size = value;
-    else
-      return absl::InvalidArgumentError(absl::StrCat("--model_shape: unknown key ", kv[0]));
-  }
-  c.seq_len = seq_len;
-  if (auto s = c.Validate(); !s.ok()) return s;
   return c;
-}
-
-absl::StatusOr<krul::DType> ParseDType(const std::string& s) {
-  if (s == "f32") return krul::DType::kF32;
-  if (s == "f16") return krul::DType::kF16;
-  if (s == "bf16") return krul::DType::kBF16;
-  return absl::InvalidArgumentError("--kv_dtype must be f32, f16 or bf16");
-}
-
-std::vector<int> Tokens(int n, int vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int> t(n);
-  for (int& v : t) v = std::uniform_int_distribution<int>(3, vocab - 1)(rng);
-  if (n > 0) t[0] = 1;
-  return t;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 // Prefills `tokens` into `cache`, the last `turn` of them with the estimator
@@ -172,24 +132,6 @@ krul::SimilarityEstimate PrefillWithEstimate(krul::Engine& engine, krul::KvCache
   CHECK_OK(engine.Forward(cache, std::span(tokens).subspan(n - turn), n - turn, {}));
   engine.SetAttentionObserver(nullptr);
   return estimator->Finish();
-}
-
-krul::CompressionPlan SelectOrNone(const krul::SimilarityEstimate& estimate, int n_layers,
-                                   double ratio) {
-  krul::SelectorOptions so;
-  so.target_ratio = ratio;
-  auto plan = krul::SelectPlan(estimate, so);
-  if (!plan.ok()) {
-    std::fprintf(stderr, "selector: %s (storing uncompressed)\n", plan.status().ToString().c_str());
-    return krul::CompressionPlan::Uncompressed(n_layers);
-  }
-  return *plan;
-}
-
-std::string PairsString(const krul::CompressionPlan& plan) {
-  std::vector<std::string> parts;
-  for (const krul::LayerPair& p : plan.pairs) parts.push_back(absl::StrCat(p.first, "-", p.second));
-  return absl::StrJoin(parts, " ");
 }
 
 std::string Key(int history, RestoreMode mode) {
@@ -216,16 +158,12 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Restore TTFT of every mode over history lengths");
   absl::ParseCommandLine(argc, argv);
   const bool json = absl::GetFlag(FLAGS_json);
-  std::vector<int> histories;
-  for (absl::string_view s :
-       absl::StrSplit(absl::GetFlag(FLAGS_histories), ',', absl::SkipEmpty())) {
-    int h = 0;
-    if (!absl::SimpleAtoi(s, &h) || h < 1) {
-      std::fprintf(stderr, "--histories: bad length '%s'\n", std::string(s).c_str());
-      return 1;
-    }
-    histories.push_back(h);
+  auto parsed_histories = krul::bench::ParseHistories(absl::GetFlag(FLAGS_histories));
+  if (!parsed_histories.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(parsed_histories.status().message()).c_str());
+    return 1;
   }
+  const std::vector<int> histories = *std::move(parsed_histories);
   if (histories.empty()) {
     std::fprintf(stderr, "--histories is empty\n");
     return 1;
@@ -238,8 +176,10 @@ int main(int argc, char** argv) {
   const int max_history = *std::max_element(histories.begin(), histories.end());
   const int seq_len = std::max(max_history + new_tokens, 4096);
   const krul::ModelConfig config =
-      ValueOrDie(ParseShape(absl::GetFlag(FLAGS_model_shape), seq_len), "model shape");
-  const krul::DType dtype = ValueOrDie(ParseDType(absl::GetFlag(FLAGS_kv_dtype)), "kv dtype");
+      ValueOrDie(krul::bench::ParseShape(absl::GetFlag(FLAGS_model_shape), seq_len, DefaultShape()),
+                 "model shape");
+  const krul::DType dtype =
+      ValueOrDie(krul::bench::ParseDType(absl::GetFlag(FLAGS_kv_dtype), "kv_dtype"), "kv dtype");
   const uint64_t seed = absl::GetFlag(FLAGS_seed);
   const double ratio = absl::GetFlag(FLAGS_ratio);
   const int rounds = std::max(1, absl::GetFlag(FLAGS_rounds));
@@ -252,15 +192,9 @@ int main(int argc, char** argv) {
 
   // ---- start-up probe: compute ----
   const auto probe_start = Clock::now();
-  krul::ComputeProbeOptions cpo;
-  // Points spread over the lengths the benchmark restores, so the fitted
-  // linear / quadratic split holds where it is used.
-  cpo.token_counts = {128, 512, std::min(2048, seq_len)};
-  cpo.late_start = std::min(4096, seq_len / 2);
-  cpo.late_tokens = 128;
-  cpo.repeats = 3;
-  const krul::ComputeCoefficients compute =
-      ValueOrDie(krul::ProbeCompute(*engine, cpo), "compute probe");
+  const krul::ComputeCoefficients compute = ValueOrDie(
+      krul::ProbeCompute(*engine, krul::bench::RestoreComputeProbeOptions(seq_len)),
+      "compute probe");
 
   // ---- the link ----
   krul::LinkModel link;
@@ -342,9 +276,7 @@ int main(int argc, char** argv) {
         load.bytes_per_second / 1e9, link.latency_s * 1e6, link.bytes_per_second / 1e9);
     std::printf("pairs: minicache [%s]  krul-fixed [%s]\n", PairsString(static_pairs).c_str(),
                 PairsString(fixed_pairs).c_str());
-    std::printf("%7s %9s %9s %9s %9s %9s %9s | %6s %6s %6s %6s %6s | %7s %5s %5s\n", "history",
-                "recompute", "load", "cake", "minicache", "krul-fix", "krul", "x_rec", "x_load",
-                "x_cake", "x_mini", "x_fix", "storage", "eff", "s_eff");
+    std::printf("%s %5s\n", krul::bench::ModeTableHeader().c_str(), "s_eff");
   }
 
   // Warm-up: the first restore pays for page faults, thread start-up and
@@ -386,9 +318,8 @@ int main(int argc, char** argv) {
     std::map<RestoreMode, krul::RestoreStats> last;
     // Turn end: every mode plans with the same costs, compresses, stores.
     for (RestoreMode mode : krul::kAllRestoreModes) {
-      const krul::CompressionPlan& pairs = mode == RestoreMode::kMiniCache   ? static_pairs
-                                           : mode == RestoreMode::kKrulFixed ? fixed_pairs
-                                                                             : own_pairs;
+      const krul::CompressionPlan& pairs =
+          krul::bench::PairsForMode(mode, static_pairs, fixed_pairs, own_pairs);
       plans[mode] = ValueOrDie(
           krul::PlanForMode(mode, pairs, shape, history, new_tokens, turn_end_costs, mpo), "plan");
       const krul::CompressionPlan storage = krul::StoragePlanForMode(mode, pairs, config.n_layers);
@@ -433,18 +364,10 @@ int main(int argc, char** argv) {
       r.split = st.plan.recompute_tokens;
     }
     const ModeResult& k = results[RestoreMode::kKrul];
-    auto x = [&](RestoreMode m) { return results[m].ttft_s / k.ttft_s; };
-    const double storage_ratio = results[RestoreMode::kLoad].stored_bytes / k.stored_bytes;
     if (!json) {
-      std::printf(
-          "%7d %8.1fms %8.1fms %8.1fms %8.1fms %8.1fms %8.1fms | %6.2f %6.2f %6.2f %6.2f "
-          "%6.2f | %6.2fx %5.2f %5.2f\n",
-          history, results[RestoreMode::kRecompute].ttft_s * 1e3,
-          results[RestoreMode::kLoad].ttft_s * 1e3, results[RestoreMode::kCake].ttft_s * 1e3,
-          results[RestoreMode::kMiniCache].ttft_s * 1e3,
-          results[RestoreMode::kKrulFixed].ttft_s * 1e3, k.ttft_s * 1e3, x(RestoreMode::kRecompute),
-          x(RestoreMode::kLoad), x(RestoreMode::kCake), x(RestoreMode::kMiniCache),
-          x(RestoreMode::kKrulFixed), storage_ratio, k.efficiency, k.stream_efficiency);
+      std::printf("%s %5.2f\n",
+                  krul::bench::ModeTableRow(history, krul::bench::CompareModes(results)).c_str(),
+                  k.stream_efficiency);
       std::printf("        krul split [%s] pairs [%s]%s predicted %.1fms ideal %.1fms; stored MB:",
                   absl::StrJoin(k.split, ",").c_str(), k.pairs.c_str(),
                   k.replanned ? " (re-planned)" : "", k.predicted_s * 1e3, k.lower_bound_s * 1e3);
@@ -469,28 +392,16 @@ int main(int argc, char** argv) {
                 std::thread::hardware_concurrency(), load_average[0]);
     std::printf("  \"link\": {\"latency_s\": %.6g, \"bytes_per_second\": %.6g},\n", link.latency_s,
                 link.bytes_per_second);
-    std::printf(
-        "  \"probe\": {\"seconds\": %.4g, \"fixed_s\": %.6g, \"per_token_s\": %.6g, "
-        "\"per_attention_pair_s\": %.6g, \"load_latency_s\": %.6g, "
-        "\"load_bytes_per_second\": %.6g},\n",
-        probe_s, compute.fixed_s, compute.per_token_s, compute.per_attention_pair_s, load.latency_s,
-        load.bytes_per_second);
-    std::printf("  \"pairs\": {\"minicache\": \"%s\", \"krul-fixed\": \"%s\"},\n",
-                PairsString(static_pairs).c_str(), PairsString(fixed_pairs).c_str());
+    std::fputs(krul::bench::ProbeJson(probe_s, compute, load).c_str(), stdout);
+    std::fputs(krul::bench::PairsJson(static_pairs, fixed_pairs).c_str(), stdout);
     std::printf("  \"results\": [\n");
     for (size_t i = 0; i < all.size(); ++i) {
       auto& results = all[i];
       const ModeResult& k = results[RestoreMode::kKrul];
-      auto x = [&](RestoreMode m) { return results[m].ttft_s / k.ttft_s; };
-      std::printf(
-          "    {\"history\": %d, \"ratio_vs_recompute\": %.4f, \"ratio_vs_load\": %.4f, "
-          "\"ratio_vs_cake\": %.4f, \"ratio_vs_minicache\": %.4f, "
-          "\"ratio_vs_krul_fixed\": %.4f, \"storage_ratio\": %.4f, \"efficiency\": %.4f, "
-          "\"stream_efficiency\": %.4f,\n",
-          histories[i], x(RestoreMode::kRecompute), x(RestoreMode::kLoad), x(RestoreMode::kCake),
-          x(RestoreMode::kMiniCache), x(RestoreMode::kKrulFixed),
-          results[RestoreMode::kLoad].stored_bytes / k.stored_bytes, k.efficiency,
-          k.stream_efficiency);
+      std::printf("%s, \"stream_efficiency\": %.4f,\n",
+                  krul::bench::ModeRatiosJson(histories[i], krul::bench::CompareModes(results))
+                      .c_str(),
+                  k.stream_efficiency);
       std::printf("     \"krul_split\": [%s], \"krul_pairs\": \"%s\", \"krul_replanned\": %s,\n",
                   absl::StrJoin(k.split, ",").c_str(), k.pairs.c_str(),
                   k.replanned ? "true" : "false");

@@ -39,6 +39,7 @@
 #include "absl/strings/str_split.h"
 #include "krul/transport.h"
 #include "krul/ucx_transport.h"
+#include "loopback_tcp.h"
 
 ABSL_FLAG(bool, json, false, "Print the results as one JSON object");
 ABSL_FLAG(std::string, sizes, "64K,256K,1M,4M,16M,64M", "Block sizes (K/M suffixes)");
@@ -144,22 +145,9 @@ Measure MemcpyGbps(size_t block, int depth, double min_seconds) {
 
 Measure RawTcpGbps(size_t block, size_t chunk, double min_seconds) {
   chunk = chunk == 0 ? block : std::min(chunk, block);
-  int listener = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  if (bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      listen(listener, 1) != 0 ||
-      getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    Die("raw tcp: bind/listen failed");
-  }
-  int sender = socket(AF_INET, SOCK_STREAM, 0);
-  if (connect(sender, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    Die("raw tcp: connect failed");
-  }
-  int receiver = accept(listener, nullptr, nullptr);
-  close(listener);
+  auto pair = krul::bench::ConnectLoopbackTcp();
+  if (!pair.ok()) Die(absl::StrFormat("raw tcp: %s", pair.status().message()));
+  const int sender = pair->sender, receiver = pair->receiver;
   std::atomic<bool> stop{false};
   std::thread send_thread([&] {
     Buffer out(block);

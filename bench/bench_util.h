@@ -1,0 +1,28 @@
+// Small helpers shared by the benchmark programs in bench/: statistics over
+// rounds and the shared-data folder lookup. Depends on the standard library
+// only, so every benchmark (engine-only builds and CUDA builds included) can
+// link it.
+#ifndef KRUL_BENCH_BENCH_UTIL_H_
+#define KRUL_BENCH_BENCH_UTIL_H_
+
+#include <string>
+#include <vector>
+
+namespace krul::bench {
+
+// The median of `v` (the upper one for an even count). `v` must not be empty.
+double Median(std::vector<double> v);
+
+// The largest / smallest element of `v`: best-of statistics (the best
+// throughput, the least time) for timings that noise only makes worse.
+// `v` must not be empty.
+double Max(const std::vector<double>& v);
+double Min(const std::vector<double>& v);
+
+// The shared data folder: `flag_value` when set, else $KRUL_DATA_DIR when
+// set, else "../shared/data" (the layout of a checkout beside shared/).
+std::string DataDir(const std::string& flag_value);
+
+}  // namespace krul::bench
+
+#endif  // KRUL_BENCH_BENCH_UTIL_H_
