@@ -69,11 +69,14 @@ Engine::Engine(const Model& model, const EngineOptions& options, std::unique_ptr
   const int half = c.rotary_dim() / 2;
   rope_cos_.Resize(static_cast<size_t>(c.seq_len) * half);
   rope_sin_.Resize(static_cast<size_t>(c.seq_len) * half);
+  std::vector<float> freq(half);
+  for (int i = 0; i < half; ++i) {
+    freq[i] = 1.0f / std::pow(c.rope_theta,
+                              static_cast<float>(2 * i) / static_cast<float>(c.rotary_dim()));
+  }
   for (int pos = 0; pos < c.seq_len; ++pos) {
     for (int i = 0; i < half; ++i) {
-      const float freq =
-          1.0f / std::pow(c.rope_theta, static_cast<float>(2 * i) / static_cast<float>(c.rotary_dim()));
-      const float val = static_cast<float>(pos) * freq;
+      const float val = static_cast<float>(pos) * freq[i];
       rope_cos_[static_cast<size_t>(pos) * half + i] = std::cos(val);
       rope_sin_[static_cast<size_t>(pos) * half + i] = std::sin(val);
     }
@@ -182,7 +185,14 @@ void Engine::Attention(int layer, const KvCache& cache, int start_pos, int num_t
   for (int q0 = 0; q0 < num_tokens; q0 += block) {
     const int nq = std::min(block, num_tokens - q0);
     const int ctx_len = start_pos + q0 + nq;
-    probs_.Resize(static_cast<size_t>(c.n_heads) * nq * ctx_len);  // zeroed: the causal tail
+    // Zeroed: entries past each row's causal limit stay 0. The buffer is kept
+    // between calls (decode hands over one block per layer per token).
+    const size_t block_floats = static_cast<size_t>(c.n_heads) * nq * ctx_len;
+    if (probs_.size() < block_floats) {
+      probs_.Resize(block_floats);
+    } else {
+      std::fill(probs_.data(), probs_.data() + block_floats, 0.0f);
+    }
     pool_->ParallelFor(static_cast<int64_t>(c.n_heads) * nq, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const int h = static_cast<int>(i / nq), t = static_cast<int>(i % nq);
@@ -268,18 +278,20 @@ absl::Status Engine::Forward(KvCache& cache, std::span<const int> tokens, int st
   }
   // Token blocks go through every layer before the next block starts, so the
   // residual stream never needs more than one block of memory.
-  AlignedBuffer<float> hidden(static_cast<size_t>(std::min(n, kMaxBlockTokens)) * c.dim);
+  const size_t hidden_floats = static_cast<size_t>(std::min(n, kMaxBlockTokens)) * c.dim;
+  if (hidden_.size() < hidden_floats) hidden_.Resize(hidden_floats);
+  float* hidden = hidden_.data();
   for (int b0 = 0; b0 < n; b0 += kMaxBlockTokens) {
     const int nb = std::min(kMaxBlockTokens, n - b0);
-    if (auto s = Embed(tokens.subspan(b0, nb), hidden.data()); !s.ok()) return s;
+    if (auto s = Embed(tokens.subspan(b0, nb), hidden); !s.ok()) return s;
     for (int l = 0; l < c.n_layers; ++l) {
-      if (auto s = ComputeLayer(l, cache, start_pos + b0, nb, hidden.data()); !s.ok()) return s;
+      if (auto s = ComputeLayer(l, cache, start_pos + b0, nb, hidden); !s.ok()) return s;
     }
     if (all_logits) {
-      for (int t = 0; t < nb; ++t) ComputeLogits(hidden.data() + static_cast<size_t>(t) * c.dim,
+      for (int t = 0; t < nb; ++t) ComputeLogits(hidden + static_cast<size_t>(t) * c.dim,
                                                  logits.data() + (b0 + t) * vocab);
     } else if (!logits.empty() && b0 + nb == n) {
-      ComputeLogits(hidden.data() + static_cast<size_t>(nb - 1) * c.dim, logits.data());
+      ComputeLogits(hidden + static_cast<size_t>(nb - 1) * c.dim, logits.data());
     }
   }
   return absl::OkStatus();

@@ -124,7 +124,8 @@ class Engine {
   AlignedBuffer<float> proj_;  // (n, dim) wo / w2 output
   AlignedBuffer<float> hb_;    // (n, hidden_dim) gate
   AlignedBuffer<float> hb2_;   // (n, hidden_dim) up
-  AlignedBuffer<float> probs_;  // observer block probabilities
+  AlignedBuffer<float> probs_;   // observer block probabilities
+  AlignedBuffer<float> hidden_;  // (block, dim) residual stream of Forward()
   AlignedBuffer<float> rope_cos_;  // (seq_len, rotary_dim / 2)
   AlignedBuffer<float> rope_sin_;
 };
