@@ -11,7 +11,9 @@ target_include_directories(krul_transport_tests PRIVATE ${PROJECT_SOURCE_DIR}/co
 
 # The server half of the cross-process tests.
 add_executable(krul_transport_test_peer common/transport_test_peer.cc)
-target_link_libraries(krul_transport_test_peer PRIVATE krul_transport)
+target_link_libraries(krul_transport_test_peer PRIVATE krul_transport absl::strings)
+# The shared byte pattern (common/transport_test_pattern.h) lives under tests/.
+target_include_directories(krul_transport_test_peer PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
 add_dependencies(krul_transport_tests krul_transport_test_peer)
 target_compile_definitions(krul_transport_tests PRIVATE
   KRUL_TRANSPORT_TEST_PEER="$<TARGET_FILE:krul_transport_test_peer>")

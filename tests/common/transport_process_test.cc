@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "absl/strings/escaping.h"
+#include "common/transport_test_pattern.h"
 #include "krul/transport.h"
 #include "krul/ucx_transport.h"
 
@@ -24,26 +26,9 @@ extern char** environ;
 namespace krul {
 namespace {
 
+using krul::testing::FillPattern;
+
 constexpr size_t kMiB = 1024 * 1024;
-
-void FillPattern(uint8_t* data, size_t size, uint64_t seed) {
-  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (size_t i = 0; i < size; i += 8) {
-    uint64_t z = (x += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    std::memcpy(data + i, &z, std::min<size_t>(8, size - i));
-  }
-}
-
-std::string Unhex(const std::string& hex) {
-  std::string out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
-    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-  }
-  return out;
-}
 
 // The child process and its command pipes. Every read is bounded in time.
 class ChildPeer {
@@ -78,11 +63,11 @@ class ChildPeer {
     if (!ReadLine(&line) || line.rfind("ADDR ", 0) != 0) {
       return ::testing::AssertionFailure() << "peer said: " << line;
     }
-    address_ = Unhex(line.substr(5));
+    address_ = absl::HexStringToBytes(line.substr(5));
     if (!ReadLine(&line) || line.rfind("DESC ", 0) != 0) {
       return ::testing::AssertionFailure() << "peer said: " << line;
     }
-    descriptor_ = Unhex(line.substr(5));
+    descriptor_ = absl::HexStringToBytes(line.substr(5));
     return ::testing::AssertionSuccess();
   }
 

@@ -5,6 +5,7 @@
 // two Transport instances in this process; expected bytes come from an
 // independent pattern generator and are compared with the server's memory
 // directly.
+#include "common/transport_test_pattern.h"
 #include "krul/transport.h"
 
 #include <cstdlib>
@@ -22,20 +23,10 @@
 namespace krul {
 namespace {
 
+using krul::testing::FillPattern;
+
 constexpr size_t kKiB = 1024;
 constexpr size_t kMiB = 1024 * 1024;
-
-// splitmix64 stream: the expected bytes of every check.
-void FillPattern(uint8_t* data, size_t size, uint64_t seed) {
-  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (size_t i = 0; i < size; i += 8) {
-    uint64_t z = (x += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    std::memcpy(data + i, &z, std::min<size_t>(8, size - i));
-  }
-}
 
 std::vector<uint8_t> Pattern(size_t size, uint64_t seed) {
   std::vector<uint8_t> v(size);

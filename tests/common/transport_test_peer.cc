@@ -14,31 +14,14 @@
 #include <iostream>
 #include <string>
 
+#include "absl/strings/escaping.h"
+#include "common/transport_test_pattern.h"
 #include "krul/transport.h"
 #include "krul/ucx_transport.h"
 
 namespace {
 
-void FillPattern(uint8_t* data, size_t size, uint64_t seed) {
-  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (size_t i = 0; i < size; i += 8) {
-    uint64_t z = (x += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    std::memcpy(data + i, &z, std::min<size_t>(8, size - i));
-  }
-}
-
-std::string Hex(const std::string& bytes) {
-  static const char kDigits[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : bytes) {
-    out.push_back(kDigits[c >> 4]);
-    out.push_back(kDigits[c & 15]);
-  }
-  return out;
-}
+using krul::testing::FillPattern;
 
 int Fail(const std::string& what) {
   std::cout << "ERROR " << what << std::endl;
@@ -59,7 +42,8 @@ int main(int argc, char** argv) {
   FillPattern((*region)->data(), bytes, std::strtoull(argv[3], nullptr, 10));
   auto descriptor = (*region)->Describe(0, bytes);
   if (!descriptor.ok()) return Fail(descriptor.status().ToString());
-  std::cout << "ADDR " << Hex((*transport)->address()) << "\nDESC " << Hex(*descriptor)
+  std::cout << "ADDR " << absl::BytesToHexString((*transport)->address())
+            << "\nDESC " << absl::BytesToHexString(*descriptor)
             << std::endl;
 
   std::string command;
