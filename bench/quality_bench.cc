@@ -4,6 +4,7 @@
 //   build/bin/krul-bench-quality --model M [--tokenizer T] --conversations FILE
 //       [--json] [--ratio 1.5] [--sensitivity 0.9] [--kv_dtype f32]
 //       [--split load|planned] [--max_conversations N] [--answer_tokens 64]
+//       [--krul_prior_rows auto|R]
 //
 // Conversations: a ShareGPT-style JSON array ({"conversations": [{"from":
 // "human"|"gpt", "value": ...}]}) replayed as is, or MT-bench JSONL
@@ -17,7 +18,10 @@
 // turn end, plans its restore, compresses and stores its cache (pairs:
 // minicache = static mid-depth, krul-fixed = chosen once from the average
 // similarity of the OTHER conversations (leave-one-out calibration), krul =
-// chosen from this conversation's own similarity so far), restores it with
+// chosen from this conversation's own similarity so far, shrunk toward that
+// same calibration average by --krul_prior_rows; with the default "auto" the
+// weight is fitted on the attention statistics alone, before any quality is
+// measured, and krul with weight 0 is reported beside it), restores it with
 // the restore executor into a fresh cache and teacher-forces the next turn.
 // Measured over every position of turns 2.. : top-1 agreement with the
 // reference, mean KL(reference || mode) of the next-token distributions, and
@@ -45,7 +49,9 @@
 #include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "krul/compression_plan.h"
 #include "krul/compressor.h"
 #include "krul/cost_model.h"
@@ -63,7 +69,9 @@
 
 ABSL_FLAG(std::string, model, "", "Model file (llama2.c .bin or GGUF)");
 ABSL_FLAG(std::string, tokenizer, "", "llama2.c tokenizer file (default: the model's vocabulary)");
-ABSL_FLAG(std::string, conversations, "", "Conversations: ShareGPT JSON array or MT-bench JSONL");
+ABSL_FLAG(std::string, conversations, "",
+          "Conversations: ShareGPT JSON array or MT-bench JSONL; several files comma-separated "
+          "replay as one mixed population");
 ABSL_FLAG(bool, json, false, "Print the results as one JSON object");
 ABSL_FLAG(double, ratio, 1.5, "Target compression ratio of minicache / krul-fixed / krul");
 ABSL_FLAG(double, sensitivity, 0.9, "Selector: edge mass above which a layer is never shared");
@@ -71,13 +79,15 @@ ABSL_FLAG(std::string, kv_dtype, "f32", "Stored KV type: f32, f16 or bf16");
 ABSL_FLAG(std::string, split, "load",
           "load: store whole histories (equal bytes); planned: "
           "each mode's own restore split");
-ABSL_FLAG(int, max_conversations, 0, "Use at most this many conversations (0 = all)");
+ABSL_FLAG(int, max_conversations, 0, "Use at most this many conversations of each file (0 = all)");
 ABSL_FLAG(int, answer_tokens, 64, "Generated answer length for conversations without answers");
 ABSL_FLAG(int, threads, 1, "Engine threads");
-ABSL_FLAG(double, krul_prior_rows, 0,
-          "krul: add the calibration set's average similarity, weighted as this many "
-          "attention rows, to the conversation's own (shrinkage toward the population when "
-          "the conversation has little evidence yet); 0 = the conversation's own only");
+ABSL_FLAG(std::string, krul_prior_rows, "auto",
+          "krul: shrink the conversation's own similarity toward the calibration set's "
+          "(krul-fixed's) by adding the latter weighted as this many attention rows; 0 = the "
+          "conversation's own only; auto = the weight that best predicts each next turn's "
+          "distances on the calibration set (leave-one-out), chosen before any quality is "
+          "measured");
 
 namespace {
 
@@ -267,15 +277,51 @@ double Jaccard(const std::string& a, const std::string& b) {
   return 1.0 - static_cast<double>(inter) / uni;
 }
 
-// `e` scaled so it weighs as `rows` attention rows.
-krul::SimilarityEstimate Scaled(krul::SimilarityEstimate e, double rows) {
-  const double f = e.rows_represented > 0 ? rows / e.rows_represented : 0;
-  for (auto* v : {&e.distance, &e.prefill_distance, &e.decode_distance, &e.first_mass_sum,
-                  &e.last_mass_sum, &e.mass_weight}) {
-    for (double& x : *v) x *= f;
+// Squared error of `predicted`'s mean pair distances against `actual`'s.
+double PairDistanceError(const krul::SimilarityEstimate& predicted,
+                         const krul::SimilarityEstimate& actual) {
+  double err = 0;
+  for (int a = 0; a < actual.n_layers; ++a) {
+    for (int b = a + 1; b < actual.n_layers; ++b) {
+      const double d = predicted.MeanDistance(a, b) - actual.MeanDistance(a, b);
+      err += d * d;
+    }
   }
-  e.rows_represented *= f;
-  return e;
+  return err;
+}
+
+// The prior weights tried by --krul_prior_rows auto (attention rows; the
+// last stands for "the population only").
+constexpr double kPriorRowGrid[] = {0,    125,  250,   500,   1000,  2000,
+                                    4000, 8000, 16000, 32000, 64000, 1e9};
+
+// For each prior weight: the mean over (conversation, turn >= 1) of the
+// squared error of predicting that turn's pair distances from the turns
+// before it shrunk toward the conversation's leave-one-out prior. Uses only
+// attention statistics, never the quality metrics reported.
+std::vector<double> PriorFitErrors(
+    const std::vector<std::vector<krul::SimilarityEstimate>>& turn_estimates,
+    const std::vector<krul::SimilarityEstimate>& priors) {
+  std::vector<double> errors;
+  for (double rows : kPriorRowGrid) {
+    double err = 0;
+    int n = 0;
+    for (size_t c = 0; c < turn_estimates.size(); ++c) {
+      const auto& turns = turn_estimates[c];
+      if (turns.empty()) continue;
+      krul::SimilarityEstimate so_far = krul::SimilarityEstimate::Empty(turns[0].n_layers);
+      for (size_t t = 0; t + 1 < turns.size(); ++t) {
+        CheckOk(so_far.Merge(turns[t]), "merge");
+        if (turns[t + 1].rows_represented <= 0) continue;
+        auto predicted = krul::ShrinkToward(so_far, priors[c], rows);
+        CheckOk(predicted.status(), "shrink");
+        err += PairDistanceError(*predicted, turns[t + 1]);
+        ++n;
+      }
+    }
+    errors.push_back(n > 0 ? err / n : 0.0);
+  }
+  return errors;
 }
 
 krul::CompressionPlan Select(const krul::SimilarityEstimate& e, int n_layers, double ratio,
@@ -335,15 +381,24 @@ int main(int argc, char** argv) {
   const krul::KvShape shape = krul::KvShape::FromConfig(config);
   const int vocab = config.vocab_size;
 
-  std::vector<Conversation> convs = ValueOrDie(LoadConversations(conv_path), "conversations");
-  if (int max = absl::GetFlag(FLAGS_max_conversations);
-      max > 0 && convs.size() > static_cast<size_t>(max)) {
-    convs.resize(max);
+  // Several files replay as one mixed population (krul-fixed's calibration
+  // and krul's prior then span every kind of conversation, as in a worker
+  // that serves them all).
+  std::vector<Conversation> convs;
+  for (absl::string_view part : absl::StrSplit(conv_path, ',', absl::SkipEmpty())) {
+    std::vector<Conversation> more =
+        ValueOrDie(LoadConversations(std::string(part)), "conversations");
+    if (int max = absl::GetFlag(FLAGS_max_conversations);
+        max > 0 && more.size() > static_cast<size_t>(max)) {
+      more.resize(max);
+    }
+    for (Conversation& c : more) convs.push_back(std::move(c));
   }
 
   // ---- reference pass: tokenize, generate missing answers, keep logits ----
   std::vector<std::vector<TurnLogits>> ref_logits(convs.size());
   std::vector<krul::SimilarityEstimate> ref_estimates;
+  std::vector<std::vector<krul::SimilarityEstimate>> ref_turn_estimates(convs.size());
   int64_t ref_targets = 0;
   double ref_nll = 0;
   for (size_t c = 0; c < convs.size(); ++c) {
@@ -379,6 +434,7 @@ int main(int argc, char** argv) {
         }
       }
       engine->SetAttentionObserver(nullptr);
+      ref_turn_estimates[c].push_back(estimator->Finish());
       const std::vector<int> tokens = TurnTokens(turn);
       if (t > 0) {
         for (size_t i = 0; i + 1 < tokens.size(); ++i) {
@@ -390,7 +446,9 @@ int main(int argc, char** argv) {
       kept.push_back(std::move(turn));
     }
     conv.turns = std::move(kept);
-    ref_estimates.push_back(estimator->Finish());
+    krul::SimilarityEstimate whole = krul::SimilarityEstimate::Empty(config.n_layers);
+    for (const auto& e : ref_turn_estimates[c]) CheckOk(whole.Merge(e), "merge");
+    ref_estimates.push_back(std::move(whole));
   }
 
   // ---- pairs that do not depend on the conversation ----
@@ -398,15 +456,25 @@ int main(int argc, char** argv) {
       ValueOrDie(krul::StaticMidDepthPlan(config.n_layers, ratio), "static pairs");
   // Leave-one-out calibration for krul-fixed.
   std::vector<krul::CompressionPlan> fixed_pairs;
-  std::vector<krul::SimilarityEstimate> priors;  // for --krul_prior_rows
-  const double prior_rows = absl::GetFlag(FLAGS_krul_prior_rows);
+  std::vector<krul::SimilarityEstimate> priors;  // krul's shrinkage target, the same set
   for (size_t c = 0; c < convs.size(); ++c) {
     krul::SimilarityEstimate merged = krul::SimilarityEstimate::Empty(config.n_layers);
     for (size_t j = 0; j < convs.size(); ++j) {
       if (j != c || convs.size() == 1) CheckOk(merged.Merge(ref_estimates[j]), "merge");
     }
     fixed_pairs.push_back(Select(merged, config.n_layers, ratio, sensitivity));
-    priors.push_back(Scaled(merged, prior_rows));
+    priors.push_back(std::move(merged));
+  }
+  const std::string prior_flag = absl::GetFlag(FLAGS_krul_prior_rows);
+  const std::vector<double> prior_fit = PriorFitErrors(ref_turn_estimates, priors);
+  double prior_rows = 0;
+  if (prior_flag == "auto") {
+    const size_t best = std::min_element(prior_fit.begin(), prior_fit.end()) - prior_fit.begin();
+    prior_rows = kPriorRowGrid[best];
+  } else if (!absl::SimpleAtod(prior_flag, &prior_rows) || !std::isfinite(prior_rows) ||
+             prior_rows < 0) {
+    std::fprintf(stderr, "--krul_prior_rows must be auto or a number >= 0\n");
+    return 1;
   }
 
   // Costs for --split planned: a quick probe of this engine and a link that
@@ -427,8 +495,9 @@ int main(int argc, char** argv) {
 
   auto restorer = ValueOrDie(krul::Restorer::Create(*engine), "restorer");
   std::map<RestoreMode, Metrics> metrics;
-  for (RestoreMode mode : krul::kAllRestoreModes) {
-    Metrics& m = metrics[mode];
+  // Replays every conversation with `mode`'s stored KV; krul's pairs come
+  // from its own estimate shrunk toward the prior by `krul_prior_rows`.
+  auto replay = [&](RestoreMode mode, double krul_prior_rows, Metrics& m) {
     for (size_t c = 0; c < convs.size(); ++c) {
       const Conversation& conv = convs[c];
       if (conv.turns.size() < 2) continue;
@@ -451,9 +520,9 @@ int main(int argc, char** argv) {
               : mode == RestoreMode::kKrulFixed
                   ? fixed_pairs[c]
                   : [&] {
-                      krul::SimilarityEstimate e = so_far;
-                      if (prior_rows > 0) CheckOk(e.Merge(priors[c]), "prior");
-                      return Select(e, config.n_layers, ratio, sensitivity);
+                      return Select(
+                          ValueOrDie(krul::ShrinkToward(so_far, priors[c], krul_prior_rows), "prior"),
+                          config.n_layers, ratio, sensitivity);
                     }();
           const krul::CompressionPlan storage =
               krul::StoragePlanForMode(mode, pairs, config.n_layers);
@@ -496,7 +565,12 @@ int main(int argc, char** argv) {
         if (t > 0) Score(ref_logits[c][t], logits, tokens, m);
       }
     }
-  }
+  };
+  for (RestoreMode mode : krul::kAllRestoreModes) replay(mode, prior_rows, metrics[mode]);
+  // The paper's rule as is (the conversation's own estimate only), for
+  // comparison whenever krul itself leans on the prior.
+  Metrics own_only;
+  if (prior_rows > 0) replay(RestoreMode::kKrul, 0, own_only);
 
   // ---- report ----
   auto spread = [&](const Metrics& m) {
@@ -539,9 +613,17 @@ int main(int argc, char** argv) {
   out["kv_dtype"] = std::string(krul::DTypeName(dtype));
   out["split"] = split;
   out["krul_prior_rows"] = prior_rows;
+  out["krul_prior_rows_fitted"] = prior_flag == "auto";
+  {
+    nlohmann::json fit = nlohmann::json::array();
+    for (size_t i = 0; i < prior_fit.size(); ++i) {
+      fit.push_back({{"rows", kPriorRowGrid[i]}, {"next_turn_distance_error", prior_fit[i]}});
+    }
+    out["krul_prior_fit"] = fit;
+  }
   out["reference_perplexity"] = ref_targets > 0 ? std::exp(ref_nll / ref_targets) : 0.0;
   out["static_pairs"] = PairSet(static_pairs);
-  for (auto& [mode, m] : metrics) {
+  auto summary = [&](const Metrics& m, bool with_pairs) {
     nlohmann::json j;
     j["agreement"] = m.positions > 0 ? static_cast<double>(m.agree) / m.positions : 0.0;
     j["kl"] = m.positions > 0 ? m.kl / m.positions : 0.0;
@@ -549,9 +631,15 @@ int main(int argc, char** argv) {
     j["stored_bytes"] = m.stored_bytes;
     j["positions"] = m.positions;
     j["restores"] = m.restores;
-    if (RestoreModePairSource(mode) != krul::PairSource::kNone) j["pair_spread"] = spread(m);
-    out["modes"][std::string(krul::RestoreModeName(mode))] = j;
+    if (with_pairs) j["pair_spread"] = spread(m);
+    return j;
+  };
+  for (auto& [mode, m] : metrics) {
+    out["modes"][std::string(krul::RestoreModeName(mode))] =
+        summary(m, RestoreModePairSource(mode) != krul::PairSource::kNone);
   }
+  // Outside "modes": the same krul mode with the prior weight 0.
+  if (prior_rows > 0) out["krul_own_estimate_only"] = summary(own_only, true);
   if (json) {
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
@@ -562,6 +650,8 @@ int main(int argc, char** argv) {
       split.c_str(), std::string(krul::DTypeName(dtype)).c_str());
   std::printf("reference perplexity %.4f; static pairs [%s]\n",
               out["reference_perplexity"].get<double>(), PairSet(static_pairs).c_str());
+  std::printf("krul prior weight %g rows (%s)\n", prior_rows,
+              prior_flag == "auto" ? "fitted: best next-turn distance prediction" : "given");
   std::printf("%-11s %9s %10s %10s %12s\n", "mode", "agreement", "kl", "perplexity",
               "stored_bytes");
   for (RestoreMode mode : krul::kAllRestoreModes) {
@@ -570,6 +660,12 @@ int main(int argc, char** argv) {
                 std::string(krul::RestoreModeName(mode)).c_str(), j["agreement"].get<double>(),
                 j["kl"].get<double>(), j["perplexity"].get<double>(),
                 j["stored_bytes"].get<double>());
+  }
+  if (out.contains("krul_own_estimate_only")) {
+    const auto& j = out["krul_own_estimate_only"];
+    std::printf("%-11s %9.4f %10.6f %10.4f %12.0f  (krul with prior weight 0: own estimate only)\n",
+                "krul-own", j["agreement"].get<double>(), j["kl"].get<double>(),
+                j["perplexity"].get<double>(), j["stored_bytes"].get<double>());
   }
   for (RestoreMode mode : {RestoreMode::kMiniCache, RestoreMode::kKrulFixed, RestoreMode::kKrul}) {
     const auto& s = out["modes"][std::string(krul::RestoreModeName(mode))]["pair_spread"];
@@ -580,5 +676,17 @@ int main(int argc, char** argv) {
         s["distinct_pair_sets_first_turn"].get<int>(), s["conversations"].get<int>(),
         s["mean_jaccard_distance"].get<double>(), s["pair_frequency"].dump().c_str());
   }
+  if (out.contains("krul_own_estimate_only")) {
+    const auto& s = out["krul_own_estimate_only"]["pair_spread"];
+    std::printf("krul-own pairs: %d distinct sets over %d conversations (first turn end), mean "
+                "Jaccard distance %.3f\n",
+                s["distinct_pair_sets_first_turn"].get<int>(), s["conversations"].get<int>(),
+                s["mean_jaccard_distance"].get<double>());
+  }
+  std::printf("prior fit (rows: mean squared error predicting the next turn's pair distances):");
+  for (size_t i = 0; i < prior_fit.size(); ++i) {
+    std::printf(" %g: %.4f", kPriorRowGrid[i], prior_fit[i]);
+  }
+  std::printf("\n");
   return 0;
 }

@@ -120,4 +120,39 @@ absl::StatusOr<CompressionPlan> SelectPlan(const SimilarityEstimate& estimate,
   return plan;
 }
 
+absl::StatusOr<SimilarityEstimate> ShrinkToward(const SimilarityEstimate& own,
+                                                const SimilarityEstimate& population,
+                                                double population_rows) {
+  if (auto s = ValidateEstimate(own); !s.ok()) return s;
+  if (auto s = ValidateEstimate(population); !s.ok()) return s;
+  if (!std::isfinite(population_rows) || population_rows < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("population_rows ", population_rows, " must be finite and >= 0"));
+  }
+  if (own.n_layers != population.n_layers || own.edge_fraction != population.edge_fraction) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot shrink an estimate of ", own.n_layers, " layers (edge fraction ",
+                     own.edge_fraction, ") toward one of ", population.n_layers, " (",
+                     population.edge_fraction, ")"));
+  }
+  SimilarityEstimate out = own;
+  if (population_rows == 0 || population.rows_represented <= 0) return out;
+  // Distances are sums over rows and edge masses sums weighted by rows, so
+  // scaling every sum by the same factor keeps the population's means and
+  // gives it the wanted weight.
+  const double f = population_rows / population.rows_represented;
+  auto add = [f](std::vector<double>& to, const std::vector<double>& from) {
+    if (to.size() < from.size()) to.resize(from.size(), 0.0);
+    for (size_t i = 0; i < from.size(); ++i) to[i] += f * from[i];
+  };
+  add(out.distance, population.distance);
+  add(out.prefill_distance, population.prefill_distance);
+  add(out.decode_distance, population.decode_distance);
+  add(out.first_mass_sum, population.first_mass_sum);
+  add(out.last_mass_sum, population.last_mass_sum);
+  add(out.mass_weight, population.mass_weight);
+  out.rows_represented += population_rows;
+  return out;
+}
+
 }  // namespace krul

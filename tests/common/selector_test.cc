@@ -231,6 +231,80 @@ CompressionPlan SamplePlan() {
   return p;
 }
 
+// Own: layers (0,1) close (0.1), (0,2) far (0.9); population the other way
+// round. Hand-computed weighted means decide which pair wins.
+TEST(ShrinkTowardTest, WeighsThePopulationAsTheGivenRows) {
+  SimilarityEstimate own = MakeEstimate({{0, 0.1, 0.9}, {0.1, 0, 0.5}, {0.9, 0.5, 0}}, {0.2, 0.2, 0.2});
+  own.rows_represented = 100;
+  for (double& v : own.distance) v *= 100;  // MeanDistance stays as written
+  for (int l = 0; l < 3; ++l) {
+    own.first_mass_sum[l] *= 100;
+    own.last_mass_sum[l] *= 100;
+    own.mass_weight[l] *= 100;
+  }
+  SimilarityEstimate population =
+      MakeEstimate({{0, 0.9, 0.1}, {0.9, 0, 0.5}, {0.1, 0.5, 0}}, {0.6, 0.6, 0.6});
+  population.rows_represented = 5000;
+  for (double& v : population.distance) v *= 5000;
+  for (int l = 0; l < 3; ++l) {
+    population.first_mass_sum[l] *= 5000;
+    population.last_mass_sum[l] *= 5000;
+    population.mass_weight[l] *= 5000;
+  }
+
+  // 0 rows: own unchanged.
+  auto same = ShrinkToward(own, population, 0);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ(same->distance, own.distance);
+  EXPECT_DOUBLE_EQ(same->rows_represented, 100);
+
+  // 300 rows: (0,1) = (100 * 0.1 + 300 * 0.9) / 400 = 0.7, (0,2) = 0.3;
+  // edge mass (100 * 0.2 + 300 * 0.6) / 400 = 0.5.
+  auto shrunk = ShrinkToward(own, population, 300);
+  ASSERT_TRUE(shrunk.ok()) << shrunk.status();
+  EXPECT_NEAR(shrunk->MeanDistance(0, 1), 0.7, 1e-12);
+  EXPECT_NEAR(shrunk->MeanDistance(0, 2), 0.3, 1e-12);
+  EXPECT_NEAR(shrunk->MeanDistance(1, 2), 0.5, 1e-12);
+  EXPECT_NEAR(shrunk->EdgeMass(1), 0.5, 1e-12);
+  EXPECT_DOUBLE_EQ(shrunk->rows_represented, 400);
+
+  // 50 rows: own dominates, (0,1) = (10 + 45) / 150 = 0.3667 < (0,2).
+  SelectorOptions one_pair;
+  one_pair.target_ratio = 1.5;  // 3 layers: one pair
+  one_pair.sensitivity_threshold = 1.0;
+  auto light = ShrinkToward(own, population, 50);
+  ASSERT_TRUE(light.ok());
+  auto plan_light = SelectPlan(*light, one_pair);
+  auto plan_heavy = SelectPlan(*shrunk, one_pair);
+  ASSERT_TRUE(plan_light.ok() && plan_heavy.ok());
+  ASSERT_EQ(plan_light->pairs.size(), 1u);
+  ASSERT_EQ(plan_heavy->pairs.size(), 1u);
+  EXPECT_EQ(plan_light->pairs[0].first, 0);
+  EXPECT_EQ(plan_light->pairs[0].second, 1);
+  EXPECT_EQ(plan_heavy->pairs[0].first, 0);
+  EXPECT_EQ(plan_heavy->pairs[0].second, 2);
+
+  // A population that observed nothing adds nothing.
+  auto empty = ShrinkToward(own, SimilarityEstimate::Empty(3), 1000);
+  ASSERT_TRUE(empty.ok());
+  EXPECT_EQ(empty->distance, own.distance);
+}
+
+TEST(ShrinkTowardTest, RejectsMismatchedOrBadInput) {
+  const SimilarityEstimate three = RandomEstimate(3, 1);
+  const SimilarityEstimate four = RandomEstimate(4, 2);
+  EXPECT_EQ(ShrinkToward(three, four, 10).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ShrinkToward(three, three, -1).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ShrinkToward(three, three, NAN).status().code(), absl::StatusCode::kInvalidArgument);
+  SimilarityEstimate other_edges = three;
+  other_edges.edge_fraction = 0.2;
+  EXPECT_EQ(ShrinkToward(three, other_edges, 10).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  SimilarityEstimate broken = three;
+  broken.distance.pop_back();
+  EXPECT_EQ(ShrinkToward(broken, three, 10).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(CompressionPlanTest, RoundTrip) {
   const CompressionPlan plan = SamplePlan();
   ASSERT_TRUE(ValidatePlan(plan).ok());

@@ -52,6 +52,22 @@ struct SelectorOptions {
 absl::StatusOr<CompressionPlan> SelectPlan(const SimilarityEstimate& estimate,
                                            const SelectorOptions& options);
 
+// `own` (one conversation's estimate) shrunk toward `population` (e.g. the
+// merged estimate of a calibration set, as krul-fixed uses): the population
+// is rescaled to weigh as `population_rows` attention rows and added to
+// `own`. A conversation that has shown few rows (a short first turn) then
+// keeps the population's pairs unless its own distances differ clearly, and
+// one with many rows follows its own: the empirical-Bayes answer to a noisy
+// per-conversation estimate. 0 returns `own` unchanged; a population that
+// observed nothing adds nothing. Only the statistics the selector reads
+// (distances, edge masses, rows) are combined; token counts and timings stay
+// `own`'s. INVALID_ARGUMENT when the estimates' layer counts or edge
+// fractions differ, either is malformed, or population_rows is negative or
+// not finite.
+absl::StatusOr<SimilarityEstimate> ShrinkToward(const SimilarityEstimate& own,
+                                                const SimilarityEstimate& population,
+                                                double population_rows);
+
 // Number of pairs needed to reach `target_ratio` with n_layers layers:
 // the smallest p with n_layers / (n_layers - p) >= target_ratio (capped at
 // n_layers / 2).
