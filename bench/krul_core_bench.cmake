@@ -14,9 +14,21 @@ if(TARGET krul_restore)
   target_link_libraries(krul-bench-restore PRIVATE krul_restore krul_bench_restore_common absl::flags absl::flags_parse
                                                    absl::flags_usage absl::str_format absl::strings)
   if(TARGET nlohmann_json::nlohmann_json)
+    # Conversation files and next-token metrics, shared by the two quality
+    # programs.
+    add_library(krul_bench_conversations STATIC ${CMAKE_CURRENT_LIST_DIR}/conversations.cc)
+    target_include_directories(krul_bench_conversations PUBLIC ${CMAKE_CURRENT_LIST_DIR})
+    target_link_libraries(krul_bench_conversations PUBLIC nlohmann_json::nlohmann_json
+                                                          absl::statusor absl::strings)
     add_executable(krul-bench-quality ${CMAKE_CURRENT_LIST_DIR}/quality_bench.cc)
-    target_link_libraries(krul-bench-quality PRIVATE krul_restore nlohmann_json::nlohmann_json
+    target_link_libraries(krul-bench-quality PRIVATE krul_restore krul_bench_conversations
                                                      absl::flags absl::flags_parse
                                                      absl::flags_usage absl::strings)
+    # Does a per-conversation choice of pairs exist to be found? Every pair's
+    # measured cost per conversation, and selections by four scores.
+    add_executable(krul-bench-pair-oracle ${CMAKE_CURRENT_LIST_DIR}/pair_oracle_bench.cc)
+    target_link_libraries(krul-bench-pair-oracle PRIVATE krul_restore krul_bench_conversations
+                                                         absl::flags absl::flags_parse
+                                                         absl::flags_usage absl::strings)
   endif()
 endif()

@@ -35,7 +35,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -52,6 +51,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "conversations.h"
 #include "krul/compression_plan.h"
 #include "krul/compressor.h"
 #include "krul/cost_model.h"
@@ -111,68 +111,10 @@ void CheckOk(const absl::Status& s, const std::string& what) {
 
 // ---- conversations ------------------------------------------------------------
 
-struct Turn {
-  std::string user;
-  std::string answer;  // empty: generate
-  std::vector<int> prompt_tokens;
-  std::vector<int> answer_tokens;
-};
-
-struct Conversation {
-  std::string id;
-  std::vector<Turn> turns;
-};
-
-absl::StatusOr<std::vector<Conversation>> LoadConversations(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::stringstream buf;
-  buf << in.rdbuf();
-  const std::string text = buf.str();
-  const size_t first = text.find_first_not_of(" \t\r\n");
-  std::vector<Conversation> out;
-  try {
-    if (first != std::string::npos && text[first] == '[') {
-      const nlohmann::json doc = nlohmann::json::parse(text);
-      for (size_t i = 0; i < doc.size(); ++i) {
-        const auto& item = doc[i];
-        Conversation c;
-        c.id = item.contains("id") && item["id"].is_string() ? item["id"].get<std::string>()
-                                                             : absl::StrCat("conv-", i);
-        if (!item.contains("conversations") || !item["conversations"].is_array()) continue;
-        for (const auto& m : item["conversations"]) {
-          if (!m.contains("from") || !m.contains("value") || !m["value"].is_string()) continue;
-          const std::string from = m["from"].get<std::string>();
-          const std::string value = m["value"].get<std::string>();
-          if (from == "human" || from == "user") {
-            c.turns.push_back({value, "", {}, {}});
-          } else if (!c.turns.empty() && c.turns.back().answer.empty()) {
-            c.turns.back().answer = value;
-          }
-        }
-        if (!c.turns.empty()) out.push_back(std::move(c));
-      }
-    } else {
-      std::istringstream lines(text);
-      std::string line;
-      while (std::getline(lines, line)) {
-        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-        const nlohmann::json item = nlohmann::json::parse(line);
-        if (!item.contains("turns") || !item["turns"].is_array()) continue;
-        Conversation c;
-        c.id = item.contains("question_id") ? item["question_id"].dump() : absl::StrCat(out.size());
-        for (const auto& t : item["turns"]) {
-          if (t.is_string()) c.turns.push_back({t.get<std::string>(), "", {}, {}});
-        }
-        if (!c.turns.empty()) out.push_back(std::move(c));
-      }
-    }
-  } catch (const nlohmann::json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": ", e.what()));
-  }
-  if (out.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": no conversations"));
-  return out;
-}
+using krul::bench::Conversation;
+using krul::bench::LogSoftmax;
+using krul::bench::Turn;
+using krul::bench::TurnTokens;
 
 // ---- replay -------------------------------------------------------------------
 
@@ -208,11 +150,6 @@ void RestOfTurn(krul::Engine& engine, krul::KvCache& cache, const Turn& turn, in
   engine.SetAttentionObserver(nullptr);
 }
 
-std::vector<int> TurnTokens(const Turn& t) {
-  std::vector<int> all = t.prompt_tokens;
-  all.insert(all.end(), t.answer_tokens.begin(), t.answer_tokens.end());
-  return all;
-}
 
 struct Metrics {
   int64_t positions = 0;
@@ -226,25 +163,11 @@ struct Metrics {
   std::vector<std::string> first_pair_set_per_conversation;
 };
 
-// log-softmax of `logits` (double precision).
-std::vector<double> LogSoftmax(const std::vector<float>& logits) {
-  double mx = -INFINITY;
-  for (float v : logits) mx = std::max(mx, static_cast<double>(v));
-  double sum = 0;
-  for (float v : logits) sum += std::exp(v - mx);
-  const double lse = mx + std::log(sum);
-  std::vector<double> out(logits.size());
-  for (size_t i = 0; i < logits.size(); ++i) out[i] = logits[i] - lse;
-  return out;
-}
-
 void Score(const TurnLogits& ref, const TurnLogits& got, const std::vector<int>& tokens,
            Metrics& m) {
   for (size_t i = 0; i < ref.size() && i < got.size(); ++i) {
     const std::vector<double> lp = LogSoftmax(ref[i]), lq = LogSoftmax(got[i]);
-    double kl = 0;
-    for (size_t v = 0; v < lp.size(); ++v) kl += std::exp(lp[v]) * (lp[v] - lq[v]);
-    m.kl += std::max(0.0, kl);
+    m.kl += krul::bench::KlDivergence(lp, lq);
     m.agree += krul::ArgMax(ref[i]) == krul::ArgMax(got[i]);
     m.positions++;
     if (i + 1 < tokens.size()) {
@@ -384,16 +307,9 @@ int main(int argc, char** argv) {
   // Several files replay as one mixed population (krul-fixed's calibration
   // and krul's prior then span every kind of conversation, as in a worker
   // that serves them all).
-  std::vector<Conversation> convs;
-  for (absl::string_view part : absl::StrSplit(conv_path, ',', absl::SkipEmpty())) {
-    std::vector<Conversation> more =
-        ValueOrDie(LoadConversations(std::string(part)), "conversations");
-    if (int max = absl::GetFlag(FLAGS_max_conversations);
-        max > 0 && more.size() > static_cast<size_t>(max)) {
-      more.resize(max);
-    }
-    for (Conversation& c : more) convs.push_back(std::move(c));
-  }
+  std::vector<Conversation> convs = ValueOrDie(
+      krul::bench::LoadConversationFiles(conv_path, absl::GetFlag(FLAGS_max_conversations)),
+      "conversations");
 
   // ---- reference pass: tokenize, generate missing answers, keep logits ----
   std::vector<std::vector<TurnLogits>> ref_logits(convs.size());
