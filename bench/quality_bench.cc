@@ -4,7 +4,7 @@
 //   build/bin/krul-bench-quality --model M [--tokenizer T] --conversations FILE
 //       [--json] [--ratio 1.5] [--sensitivity 0.9] [--kv_dtype f32]
 //       [--split load|planned] [--max_conversations N] [--answer_tokens 64]
-//       [--krul_prior_rows auto|R]
+//       [--krul_prior_rows auto|R] [--calibration FILE[,FILE...]]
 //
 // Conversations: a ShareGPT-style JSON array ({"conversations": [{"from":
 // "human"|"gpt", "value": ...}]}) replayed as is, or MT-bench JSONL
@@ -82,6 +82,9 @@ ABSL_FLAG(std::string, split, "load",
 ABSL_FLAG(int, max_conversations, 0, "Use at most this many conversations of each file (0 = all)");
 ABSL_FLAG(int, answer_tokens, 64, "Generated answer length for conversations without answers");
 ABSL_FLAG(int, threads, 1, "Engine threads");
+ABSL_FLAG(std::string, calibration, "",
+          "Conversation files (comma-separated) that krul-fixed's pairs and krul's prior are "
+          "calibrated on; empty = the replayed conversations, leave-one-out");
 ABSL_FLAG(std::string, krul_prior_rows, "auto",
           "krul: shrink the conversation's own similarity toward the calibration set's "
           "(krul-fixed's) by adding the latter weighted as this many attention rows; 0 = the "
@@ -312,77 +315,114 @@ int main(int argc, char** argv) {
       "conversations");
 
   // ---- reference pass: tokenize, generate missing answers, keep logits ----
-  std::vector<std::vector<TurnLogits>> ref_logits(convs.size());
-  std::vector<krul::SimilarityEstimate> ref_estimates;
-  std::vector<std::vector<krul::SimilarityEstimate>> ref_turn_estimates(convs.size());
-  int64_t ref_targets = 0;
-  double ref_nll = 0;
-  for (size_t c = 0; c < convs.size(); ++c) {
-    Conversation& conv = convs[c];
-    auto cache = ValueOrDie(krul::KvCache::Create(config, config.seq_len), "cache");
-    auto estimator = ValueOrDie(krul::SimilarityEstimator::Create(config), "estimator");
-    int pos = 0;
-    std::vector<Turn> kept;
-    for (size_t t = 0; t < conv.turns.size(); ++t) {
-      Turn turn = conv.turns[t];
-      turn.prompt_tokens = tokenizer.Encode(turn.user, /*bos=*/t == 0, false);
-      const bool generate = turn.answer.empty();
-      if (!generate) turn.answer_tokens = tokenizer.Encode(turn.answer, false, false);
-      const int answer_len = generate ? absl::GetFlag(FLAGS_answer_tokens)
-                                      : static_cast<int>(turn.answer_tokens.size());
-      // Turns that would not fit the context end the conversation.
-      if (pos + static_cast<int>(turn.prompt_tokens.size()) + answer_len + 1 > config.seq_len)
-        break;
-      TurnLogits logits;
-      engine->SetAttentionObserver(estimator.get());
-      Block(*engine, cache, turn.prompt_tokens, pos, logits);
-      pos += static_cast<int>(turn.prompt_tokens.size());
-      if (generate) {
-        // Greedy answer from the uncompressed model, fed back token by token.
-        for (int i = 0; i < answer_len; ++i) {
-          const int next = krul::ArgMax(logits.back());
-          turn.answer_tokens.push_back(next);
-          Block(*engine, cache, std::span(turn.answer_tokens).subspan(i, 1), pos++, logits);
+  struct ReferencePass {
+    std::vector<std::vector<TurnLogits>> logits;  // per conversation, per turn
+    std::vector<std::vector<krul::SimilarityEstimate>> turn_estimates;
+    std::vector<krul::SimilarityEstimate> estimates;  // whole conversations
+    int64_t targets = 0;
+    double nll = 0;
+  };
+  // Drops the turns that do not fit the context from `list`.
+  auto reference_pass = [&](std::vector<Conversation>& list, bool keep_logits) {
+    ReferencePass r;
+    r.logits.resize(list.size());
+    r.turn_estimates.resize(list.size());
+    for (size_t c = 0; c < list.size(); ++c) {
+      Conversation& conv = list[c];
+      auto cache = ValueOrDie(krul::KvCache::Create(config, config.seq_len), "cache");
+      auto estimator = ValueOrDie(krul::SimilarityEstimator::Create(config), "estimator");
+      int pos = 0;
+      std::vector<Turn> kept;
+      for (size_t t = 0; t < conv.turns.size(); ++t) {
+        Turn turn = conv.turns[t];
+        turn.prompt_tokens = tokenizer.Encode(turn.user, /*bos=*/t == 0, false);
+        const bool generate = turn.answer.empty();
+        if (!generate) turn.answer_tokens = tokenizer.Encode(turn.answer, false, false);
+        const int answer_len = generate ? absl::GetFlag(FLAGS_answer_tokens)
+                                        : static_cast<int>(turn.answer_tokens.size());
+        // Turns that would not fit the context end the conversation.
+        if (pos + static_cast<int>(turn.prompt_tokens.size()) + answer_len + 1 > config.seq_len)
+          break;
+        TurnLogits logits;
+        engine->SetAttentionObserver(estimator.get());
+        Block(*engine, cache, turn.prompt_tokens, pos, logits);
+        pos += static_cast<int>(turn.prompt_tokens.size());
+        if (generate) {
+          // Greedy answer from the uncompressed model, fed back token by token.
+          for (int i = 0; i < answer_len; ++i) {
+            const int next = krul::ArgMax(logits.back());
+            turn.answer_tokens.push_back(next);
+            Block(*engine, cache, std::span(turn.answer_tokens).subspan(i, 1), pos++, logits);
+          }
+        } else {
+          for (size_t i = 0; i < turn.answer_tokens.size(); ++i) {
+            Block(*engine, cache, std::span(turn.answer_tokens).subspan(i, 1), pos++, logits);
+          }
         }
-      } else {
-        for (size_t i = 0; i < turn.answer_tokens.size(); ++i) {
-          Block(*engine, cache, std::span(turn.answer_tokens).subspan(i, 1), pos++, logits);
+        engine->SetAttentionObserver(nullptr);
+        r.turn_estimates[c].push_back(estimator->Finish());
+        const std::vector<int> tokens = TurnTokens(turn);
+        if (t > 0) {
+          for (size_t i = 0; i + 1 < tokens.size(); ++i) {
+            r.nll -= LogSoftmax(logits[i])[tokens[i + 1]];
+            r.targets++;
+          }
         }
+        if (keep_logits) r.logits[c].push_back(std::move(logits));
+        kept.push_back(std::move(turn));
       }
-      engine->SetAttentionObserver(nullptr);
-      ref_turn_estimates[c].push_back(estimator->Finish());
-      const std::vector<int> tokens = TurnTokens(turn);
-      if (t > 0) {
-        for (size_t i = 0; i + 1 < tokens.size(); ++i) {
-          ref_nll -= LogSoftmax(logits[i])[tokens[i + 1]];
-          ref_targets++;
-        }
-      }
-      ref_logits[c].push_back(std::move(logits));
-      kept.push_back(std::move(turn));
+      conv.turns = std::move(kept);
+      krul::SimilarityEstimate whole = krul::SimilarityEstimate::Empty(config.n_layers);
+      for (const auto& e : r.turn_estimates[c]) CheckOk(whole.Merge(e), "merge");
+      r.estimates.push_back(std::move(whole));
     }
-    conv.turns = std::move(kept);
-    krul::SimilarityEstimate whole = krul::SimilarityEstimate::Empty(config.n_layers);
-    for (const auto& e : ref_turn_estimates[c]) CheckOk(whole.Merge(e), "merge");
-    ref_estimates.push_back(std::move(whole));
-  }
+    return r;
+  };
+  const ReferencePass ref = reference_pass(convs, /*keep_logits=*/true);
+  const auto& ref_logits = ref.logits;
+
+  // Leave-one-out populations: entry c merges every estimate but c's.
+  auto leave_one_out = [&](const std::vector<krul::SimilarityEstimate>& all) {
+    std::vector<krul::SimilarityEstimate> out;
+    for (size_t c = 0; c < all.size(); ++c) {
+      krul::SimilarityEstimate merged = krul::SimilarityEstimate::Empty(config.n_layers);
+      for (size_t j = 0; j < all.size(); ++j) {
+        if (j != c || all.size() == 1) CheckOk(merged.Merge(all[j]), "merge");
+      }
+      out.push_back(std::move(merged));
+    }
+    return out;
+  };
 
   // ---- pairs that do not depend on the conversation ----
   const krul::CompressionPlan static_pairs =
       ValueOrDie(krul::StaticMidDepthPlan(config.n_layers, ratio), "static pairs");
-  // Leave-one-out calibration for krul-fixed.
+  // krul-fixed's pairs and krul's prior: by default the replayed set itself,
+  // leave-one-out (the calibration set is drawn from the same traffic); with
+  // --calibration, other conversation files, as a deployment calibrated once
+  // on a generic set would be.
   std::vector<krul::CompressionPlan> fixed_pairs;
   std::vector<krul::SimilarityEstimate> priors;  // krul's shrinkage target, the same set
-  for (size_t c = 0; c < convs.size(); ++c) {
-    krul::SimilarityEstimate merged = krul::SimilarityEstimate::Empty(config.n_layers);
-    for (size_t j = 0; j < convs.size(); ++j) {
-      if (j != c || convs.size() == 1) CheckOk(merged.Merge(ref_estimates[j]), "merge");
-    }
-    fixed_pairs.push_back(Select(merged, config.n_layers, ratio, sensitivity));
-    priors.push_back(std::move(merged));
+  std::vector<double> prior_fit;
+  const std::string calibration_path = absl::GetFlag(FLAGS_calibration);
+  if (calibration_path.empty()) {
+    priors = leave_one_out(ref.estimates);
+    prior_fit = PriorFitErrors(ref.turn_estimates, priors);
+  } else {
+    std::vector<Conversation> calibration = ValueOrDie(
+        krul::bench::LoadConversationFiles(calibration_path,
+                                           absl::GetFlag(FLAGS_max_conversations)),
+        "calibration conversations");
+    const ReferencePass cal = reference_pass(calibration, /*keep_logits=*/false);
+    krul::SimilarityEstimate population = krul::SimilarityEstimate::Empty(config.n_layers);
+    for (const auto& e : cal.estimates) CheckOk(population.Merge(e), "merge");
+    priors.assign(convs.size(), population);
+    prior_fit = PriorFitErrors(cal.turn_estimates, leave_one_out(cal.estimates));
+  }
+  for (const krul::SimilarityEstimate& prior : priors) {
+    fixed_pairs.push_back(Select(prior, config.n_layers, ratio, sensitivity));
   }
   const std::string prior_flag = absl::GetFlag(FLAGS_krul_prior_rows);
-  const std::vector<double> prior_fit = PriorFitErrors(ref_turn_estimates, priors);
   double prior_rows = 0;
   if (prior_flag == "auto") {
     const size_t best = std::min_element(prior_fit.begin(), prior_fit.end()) - prior_fit.begin();
@@ -537,7 +577,8 @@ int main(int argc, char** argv) {
     }
     out["krul_prior_fit"] = fit;
   }
-  out["reference_perplexity"] = ref_targets > 0 ? std::exp(ref_nll / ref_targets) : 0.0;
+  out["reference_perplexity"] = ref.targets > 0 ? std::exp(ref.nll / ref.targets) : 0.0;
+  out["calibration"] = calibration_path.empty() ? "leave-one-out" : calibration_path;
   out["static_pairs"] = PairSet(static_pairs);
   auto summary = [&](const Metrics& m, bool with_pairs) {
     nlohmann::json j;
