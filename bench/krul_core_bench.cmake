@@ -13,6 +13,13 @@ if(TARGET krul_restore)
   add_executable(krul-bench-restore ${CMAKE_CURRENT_LIST_DIR}/restore_bench.cc)
   target_link_libraries(krul-bench-restore PRIVATE krul_restore krul_bench_restore_common absl::flags absl::flags_parse
                                                    absl::flags_usage absl::str_format absl::strings)
+  # Loads through the real kvstore (in-process server, gRPC control + UCX
+  # data, read by the worker's KvSource) when the services are built; with
+  # KRUL_ENGINE_ONLY only the in-process store exists.
+  if(TARGET krul_worker_lib AND TARGET krul_kvstore_lib AND TARGET krul_transport)
+    target_link_libraries(krul-bench-restore PRIVATE krul_worker_lib krul_kvstore_lib krul_transport)
+    target_compile_definitions(krul-bench-restore PRIVATE KRUL_BENCH_WITH_KVSTORE=1)
+  endif()
   if(TARGET nlohmann_json::nlohmann_json)
     # Conversation files and next-token metrics, shared by the two quality
     # programs.

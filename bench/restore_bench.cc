@@ -5,16 +5,31 @@
 //       [--model_shape dim=256,hidden=688,layers=12,heads=8,kv_heads=8]
 //       [--new_tokens 128] [--load_gbps G] [--load_latency_us U]
 //       [--ratio 1.5] [--kv_dtype f32|f16|bf16] [--rounds R] [--threads T]
+//       [--store auto|kvstore|in-process] [--ucx_tcp]
 //
 // For each history length N: a conversation of N tokens is prefilled (its
 // last `turn_tokens` with the similarity estimator on, as the turn that just
 // ended); at turn end every mode plans its restore with the cost model,
-// compresses and stores the KV in an in-process store behind an emulated
-// link (latency + bandwidth); then each mode restores it with the same
+// compresses and stores the KV; then each mode restores it with the same
 // executor and prefills the same 128 new tokens. TTFT = restore + prefill +
 // logits, the median of R rounds. Printed per length: ttft_<mode>/ttft_krul,
 // stored bytes per mode, and Krul's scheduler efficiency (ideal lower bound
 // under the cost model / achieved).
+//
+// The store (--store): `kvstore` starts one krul-kvstore server in this
+// process (127.0.0.1, ephemeral port, DRAM tier only, UCX data plane: shared
+// memory, or TCP over loopback with --ucx_tcp) and stores each mode's KV as
+// a real version (manifest + one block per segment, as the worker's
+// persister does); a restore reads it through the worker's KvSource
+// (gRPC lookup before the timed restore, then one streamed UCX read of the
+// blocks the plan loads, prefetched as the worker does). `in-process`
+// keeps the CompressedKv in memory (InProcessKvStore). `auto` (default) is
+// kvstore when the bench was built with the services (not with
+// KRUL_ENGINE_ONLY) and UCX starts, else in-process. Either way every fetch
+// is paced by an emulated link on top of the real work
+// (MakeLinkPacedKvSource: a fetch takes max(real, latency + bytes /
+// bandwidth)), because on one host the real store is much faster than CPU
+// recompute; the real (unpaced) time the store took is printed per length.
 //
 // The cost model is calibrated at start-up by the probe (ComputeLayer on a
 // few token counts; fetches of two sizes through the store) and refreshed
@@ -57,6 +72,13 @@
 #include "krul/similarity_estimator.h"
 #include "restore_bench_common.h"
 
+#ifdef KRUL_BENCH_WITH_KVSTORE
+#include "krul/ucx_transport.h"
+#include "kv_blocks.h"
+#include "kvstore_conversation_store.h"
+#include "server.h"
+#endif
+
 ABSL_FLAG(bool, json, false, "Print the results as one JSON object");
 ABSL_FLAG(std::string, histories, "512,1024,2048,4096,8192", "History lengths (tokens)");
 ABSL_FLAG(std::string, model_shape, "dim=128,hidden=344,layers=12,heads=2,kv_heads=2,vocab=512",
@@ -76,6 +98,10 @@ ABSL_FLAG(int, threads, 0, "Engine threads (0 = all cores)");
 ABSL_FLAG(int, calibration_conversations, 3, "Conversations for krul-fixed's pairs");
 ABSL_FLAG(int, granularity, 32, "Split granularity of the planner (tokens)");
 ABSL_FLAG(uint64_t, seed, 7, "Seed of the synthetic model and the token streams");
+ABSL_FLAG(std::string, store, "auto",
+          "Where loads come from: kvstore (in-process krul-kvstore over UCX), in-process "
+          "(InProcessKvStore), or auto (kvstore when built with the services)");
+ABSL_FLAG(bool, ucx_tcp, false, "With the kvstore: UCX over TCP on loopback, not shared memory");
 
 namespace {
 
@@ -138,6 +164,164 @@ std::string Key(int history, RestoreMode mode) {
   return absl::StrCat("conv-", history, "-", std::string(krul::RestoreModeName(mode)));
 }
 
+// Where each mode's KV is stored at turn end and read back from during a
+// restore. Sources are unpaced: the caller adds the emulated link.
+class BenchStore {
+ public:
+  virtual ~BenchStore() = default;
+  // "in-process" or "kvstore-ucx (shm|tcp)".
+  virtual std::string Name() const = 0;
+  virtual absl::Status Put(const std::string& key, krul::CompressedKv kv) = 0;
+  // A source over `key` for a restore that executes `loads` (empty: every
+  // fetch is read on demand, as the start-up probe does).
+  virtual absl::StatusOr<std::unique_ptr<krul::KvSource>> Open(
+      const std::string& key, const std::vector<krul::LoadStep>& loads) = 0;
+  virtual absl::Status Erase(const std::string& key) = 0;
+};
+
+class InProcessBenchStore final : public BenchStore {
+ public:
+  explicit InProcessBenchStore(std::unique_ptr<krul::InProcessKvStore> store)
+      : store_(std::move(store)) {}
+  std::string Name() const override { return "in-process"; }
+  absl::Status Put(const std::string& key, krul::CompressedKv kv) override {
+    store_->Put(key, std::move(kv));
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::unique_ptr<krul::KvSource>> Open(
+      const std::string& key, const std::vector<krul::LoadStep>&) override {
+    return store_->Open(key);
+  }
+  absl::Status Erase(const std::string& key) override { return store_->Erase(key); }
+
+ private:
+  std::unique_ptr<krul::InProcessKvStore> store_;
+};
+
+#ifdef KRUL_BENCH_WITH_KVSTORE
+// One krul-kvstore server in this process and the worker's client of it.
+class KvstoreBenchStore final : public BenchStore {
+ public:
+  static absl::StatusOr<std::unique_ptr<BenchStore>> Start(const krul::KvShape& shape, bool tcp,
+                                                           uint64_t capacity_bytes) {
+    krul::UcxTransportOptions uo;
+    // force_tcp sets UCX_TLS / UCX_NET_DEVICES in the environment (unless
+    // set), so the client's transport created below uses TCP as well.
+    uo.force_tcp = tcp;
+    auto server_transport = krul::NewUcxTransport(uo);
+    if (!server_transport.ok()) return server_transport.status();
+    krul::kvstore::ServerOptions so;
+    so.host = "127.0.0.1";
+    so.port = 0;
+    so.metrics_port = -1;
+    so.store.tiers = krul::kvstore::TierMode::kDramOnly;
+    so.store.dram_capacity_bytes = capacity_bytes;
+    so.store.max_staging_bytes = capacity_bytes;
+    so.store.default_ttl = absl::ZeroDuration();
+    auto server = krul::kvstore::KvStoreServer::Start(so, *std::move(server_transport));
+    if (!server.ok()) return server.status();
+    krul::worker::KvstoreStoreOptions co;
+    co.addresses = {(*server)->address()};
+    co.ucx = true;
+    // No fallback to recompute here: a slow read must count, not fail.
+    co.restore_deadline = kDeadline;
+    co.persist_deadline = kDeadline;
+    auto client = krul::worker::NewKvstoreConversationStore(co);
+    if (!client.ok()) return client.status();
+    if (auto h = (*client)->Health(absl::Now() + kDeadline); !h.ok()) return h;
+    return std::unique_ptr<BenchStore>(
+        new KvstoreBenchStore(shape, tcp, *std::move(server), *std::move(client)));
+  }
+
+  ~KvstoreBenchStore() override {
+    client_.reset();  // before the server it talks to
+    if (auto s = server_->Shutdown(); !s.ok()) {
+      std::fprintf(stderr, "kvstore shutdown: %s\n", s.ToString().c_str());
+    }
+  }
+
+  std::string Name() const override { return tcp_ ? "kvstore-ucx (tcp)" : "kvstore-ucx (shm)"; }
+
+  absl::Status Put(const std::string& key, krul::CompressedKv kv) override {
+    krul::v1::ConversationKey k;
+    k.set_tenant(kTenant);
+    k.set_conversation_id(key);
+    k.set_turn(1);
+    auto version = krul::worker::BuildStoredVersion(k, "synthetic", "", kv);
+    if (!version.ok()) return version.status();
+    return client_->Write(version->manifest, std::move(version->blocks), absl::Now() + kDeadline);
+  }
+
+  absl::StatusOr<std::unique_ptr<krul::KvSource>> Open(
+      const std::string& key, const std::vector<krul::LoadStep>& loads) override {
+    // The restore path of the worker: look the version up, then read the
+    // blocks the plan loads in one streamed read started by the first
+    // fetch.
+    auto manifest = client_->LookupLatest(kTenant, key, absl::Now() + kDeadline);
+    if (!manifest.ok()) return manifest.status();
+    return krul::worker::MakeStoreKvSource(client_.get(), *manifest, shape_, kDeadline,
+                                           krul::worker::BlocksForLoads(*manifest, loads));
+  }
+
+  absl::Status Erase(const std::string& key) override {
+    return client_->Delete(kTenant, key, absl::Now() + kDeadline);
+  }
+
+ private:
+  static constexpr absl::Duration kDeadline = absl::Seconds(60);
+  static constexpr const char* kTenant = "bench";
+
+  KvstoreBenchStore(const krul::KvShape& shape, bool tcp,
+                    std::unique_ptr<krul::kvstore::KvStoreServer> server,
+                    std::unique_ptr<krul::worker::ConversationStore> client)
+      : shape_(shape), tcp_(tcp), server_(std::move(server)), client_(std::move(client)) {}
+
+  const krul::KvShape shape_;
+  const bool tcp_;
+  std::unique_ptr<krul::kvstore::KvStoreServer> server_;
+  std::unique_ptr<krul::worker::ConversationStore> client_;
+};
+#endif  // KRUL_BENCH_WITH_KVSTORE
+
+// The store --store asks for; exits when it cannot be had.
+std::unique_ptr<BenchStore> OpenBenchStore(const krul::KvShape& shape, uint64_t capacity_bytes) {
+  const std::string which = absl::GetFlag(FLAGS_store);
+  if (which != "auto" && which != "kvstore" && which != "in-process") {
+    std::fprintf(stderr, "--store must be auto, kvstore or in-process\n");
+    std::exit(1);
+  }
+#ifdef KRUL_BENCH_WITH_KVSTORE
+  if (which != "in-process") {
+    auto store = KvstoreBenchStore::Start(shape, absl::GetFlag(FLAGS_ucx_tcp), capacity_bytes);
+    if (store.ok()) return *std::move(store);
+    std::fprintf(stderr, "kvstore: %s\n", store.status().ToString().c_str());
+    if (which == "kvstore") std::exit(1);
+    std::fprintf(stderr, "--store auto: using the in-process store\n");
+  }
+#else
+  (void)shape;
+  (void)capacity_bytes;
+  if (which == "kvstore") {
+    std::fprintf(stderr,
+                 "--store kvstore: this build has no kvstore (KRUL_ENGINE_ONLY); use in-process\n");
+    std::exit(1);
+  }
+#endif
+  return std::make_unique<InProcessBenchStore>(
+      ValueOrDie(krul::InProcessKvStore::Create(), "in-process store"));
+}
+
+// A source over `key` for `loads`, paced by `link`; `stats` collects the
+// real and paced time of its fetches.
+std::unique_ptr<krul::KvSource> OpenPaced(BenchStore& store, const std::string& key,
+                                          const std::vector<krul::LoadStep>& loads,
+                                          const krul::LinkModel& link,
+                                          krul::LinkPacingStats* stats) {
+  return ValueOrDie(
+      krul::MakeLinkPacedKvSource(ValueOrDie(store.Open(key, loads), "open"), link, stats),
+      "paced source");
+}
+
 struct ModeResult {
   double ttft_s = 0;
   double predicted_s = 0;
@@ -150,6 +334,7 @@ struct ModeResult {
   bool replanned = false;
   std::vector<int> split;
   std::string pairs;
+  krul::LinkPacingStats store;  // the fetches of the last round
 };
 
 }  // namespace
@@ -192,9 +377,9 @@ int main(int argc, char** argv) {
 
   // ---- start-up probe: compute ----
   const auto probe_start = Clock::now();
-  const krul::ComputeCoefficients compute = ValueOrDie(
-      krul::ProbeCompute(*engine, krul::bench::RestoreComputeProbeOptions(seq_len)),
-      "compute probe");
+  const krul::ComputeCoefficients compute =
+      ValueOrDie(krul::ProbeCompute(*engine, krul::bench::RestoreComputeProbeOptions(seq_len)),
+                 "compute probe");
 
   // ---- the link ----
   krul::LinkModel link;
@@ -207,31 +392,47 @@ int main(int argc, char** argv) {
         static_cast<double>(krul::PlainBytesPerToken(shape, dtype)) * config.n_layers * b;
     link.bytes_per_second = bytes / std::max(1e-9, recompute_s - config.n_layers * link.latency_s);
   }
-  auto store = ValueOrDie(krul::InProcessKvStore::Create(link), "store");
+  // Room for every mode's KV of the longest history at once (at most the
+  // uncompressed size each), plus slack.
+  const uint64_t capacity = static_cast<uint64_t>(krul::kAllRestoreModes.size()) *
+                                krul::PlainBytesPerToken(shape, dtype) *
+                                static_cast<uint64_t>(config.n_layers) *
+                                static_cast<uint64_t>(max_history) +
+                            (uint64_t{256} << 20);
+  std::unique_ptr<BenchStore> store = OpenBenchStore(shape, capacity);
 
-  // ---- start-up probe: load, through the store ----
+  // ---- start-up probe: load, through the store and the link ----
+  // Two stored histories, one of `small` tokens and one of `large`, so each
+  // probe fetch reads one whole block (the kvstore moves whole blocks).
   krul::LoadCoefficients load;
   {
-    const int probe_tokens = 256;
-    auto cache = ValueOrDie(krul::KvCache::Create(config, probe_tokens), "probe cache");
-    CHECK_OK(engine->Forward(cache, Tokens(probe_tokens, config.vocab_size, seed + 99), 0, {}));
-    krul::CompressorOptions co;
-    co.dtype = dtype;
-    auto kv = ValueOrDie(
-        krul::CompressKv(cache, shape, krul::CompressionPlan::Uncompressed(config.n_layers),
-                         probe_tokens, {}, co),
-        "probe compress");
-    store->Put("probe", std::move(kv));
-    auto source = ValueOrDie(store->Open("probe"), "probe open");
-    const std::vector<int> layer0 = {0};
-    krul::LoadProbeFn fetch = [&](int tokens) {
-      return source->Fetch(layer0, 0, std::min(tokens, probe_tokens), cache);
-    };
     krul::LoadProbeOptions lpo;
     lpo.small_tokens = 1;
-    lpo.large_tokens = probe_tokens;
+    lpo.large_tokens = 256;
+    auto cache = ValueOrDie(krul::KvCache::Create(config, lpo.large_tokens), "probe cache");
+    CHECK_OK(engine->Forward(cache, Tokens(lpo.large_tokens, config.vocab_size, seed + 99), 0, {}));
+    krul::CompressorOptions co;
+    co.dtype = dtype;
+    for (int tokens : {lpo.small_tokens, lpo.large_tokens}) {
+      auto kv = ValueOrDie(
+          krul::CompressKv(cache, shape, krul::CompressionPlan::Uncompressed(config.n_layers),
+                           tokens, {}, co),
+          "probe compress");
+      CHECK_OK(store->Put(absl::StrCat("probe-", tokens), std::move(kv)));
+    }
+    // No prefetch: each probe fetch is one request to the store.
+    auto small = OpenPaced(*store, absl::StrCat("probe-", lpo.small_tokens), {}, link, nullptr);
+    auto large = OpenPaced(*store, absl::StrCat("probe-", lpo.large_tokens), {}, link, nullptr);
+    const std::vector<int> layer0 = {0};
+    krul::LoadProbeFn fetch = [&](int tokens) {
+      krul::KvSource& source = tokens == lpo.large_tokens ? *large : *small;
+      return source.Fetch(layer0, 0, tokens, cache);
+    };
     load = ValueOrDie(krul::ProbeLoad(fetch, lpo), "load probe");
-    CHECK_OK(store->Erase("probe"));
+    small.reset();
+    large.reset();
+    CHECK_OK(store->Erase(absl::StrCat("probe-", lpo.small_tokens)));
+    CHECK_OK(store->Erase(absl::StrCat("probe-", lpo.large_tokens)));
   }
   auto cost_model = ValueOrDie(krul::CostModel::Create({compute, load}), "cost model");
   const double probe_s = std::chrono::duration<double>(Clock::now() - probe_start).count();
@@ -266,9 +467,9 @@ int main(int argc, char** argv) {
   if (!json) {
     std::printf(
         "krul-bench-restore: %s, new input %d tokens, KV %s, ratio %.2f, %u cores, "
-        "load average %.2f\n",
+        "load average %.2f, store %s\n",
         config.ToString().c_str(), new_tokens, std::string(krul::DTypeName(dtype)).c_str(), ratio,
-        std::thread::hardware_concurrency(), load_average[0]);
+        std::thread::hardware_concurrency(), load_average[0], store->Name().c_str());
     std::printf(
         "probe (%.2fs): compute fixed=%.3gs per_token=%.3gs per_pair=%.3gs; "
         "load latency=%.3gs bandwidth=%.3f GB/s (link: %.1f us, %.3f GB/s)\n",
@@ -331,17 +532,20 @@ int main(int argc, char** argv) {
       ModeResult& r = results[mode];
       r.stored_bytes = static_cast<double>(kv.stored_bytes());
       r.pairs = PairsString(storage);
-      store->Put(Key(history, mode), std::move(kv));
+      CHECK_OK(store->Put(Key(history, mode), std::move(kv)));
     }
     // Turn start: restore + prefill. Rounds go over all modes in turn so
     // that load from other processes hits every mode alike.
     for (int round = 0; round < length_rounds; ++round) {
       for (RestoreMode mode : krul::kAllRestoreModes) {
-        auto source = ValueOrDie(store->Open(Key(history, mode)), "open");
+        krul::LinkPacingStats pacing;
+        auto source = OpenPaced(*store, Key(history, mode), plans[mode].loads, link, &pacing);
         last[mode] = ValueOrDie(
             restorer->Restore(plans[mode], tokens, input, source.get(), restored, logits),
             "restore");
         ttft[mode].push_back(last[mode].total_seconds);
+        source.reset();  // ends the source's background read before the next restore
+        results[mode].store = pacing;
         if (mode == RestoreMode::kRecompute) reference = logits;
         for (size_t i = 0; i < logits.size(); ++i) {
           results[mode].max_logit_diff =
@@ -378,6 +582,17 @@ int main(int argc, char** argv) {
       std::printf("; cake split %d\n", results[RestoreMode::kCake].split.empty()
                                            ? 0
                                            : results[RestoreMode::kCake].split[0]);
+      // The real store's share: time in the store's source (transfer,
+      // verification, decoding) against the paced fetch time.
+      std::printf("        %s, real (unpaced) / paced fetch time:", store->Name().c_str());
+      for (RestoreMode m : {RestoreMode::kLoad, RestoreMode::kCake, RestoreMode::kKrul}) {
+        const krul::LinkPacingStats& p = results[m].store;
+        std::printf(" %s %.2f MB %.1f / %.1f ms (%.2f GB/s real);",
+                    std::string(krul::RestoreModeName(m)).c_str(), p.bytes / 1e6,
+                    p.inner_seconds * 1e3, p.paced_seconds * 1e3,
+                    p.inner_seconds > 0 ? p.bytes / p.inner_seconds / 1e9 : 0.0);
+      }
+      std::printf("\n");
       std::fflush(stdout);
     }
     all.push_back(std::move(results));
@@ -390,6 +605,7 @@ int main(int argc, char** argv) {
     std::printf("  \"target_ratio\": %.4f,\n  \"rounds\": %d,\n", ratio, rounds);
     std::printf("  \"cores\": %u,\n  \"load_average_at_start\": %.2f,\n",
                 std::thread::hardware_concurrency(), load_average[0]);
+    std::printf("  \"store\": \"%s\",\n", store->Name().c_str());
     std::printf("  \"link\": {\"latency_s\": %.6g, \"bytes_per_second\": %.6g},\n", link.latency_s,
                 link.bytes_per_second);
     std::fputs(krul::bench::ProbeJson(probe_s, compute, load).c_str(), stdout);
@@ -398,13 +614,19 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < all.size(); ++i) {
       auto& results = all[i];
       const ModeResult& k = results[RestoreMode::kKrul];
-      std::printf("%s, \"stream_efficiency\": %.4f,\n",
-                  krul::bench::ModeRatiosJson(histories[i], krul::bench::CompareModes(results))
-                      .c_str(),
-                  k.stream_efficiency);
+      std::printf(
+          "%s, \"stream_efficiency\": %.4f,\n",
+          krul::bench::ModeRatiosJson(histories[i], krul::bench::CompareModes(results)).c_str(),
+          k.stream_efficiency);
       std::printf("     \"krul_split\": [%s], \"krul_pairs\": \"%s\", \"krul_replanned\": %s,\n",
                   absl::StrJoin(k.split, ",").c_str(), k.pairs.c_str(),
                   k.replanned ? "true" : "false");
+      const krul::LinkPacingStats& lp = results[RestoreMode::kLoad].store;
+      std::printf(
+          "     \"load_store_real_s\": %.6g, \"load_store_paced_s\": %.6g, "
+          "\"load_store_real_bytes_per_second\": %.6g,\n",
+          lp.inner_seconds, lp.paced_seconds,
+          lp.inner_seconds > 0 ? lp.bytes / lp.inner_seconds : 0.0);
       std::printf("     \"modes\": {");
       bool first = true;
       for (RestoreMode m : krul::kAllRestoreModes) {
@@ -413,10 +635,13 @@ int main(int argc, char** argv) {
             "%s\n       \"%s\": {\"ttft_s\": %.6g, \"predicted_s\": %.6g, "
             "\"lower_bound_s\": %.6g, \"efficiency\": %.4f, \"stream_efficiency\": %.4f, "
             "\"stored_bytes\": %.0f, "
-            "\"recomputed_token_layers\": %lld, \"max_logit_diff_vs_recompute\": %.3g}",
+            "\"recomputed_token_layers\": %lld, \"max_logit_diff_vs_recompute\": %.3g, "
+            "\"store_fetches\": %d, \"store_fetched_bytes\": %zu, \"store_real_s\": %.6g, "
+            "\"store_paced_s\": %.6g}",
             first ? "" : ",", std::string(krul::RestoreModeName(m)).c_str(), r.ttft_s,
             r.predicted_s, r.lower_bound_s, r.efficiency, r.stream_efficiency, r.stored_bytes,
-            static_cast<long long>(r.recomputed_token_layers), r.max_logit_diff);
+            static_cast<long long>(r.recomputed_token_layers), r.max_logit_diff, r.store.fetches,
+            r.store.bytes, r.store.inner_seconds, r.store.paced_seconds);
         first = false;
       }
       std::printf("}}%s\n", i + 1 < all.size() ? "," : "");

@@ -7,6 +7,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "krul/manifest.h"
@@ -105,7 +106,11 @@ class StoreKvSource final : public KvSource {
     // Covered token intervals per requested layer, to find holes.
     std::vector<std::vector<std::pair<int, int>>> covered(layers.size());
     for (const auto& [index, encoded] : blocks) {
-      bytes += encoded->size();
+      // A prefetched block crossed the wire once, however many steps decode
+      // it (a re-planned restore can split one between a pair's head and
+      // tail); a block read on demand crossed it again.
+      const bool prefetched = std::binary_search(prefetch_.begin(), prefetch_.end(), index);
+      if (!prefetched || counted_.insert(index).second) bytes += encoded->size();
       auto decoded = VerifyBlock(manifest_.blocks(index), *encoded);
       if (!decoded.ok()) return decoded.status();
       auto segment = SegmentFromBlock(*decoded);
@@ -165,6 +170,7 @@ class StoreKvSource final : public KvSource {
   const KvShape shape_;
   const absl::Duration per_fetch_;
   const std::vector<uint32_t> prefetch_;  // sorted
+  absl::flat_hash_set<uint32_t> counted_;  // prefetched blocks already reported (Fetch only)
   std::thread reader_;
   absl::Mutex mu_;
   absl::flat_hash_map<uint32_t, std::shared_ptr<const std::string>> arrived_ ABSL_GUARDED_BY(mu_);

@@ -53,7 +53,9 @@ std::vector<uint32_t> BlocksForLoads(const v1::Manifest& manifest,
 // on a background thread (one round trip instead of one per load step;
 // layer 0's blocks arrive first) and each Fetch waits only for its own
 // blocks; blocks outside `prefetch` are read on demand. Fetch returns the
-// encoded bytes its blocks occupy. Errors: the store's; NOT_FOUND when the
+// encoded bytes it moved: a prefetched block counts once, in the first Fetch
+// that uses it (later steps that decode it again add nothing); a block read
+// on demand counts every time it is read. Errors: the store's; NOT_FOUND when the
 // manifest lists no block for part of the requested range (missing
 // blocks); DATA_LOSS for a block that fails verification or decoding;
 // DEADLINE_EXCEEDED when a block does not arrive within `per_fetch` of the

@@ -3,6 +3,8 @@
 #include <chrono>
 #include <memory>
 #include <random>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -137,6 +139,150 @@ TEST(KvSourceTest, StoreKeysAndLinkModel) {
   // Erasing the key does not break an open source.
   ASSERT_TRUE((*store)->Erase("b").ok());
   EXPECT_TRUE((*source)->Fetch(layer, 0, 4, *out).ok());
+}
+
+// A source that takes `seconds` per fetch (or fails) and records what it
+// was asked for.
+class FakeSource final : public KvSource {
+ public:
+  FakeSource(double seconds, size_t bytes, absl::Status status = absl::OkStatus())
+      : seconds_(seconds), bytes_(bytes), status_(std::move(status)) {}
+
+  absl::StatusOr<size_t> Fetch(std::span<const int> layers, int begin, int end, KvCache&) override {
+    asked_layers = std::vector<int>(layers.begin(), layers.end());
+    asked_begin = begin;
+    asked_end = end;
+    std::this_thread::sleep_for(std::chrono::duration<double>(seconds_));
+    if (!status_.ok()) return status_;
+    return bytes_;
+  }
+
+  std::vector<int> asked_layers;
+  int asked_begin = -1, asked_end = -1;
+
+ private:
+  const double seconds_;
+  const size_t bytes_;
+  const absl::Status status_;
+};
+
+// Wall-clock seconds of one fetch through `source`.
+double TimedFetch(KvSource& source, KvCache& cache, absl::StatusOr<size_t>* result) {
+  const std::vector<int> layers = {1, 3};
+  const auto t0 = std::chrono::steady_clock::now();
+  *result = source.Fetch(layers, 4, 9, cache);
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+TEST(LinkPacedKvSourceTest, AFetchTakesTheLongerOfTheRealAndTheEmulatedTime) {
+  const ModelConfig c = Config();
+  auto cache = KvCache::Create(c, c.seq_len);
+  ASSERT_TRUE(cache.ok());
+  LinkModel link;
+  link.latency_s = 0.010;
+  link.bytes_per_second = 1e6;  // 40,000 B -> 40 ms; emulated total 50 ms
+
+  // A fast inner source: the link sets the time (50 ms), not the sum.
+  auto fast = std::make_unique<FakeSource>(0.0, 40000);
+  FakeSource* fast_raw = fast.get();
+  LinkPacingStats stats;
+  auto paced = MakeLinkPacedKvSource(std::move(fast), link, &stats);
+  ASSERT_TRUE(paced.ok()) << paced.status();
+  absl::StatusOr<size_t> bytes;
+  double seconds = TimedFetch(**paced, *cache, &bytes);
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  EXPECT_EQ(*bytes, 40000u);
+  EXPECT_GE(seconds, 0.050);
+  EXPECT_LT(seconds, 0.090);  // generous: a busy CPU oversleeps
+  // The request reached the inner source unchanged.
+  EXPECT_EQ(fast_raw->asked_layers, (std::vector<int>{1, 3}));
+  EXPECT_EQ(fast_raw->asked_begin, 4);
+  EXPECT_EQ(fast_raw->asked_end, 9);
+  EXPECT_EQ(stats.fetches, 1);
+  EXPECT_EQ(stats.bytes, 40000u);
+  EXPECT_LT(stats.inner_seconds, 0.030);
+  EXPECT_GE(stats.paced_seconds, 0.050);
+
+  // A slow inner source (80 ms) behind the same link (50 ms): max = 80 ms,
+  // well short of the sum (130 ms).
+  LinkPacingStats slow_stats;
+  auto slow = MakeLinkPacedKvSource(std::make_unique<FakeSource>(0.080, 40000), link, &slow_stats);
+  ASSERT_TRUE(slow.ok());
+  seconds = TimedFetch(**slow, *cache, &bytes);
+  ASSERT_TRUE(bytes.ok());
+  EXPECT_GE(seconds, 0.080);
+  EXPECT_LT(seconds, 0.120);
+  EXPECT_GE(slow_stats.inner_seconds, 0.080);
+  EXPECT_GE(slow_stats.paced_seconds, slow_stats.inner_seconds);
+
+  // Stats add up over fetches.
+  seconds = TimedFetch(**paced, *cache, &bytes);
+  ASSERT_TRUE(bytes.ok());
+  EXPECT_EQ(stats.fetches, 2);
+  EXPECT_EQ(stats.bytes, 80000u);
+  EXPECT_GE(stats.paced_seconds, 0.100);
+
+  // Latency only (no bandwidth limit): 10 ms whatever the bytes.
+  LinkModel latency_only;
+  latency_only.latency_s = 0.010;
+  auto lat = MakeLinkPacedKvSource(std::make_unique<FakeSource>(0.0, 1u << 30), latency_only);
+  ASSERT_TRUE(lat.ok());
+  seconds = TimedFetch(**lat, *cache, &bytes);
+  ASSERT_TRUE(bytes.ok());
+  EXPECT_GE(seconds, 0.010);
+  EXPECT_LT(seconds, 0.050);
+}
+
+TEST(LinkPacedKvSourceTest, ErrorsPassThroughUnpacedAndBadArgumentsAreRejected) {
+  const ModelConfig c = Config();
+  auto cache = KvCache::Create(c, c.seq_len);
+  ASSERT_TRUE(cache.ok());
+  LinkModel link;
+  link.latency_s = 1.0;  // a paced failure would take a second
+  LinkPacingStats stats;
+  auto paced = MakeLinkPacedKvSource(
+      std::make_unique<FakeSource>(0.0, 10, absl::UnavailableError("store down")), link, &stats);
+  ASSERT_TRUE(paced.ok());
+  absl::StatusOr<size_t> bytes;
+  const double seconds = TimedFetch(**paced, *cache, &bytes);
+  EXPECT_EQ(bytes.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_LT(seconds, 0.5);
+  EXPECT_EQ(stats.fetches, 0);
+  EXPECT_EQ(stats.bytes, 0u);
+
+  LinkModel bad;
+  bad.latency_s = -1;
+  EXPECT_EQ(MakeLinkPacedKvSource(std::make_unique<FakeSource>(0.0, 1), bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeLinkPacedKvSource(nullptr, link).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// The in-process store paces through the same wrapper: a fetch of real KV
+// takes at least the emulated time, and not much more when decompressing
+// it is cheap.
+TEST(LinkPacedKvSourceTest, InProcessStoreFetchIsPacedByTheLink) {
+  const ModelConfig c = Config();
+  KvCache full = RandomCache(c, 3);
+  auto kv =
+      CompressKv(full, KvShape::FromConfig(c), CompressionPlan::Uncompressed(c.n_layers), 32, {});
+  ASSERT_TRUE(kv.ok());
+  LinkModel link;
+  link.latency_s = 0.005;
+  link.bytes_per_second = 32 * 256 / 0.020;  // one layer's 32 tokens (8 KiB) in 20 ms
+  auto source = MakeInProcessKvSource(std::make_shared<const CompressedKv>(*std::move(kv)), link);
+  auto out = KvCache::Create(c, c.seq_len);
+  ASSERT_TRUE(out.ok());
+  const std::vector<int> layer = {0};
+  const auto t0 = std::chrono::steady_clock::now();
+  auto bytes = source->Fetch(layer, 0, 32, *out);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  EXPECT_EQ(*bytes, 32u * 256u);  // 32 tokens x (K + V) x 32 floats
+  EXPECT_GE(seconds, 0.025);
+  EXPECT_LT(seconds, 0.065);
+  EXPECT_EQ(out->key(0, 17)[5], full.key(0, 17)[5]);
 }
 
 }  // namespace

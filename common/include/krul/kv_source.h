@@ -8,8 +8,11 @@
 //
 // InProcessKvStore keeps CompressedKv values in memory and can emulate a
 // link (per-request latency + bandwidth) so benchmarks see realistic load
-// times without a network: a fetch does the real decompression and then
-// waits until latency + bytes / bandwidth has passed since it started.
+// times without a network. The emulation is one wrapper,
+// MakeLinkPacedKvSource, that works over any source (also the kvstore's):
+// a fetch does the real work (transfer, verification, decompression) and
+// then waits until latency + bytes / bandwidth has passed since it started,
+// so it takes max(real, emulated).
 #ifndef KRUL_KV_SOURCE_H_
 #define KRUL_KV_SOURCE_H_
 
@@ -56,6 +59,27 @@ struct LinkModel {
   absl::Status Validate() const;
 };
 
+// What a link-paced source measured, summed over its fetches, so a
+// benchmark can show the real store's share of the paced time.
+struct LinkPacingStats {
+  int fetches = 0;           // successful fetches
+  size_t bytes = 0;          // as returned by the wrapped source
+  double inner_seconds = 0;  // in the wrapped source (the real work)
+  double paced_seconds = 0;  // whole fetches, including the wait
+};
+
+// A source that fetches through `inner` and then waits until
+// link.latency_s + bytes / link.bytes_per_second has passed since the fetch
+// started (bytes = what `inner` returned), so each fetch takes
+// max(real, emulated). A failed fetch returns at once, unpaced. `stats`
+// (may be null, not owned) accumulates every successful fetch; it must
+// outlive the source and be read only while no Fetch runs.
+// INVALID_ARGUMENT: `inner` is null or `link` does not validate.
+// Thread safety: as `inner` (one Fetch at a time).
+absl::StatusOr<std::unique_ptr<KvSource>> MakeLinkPacedKvSource(std::unique_ptr<KvSource> inner,
+                                                                const LinkModel& link,
+                                                                LinkPacingStats* stats = nullptr);
+
 // Conversations' compressed KV in memory, keyed by a caller-chosen string
 // (tenant/conversation/turn). Thread-safe.
 class InProcessKvStore {
@@ -88,7 +112,8 @@ class InProcessKvStore {
 // A source over one CompressedKv behind `link` (what InProcessKvStore::Open
 // returns). The bytes a fetch transfers are the stored payload of the
 // segments it reads, pro rata for partly read segments, counted once for a
-// segment shared by both layers.
+// segment shared by both layers. The link is MakeLinkPacedKvSource's (none
+// when `link` is all zero or does not validate).
 std::unique_ptr<KvSource> MakeInProcessKvSource(std::shared_ptr<const CompressedKv> kv,
                                                 const LinkModel& link);
 

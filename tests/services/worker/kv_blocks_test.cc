@@ -133,6 +133,22 @@ TEST(KvBlocksTest, PrefetchingSourceRestoresTheSame) {
   for (int l = 0; l < kLayers; ++l) {
     EXPECT_TRUE(SameRows(restored, expected, l, l == 0 ? 20 : (l == 3 ? 0 : 8), kTokens)) << l;
   }
+  // A re-planned restore can split a step: a block is then decoded by two
+  // fetches. Prefetched, it crossed the wire once and counts once; read on
+  // demand, it is read (and counted) twice.
+  const int layer3[] = {3};
+  auto split = MakeStoreKvSource(&f.store, f.manifest, f.shape, absl::Seconds(5), prefetch);
+  auto head = split->Fetch(layer3, 0, 5, restored);
+  auto tail = split->Fetch(layer3, 5, 10, restored);
+  ASSERT_TRUE(head.ok() && tail.ok());
+  EXPECT_GT(*head, 0u);
+  EXPECT_EQ(*tail, 0u);  // the same 16-token block, already counted
+  auto on_demand = MakeStoreKvSource(&f.store, f.manifest, f.shape, absl::Seconds(5));
+  auto head2 = on_demand->Fetch(layer3, 0, 5, restored);
+  auto tail2 = on_demand->Fetch(layer3, 5, 10, restored);
+  ASSERT_TRUE(head2.ok() && tail2.ok());
+  EXPECT_EQ(*head2, *head);
+  EXPECT_EQ(*tail2, *head);
   // A prefetch that fails (corrupted store) reports DATA_LOSS to the Fetch.
   f.store.CorruptBlocks();
   auto failing = MakeStoreKvSource(&f.store, f.manifest, f.shape, absl::Seconds(5), prefetch);
