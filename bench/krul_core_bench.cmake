@@ -10,16 +10,22 @@ target_link_libraries(krul-bench-estimator PRIVATE krul_core krul_bench_util abs
 # the quality of each mode's stored KV on real conversations (which needs
 # nlohmann_json to read the conversation files).
 if(TARGET krul_restore)
-  add_executable(krul-bench-restore ${CMAKE_CURRENT_LIST_DIR}/restore_bench.cc)
-  target_link_libraries(krul-bench-restore PRIVATE krul_restore krul_bench_restore_common absl::flags absl::flags_parse
-                                                   absl::flags_usage absl::str_format absl::strings)
-  # Loads through the real kvstore (in-process server, gRPC control + UCX
-  # data, read by the worker's KvSource) when the services are built; with
-  # KRUL_ENGINE_ONLY only the in-process store exists.
+  # Where the restore bench stores KV: the real kvstore (in-process server,
+  # gRPC control + UCX data, read by the worker's KvSource) when the services
+  # are built; with KRUL_ENGINE_ONLY only the in-process store exists.
+  add_library(krul_bench_restore_store STATIC ${CMAKE_CURRENT_LIST_DIR}/restore_bench_store.cc)
+  target_include_directories(krul_bench_restore_store PUBLIC ${CMAKE_CURRENT_LIST_DIR})
+  target_link_libraries(krul_bench_restore_store PUBLIC krul_restore absl::statusor absl::time)
   if(TARGET krul_worker_lib AND TARGET krul_kvstore_lib AND TARGET krul_transport)
-    target_link_libraries(krul-bench-restore PRIVATE krul_worker_lib krul_kvstore_lib krul_transport)
-    target_compile_definitions(krul-bench-restore PRIVATE KRUL_BENCH_WITH_KVSTORE=1)
+    target_link_libraries(krul_bench_restore_store PRIVATE krul_worker_lib krul_kvstore_lib
+                                                           krul_transport)
+    target_compile_definitions(krul_bench_restore_store PRIVATE KRUL_BENCH_WITH_KVSTORE=1)
   endif()
+  add_executable(krul-bench-restore ${CMAKE_CURRENT_LIST_DIR}/restore_bench.cc)
+  target_link_libraries(krul-bench-restore PRIVATE krul_restore krul_bench_restore_common
+                                                   krul_bench_restore_store absl::flags
+                                                   absl::flags_parse absl::flags_usage
+                                                   absl::str_format absl::strings)
   if(TARGET nlohmann_json::nlohmann_json)
     # Conversation files and next-token metrics, shared by the two quality
     # programs.

@@ -71,13 +71,8 @@
 #include "krul/selector.h"
 #include "krul/similarity_estimator.h"
 #include "restore_bench_common.h"
+#include "restore_bench_store.h"
 
-#ifdef KRUL_BENCH_WITH_KVSTORE
-#include "krul/ucx_transport.h"
-#include "kv_blocks.h"
-#include "kvstore_conversation_store.h"
-#include "server.h"
-#endif
 
 ABSL_FLAG(bool, json, false, "Print the results as one JSON object");
 ABSL_FLAG(std::string, histories, "512,1024,2048,4096,8192", "History lengths (tokens)");
@@ -164,156 +159,28 @@ std::string Key(int history, RestoreMode mode) {
   return absl::StrCat("conv-", history, "-", std::string(krul::RestoreModeName(mode)));
 }
 
-// Where each mode's KV is stored at turn end and read back from during a
-// restore. Sources are unpaced: the caller adds the emulated link.
-class BenchStore {
- public:
-  virtual ~BenchStore() = default;
-  // "in-process" or "kvstore-ucx (shm|tcp)".
-  virtual std::string Name() const = 0;
-  virtual absl::Status Put(const std::string& key, krul::CompressedKv kv) = 0;
-  // A source over `key` for a restore that executes `loads` (empty: every
-  // fetch is read on demand, as the start-up probe does).
-  virtual absl::StatusOr<std::unique_ptr<krul::KvSource>> Open(
-      const std::string& key, const std::vector<krul::LoadStep>& loads) = 0;
-  virtual absl::Status Erase(const std::string& key) = 0;
-};
-
-class InProcessBenchStore final : public BenchStore {
- public:
-  explicit InProcessBenchStore(std::unique_ptr<krul::InProcessKvStore> store)
-      : store_(std::move(store)) {}
-  std::string Name() const override { return "in-process"; }
-  absl::Status Put(const std::string& key, krul::CompressedKv kv) override {
-    store_->Put(key, std::move(kv));
-    return absl::OkStatus();
-  }
-  absl::StatusOr<std::unique_ptr<krul::KvSource>> Open(
-      const std::string& key, const std::vector<krul::LoadStep>&) override {
-    return store_->Open(key);
-  }
-  absl::Status Erase(const std::string& key) override { return store_->Erase(key); }
-
- private:
-  std::unique_ptr<krul::InProcessKvStore> store_;
-};
-
-#ifdef KRUL_BENCH_WITH_KVSTORE
-// One krul-kvstore server in this process and the worker's client of it.
-class KvstoreBenchStore final : public BenchStore {
- public:
-  static absl::StatusOr<std::unique_ptr<BenchStore>> Start(const krul::KvShape& shape, bool tcp,
-                                                           uint64_t capacity_bytes) {
-    krul::UcxTransportOptions uo;
-    // force_tcp sets UCX_TLS / UCX_NET_DEVICES in the environment (unless
-    // set), so the client's transport created below uses TCP as well.
-    uo.force_tcp = tcp;
-    auto server_transport = krul::NewUcxTransport(uo);
-    if (!server_transport.ok()) return server_transport.status();
-    krul::kvstore::ServerOptions so;
-    so.host = "127.0.0.1";
-    so.port = 0;
-    so.metrics_port = -1;
-    so.store.tiers = krul::kvstore::TierMode::kDramOnly;
-    so.store.dram_capacity_bytes = capacity_bytes;
-    so.store.max_staging_bytes = capacity_bytes;
-    so.store.default_ttl = absl::ZeroDuration();
-    auto server = krul::kvstore::KvStoreServer::Start(so, *std::move(server_transport));
-    if (!server.ok()) return server.status();
-    krul::worker::KvstoreStoreOptions co;
-    co.addresses = {(*server)->address()};
-    co.ucx = true;
-    // No fallback to recompute here: a slow read must count, not fail.
-    co.restore_deadline = kDeadline;
-    co.persist_deadline = kDeadline;
-    auto client = krul::worker::NewKvstoreConversationStore(co);
-    if (!client.ok()) return client.status();
-    if (auto h = (*client)->Health(absl::Now() + kDeadline); !h.ok()) return h;
-    return std::unique_ptr<BenchStore>(
-        new KvstoreBenchStore(shape, tcp, *std::move(server), *std::move(client)));
-  }
-
-  ~KvstoreBenchStore() override {
-    client_.reset();  // before the server it talks to
-    if (auto s = server_->Shutdown(); !s.ok()) {
-      std::fprintf(stderr, "kvstore shutdown: %s\n", s.ToString().c_str());
-    }
-  }
-
-  std::string Name() const override { return tcp_ ? "kvstore-ucx (tcp)" : "kvstore-ucx (shm)"; }
-
-  absl::Status Put(const std::string& key, krul::CompressedKv kv) override {
-    krul::v1::ConversationKey k;
-    k.set_tenant(kTenant);
-    k.set_conversation_id(key);
-    k.set_turn(1);
-    auto version = krul::worker::BuildStoredVersion(k, "synthetic", "", kv);
-    if (!version.ok()) return version.status();
-    return client_->Write(version->manifest, std::move(version->blocks), absl::Now() + kDeadline);
-  }
-
-  absl::StatusOr<std::unique_ptr<krul::KvSource>> Open(
-      const std::string& key, const std::vector<krul::LoadStep>& loads) override {
-    // The restore path of the worker: look the version up, then read the
-    // blocks the plan loads in one streamed read started by the first
-    // fetch.
-    auto manifest = client_->LookupLatest(kTenant, key, absl::Now() + kDeadline);
-    if (!manifest.ok()) return manifest.status();
-    return krul::worker::MakeStoreKvSource(client_.get(), *manifest, shape_, kDeadline,
-                                           krul::worker::BlocksForLoads(*manifest, loads));
-  }
-
-  absl::Status Erase(const std::string& key) override {
-    return client_->Delete(kTenant, key, absl::Now() + kDeadline);
-  }
-
- private:
-  static constexpr absl::Duration kDeadline = absl::Seconds(60);
-  static constexpr const char* kTenant = "bench";
-
-  KvstoreBenchStore(const krul::KvShape& shape, bool tcp,
-                    std::unique_ptr<krul::kvstore::KvStoreServer> server,
-                    std::unique_ptr<krul::worker::ConversationStore> client)
-      : shape_(shape), tcp_(tcp), server_(std::move(server)), client_(std::move(client)) {}
-
-  const krul::KvShape shape_;
-  const bool tcp_;
-  std::unique_ptr<krul::kvstore::KvStoreServer> server_;
-  std::unique_ptr<krul::worker::ConversationStore> client_;
-};
-#endif  // KRUL_BENCH_WITH_KVSTORE
-
 // The store --store asks for; exits when it cannot be had.
-std::unique_ptr<BenchStore> OpenBenchStore(const krul::KvShape& shape, uint64_t capacity_bytes) {
+std::unique_ptr<krul::bench::BenchStore> OpenBenchStore(const krul::KvShape& shape,
+                                                        uint64_t capacity_bytes) {
   const std::string which = absl::GetFlag(FLAGS_store);
   if (which != "auto" && which != "kvstore" && which != "in-process") {
     std::fprintf(stderr, "--store must be auto, kvstore or in-process\n");
     std::exit(1);
   }
-#ifdef KRUL_BENCH_WITH_KVSTORE
   if (which != "in-process") {
-    auto store = KvstoreBenchStore::Start(shape, absl::GetFlag(FLAGS_ucx_tcp), capacity_bytes);
+    auto store = krul::bench::StartKvstoreBenchStore(shape, absl::GetFlag(FLAGS_ucx_tcp),
+                                                     capacity_bytes);
     if (store.ok()) return *std::move(store);
     std::fprintf(stderr, "kvstore: %s\n", store.status().ToString().c_str());
     if (which == "kvstore") std::exit(1);
     std::fprintf(stderr, "--store auto: using the in-process store\n");
   }
-#else
-  (void)shape;
-  (void)capacity_bytes;
-  if (which == "kvstore") {
-    std::fprintf(stderr,
-                 "--store kvstore: this build has no kvstore (KRUL_ENGINE_ONLY); use in-process\n");
-    std::exit(1);
-  }
-#endif
-  return std::make_unique<InProcessBenchStore>(
-      ValueOrDie(krul::InProcessKvStore::Create(), "in-process store"));
+  return krul::bench::NewInProcessBenchStore();
 }
 
 // A source over `key` for `loads`, paced by `link`; `stats` collects the
 // real and paced time of its fetches.
-std::unique_ptr<krul::KvSource> OpenPaced(BenchStore& store, const std::string& key,
+std::unique_ptr<krul::KvSource> OpenPaced(krul::bench::BenchStore& store, const std::string& key,
                                           const std::vector<krul::LoadStep>& loads,
                                           const krul::LinkModel& link,
                                           krul::LinkPacingStats* stats) {
@@ -399,7 +266,7 @@ int main(int argc, char** argv) {
                                 static_cast<uint64_t>(config.n_layers) *
                                 static_cast<uint64_t>(max_history) +
                             (uint64_t{256} << 20);
-  std::unique_ptr<BenchStore> store = OpenBenchStore(shape, capacity);
+  std::unique_ptr<krul::bench::BenchStore> store = OpenBenchStore(shape, capacity);
 
   // ---- start-up probe: load, through the store and the link ----
   // Two stored histories, one of `small` tokens and one of `large`, so each
