@@ -1,6 +1,7 @@
 #include "bench_util.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 
 namespace krul::bench {
@@ -19,6 +20,12 @@ std::string DataDir(const std::string& flag_value) {
   if (dir.empty() && std::getenv("KRUL_DATA_DIR") != nullptr) dir = std::getenv("KRUL_DATA_DIR");
   if (dir.empty()) dir = "../shared/data";
   return dir;
+}
+
+void CheckOk(const absl::Status& status, const std::string& what) {
+  if (status.ok()) return;
+  std::fprintf(stderr, "%s: %s\n", what.c_str(), status.ToString().c_str());
+  std::exit(1);
 }
 
 }  // namespace krul::bench

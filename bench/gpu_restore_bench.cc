@@ -88,7 +88,9 @@ using krul::RestoreMode;
 using krul::bench::Median;
 using krul::bench::PairsString;
 using krul::bench::SelectOrNone;
+using krul::bench::CheckOk;
 using krul::bench::Tokens;
+using krul::bench::ValueOrDie;
 
 bool g_json = false;
 
@@ -99,23 +101,8 @@ void Say(const absl::FormatSpec<Args...>& format, const Args&... args) {
   std::fflush(g_json ? stderr : stdout);
 }
 
-[[noreturn]] void Die(const std::string& what, const absl::Status& s) {
-  std::fprintf(stderr, "krul-bench-restore-gpu: %s: %s\n", what.c_str(), s.ToString().c_str());
-  std::exit(1);
-}
-
-void CheckOk(const absl::Status& s, const std::string& what) {
-  if (!s.ok()) Die(what, s);
-}
-
-template <typename T>
-T ValueOrDie(absl::StatusOr<T> v, const std::string& what) {
-  if (!v.ok()) Die(what, v.status());
-  return *std::move(v);
-}
-
 void CheckCuda(cudaError_t e, const std::string& what) {
-  if (e != cudaSuccess) Die(what, krul::CudaStatus(e, what));
+  if (e != cudaSuccess) CheckOk(krul::CudaStatus(e, what), what);
 }
 
 // The default --model_shape (LLaMA-7B), before the flag's items.
@@ -166,13 +153,13 @@ double MeasureGemmTflops(krul::DType dtype, int n) {
   }
   cublasHandle_t handle = nullptr;
   if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS)
-    Die("cublasCreate", absl::InternalError("failed"));
+    CheckOk(absl::InternalError("failed"), "cublasCreate");
   const float alpha = 1.0f, beta = 0.0f;
   auto gemm = [&] {
     if (cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, a.data(), t, n, b.data(), t,
                      n, &beta, c.data(), t, n, CUBLAS_COMPUTE_32F,
                      CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS) {
-      Die("cublasGemmEx", absl::InternalError("failed"));
+      CheckOk(absl::InternalError("failed"), "cublasGemmEx");
     }
   };
   cudaEvent_t e0, e1;

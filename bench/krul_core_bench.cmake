@@ -31,7 +31,7 @@ if(TARGET krul_restore)
     # programs.
     add_library(krul_bench_conversations STATIC ${CMAKE_CURRENT_LIST_DIR}/conversations.cc)
     target_include_directories(krul_bench_conversations PUBLIC ${CMAKE_CURRENT_LIST_DIR})
-    target_link_libraries(krul_bench_conversations PUBLIC nlohmann_json::nlohmann_json
+    target_link_libraries(krul_bench_conversations PUBLIC krul_bench_util nlohmann_json::nlohmann_json
                                                           absl::statusor absl::strings)
     add_executable(krul-bench-quality ${CMAKE_CURRENT_LIST_DIR}/quality_bench.cc)
     target_link_libraries(krul-bench-quality PRIVATE krul_restore krul_bench_conversations

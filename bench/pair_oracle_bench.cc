@@ -41,6 +41,7 @@
 #include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "bench_util.h"
 #include "conversations.h"
 #include "krul/compression_plan.h"
 #include "krul/compressor.h"
@@ -63,25 +64,11 @@ ABSL_FLAG(bool, json, false, "Print the results as one JSON object");
 
 namespace {
 
+using krul::bench::CheckOk;
 using krul::bench::Conversation;
 using krul::bench::LogSoftmax;
 using krul::bench::Turn;
-
-template <typename T>
-T ValueOrDie(absl::StatusOr<T> v, const std::string& what) {
-  if (!v.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what.c_str(), v.status().ToString().c_str());
-    std::exit(1);
-  }
-  return *std::move(v);
-}
-
-void CheckOk(const absl::Status& s, const std::string& what) {
-  if (!s.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what.c_str(), s.ToString().c_str());
-    std::exit(1);
-  }
-}
+using krul::bench::ValueOrDie;
 
 // Ranks (0 = smallest; ties in index order) of `v`.
 std::vector<double> Ranks(const std::vector<double>& v) {

@@ -51,6 +51,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "bench_util.h"
 #include "conversations.h"
 #include "krul/compression_plan.h"
 #include "krul/compressor.h"
@@ -95,29 +96,12 @@ ABSL_FLAG(std::string, krul_prior_rows, "auto",
 namespace {
 
 using krul::RestoreMode;
-
-template <typename T>
-T ValueOrDie(absl::StatusOr<T> v, const std::string& what) {
-  if (!v.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what.c_str(), v.status().ToString().c_str());
-    std::exit(1);
-  }
-  return *std::move(v);
-}
-
-void CheckOk(const absl::Status& s, const std::string& what) {
-  if (!s.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what.c_str(), s.ToString().c_str());
-    std::exit(1);
-  }
-}
-
-// ---- conversations ------------------------------------------------------------
-
+using krul::bench::CheckOk;
 using krul::bench::Conversation;
 using krul::bench::LogSoftmax;
 using krul::bench::Turn;
 using krul::bench::TurnTokens;
+using krul::bench::ValueOrDie;
 
 // ---- replay -------------------------------------------------------------------
 

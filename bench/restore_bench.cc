@@ -106,6 +106,7 @@ using krul::bench::Median;
 using krul::bench::PairsString;
 using krul::bench::SelectOrNone;
 using krul::bench::Tokens;
+using krul::bench::ValueOrDie;
 
 #define CHECK_OK(expr)                                        \
   do {                                                        \
@@ -116,15 +117,6 @@ using krul::bench::Tokens;
       std::exit(1);                                           \
     }                                                         \
   } while (0)
-
-template <typename T>
-T ValueOrDie(absl::StatusOr<T> v, const char* what) {
-  if (!v.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what, v.status().ToString().c_str());
-    std::exit(1);
-  }
-  return *std::move(v);
-}
 
 // The default --model_shape, before the flag's items.
 krul::ModelConfig DefaultShape() {
