@@ -160,16 +160,8 @@ int main(int argc, char** argv) {
   }
   auto model = ValueOrDie(krul::LoadModel(absl::GetFlag(FLAGS_model)), "model");
   const krul::ModelConfig& config = model->config();
-  if (absl::GetFlag(FLAGS_tokenizer).empty() && !model->vocabulary().has_value()) {
-    std::fprintf(stderr, "the model has no vocabulary: pass --tokenizer\n");
-    return 1;
-  }
-  krul::Tokenizer tokenizer =
-      !absl::GetFlag(FLAGS_tokenizer).empty()
-          ? ValueOrDie(
-                krul::Tokenizer::FromLlama2cFile(absl::GetFlag(FLAGS_tokenizer), config.vocab_size),
-                "tokenizer")
-          : ValueOrDie(krul::Tokenizer::FromVocabulary(*model->vocabulary()), "tokenizer");
+  const krul::Tokenizer tokenizer =
+      ValueOrDie(krul::Tokenizer::ForModel(*model, absl::GetFlag(FLAGS_tokenizer)), "tokenizer");
   auto engine = ValueOrDie(krul::Engine::Create(*model, {}), "engine");
   const krul::KvShape shape = krul::KvShape::FromConfig(config);
   const int L = config.n_layers;

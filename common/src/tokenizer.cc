@@ -104,6 +104,25 @@ absl::StatusOr<Tokenizer> Tokenizer::FromVocabulary(const Vocabulary& vocabulary
   return tok;
 }
 
+absl::StatusOr<Tokenizer> Tokenizer::ForModel(const Model& model, const std::string& llama2c_path) {
+  const int model_vocab = model.config().vocab_size;
+  absl::StatusOr<Tokenizer> tokenizer;
+  if (!llama2c_path.empty()) {
+    tokenizer = FromLlama2cFile(llama2c_path, model_vocab);
+  } else if (model.vocabulary().has_value()) {
+    tokenizer = FromVocabulary(*model.vocabulary());
+  } else {
+    return absl::InvalidArgumentError(
+        "the model has no embedded vocabulary: pass a llama2.c tokenizer file");
+  }
+  if (!tokenizer.ok()) return tokenizer.status();
+  if (tokenizer->vocab_size() > model_vocab) {
+    return absl::InvalidArgumentError(absl::StrCat("the tokenizer has ", tokenizer->vocab_size(),
+                                                   " tokens but the model only ", model_vocab));
+  }
+  return tokenizer;
+}
+
 absl::Status Tokenizer::Index() {
   byte_token_.fill(-1);
   byte_of_token_.assign(pieces_.size(), -1);

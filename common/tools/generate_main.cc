@@ -84,15 +84,8 @@ int main(int argc, char** argv) {
   if (!model.ok()) return Fail(model.status());
   const krul::ModelConfig& config = (*model)->config();
 
-  absl::StatusOr<krul::Tokenizer> tokenizer;
-  if (!absl::GetFlag(FLAGS_tokenizer).empty()) {
-    tokenizer = krul::Tokenizer::FromLlama2cFile(absl::GetFlag(FLAGS_tokenizer), config.vocab_size);
-  } else if ((*model)->vocabulary().has_value()) {
-    tokenizer = krul::Tokenizer::FromVocabulary(*(*model)->vocabulary());
-  } else {
-    return Fail(absl::InvalidArgumentError(
-        "the model has no embedded vocabulary: pass --tokenizer FILE"));
-  }
+  absl::StatusOr<krul::Tokenizer> tokenizer =
+      krul::Tokenizer::ForModel(**model, absl::GetFlag(FLAGS_tokenizer));
   if (!tokenizer.ok()) return Fail(tokenizer.status());
 
   krul::EngineOptions engine_options;

@@ -129,20 +129,10 @@ absl::Status WorkerCore::Init(const WorkerOptions& options,
   model_ = *std::move(model);
   const ModelConfig& config = model_->config();
 
-  absl::StatusOr<Tokenizer> tokenizer;
-  if (!options.tokenizer_path.empty()) {
-    tokenizer = Tokenizer::FromLlama2cFile(options.tokenizer_path, config.vocab_size);
-  } else if (model_->vocabulary().has_value()) {
-    tokenizer = Tokenizer::FromVocabulary(*model_->vocabulary());
-  } else {
-    return absl::InvalidArgumentError(
-        "tokenizer: the model has no embedded vocabulary; pass --tokenizer FILE");
-  }
-  if (!tokenizer.ok()) return tokenizer.status();
-  if (tokenizer->vocab_size() > config.vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat("tokenizer: ", tokenizer->vocab_size(),
-                                                   " tokens but the model has only ",
-                                                   config.vocab_size));
+  absl::StatusOr<Tokenizer> tokenizer = Tokenizer::ForModel(*model_, options.tokenizer_path);
+  if (!tokenizer.ok()) {
+    return absl::Status(tokenizer.status().code(),
+                        absl::StrCat("tokenizer: ", tokenizer.status().message()));
   }
   tokenizer_ = std::make_unique<Tokenizer>(*std::move(tokenizer));
   chat_template_ = std::make_unique<ChatTemplate>(options.chat_template, *tokenizer_);

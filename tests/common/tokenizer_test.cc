@@ -110,6 +110,53 @@ TEST(TokenizerTest, VocabularyFromAModelFile) {
   EXPECT_EQ(Tokenizer::FromVocabulary(v).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+ModelConfig TinyConfig(int vocab_size) {
+  ModelConfig c;
+  c.dim = 16;
+  c.hidden_dim = 32;
+  c.n_layers = 1;
+  c.n_heads = 2;
+  c.n_kv_heads = 2;
+  c.vocab_size = vocab_size;
+  c.seq_len = 8;
+  return c;
+}
+
+TEST(TokenizerTest, ForModelTakesTheFileElseTheEmbeddedVocabulary) {
+  // Synthetic models below 259 tokens carry no vocabulary: without a file
+  // there is no tokenizer.
+  auto bare = MakeSyntheticModel(TinyConfig(200), 1);
+  ASSERT_TRUE(bare.ok()) << bare.status();
+  auto none = Tokenizer::ForModel(**bare, "");
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(none.status().message()), HasSubstr("no embedded vocabulary"));
+  // A file: the model's vocab_size tokens are read from it (200 of 259).
+  const std::string path = testing::ScratchDir() + "/for_model.bin";
+  testing::WriteFileOrDie(path, Llama2cTokenizerBytes(ByteVocabulary({})));
+  auto from_file = Tokenizer::ForModel(**bare, path);
+  ASSERT_TRUE(from_file.ok()) << from_file.status();
+  EXPECT_EQ(from_file->vocab_size(), 200);
+  EXPECT_EQ(Tokenizer::ForModel(**bare, path + ".missing").status().code(),
+            absl::StatusCode::kNotFound);
+  // Embedded: used when no file is given.
+  auto with_vocab = MakeSyntheticModel(TinyConfig(262), 1);
+  ASSERT_TRUE(with_vocab.ok()) << with_vocab.status();
+  auto embedded = Tokenizer::ForModel(**with_vocab, "");
+  ASSERT_TRUE(embedded.ok()) << embedded.status();
+  EXPECT_EQ(embedded->vocab_size(), 262);
+  // An embedded vocabulary larger than the model's classifier is refused.
+  Vocabulary big;
+  big.pieces = {"<unk>", "<s>", "</s>", "a", "b", "c", "d"};
+  big.scores.assign(big.pieces.size(), 0.0f);
+  const ModelConfig six = TinyConfig(6);
+  AlignedBuffer<float> weights(Llama2cWeightCount(six));
+  auto oversized = Model::FromLlama2cLayout(six, std::move(weights), "test", big);
+  ASSERT_TRUE(oversized.ok()) << oversized.status();
+  auto refused = Tokenizer::ForModel(**oversized, "");
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("7 tokens but the model only 6"));
+}
+
 TEST(TokenizerTest, BadFilesGiveClearErrors) {
   const std::string dir = testing::ScratchDir();
   auto load = [&](const std::string& bytes, int vocab) {

@@ -32,6 +32,13 @@ class Tokenizer {
   // ids are out of range.
   static absl::StatusOr<Tokenizer> FromVocabulary(const Vocabulary& vocabulary);
 
+  // The tokenizer to run `model` with: the llama2.c file at `llama2c_path`
+  // when it is not empty (the model's vocab_size tokens read), else the
+  // vocabulary embedded in the model. INVALID_ARGUMENT when the path is
+  // empty and the model has no vocabulary, or when the tokenizer has more
+  // tokens than the model; the errors of FromLlama2cFile / FromVocabulary.
+  static absl::StatusOr<Tokenizer> ForModel(const Model& model, const std::string& llama2c_path);
+
   int vocab_size() const { return static_cast<int>(pieces_.size()); }
   int bos_id() const { return bos_id_; }
   int eos_id() const { return eos_id_; }
