@@ -185,18 +185,24 @@ void Engine::Attention(int layer, const KvCache& cache, int start_pos, int num_t
   for (int q0 = 0; q0 < num_tokens; q0 += block) {
     const int nq = std::min(block, num_tokens - q0);
     const int ctx_len = start_pos + q0 + nq;
-    // Zeroed: entries past each row's causal limit stay 0. The buffer is kept
-    // between calls (decode hands over one block per layer per token).
-    const size_t block_floats = static_cast<size_t>(c.n_heads) * nq * ctx_len;
-    if (probs_.size() < block_floats) {
-      probs_.Resize(block_floats);
-    } else {
-      std::fill(probs_.data(), probs_.data() + block_floats, 0.0f);
+    // A decode block may go straight into the observer's memory.
+    float* probs =
+        nq == 1 ? observer_->DecodeBuffer(layer, start_pos + q0, c.n_heads, ctx_len) : nullptr;
+    if (probs == nullptr) {
+      // Kept between calls (decode hands over one block per layer per token).
+      const size_t block_floats = static_cast<size_t>(c.n_heads) * nq * ctx_len;
+      if (probs_.size() < block_floats) probs_.Resize(block_floats);
+      probs = probs_.data();
     }
     pool_->ParallelFor(static_cast<int64_t>(c.n_heads) * nq, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const int h = static_cast<int>(i / nq), t = static_cast<int>(i % nq);
-        attend(h, q0 + t, probs_.data() + (static_cast<size_t>(h) * nq + t) * ctx_len);
+        float* row = probs + (static_cast<size_t>(h) * nq + t) * ctx_len;
+        attend(h, q0 + t, row);
+        // attend() wrote keys [0, ctx); the causal mask zeroes the rest of
+        // the row (nothing for the block's last query, so nothing in decode).
+        const int ctx = start_pos + q0 + t + 1;
+        std::fill(row + ctx, row + ctx_len, 0.0f);
       }
     }, min_pairs);
     AttentionWeights weights;
@@ -205,7 +211,7 @@ void Engine::Attention(int layer, const KvCache& cache, int start_pos, int num_t
     weights.query_begin = start_pos + q0;
     weights.num_queries = nq;
     weights.context_len = ctx_len;
-    weights.probs = probs_.data();
+    weights.probs = probs;
     observer_->OnAttention(weights);
   }
 }

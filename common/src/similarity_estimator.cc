@@ -21,6 +21,11 @@
 #include "absl/synchronization/mutex.h"
 #include "krul/aligned_buffer.h"
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define KRUL_ESTIMATOR_AVX2 1
+#endif
+
 namespace krul {
 namespace {
 
@@ -107,6 +112,181 @@ float Sum(const float* a, int n) {
 #pragma omp simd reduction(+ : s)
   for (int i = 0; i < n; ++i) s += a[i];
   return s;
+}
+
+// ----- decode kernel -----
+//
+// A decode token's rows of every layer are compared at once, when its last
+// layer arrives: all layer pairs over one chunk of the rows (a few KB per
+// layer, so every layer's chunk stays in L1) before the next chunk. Compared
+// with one new layer against all stored ones as it arrives, each stored row
+// is read from L2 once per token instead of once per later layer, and
+// register tiles of 4 x 4 layers need one load per 2 multiply-adds.
+
+// Lanes of one layer pair's running sum (one 8-float vector).
+constexpr int kLanes = 8;
+struct alignas(32) LaneSums {
+  float v[kLanes];
+};
+
+constexpr int kTile = 4;  // layers per side of a register tile
+
+#ifdef KRUL_ESTIMATOR_AVX2
+// The first `count` (< 8) floats at p, zeros after (no read past the end).
+inline __m256 LoadFirst(const float* p, int count) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(count), lane));
+}
+
+inline double HorizontalSum(__m256 v) {
+  const __m256d d = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+                                  _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(d), _mm256_extractf128_pd(d, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+#endif
+
+double LaneTotal(const LaneSums& s) {
+#ifdef KRUL_ESTIMATOR_AVX2
+  return HorizontalSum(_mm256_load_ps(s.v));
+#else
+  double t = 0;
+  for (float x : s.v) t += x;
+  return t;
+#endif
+}
+
+// sums[i * stride + j] += (a[i][k] - b[j][k])^2 over k < n, lane-wise, for
+// i < NA, j < NB; with kSelf (b == a, NA == NB) only for i < j.
+template <int NA, int NB, bool kSelf>
+void TileSquaredDistances(const float* const* a, const float* const* b, int n, LaneSums* sums,
+                          int stride) {
+  static_assert(!kSelf || NA == NB);
+  constexpr auto wanted = [](int i, int j) { return !kSelf || i < j; };
+#ifdef KRUL_ESTIMATOR_AVX2
+  __m256 acc[NA][NB];
+  for (int i = 0; i < NA; ++i) {
+    for (int j = 0; j < NB; ++j) {
+      acc[i][j] = wanted(i, j) ? _mm256_load_ps(sums[i * stride + j].v) : _mm256_setzero_ps();
+    }
+  }
+  auto step = [&](const __m256* va, const __m256* vb) {
+    for (int j = 0; j < NB; ++j) {
+      for (int i = 0; i < NA; ++i) {
+        if (!wanted(i, j)) continue;
+        const __m256 d = _mm256_sub_ps(va[i], vb[j]);
+        acc[i][j] = _mm256_fmadd_ps(d, d, acc[i][j]);
+      }
+    }
+  };
+  int k = 0;
+  for (; k + kLanes <= n; k += kLanes) {
+    __m256 va[NA], vb[NB];
+    for (int i = 0; i < NA; ++i) va[i] = _mm256_loadu_ps(a[i] + k);
+    if constexpr (kSelf) {
+      step(va, va);
+    } else {
+      for (int j = 0; j < NB; ++j) vb[j] = _mm256_loadu_ps(b[j] + k);
+      step(va, vb);
+    }
+  }
+  if (k < n) {
+    __m256 va[NA], vb[NB];
+    for (int i = 0; i < NA; ++i) va[i] = LoadFirst(a[i] + k, n - k);
+    if constexpr (kSelf) {
+      step(va, va);
+    } else {
+      for (int j = 0; j < NB; ++j) vb[j] = LoadFirst(b[j] + k, n - k);
+      step(va, vb);
+    }
+  }
+  for (int i = 0; i < NA; ++i) {
+    for (int j = 0; j < NB; ++j) {
+      if (wanted(i, j)) _mm256_store_ps(sums[i * stride + j].v, acc[i][j]);
+    }
+  }
+#else
+  for (int i = 0; i < NA; ++i) {
+    for (int j = 0; j < NB; ++j) {
+      if (!wanted(i, j)) continue;
+      const float* x = a[i];
+      const float* y = b[j];
+      float s[kLanes] = {};
+      for (int k = 0; k < n; ++k) {
+        const float d = x[k] - y[k];
+        s[k % kLanes] += d * d;
+      }
+      for (int lane = 0; lane < kLanes; ++lane) sums[i * stride + j].v[lane] += s[lane];
+    }
+  }
+#endif
+}
+
+using TileFn = void (*)(const float* const*, const float* const*, int, LaneSums*, int);
+
+template <int NA>
+TileFn RectTileFor(int nb) {
+  switch (nb) {
+    case 1:
+      return &TileSquaredDistances<NA, 1, false>;
+    case 2:
+      return &TileSquaredDistances<NA, 2, false>;
+    case 3:
+      return &TileSquaredDistances<NA, 3, false>;
+    default:
+      return &TileSquaredDistances<NA, 4, false>;
+  }
+}
+
+// The kernel for a block of `na` layers against another block of `nb`
+// (self: a block against itself, na == nb >= 2).
+TileFn TileKernel(int na, int nb, bool self) {
+  if (self) {
+    switch (na) {
+      case 2:
+        return &TileSquaredDistances<2, 2, true>;
+      case 3:
+        return &TileSquaredDistances<3, 3, true>;
+      default:
+        return &TileSquaredDistances<4, 4, true>;
+    }
+  }
+  switch (na) {
+    case 1:
+      return RectTileFor<1>(nb);
+    case 2:
+      return RectTileFor<2>(nb);
+    case 3:
+      return RectTileFor<3>(nb);
+    default:
+      return RectTileFor<4>(nb);
+  }
+}
+
+// Sum of the entries [begin, begin + len) of `rows` rows `stride` apart: the
+// edge windows of all of a layer's heads with one vector reduction.
+float SumWindows(const float* base, int rows, size_t stride, int begin, int len) {
+#ifdef KRUL_ESTIMATOR_AVX2
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  for (int r = 0; r < rows; ++r) {
+    const float* p = base + r * stride + begin;
+    int k = 0;
+    for (; k + 2 * kLanes <= len; k += 2 * kLanes) {
+      acc0 = _mm256_add_ps(acc0, _mm256_loadu_ps(p + k));
+      acc1 = _mm256_add_ps(acc1, _mm256_loadu_ps(p + k + kLanes));
+    }
+    if (k + kLanes <= len) {
+      acc0 = _mm256_add_ps(acc0, _mm256_loadu_ps(p + k));
+      k += kLanes;
+    }
+    if (k < len) acc1 = _mm256_add_ps(acc1, LoadFirst(p + k, len - k));
+  }
+  return static_cast<float>(HorizontalSum(_mm256_add_ps(acc0, acc1)));
+#else
+  float s = 0.0f;
+  for (int r = 0; r < rows; ++r) s += Sum(base + r * stride + begin, len);
+  return s;
+#endif
 }
 
 // Width of the "first" / "last" window of a row over `ctx` keys:
@@ -248,7 +428,8 @@ class SimilarityEstimator::Impl {
         n_heads_(config.n_heads),
         seq_len_(config.seq_len),
         decode_heads_(MakeSample(config.n_heads, options.decode_head_stride)),
-        prefill_heads_(MakeSample(config.n_heads, options.prefill_head_stride)) {
+        prefill_heads_(MakeSample(config.n_heads, options.prefill_head_stride)),
+        decode_chunk_(ChunkFloats(config.n_layers)) {
     decode_uniform_weight_ = decode_heads_.weight.front();
     for (double w : decode_heads_.weight) {
       if (w != decode_uniform_weight_) decode_uniform_weight_ = 0;
@@ -291,7 +472,35 @@ class SimilarityEstimator::Impl {
     }
   }
 
+  // Where the engine may write a decode block of `layer`: the layer's slot
+  // in decode_rows_, when the rows would be copied there whole anyway.
+  float* DecodeBuffer(int layer, int position, int n_heads, int context_len) {
+    if (layer < 0 || layer >= n_layers_ - 1 || n_heads != n_heads_ ||
+        decode_heads_.index.size() != static_cast<size_t>(n_heads_) || position < 0 ||
+        context_len != position + 1 || context_len > seq_len_) {
+      return nullptr;  // the last layer (compared in place), head sampling, malformed
+    }
+    if (IsNewDecodeToken(position, layer) || context_len > decode_cap_) {
+      // Rare (once per token at most): timed here, as OnAttention is.
+      const Clock::time_point t0 = Clock::now();
+      if (IsNewDecodeToken(position, layer)) StartDecodeToken(position);
+      if (!decode_skip_ && context_len > decode_cap_) GrowDecodeBuffer(context_len);
+      const double dt = SecondsSince(t0);
+      engine_seconds_ += dt;
+      decode_engine_seconds_ += dt;
+    }
+    return decode_skip_ ? nullptr : DecodeRows(layer);
+  }
+
   SimilarityEstimate Finish() {
+    {
+      // A decode token whose last layer never came (a partial pass).
+      const Clock::time_point t0 = Clock::now();
+      CompareDecodeToken(nullptr);
+      const double dt = SecondsSince(t0);
+      engine_seconds_ += dt;
+      decode_engine_seconds_ += dt;
+    }
     SimilarityEstimate e = SimilarityEstimate::Empty(n_layers_, options_.edge_fraction);
     {
       absl::MutexLock lock(&mu_);
@@ -364,100 +573,195 @@ class SimilarityEstimator::Impl {
     std::shared_ptr<const Sample> queries;
   };
 
+  // A block of layers (reported order) against another, in the decode kernel.
+  struct DecodeTile {
+    int i0, j0, na, nb;
+    TileFn kernel;
+  };
+  // A run of a decode token's flattened rows [begin, begin + len) whose
+  // rows weigh `weight` each.
+  struct DecodeSegment {
+    size_t begin;
+    int len;
+    double weight;
+  };
+
   // ----- decode (engine thread) -----
+
+  // A new token (or the same layer again: a new pass over the token).
+  bool IsNewDecodeToken(int pos, int layer) const {
+    return pos != decode_pos_ || decode_tag_[layer] == decode_gen_ || decode_closed_;
+  }
+
+  void StartDecodeToken(int pos) {
+    // The previous token is compared first if its last layer never came.
+    CompareDecodeToken(nullptr);
+    const int hs = static_cast<int>(decode_heads_.index.size());
+    ++decode_gen_;
+    decode_pos_ = pos;
+    decode_closed_ = false;
+    ++decode_tokens_;
+    rows_represented_ += n_heads_;
+    decode_skip_ = pos % options_.decode_token_stride != 0;
+    if (!decode_skip_) rows_compared_ += hs;
+    if (hs < n_heads_ || options_.decode_token_stride > 1) sampled_ = true;
+  }
 
   void OnDecodeRow(const AttentionWeights& w) {
     const int pos = w.query_begin, ctx = w.context_len, l = w.layer;
     const int hs = static_cast<int>(decode_heads_.index.size());
-    if (pos != decode_pos_ || decode_tag_[l] == decode_gen_) {
-      // A new token (or the same layer again: a new pass over the token).
-      ++decode_gen_;
-      decode_pos_ = pos;
-      ++decode_tokens_;
-      rows_represented_ += n_heads_;
-      decode_skip_ = pos % options_.decode_token_stride != 0;
-      if (!decode_skip_) rows_compared_ += hs;
-      if (hs < n_heads_ || options_.decode_token_stride > 1) sampled_ = true;
-    }
-    if (decode_skip_) {
-      decode_tag_[l] = decode_gen_;
-      decode_stored_[l] = 0;
-      return;
-    }
+    if (IsNewDecodeToken(pos, l)) StartDecodeToken(pos);
+    decode_tag_[l] = decode_gen_;
+    decode_stored_[l] = 0;
+    if (decode_skip_) return;
     // A compared token stands for decode_token_stride tokens.
     const double token_weight = options_.decode_token_stride;
     if (ctx > decode_cap_) GrowDecodeBuffer(ctx);
+    decode_ctx_ = ctx;
     // This layer's sampled rows as one contiguous (hs, ctx) block: the
     // engine's own buffer when every head is compared (a single query's rows
-    // are contiguous there), else gathered into the layer's buffer slot.
-    const bool keep = l != n_layers_ - 1;  // nothing later compares with the last layer
+    // are contiguous there), kept in the layer's slot until the token's
+    // layers are compared. The last layer's rows are compared in place, on
+    // this call, and never copied; nor are rows the engine wrote into the
+    // slot itself (DecodeBuffer).
+    const bool last = l == n_layers_ - 1;
     const float* mine = w.probs;
-    if (hs < n_heads_) {
-      float* gathered = keep ? DecodeRows(l) : decode_scratch_.data();
+    if (hs == n_heads_ && w.probs == DecodeRows(l)) {
+      decode_stored_[l] = 1;
+    } else if (hs < n_heads_) {
+      float* gathered = DecodeRows(l);
       for (int i = 0; i < hs; ++i) {
         std::memcpy(gathered + static_cast<size_t>(i) * ctx, w.row(decode_heads_.index[i], 0),
                     sizeof(float) * ctx);
       }
       mine = gathered;
-    }
-    // Compare with every other layer already reported for this token.
-    others_.clear();
-    for (int j = 0; j < n_layers_; ++j) {
-      if (j != l && decode_tag_[j] == decode_gen_ && decode_stored_[j]) others_.push_back(j);
-    }
-    partial_.assign(others_.size(), 0.0);
-    const int64_t groups = (static_cast<int64_t>(others_.size()) + kGroup - 1) / kGroup;
-    auto body = [&](int64_t gb, int64_t ge) {
-      for (int64_t g = gb; g < ge; ++g) {
-        const int k0 = static_cast<int>(g) * kGroup;
-        const int count = std::min<int>(kGroup, static_cast<int>(others_.size()) - k0);
-        const float* theirs[kGroup];
-        float d[kGroup];
-        if (decode_uniform_weight_ > 0) {
-          // Equal head weights: one pass over all heads' rows at once, so
-          // the vector sums are reduced once per layer pair, not per head.
-          for (int c = 0; c < count; ++c) theirs[c] = DecodeRows(others_[k0 + c]);
-          SquaredDistanceGroup(mine, theirs, count, hs * ctx, d);
-          for (int c = 0; c < count; ++c) partial_[k0 + c] = decode_uniform_weight_ * d[c];
-          continue;
-        }
-        double sums[kGroup] = {};
-        for (int i = 0; i < hs; ++i) {
-          const size_t off = static_cast<size_t>(i) * ctx;
-          for (int c = 0; c < count; ++c) theirs[c] = DecodeRows(others_[k0 + c]) + off;
-          SquaredDistanceGroup(mine + off, theirs, count, ctx, d);
-          for (int c = 0; c < count; ++c) sums[c] += decode_heads_.weight[i] * d[c];
-        }
-        for (int c = 0; c < count; ++c) partial_[k0 + c] = sums[c];
-      }
-    };
-    const int64_t per_group = static_cast<int64_t>(hs) * ctx * kGroup;
-    if (options_.decode_pool != nullptr && per_group * groups >= kMinParallelElements) {
-      options_.decode_pool->ParallelFor(groups, body,
-                                        std::max<int64_t>(1, kMinParallelElements / 2 / per_group));
-    } else {
-      body(0, groups);
-    }
-    for (size_t k = 0; k < others_.size(); ++k) {
-      const int j = others_[k];
-      decode_d_[static_cast<size_t>(l) * n_layers_ + j] += token_weight * partial_[k];
-      decode_d_[static_cast<size_t>(j) * n_layers_ + l] += token_weight * partial_[k];
+      decode_stored_[l] = 1;
+    } else if (!last) {
+      std::memcpy(DecodeRows(l), w.probs, sizeof(float) * hs * ctx);
+      decode_stored_[l] = 1;
     }
     const int window = std::min(ctx, EdgeWindow(options_.edge_fraction, ctx));
     const int last_begin = std::max(window, ctx - window);
-    for (int i = 0; i < hs; ++i) {
-      const float* row = mine + static_cast<size_t>(i) * ctx;
-      const double weight = token_weight * decode_heads_.weight[i];
-      decode_first_[l] += weight * Sum(row, window);
-      decode_last_[l] += weight * Sum(row + last_begin, ctx - last_begin);
+    if (decode_uniform_weight_ > 0) {
+      const double weight = token_weight * decode_uniform_weight_;
+      decode_first_[l] += weight * SumWindows(mine, hs, ctx, 0, window);
+      decode_last_[l] += weight * SumWindows(mine, hs, ctx, last_begin, ctx - last_begin);
+    } else {
+      for (int i = 0; i < hs; ++i) {
+        const float* row = mine + static_cast<size_t>(i) * ctx;
+        const double weight = token_weight * decode_heads_.weight[i];
+        decode_first_[l] += weight * SumWindows(row, 1, ctx, 0, window);
+        decode_last_[l] += weight * SumWindows(row, 1, ctx, last_begin, ctx - last_begin);
+      }
     }
     decode_mass_weight_[l] += token_weight * n_heads_;
-    decode_tag_[l] = decode_gen_;
-    // Keep the rows for the layers still to come (the engine reports layers
-    // in order, so the last layer's are never needed: 1/L less copying).
-    decode_stored_[l] = keep;
-    if (keep && mine == w.probs) {
-      std::memcpy(DecodeRows(l), w.probs, sizeof(float) * hs * ctx);
+    // The engine reports layers in order: the last one completes the token.
+    if (last) CompareDecodeToken(mine);
+  }
+
+  // Adds the squared distances of every pair of the current token's
+  // reported layers to decode_d_, once per token: the stored layers, and
+  // `last_rows` for the last layer when it is reported on this call. Later
+  // reports of the same position start a new token.
+  void CompareDecodeToken(const float* last_rows) {
+    if (decode_closed_ || decode_skip_ || decode_pos_ < 0) return;
+    decode_closed_ = true;
+    decode_layers_.clear();
+    decode_ptrs_.clear();
+    for (int j = 0; j < n_layers_; ++j) {
+      if (decode_tag_[j] != decode_gen_) continue;
+      const float* rows = decode_stored_[j]                              ? DecodeRows(j)
+                          : (j == n_layers_ - 1 && last_rows != nullptr) ? last_rows
+                                                                         : nullptr;
+      if (rows == nullptr) continue;
+      decode_layers_.push_back(j);
+      decode_ptrs_.push_back(rows);
+    }
+    const int m = static_cast<int>(decode_layers_.size());
+    if (m < 2) return;
+    const int ctx = decode_ctx_;
+    const int hs = static_cast<int>(decode_heads_.index.size());
+
+    // Tiles: blocks of kTile layers against themselves and later blocks.
+    decode_tiles_.clear();
+    for (int i0 = 0; i0 < m; i0 += kTile) {
+      const int na = std::min(kTile, m - i0);
+      for (int j0 = i0; j0 < m; j0 += kTile) {
+        const int nb = std::min(kTile, m - j0);
+        if (j0 == i0 && na < 2) continue;
+        decode_tiles_.push_back(DecodeTile{i0, j0, na, nb, TileKernel(na, nb, j0 == i0)});
+      }
+    }
+    // Segments of equal weight: all heads' rows at once when the heads
+    // weigh the same, else head by head; each summed in float lanes over at
+    // most kDecodeGroupFloats, then in double.
+    decode_segments_.clear();
+    auto add_segment = [&](size_t begin, int len, double weight) {
+      for (int g = 0; g < len; g += kDecodeGroupFloats) {
+        decode_segments_.push_back(
+            DecodeSegment{begin + g, std::min(kDecodeGroupFloats, len - g), weight});
+      }
+    };
+    if (decode_uniform_weight_ > 0) {
+      add_segment(0, hs * ctx, decode_uniform_weight_);
+    } else {
+      for (int i = 0; i < hs; ++i) {
+        add_segment(static_cast<size_t>(i) * ctx, ctx, decode_heads_.weight[i]);
+      }
+    }
+    decode_sums_.resize(static_cast<size_t>(m) * m);
+    decode_partial_.assign(static_cast<size_t>(m) * m, 0.0);
+    // Each pair's sum goes through the same chunks in the same order
+    // whichever tiles a thread runs, so D does not depend on the pool.
+    auto body = [&](int64_t tb, int64_t te) {
+      const float* pa[kTile];
+      const float* pb[kTile];
+      for (const DecodeSegment& seg : decode_segments_) {
+        for (int64_t t = tb; t < te; ++t) {
+          const DecodeTile& tile = decode_tiles_[t];
+          for (int i = 0; i < tile.na; ++i) {
+            for (int j = 0; j < tile.nb; ++j) {
+              decode_sums_[(tile.i0 + i) * m + tile.j0 + j] = LaneSums{};
+            }
+          }
+        }
+        for (int c = 0; c < seg.len; c += decode_chunk_) {
+          const int len = std::min(decode_chunk_, seg.len - c);
+          const size_t off = seg.begin + c;
+          for (int64_t t = tb; t < te; ++t) {
+            const DecodeTile& tile = decode_tiles_[t];
+            for (int i = 0; i < tile.na; ++i) pa[i] = decode_ptrs_[tile.i0 + i] + off;
+            for (int j = 0; j < tile.nb; ++j) pb[j] = decode_ptrs_[tile.j0 + j] + off;
+            tile.kernel(pa, pb, len, &decode_sums_[tile.i0 * m + tile.j0], m);
+          }
+        }
+        for (int64_t t = tb; t < te; ++t) {
+          const DecodeTile& tile = decode_tiles_[t];
+          for (int i = 0; i < tile.na; ++i) {
+            for (int j = 0; j < tile.nb; ++j) {
+              const int a = tile.i0 + i, b = tile.j0 + j;
+              if (a < b)
+                decode_partial_[a * m + b] += seg.weight * LaneTotal(decode_sums_[a * m + b]);
+            }
+          }
+        }
+      }
+    };
+    const int64_t tiles = static_cast<int64_t>(decode_tiles_.size());
+    const int64_t work = static_cast<int64_t>(hs) * ctx * m * (m - 1) / 2;
+    if (options_.decode_pool != nullptr && tiles > 1 && work >= kMinParallelElements) {
+      options_.decode_pool->ParallelFor(tiles, body, 1);
+    } else {
+      body(0, tiles);
+    }
+    const double token_weight = options_.decode_token_stride;
+    for (int a = 0; a < m; ++a) {
+      for (int b = a + 1; b < m; ++b) {
+        const double d = token_weight * decode_partial_[a * m + b];
+        const size_t la = decode_layers_[a], lb = decode_layers_[b];
+        decode_d_[la * n_layers_ + lb] += d;
+        decode_d_[lb * n_layers_ + la] += d;
+      }
     }
   }
 
@@ -478,7 +782,6 @@ class SimilarityEstimator::Impl {
       std::memcpy(grown.data() + l * hs * new_cap, DecodeRows(l), sizeof(float) * hs * decode_cap_);
     }
     decode_rows_ = std::move(grown);
-    decode_scratch_.Resize(hs * new_cap);
     decode_cap_ = new_cap;
   }
 
@@ -707,6 +1010,8 @@ class SimilarityEstimator::Impl {
     decode_tag_.assign(n_layers_, -1);
     decode_stored_.assign(n_layers_, 0);
     decode_pos_ = -1;
+    decode_closed_ = false;
+    decode_skip_ = false;
     ++decode_gen_;
     prefill_tokens_ = decode_tokens_ = 0;
     rows_represented_ = 0;
@@ -731,6 +1036,17 @@ class SimilarityEstimator::Impl {
   // Below this many compared floats a decode token is not worth waking the
   // pool for.
   static constexpr int64_t kMinParallelElements = 16 * 1024;
+  // Floats summed in float lanes before a decode pair's sum moves to double
+  // (each lane adds at most 512 terms).
+  static constexpr int kDecodeGroupFloats = 4096;
+
+  // Floats of each layer's rows per pass of the decode kernel: every
+  // layer's chunk together within ~24 KB, so they stay in L1 while all
+  // pairs are compared. A multiple of kLanes.
+  static int ChunkFloats(int n_layers) {
+    const int c = std::clamp(6144 / std::max(1, n_layers), 128, 2048);
+    return c - c % kLanes;
+  }
 
   const SimilarityEstimatorOptions options_;
   const int n_layers_;
@@ -743,8 +1059,7 @@ class SimilarityEstimator::Impl {
   int64_t ignored_blocks_ = 0;
   std::vector<double> decode_d_;
   std::vector<double> decode_first_, decode_last_, decode_mass_weight_;
-  AlignedBuffer<float> decode_rows_;     // (layer, [sampled head, context] <= decode_cap_ per head)
-  AlignedBuffer<float> decode_scratch_;  // the last layer's gathered rows
+  AlignedBuffer<float> decode_rows_;  // (layer, [sampled head, context] <= decode_cap_ per head)
   // The common weight of every sampled decode head when they are all equal
   // (always without sampling), else 0.
   double decode_uniform_weight_ = 0;
@@ -754,8 +1069,16 @@ class SimilarityEstimator::Impl {
   int decode_pos_ = -1;
   bool decode_skip_ = false;            // the current decode token is not sampled
   std::vector<uint8_t> decode_stored_;  // rows of the layer are in decode_rows_
-  std::vector<int> others_;
-  std::vector<double> partial_;
+  bool decode_closed_ = false;          // the current token's layers were compared
+  int decode_ctx_ = 0;                  // context length of the current token
+  const int decode_chunk_;              // floats per layer per kernel pass (see ChunkFloats)
+  // Scratch of CompareDecodeToken, kept between tokens.
+  std::vector<int> decode_layers_;
+  std::vector<const float*> decode_ptrs_;
+  std::vector<DecodeTile> decode_tiles_;
+  std::vector<DecodeSegment> decode_segments_;
+  std::vector<LaneSums> decode_sums_;                // (m, m) lane sums of the current segment
+  std::vector<double> decode_partial_;               // (m, m) weighted sums of the token
   absl::flat_hash_map<int, EngineSlot> open_slots_;  // by query_begin
   int64_t next_slot_id_ = 0;
   int64_t prefill_tokens_ = 0, decode_tokens_ = 0;
@@ -800,6 +1123,9 @@ SimilarityEstimator::~SimilarityEstimator() = default;
 
 void SimilarityEstimator::OnAttention(const AttentionWeights& weights) {
   impl_->OnAttention(weights);
+}
+float* SimilarityEstimator::DecodeBuffer(int layer, int position, int n_heads, int context_len) {
+  return impl_->DecodeBuffer(layer, position, n_heads, context_len);
 }
 SimilarityEstimate SimilarityEstimator::Finish() { return impl_->Finish(); }
 void SimilarityEstimator::Reset() { impl_->Reset(); }

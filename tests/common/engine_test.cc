@@ -192,6 +192,82 @@ TEST(EngineTest, ObserverSeesCausalProbabilitiesThatMatchNaiveAttention) {
   EXPECT_EQ(observed_logits, plain_logits);
 }
 
+// Hands out its own memory for decode blocks (filled with NaN, so a float
+// the engine does not write shows) and checks that OnAttention gets it.
+class BufferObserver : public AttentionObserver {
+ public:
+  float* DecodeBuffer(int layer, int position, int n_heads, int context_len) override {
+    requests.push_back({layer, position, n_heads, context_len});
+    buffer.assign(static_cast<size_t>(n_heads) * context_len + 16, std::nanf(""));
+    return buffer.data();
+  }
+  void OnAttention(const AttentionWeights& w) override {
+    calls.push_back(w);
+    in_buffer.push_back(w.probs == buffer.data());
+    blocks.emplace_back(w.probs,
+                        w.probs + static_cast<size_t>(w.n_heads) * w.num_queries * w.context_len);
+  }
+  struct Request {
+    int layer, position, n_heads, context_len;
+  };
+  std::vector<Request> requests;
+  std::vector<float> buffer;
+  std::vector<AttentionWeights> calls;
+  std::vector<bool> in_buffer;
+  std::vector<std::vector<float>> blocks;
+};
+
+TEST(EngineTest, DecodeBlocksGoIntoTheObserversBuffer) {
+  ModelConfig config = TinyGqaConfig();
+  Fixture f = Make(config);
+  testing::NaiveLlama naive(*f.model);
+  const int prompt = 7, n = 11;
+  const std::vector<int> tokens = Tokens(n, config.vocab_size, 3);
+  std::vector<std::vector<std::vector<std::vector<double>>>>
+      naive_probs;  // [pos][layer][head][key]
+  for (int pos = 0; pos < n; ++pos) {
+    naive.Forward(tokens[pos], pos);
+    naive_probs.push_back(naive.last_attention());
+  }
+  BufferObserver observer;
+  f.engine->SetAttentionObserver(&observer);
+  auto cache = KvCache::Create(config, n);
+  ASSERT_TRUE(cache.ok());
+  std::vector<float> logits(config.vocab_size);
+  ASSERT_TRUE(
+      f.engine->Forward(*cache, std::span<const int>(tokens).first(prompt), 0, logits).ok());
+  EXPECT_TRUE(observer.requests.empty()) << "asked for a buffer for a prefill block";
+  for (int pos = prompt; pos < n; ++pos) {
+    ASSERT_TRUE(
+        f.engine->Forward(*cache, std::span<const int>(tokens).subspan(pos, 1), pos, logits).ok());
+  }
+  // One request per layer per decode token, just before its block.
+  ASSERT_EQ(observer.requests.size(), static_cast<size_t>((n - prompt) * config.n_layers));
+  ASSERT_EQ(observer.calls.size(), static_cast<size_t>(config.n_layers * (1 + n - prompt)));
+  for (size_t i = 0; i < observer.requests.size(); ++i) {
+    const BufferObserver::Request& r = observer.requests[i];
+    const AttentionWeights& w = observer.calls[config.n_layers + i];  // after the prefill's
+    EXPECT_TRUE(observer.in_buffer[config.n_layers + i]);
+    EXPECT_EQ(r.layer, w.layer);
+    EXPECT_EQ(r.position, w.query_begin);
+    EXPECT_EQ(r.n_heads, config.n_heads);
+    EXPECT_EQ(r.context_len, w.context_len);
+    EXPECT_EQ(w.context_len, w.query_begin + 1);
+    const std::vector<float>& block = observer.blocks[config.n_layers + i];
+    for (int h = 0; h < w.n_heads; ++h) {
+      double sum = 0;
+      for (int k = 0; k < w.context_len; ++k) {
+        const float p = block[static_cast<size_t>(h) * w.context_len + k];
+        ASSERT_TRUE(std::isfinite(p)) << "unwritten probability";
+        ASSERT_NEAR(p, naive_probs[w.query_begin][w.layer][h][k], 1e-4);
+        sum += p;
+      }
+      EXPECT_NEAR(sum, 1.0, 1e-5);
+    }
+  }
+  EXPECT_FALSE(observer.in_buffer[0]);  // prefill: the engine's own buffer
+}
+
 TEST(EngineTest, SingleAndMultiThreadedAgree) {
   ModelConfig config = TinyGqaConfig();
   Fixture one = Make(config, 9, 1);

@@ -258,6 +258,183 @@ TEST(SimilarityEstimatorTest, HandComputedRows) {
   EXPECT_EQ(again.rows_represented, 0.0);
 }
 
+// Synthetic decode rows, fed straight to the estimator: long contexts (rows
+// of several kernel chunks and float-lane groups, lengths not a multiple of
+// the vector width), layer counts that leave partial register tiles, rows
+// of different layers close to each other (small distances between large
+// rows: where cancellation would show), against a double computation.
+struct SyntheticDecode {
+  ModelConfig config;
+  std::vector<Row> rows;  // what was reported, for the naive computation
+};
+
+// Reports `positions` decode tokens of `layers` (default: all) through
+// OnAttention; with `use_decode_buffer`, rows go where DecodeBuffer says, as
+// the engine does.
+SyntheticDecode FeedDecodeRows(SimilarityEstimator& est, const ModelConfig& config,
+                               const std::vector<int>& positions, const std::vector<int>& layers,
+                               bool use_decode_buffer, uint32_t seed) {
+  SyntheticDecode out;
+  out.config = config;
+  uint32_t state = seed;
+  auto uniform = [&]() {  // deterministic, in (0, 1]
+    state = state * 1664525u + 1013904223u;
+    return static_cast<double>((state >> 8) + 1) / 16777216.0;
+  };
+  std::vector<float> own;
+  for (int pos : positions) {
+    const int ctx = pos + 1;
+    std::vector<double> base(static_cast<size_t>(config.n_heads) * ctx);
+    for (double& v : base) v = uniform();
+    for (int l : layers) {
+      std::vector<float> probs(static_cast<size_t>(config.n_heads) * ctx);
+      for (int h = 0; h < config.n_heads; ++h) {
+        double sum = 0;
+        std::vector<double> r(ctx);
+        for (int k = 0; k < ctx; ++k) {
+          r[k] = base[static_cast<size_t>(h) * ctx + k] * (1.0 + 0.01 * l * uniform());
+          sum += r[k];
+        }
+        for (int k = 0; k < ctx; ++k) {
+          probs[static_cast<size_t>(h) * ctx + k] = static_cast<float>(r[k] / sum);
+        }
+      }
+      float* dst = use_decode_buffer ? est.DecodeBuffer(l, pos, config.n_heads, ctx) : nullptr;
+      if (dst == nullptr) {
+        own.assign(probs.size(), std::nanf(""));
+        dst = own.data();
+      }
+      std::copy(probs.begin(), probs.end(), dst);
+      AttentionWeights w;
+      w.layer = l;
+      w.n_heads = config.n_heads;
+      w.query_begin = pos;
+      w.num_queries = 1;
+      w.context_len = ctx;
+      w.probs = dst;
+      for (int h = 0; h < config.n_heads; ++h) {
+        const float* r = w.row(h, 0);
+        out.rows.push_back(Row{l, h, pos, std::vector<double>(r, r + ctx)});
+      }
+      est.OnAttention(w);
+    }
+  }
+  return out;
+}
+
+std::vector<int> AllLayers(int n) {
+  std::vector<int> v(n);
+  for (int i = 0; i < n; ++i) v[i] = i;
+  return v;
+}
+
+TEST(SimilarityEstimatorTest, LongContextDecodeMatchesDoubleComputation) {
+  ModelConfig config = SmallConfig();
+  config.n_heads = 8;
+  config.n_kv_heads = 2;
+  config.seq_len = 2048;
+  const std::vector<int> positions = {1200, 1201, 1202, 1537, 2046};
+  for (int n_layers : {2, 5, 7, 12}) {
+    config.n_layers = n_layers;
+    std::vector<double> results[2];
+    for (int use_buffer = 0; use_buffer < 2; ++use_buffer) {
+      auto est = SimilarityEstimator::Create(config);
+      ASSERT_TRUE(est.ok());
+      const SyntheticDecode fed = FeedDecodeRows(**est, config, positions, AllLayers(n_layers),
+                                                 use_buffer == 1, 7 + n_layers);
+      const SimilarityEstimate e = (*est)->Finish();
+      EXPECT_EQ(e.decode_tokens, static_cast<int64_t>(positions.size()));
+      EXPECT_FALSE(e.sampled);
+      const std::vector<double> want = NaiveDistance(fed.rows, n_layers);
+      // Distances here are ~1e-4 of the rows' squared norms.
+      ExpectMatrixNear(e.decode_distance, want, 1e-5);
+      for (int a = 0; a < n_layers; ++a) {
+        EXPECT_EQ(e.Distance(a, a), 0.0);
+        for (int b = a + 1; b < n_layers; ++b) {
+          EXPECT_GT(e.Distance(a, b), 0.0) << a << "," << b;
+        }
+      }
+      std::vector<double> first, last;
+      NaiveEdgeMass(fed.rows, n_layers, first, last);
+      for (int l = 0; l < n_layers; ++l) {
+        EXPECT_NEAR(e.FirstMass(l), first[l], 1e-6) << "layer " << l;
+        EXPECT_NEAR(e.LastMass(l), last[l], 1e-6) << "layer " << l;
+      }
+      results[use_buffer] = e.decode_distance;
+    }
+    // Writing into the estimator's buffer or handing over a copy: same D.
+    EXPECT_EQ(results[0], results[1]) << n_layers << " layers";
+  }
+}
+
+// A decode token whose later layers never come (a partial pass, then the
+// next token; or the turn ends) is compared among the layers that came.
+TEST(SimilarityEstimatorTest, PartialDecodeTokensCompareTheLayersReported) {
+  ModelConfig config = SmallConfig();
+  config.n_layers = 6;
+  config.seq_len = 400;
+  auto est = SimilarityEstimator::Create(config);
+  ASSERT_TRUE(est.ok());
+  std::vector<Row> rows;
+  auto feed = [&](std::vector<int> positions, std::vector<int> layers, bool buffer) {
+    const SyntheticDecode fed =
+        FeedDecodeRows(**est, config, positions, layers, buffer, 100 + rows.size());
+    rows.insert(rows.end(), fed.rows.begin(), fed.rows.end());
+  };
+  feed({300}, {0, 1, 2}, true);     // cut short: compared when 301 starts
+  feed({301}, AllLayers(6), true);  // whole
+  feed({302}, {0, 1, 2, 3, 4, 5}, false);
+  feed({303}, {0, 1, 3}, false);  // cut short: compared by Finish
+  const SimilarityEstimate e = (*est)->Finish();
+  EXPECT_EQ(e.decode_tokens, 4);
+  ExpectMatrixNear(e.decode_distance, NaiveDistance(rows, config.n_layers), 1e-5);
+  // Layers 4 and 5 met only in tokens 301 and 302, layer 3 also in 303.
+  EXPECT_GT(e.Distance(0, 3), 0.0);
+  EXPECT_EQ((*est)->Finish().decode_tokens, 0);
+}
+
+// With decode head sampling the engine keeps its own buffer (only some
+// heads are kept), and unequal head weights are compared head by head.
+TEST(SimilarityEstimatorTest, DecodeBufferOnlyWhereRowsAreKeptWhole) {
+  ModelConfig config = SmallConfig();
+  config.n_heads = 8;
+  config.n_kv_heads = 2;
+  config.n_layers = 5;
+  config.seq_len = 2048;
+  SimilarityEstimatorOptions options;
+  options.decode_head_stride = 3;  // heads 0, 3, 6 standing for 3, 3, 2
+  auto sampled = SimilarityEstimator::Create(config, options);
+  auto exact = SimilarityEstimator::Create(config);
+  ASSERT_TRUE(sampled.ok() && exact.ok());
+  EXPECT_EQ((*sampled)->DecodeBuffer(0, 10, 8, 11), nullptr);
+  EXPECT_NE((*exact)->DecodeBuffer(0, 10, 8, 11), nullptr);
+  EXPECT_EQ((*exact)->DecodeBuffer(4, 10, 8, 11), nullptr);      // last layer: compared in place
+  EXPECT_EQ((*exact)->DecodeBuffer(0, 10, 7, 11), nullptr);      // wrong head count
+  EXPECT_EQ((*exact)->DecodeBuffer(0, 10, 8, 12), nullptr);      // not a decode block
+  EXPECT_EQ((*exact)->DecodeBuffer(0, 2048, 8, 2049), nullptr);  // beyond seq_len
+  (*exact)->Reset();
+
+  const SyntheticDecode fed =
+      FeedDecodeRows(**sampled, config, {1500, 1501}, AllLayers(5), /*use_decode_buffer=*/true, 3);
+  const SimilarityEstimate e = (*sampled)->Finish();
+  EXPECT_TRUE(e.sampled);
+  EXPECT_EQ(e.rows_compared, 2 * 3);
+  const int L = config.n_layers;
+  std::vector<double> want(static_cast<size_t>(L) * L, 0.0);
+  for (const Row& x : fed.rows) {
+    if (x.head % 3 != 0) continue;
+    const double weight = std::min(3, config.n_heads - x.head);
+    for (const Row& y : fed.rows) {
+      if (x.head != y.head || x.pos != y.pos || x.layer == y.layer) continue;
+      double d = 0;
+      for (size_t k = 0; k < x.probs.size(); ++k)
+        d += (x.probs[k] - y.probs[k]) * (x.probs[k] - y.probs[k]);
+      want[static_cast<size_t>(x.layer) * L + y.layer] += weight * d;
+    }
+  }
+  ExpectMatrixNear(e.distance, want, 1e-5);
+}
+
 TEST(SimilarityEstimatorTest, MalformedBlocksAreIgnored) {
   const ModelConfig config = SmallConfig();
   auto est = SimilarityEstimator::Create(config);

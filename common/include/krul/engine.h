@@ -55,6 +55,17 @@ class AttentionObserver {
  public:
   virtual ~AttentionObserver() = default;
   virtual void OnAttention(const AttentionWeights& weights) = 0;
+
+  // Optional. Called just before the engine computes a single-query block
+  // (decode) of `layer` for the query at `position` (context_len =
+  // position + 1): memory of at least n_heads * context_len floats for its
+  // probabilities, or nullptr (the default) for the engine's own buffer.
+  // The engine writes every float of it and passes it to the OnAttention
+  // call that follows as `probs`; it keeps no pointer after that call. Lets
+  // an observer that keeps the rows anyway skip copying them.
+  virtual float* DecodeBuffer(int layer, int position, int n_heads, int context_len) {
+    return nullptr;
+  }
 };
 
 struct EngineOptions {

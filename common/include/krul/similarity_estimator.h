@@ -18,10 +18,17 @@
 //    same queries and updates its own D off the critical path. The engine
 //    runs all layers of a token block before the next block, so the
 //    background thread holds at most one block's rows for every layer.
-//  - Decode (a block of one query): the row is compared in place, on the
-//    engine thread, against the rows of the earlier layers of the same
-//    position (kept in a small L x heads x context buffer) and then dropped.
-//    The comparison is parallelized on `decode_pool` when one is given.
+//  - Decode (a block of one query): each layer's rows are kept in a small
+//    L x heads x context buffer (the engine writes them there directly,
+//    see DecodeBuffer) until the token's last layer arrives; then every
+//    pair of layers is compared at once, on the engine thread, exactly
+//    (every head, every token), and the rows are dropped. The comparison
+//    runs over L1-sized chunks of all layers' rows with 4 x 4 register
+//    tiles of layer pairs (AVX2 where the build targets it), which keeps it
+//    near 1.5% of decode time on the tiny real models (krul-bench-estimator,
+//    docs/benchmarks.md). A token whose last layer never comes is compared
+//    among the layers that came, at the next token or at Finish(). The
+//    comparison is parallelized on `decode_pool` when one is given.
 // Finish() waits for the background work and returns prefill + decode.
 //
 // Sampling. Everything is exact by default (every head, every query). A
@@ -37,9 +44,9 @@
 // layer, which would report partial blocks (they are handled, but only
 // compared among the layers reported).
 //
-// Thread safety: OnAttention and Finish/Reset must be called from one thread
-// at a time (the engine thread); the estimator's background thread is
-// internal. One estimator per Engine / conversation.
+// Thread safety: OnAttention, DecodeBuffer and Finish/Reset must be called
+// from one thread at a time (the engine thread); the estimator's background
+// thread is internal. One estimator per Engine / conversation.
 #ifndef KRUL_SIMILARITY_ESTIMATOR_H_
 #define KRUL_SIMILARITY_ESTIMATOR_H_
 
@@ -81,8 +88,8 @@ struct SimilarityEstimatorOptions {
   size_t max_pending_bytes = size_t{1} << 30;
   // Pool for the decode-token comparison (typically the engine's own pool,
   // idle while the observer runs). Not owned; nullptr = engine thread only.
-  // Only worth it for many layers and long contexts: on a 2-core machine
-  // waking the pool per layer cost more than it saved
+  // Used once per token, for many layers and long contexts only: on a
+  // 2-core machine waking the pool cost more than it saved
   // (krul-bench-estimator --decode_pool).
   ThreadPool* decode_pool = nullptr;
 
@@ -158,6 +165,13 @@ class SimilarityEstimator final : public AttentionObserver {
   // query_begin + num_queries, or beyond seq_len), are ignored and counted in
   // ignored_blocks() (an observer cannot return an error).
   void OnAttention(const AttentionWeights& weights) override;
+
+  // Called by the engine before a decode block: the layer's slot in the
+  // estimator's per-token buffer, which the rows are kept in until the
+  // token's last layer, so the engine writes them there instead of the
+  // estimator copying them. nullptr (the engine's own buffer) for the last
+  // layer, with decode head sampling, and for a malformed request.
+  float* DecodeBuffer(int layer, int position, int n_heads, int context_len) override;
 
   // Waits for the background thread, returns everything observed since
   // construction or the last Finish/Reset, and starts a fresh accumulation.
