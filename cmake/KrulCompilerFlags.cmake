@@ -4,6 +4,13 @@ include(CheckCXXCompilerFlag)
 # Host-compiler warnings only: nvcc does not take -Wall directly.
 add_compile_options($<$<COMPILE_LANGUAGE:CXX,C>:-Wall> $<$<COMPILE_LANGUAGE:CXX,C>:-Wextra>
                     $<$<COMPILE_LANGUAGE:CXX,C>:-Wno-unused-parameter>)
+# `#pragma omp simd` marks the vector loops of the engine and the estimator;
+# -fopenmp-simd honours it without the OpenMP runtime. Everywhere, so code
+# that includes those loops (the op tests) compiles them the same way.
+check_cxx_compiler_flag(-fopenmp-simd KRUL_HAS_OPENMP_SIMD)
+if(KRUL_HAS_OPENMP_SIMD)
+  add_compile_options($<$<COMPILE_LANGUAGE:CXX,C>:-fopenmp-simd>)
+endif()
 if(KRUL_NATIVE_ARCH)
   check_cxx_compiler_flag(-march=native KRUL_HAS_MARCH_NATIVE)
   if(KRUL_HAS_MARCH_NATIVE)

@@ -10,5 +10,3 @@ add_library(krul_core
 )
 target_link_libraries(krul_core PUBLIC krul_engine absl::synchronization
                                 PRIVATE absl::strings absl::str_format)
-# Lets `#pragma omp simd` vectorize the distance reductions (no OpenMP runtime).
-target_compile_options(krul_core PRIVATE -fopenmp-simd)
