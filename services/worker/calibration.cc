@@ -19,9 +19,10 @@ const std::vector<std::string>& DefaultCalibrationPrompts() {
   return *prompts;
 }
 
-absl::StatusOr<CompressionPlan> CalibratePairs(Engine& engine, const ChatTemplate& chat_template,
-                                               const std::vector<std::string>& prompts,
-                                               int decode_tokens, const SelectorOptions& selector) {
+absl::StatusOr<SimilarityEstimate> CalibrationEstimate(Engine& engine,
+                                                       const ChatTemplate& chat_template,
+                                                       const std::vector<std::string>& prompts,
+                                                       int decode_tokens) {
   if (prompts.empty()) return absl::InvalidArgumentError("calibration needs at least one prompt");
   const ModelConfig& config = engine.config();
   std::optional<SimilarityEstimate> merged;
@@ -54,7 +55,7 @@ absl::StatusOr<CompressionPlan> CalibratePairs(Engine& engine, const ChatTemplat
   }
   if (!merged.has_value())
     return absl::InvalidArgumentError("no calibration prompt fits the model");
-  return SelectPlan(*merged, selector);
+  return *std::move(merged);
 }
 
 }  // namespace krul::worker

@@ -12,6 +12,7 @@
 #include "krul/compression_plan.h"
 #include "krul/engine.h"
 #include "krul/selector.h"
+#include "krul/similarity_estimator.h"
 
 namespace krul::worker {
 
@@ -19,13 +20,15 @@ namespace krul::worker {
 const std::vector<std::string>& DefaultCalibrationPrompts();
 
 // For each prompt (a one-message conversation), prefills it and decodes
-// `decode_tokens` greedy tokens with a SimilarityEstimator observing; the
-// estimates are merged and handed to SelectPlan. The engine's observer is
-// cleared afterwards. INVALID_ARGUMENT for no prompts; errors of the engine,
-// estimator and selector (FAILED_PRECONDITION when nothing was observed).
-absl::StatusOr<CompressionPlan> CalibratePairs(Engine& engine, const ChatTemplate& chat_template,
-                                               const std::vector<std::string>& prompts,
-                                               int decode_tokens, const SelectorOptions& selector);
+// `decode_tokens` greedy tokens with a SimilarityEstimator observing, and
+// returns the merged estimate (krul-fixed's pairs are SelectPlan of it;
+// krul may shrink each conversation's estimate toward it). The engine's
+// observer is cleared afterwards. INVALID_ARGUMENT for no prompts or none
+// that fits the model; errors of the engine and estimator.
+absl::StatusOr<SimilarityEstimate> CalibrationEstimate(Engine& engine,
+                                                       const ChatTemplate& chat_template,
+                                                       const std::vector<std::string>& prompts,
+                                                       int decode_tokens);
 
 }  // namespace krul::worker
 

@@ -63,6 +63,9 @@ ABSL_FLAG(double, target_ratio, 1.5,
           "Target KV compression ratio (layers / stored layers), [1, 2]");
 ABSL_FLAG(double, sensitivity_threshold, 0.9,
           "Edge attention mass above which a layer is never shared, [0, 1]");
+ABSL_FLAG(double, krul_prior_rows, 0,
+          "krul: weight (attention rows) of the calibration set's similarity added to each "
+          "conversation's own before selecting pairs; 0 = the conversation's own only");
 ABSL_FLAG(std::string, kv_dtype, "f32", "Storage type of stored KV: f32, f16, bf16");
 ABSL_FLAG(bool, prefetch_blocks, true,
           "Read all blocks of a restore in one streamed request (false: one per load step)");
@@ -134,6 +137,7 @@ absl::StatusOr<WorkerOptions> OptionsFromFlags() {
   o.allow_mode_override = absl::GetFlag(FLAGS_allow_mode_override);
   o.target_ratio = absl::GetFlag(FLAGS_target_ratio);
   o.sensitivity_threshold = absl::GetFlag(FLAGS_sensitivity_threshold);
+  o.krul_prior_rows = absl::GetFlag(FLAGS_krul_prior_rows);
   auto dtype = krul::worker::ParseDType(absl::GetFlag(FLAGS_kv_dtype));
   if (!dtype.ok())
     return absl::InvalidArgumentError(absl::StrCat("kv_dtype: ", dtype.status().message()));

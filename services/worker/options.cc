@@ -119,6 +119,9 @@ absl::Status WorkerOptions::Validate() const {
   if (!(sensitivity_threshold >= 0.0 && sensitivity_threshold <= 1.0)) {
     return Invalid("sensitivity_threshold", "outside [0, 1]");
   }
+  if (!(krul_prior_rows >= 0.0 && std::isfinite(krul_prior_rows))) {
+    return Invalid("krul_prior_rows", "must be a finite number >= 0");
+  }
   if (kvstore_deadline <= absl::ZeroDuration())
     return Invalid("kvstore_deadline_ms", "must be > 0");
   if (persist_deadline <= absl::ZeroDuration())

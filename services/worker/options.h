@@ -75,6 +75,11 @@ struct WorkerOptions {
   double target_ratio = 1.5;
   // Edge attention mass above which a layer is never shared (selector.h).
   double sensitivity_threshold = 0.9;
+  // krul: each conversation's similarity is shrunk toward the calibration
+  // set's (ShrinkToward, selector.h), the calibration weighing as this many
+  // attention rows; 0 = the conversation's own estimate only (the paper's
+  // rule). krul-bench-quality fits this weight on real conversations.
+  double krul_prior_rows = 0;
   // Deadline of one store lookup or load at restore time; slower = fallback.
   absl::Duration kvstore_deadline = absl::Milliseconds(1000);
   // Deadline of one background persist.

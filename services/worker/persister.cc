@@ -89,7 +89,13 @@ CompressionPlan Persister::PairsFor(RestoreMode mode,
       SelectorOptions selector;
       selector.target_ratio = options_.target_ratio;
       selector.sensitivity_threshold = options_.sensitivity_threshold;
-      auto plan = SelectPlan(*estimate, selector);
+      absl::StatusOr<CompressionPlan> plan;
+      if (options_.krul_prior.has_value() && options_.krul_prior_rows > 0) {
+        auto shrunk = ShrinkToward(*estimate, *options_.krul_prior, options_.krul_prior_rows);
+        plan = shrunk.ok() ? SelectPlan(*shrunk, selector) : shrunk.status();
+      } else {
+        plan = SelectPlan(*estimate, selector);
+      }
       // FAILED_PRECONDITION: nothing observed, no basis for sharing.
       return plan.ok() ? *plan : CompressionPlan::Uncompressed(L);
     }

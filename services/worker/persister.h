@@ -58,6 +58,10 @@ struct PersisterOptions {
   absl::Duration deadline = absl::Seconds(10);
   // krul-fixed's pairs (from calibration or flags).
   CompressionPlan fixed_pairs;
+  // krul: the calibration estimate each conversation's estimate is shrunk
+  // toward, weighing as krul_prior_rows rows (none or 0: own only).
+  std::optional<SimilarityEstimate> krul_prior;
+  double krul_prior_rows = 0;
 };
 
 class Persister {

@@ -208,17 +208,28 @@ absl::Status WorkerCore::Init(const WorkerOptions& options,
     if (auto s = ValidatePlan(fixed_pairs_); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("fixed_pairs: ", s.message()));
     }
-  } else if (options.mode == RestoreMode::kKrulFixed || options.allow_mode_override) {
+  }
+  // The calibration estimate: krul-fixed's pairs when the flag gave none,
+  // and krul's prior when it has a weight.
+  const bool fixed_needs_it = flag_pairs->empty() && (options.mode == RestoreMode::kKrulFixed ||
+                                                      options.allow_mode_override);
+  const bool prior_needs_it = options.krul_prior_rows > 0 &&
+                              (options.mode == RestoreMode::kKrul || options.allow_mode_override);
+  std::optional<SimilarityEstimate> calibration;
+  if (fixed_needs_it || prior_needs_it) {
+    auto estimate =
+        CalibrationEstimate(*slots_[0].engine, *chat_template_, DefaultCalibrationPrompts(), 32);
     SelectorOptions selector;
     selector.target_ratio = options.target_ratio;
     selector.sensitivity_threshold = options.sensitivity_threshold;
-    auto calibrated = CalibratePairs(*slots_[0].engine, *chat_template_,
-                                     DefaultCalibrationPrompts(), 32, selector);
-    if (calibrated.ok()) {
-      fixed_pairs_ = *std::move(calibrated);
-    } else {
-      std::fprintf(stderr, "krul-worker: krul-fixed calibration failed (%s); no pairs\n",
+    absl::StatusOr<CompressionPlan> calibrated =
+        estimate.ok() ? SelectPlan(*estimate, selector) : estimate.status();
+    if (estimate.ok()) calibration = *std::move(estimate);
+    if (!calibrated.ok()) {
+      std::fprintf(stderr, "krul-worker: calibration failed (%s); krul-fixed has no pairs\n",
                    std::string(calibrated.status().message()).c_str());
+    } else if (fixed_needs_it) {
+      fixed_pairs_ = *std::move(calibrated);
     }
   }
 
@@ -227,6 +238,8 @@ absl::Status WorkerCore::Init(const WorkerOptions& options,
   persister.shape = shape_;
   persister.target_ratio = options.target_ratio;
   persister.sensitivity_threshold = options.sensitivity_threshold;
+  persister.krul_prior = std::move(calibration);
+  persister.krul_prior_rows = options.krul_prior_rows;
   persister.expected_new_tokens = options.expected_new_tokens;
   persister.granularity_tokens = options.granularity_tokens;
   persister.chunk_tokens = options.chunk_tokens;

@@ -45,6 +45,9 @@ TEST(WorkerOptionsTest, ErrorsNameTheField) {
   o.target_ratio = 2.5;
   ExpectInvalid(o, "target_ratio");
   o = Valid();
+  o.krul_prior_rows = -1;
+  ExpectInvalid(o, "krul_prior_rows");
+  o = Valid();
   o.kvstore_addresses = {"no-port"};
   ExpectInvalid(o, "kvstore");
   o = Valid();
