@@ -60,16 +60,21 @@ class Recorder : public AttentionObserver {
 };
 
 // D[a][b] = sum over (head, pos) of ||A_a - A_b||^2, straight from the
-// definition; each (head, pos) must have been reported once per layer.
-std::vector<double> NaiveDistance(const std::vector<Row>& rows, int n_layers) {
+// definition; each (head, pos) must have been reported once per layer. With
+// a head stride s, only heads h % s == 0 count, each weighing
+// min(s, n_heads - h) (the heads it stands for).
+std::vector<double> NaiveDistance(const std::vector<Row>& rows, int n_layers, int head_stride = 1,
+                                  int n_heads = 0) {
   std::vector<double> d(static_cast<size_t>(n_layers) * n_layers, 0.0);
   for (const Row& x : rows) {
+    if (x.head % head_stride != 0) continue;
+    const double weight = head_stride == 1 ? 1.0 : std::min(head_stride, n_heads - x.head);
     for (const Row& y : rows) {
       if (x.head != y.head || x.pos != y.pos || x.layer == y.layer) continue;
       double s = 0;
       for (size_t k = 0; k < x.probs.size(); ++k)
         s += (x.probs[k] - y.probs[k]) * (x.probs[k] - y.probs[k]);
-      d[static_cast<size_t>(x.layer) * n_layers + y.layer] += s;
+      d[static_cast<size_t>(x.layer) * n_layers + y.layer] += weight * s;
     }
   }
   return d;
@@ -419,20 +424,7 @@ TEST(SimilarityEstimatorTest, DecodeBufferOnlyWhereRowsAreKeptWhole) {
   const SimilarityEstimate e = (*sampled)->Finish();
   EXPECT_TRUE(e.sampled);
   EXPECT_EQ(e.rows_compared, 2 * 3);
-  const int L = config.n_layers;
-  std::vector<double> want(static_cast<size_t>(L) * L, 0.0);
-  for (const Row& x : fed.rows) {
-    if (x.head % 3 != 0) continue;
-    const double weight = std::min(3, config.n_heads - x.head);
-    for (const Row& y : fed.rows) {
-      if (x.head != y.head || x.pos != y.pos || x.layer == y.layer) continue;
-      double d = 0;
-      for (size_t k = 0; k < x.probs.size(); ++k)
-        d += (x.probs[k] - y.probs[k]) * (x.probs[k] - y.probs[k]);
-      want[static_cast<size_t>(x.layer) * L + y.layer] += weight * d;
-    }
-  }
-  ExpectMatrixNear(e.distance, want, 1e-5);
+  ExpectMatrixNear(e.distance, NaiveDistance(fed.rows, config.n_layers, 3, config.n_heads), 1e-5);
 }
 
 TEST(SimilarityEstimatorTest, MalformedBlocksAreIgnored) {
@@ -528,20 +520,8 @@ TEST(SimilarityEstimatorTest, DecodeHeadSamplingIsWeighted) {
     EXPECT_TRUE(e.sampled);
     EXPECT_EQ(e.rows_compared, 70 * 2);
     EXPECT_DOUBLE_EQ(e.rows_represented, 70.0 * config.n_heads);
-    const int L = config.n_layers;
-    std::vector<double> want(static_cast<size_t>(L) * L, 0.0);
-    for (const Row& x : recorder.rows) {
-      if (x.head % stride != 0) continue;
-      const double weight = std::min(stride, config.n_heads - x.head);
-      for (const Row& y : recorder.rows) {
-        if (x.head != y.head || x.pos != y.pos || x.layer == y.layer) continue;
-        double d = 0;
-        for (size_t k = 0; k < x.probs.size(); ++k)
-          d += (x.probs[k] - y.probs[k]) * (x.probs[k] - y.probs[k]);
-        want[static_cast<size_t>(x.layer) * L + y.layer] += weight * d;
-      }
-    }
-    ExpectMatrixNear(e.distance, want, 1e-5);
+    ExpectMatrixNear(e.distance,
+                     NaiveDistance(recorder.rows, config.n_layers, stride, config.n_heads), 1e-5);
   }
 }
 
