@@ -67,6 +67,26 @@ int LoadTokens(const LayerInfo& info, int history, const std::vector<int>& n, in
   return 0;
 }
 
+// The splits the lower bounds range over: every token for usual lengths
+// (a bound should not depend on the planner's grid), a fine grid beyond,
+// plus N and every layer's minimum; with each split's recompute time.
+struct BoundSplits {
+  std::vector<int> values;  // ascending, distinct
+  std::vector<double> recompute_s;
+};
+
+BoundSplits MakeBoundSplits(int N, const std::vector<int>& lb, const ComputeCoefficients& compute) {
+  BoundSplits s;
+  const int step = std::max(1, N / 8192);
+  for (int v = 0; v < N; v += step) s.values.push_back(v);
+  s.values.push_back(N);
+  for (int v : lb) s.values.push_back(v);
+  std::sort(s.values.begin(), s.values.end());
+  s.values.erase(std::unique(s.values.begin(), s.values.end()), s.values.end());
+  for (int v : s.values) s.recompute_s.push_back(compute.LayerSeconds(0, v));
+  return s;
+}
+
 // The maximum over [0, 1] of a concave function (a Lagrangian dual, whose
 // every value is a valid lower bound): golden-section search, endpoints
 // checked.
@@ -266,18 +286,10 @@ double RelaxedRestoreLowerBound(const RestoreProblem& p, const CostCoefficients&
   const std::vector<int> lb = PyramidMinimums(p);
   const double prefill = costs.compute.LayerSeconds(N, p.new_tokens);
   const LoadCoefficients& load = costs.load;
-  // Candidate splits: every token for usual lengths (the bound should not
-  // depend on the planner's grid), a fine grid beyond.
-  const int step = std::max(1, N / 8192);
-  std::vector<int> values;
-  for (int v = 0; v < N; v += step) values.push_back(v);
-  values.push_back(N);
-  for (int v : lb) values.push_back(v);
-  std::sort(values.begin(), values.end());
-  values.erase(std::unique(values.begin(), values.end()), values.end());
+  const BoundSplits splits = MakeBoundSplits(N, lb, costs.compute);
+  const std::vector<int>& values = splits.values;
+  const std::vector<double>& r = splits.recompute_s;
   const size_t V = values.size();
-  std::vector<double> r(V);
-  for (size_t i = 0; i < V; ++i) r[i] = costs.compute.LayerSeconds(0, values[i]);
 
   // dual(lambda) = min over splits of lambda * A + (1 - lambda) * B with
   // A = T_R + L*P and B = (all loads) + P, which is separable per group once
@@ -648,17 +660,10 @@ double RestoreLowerBound(const RestoreProblem& p, const CostCoefficients& costs)
   const std::vector<int> lb = PyramidMinimums(p);
   const std::vector<LayerInfo> info = LayerInfos(p.layout, L);
   const LoadCoefficients& load = costs.load;
-  // Candidate splits: every token for usual lengths, a fine grid beyond.
-  const int step = std::max(1, N / 8192);
-  std::vector<int> values;
-  for (int v = 0; v < N; v += step) values.push_back(v);
-  values.push_back(N);
-  for (int v : lb) values.push_back(v);
-  std::sort(values.begin(), values.end());
-  values.erase(std::unique(values.begin(), values.end()), values.end());
+  const BoundSplits splits = MakeBoundSplits(N, lb, costs.compute);
+  const std::vector<int>& values = splits.values;
+  const std::vector<double>& r = splits.recompute_s;
   const size_t V = values.size();
-  std::vector<double> r(V);
-  for (size_t i = 0; i < V; ++i) r[i] = costs.compute.LayerSeconds(0, values[i]);
 
   // dual(lambda) = min over pyramids of lambda * A + (1 - lambda) * B with
   // A = T_R + L*P and B = (all loads) + P. A pair's tail loads
