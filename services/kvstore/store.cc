@@ -266,23 +266,31 @@ void Store::DropReservationLocked(const Reservation& r) {
   quota_.Unreserve(r.key.tenant, r.total);
 }
 
+absl::StatusOr<std::shared_ptr<Store::Reservation>> Store::OpenReservation(uint64_t put_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = reservations_.find(put_id);
+  if (it == reservations_.end()) {
+    return absl::NotFoundError(absl::StrCat("put ", put_id, " is not open"));
+  }
+  return it->second;
+}
+
+absl::Status Store::CheckOpenBlockLocked(const Reservation& r, uint32_t index) {
+  if (r.closed) return absl::NotFoundError(absl::StrCat("put ", r.id, " is not open"));
+  if (index >= r.sizes.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("index: block ", index, " of a put with ", r.sizes.size(), " blocks"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Store::WriteChunk(uint64_t put_id, uint32_t index, uint64_t offset,
                                absl::string_view data) {
-  std::shared_ptr<Reservation> r;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = reservations_.find(put_id);
-    if (it == reservations_.end()) {
-      return absl::NotFoundError(absl::StrCat("put ", put_id, " is not open"));
-    }
-    r = it->second;
-  }
+  auto open = OpenReservation(put_id);
+  if (!open.ok()) return open.status();
+  Reservation* r = open->get();
   absl::MutexLock rl(&r->mu);
-  if (r->closed) return absl::NotFoundError(absl::StrCat("put ", put_id, " is not open"));
-  if (index >= r->sizes.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("index: block ", index, " of a put with ", r->sizes.size(), " blocks"));
-  }
+  if (auto s = CheckOpenBlockLocked(*r, index); !s.ok()) return s;
   if (offset != r->written[index]) {
     return absl::InvalidArgumentError(absl::StrCat("offset: ", offset, " but block ", index,
                                                    " has ", r->written[index],
@@ -299,21 +307,11 @@ absl::Status Store::WriteChunk(uint64_t put_id, uint32_t index, uint64_t offset,
 }
 
 absl::StatusOr<StagingBlock> Store::GetStagingBlock(uint64_t put_id, uint32_t index) {
-  std::shared_ptr<Reservation> r;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = reservations_.find(put_id);
-    if (it == reservations_.end()) {
-      return absl::NotFoundError(absl::StrCat("put ", put_id, " is not open"));
-    }
-    r = it->second;
-  }
+  auto open = OpenReservation(put_id);
+  if (!open.ok()) return open.status();
+  Reservation* r = open->get();
   absl::MutexLock rl(&r->mu);
-  if (r->closed) return absl::NotFoundError(absl::StrCat("put ", put_id, " is not open"));
-  if (index >= r->sizes.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("index: block ", index, " of a put with ", r->sizes.size(), " blocks"));
-  }
+  if (auto s = CheckOpenBlockLocked(*r, index); !s.ok()) return s;
   r->external_writes = true;
   StagingBlock out;
   out.data = r->buffers[index]->data();

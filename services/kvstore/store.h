@@ -245,6 +245,13 @@ class Store {
   void RemoveEntryLocked(std::map<VersionKey, Entry>::iterator it)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropReservationLocked(const Reservation& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The open reservation of `put_id` (its lock not taken); NOT_FOUND when
+  // there is none.
+  absl::StatusOr<std::shared_ptr<Reservation>> OpenReservation(uint64_t put_id)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // NOT_FOUND when `r` was closed meanwhile; INVALID_ARGUMENT for a block
+  // index it does not have. Call with r.mu held.
+  static absl::Status CheckOpenBlockLocked(const Reservation& r, uint32_t index);
   absl::Status DeleteOne(const VersionKey& key, bool only_if_expired, bool* deleted);
   absl::Status FlushVersion(const VersionKey& key);
   void EvictIfNeeded();
