@@ -74,68 +74,56 @@ cudaDataType_t CudaDataType(DType dtype) {
 
 }  // namespace cuda_internal
 
-// ---- CudaDeviceBuffer ---------------------------------------------------------
+// ---- CudaBuffer -----------------------------------------------------------------
 
-absl::StatusOr<CudaDeviceBuffer> CudaDeviceBuffer::Allocate(size_t bytes) {
-  CudaDeviceBuffer buffer;
+namespace {
+
+cudaError_t AllocateMemory(DeviceMemory, void** p, size_t bytes) { return cudaMalloc(p, bytes); }
+cudaError_t AllocateMemory(PinnedMemory, void** p, size_t bytes) {
+  return cudaHostAlloc(p, bytes, cudaHostAllocPortable);
+}
+void FreeMemory(DeviceMemory, void* p) { (void)cudaFree(p); }
+void FreeMemory(PinnedMemory, void* p) { (void)cudaFreeHost(p); }
+const char* AllocatorName(DeviceMemory) { return "cudaMalloc"; }
+const char* AllocatorName(PinnedMemory) { return "cudaHostAlloc"; }
+
+}  // namespace
+
+template <typename Memory>
+absl::StatusOr<CudaBuffer<Memory>> CudaBuffer<Memory>::Allocate(size_t bytes) {
+  CudaBuffer buffer;
   if (bytes == 0) return buffer;
   void* p = nullptr;
-  const cudaError_t error = cudaMalloc(&p, bytes);
+  const cudaError_t error = AllocateMemory(Memory{}, &p, bytes);
   if (error != cudaSuccess) {
     (void)cudaGetLastError();  // an allocation failure is not sticky
-    return CudaStatus(error, absl::StrCat("cudaMalloc(", bytes, " bytes)"));
+    return CudaStatus(error, absl::StrCat(AllocatorName(Memory{}), "(", bytes, " bytes)"));
   }
   buffer.data_ = p;
   buffer.bytes_ = bytes;
   return buffer;
 }
 
-CudaDeviceBuffer::~CudaDeviceBuffer() {
-  if (data_ != nullptr) (void)cudaFree(data_);
+template <typename Memory>
+CudaBuffer<Memory>::~CudaBuffer() {
+  if (data_ != nullptr) FreeMemory(Memory{}, data_);
 }
 
-CudaDeviceBuffer::CudaDeviceBuffer(CudaDeviceBuffer&& other) noexcept
+template <typename Memory>
+CudaBuffer<Memory>::CudaBuffer(CudaBuffer&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
 
-CudaDeviceBuffer& CudaDeviceBuffer::operator=(CudaDeviceBuffer&& other) noexcept {
+template <typename Memory>
+CudaBuffer<Memory>& CudaBuffer<Memory>::operator=(CudaBuffer&& other) noexcept {
   if (this != &other) {
-    if (data_ != nullptr) (void)cudaFree(data_);
+    if (data_ != nullptr) FreeMemory(Memory{}, data_);
     data_ = std::exchange(other.data_, nullptr);
     bytes_ = std::exchange(other.bytes_, 0);
   }
   return *this;
 }
 
-// ---- CudaPinnedBuffer -----------------------------------------------------------
-
-absl::StatusOr<CudaPinnedBuffer> CudaPinnedBuffer::Allocate(size_t bytes) {
-  CudaPinnedBuffer buffer;
-  if (bytes == 0) return buffer;
-  void* p = nullptr;
-  const cudaError_t error = cudaHostAlloc(&p, bytes, cudaHostAllocPortable);
-  if (error != cudaSuccess) {
-    (void)cudaGetLastError();
-    return CudaStatus(error, absl::StrCat("cudaHostAlloc(", bytes, " bytes)"));
-  }
-  buffer.data_ = p;
-  buffer.bytes_ = bytes;
-  return buffer;
-}
-
-CudaPinnedBuffer::~CudaPinnedBuffer() {
-  if (data_ != nullptr) (void)cudaFreeHost(data_);
-}
-
-CudaPinnedBuffer::CudaPinnedBuffer(CudaPinnedBuffer&& other) noexcept
-    : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
-
-CudaPinnedBuffer& CudaPinnedBuffer::operator=(CudaPinnedBuffer&& other) noexcept {
-  if (this != &other) {
-    if (data_ != nullptr) (void)cudaFreeHost(data_);
-    data_ = std::exchange(other.data_, nullptr);
-    bytes_ = std::exchange(other.bytes_, 0);
-  }
-  return *this;
-}
+template class CudaBuffer<DeviceMemory>;
+template class CudaBuffer<PinnedMemory>;
 
 }  // namespace krul

@@ -34,17 +34,22 @@ absl::Status CudaStatus(cudaError_t error, std::string_view what);
 // (FAILED_PRECONDITION: no driver, no device).
 absl::StatusOr<int> CudaDeviceCount();
 
-class CudaDeviceBuffer {
+// Which memory a CudaBuffer owns.
+struct DeviceMemory {};  // cudaMalloc / cudaFree, on the current device
+struct PinnedMemory {};  // cudaHostAlloc (portable across devices) / cudaFreeHost
+
+template <typename Memory>
+class CudaBuffer {
  public:
-  CudaDeviceBuffer() = default;
-  // `bytes` of device memory on the current device (cudaSetDevice),
-  // uninitialized. Errors as CudaStatus.
-  static absl::StatusOr<CudaDeviceBuffer> Allocate(size_t bytes);
-  ~CudaDeviceBuffer();
-  CudaDeviceBuffer(CudaDeviceBuffer&& other) noexcept;
-  CudaDeviceBuffer& operator=(CudaDeviceBuffer&& other) noexcept;
-  CudaDeviceBuffer(const CudaDeviceBuffer&) = delete;
-  CudaDeviceBuffer& operator=(const CudaDeviceBuffer&) = delete;
+  CudaBuffer() = default;
+  // `bytes` of uninitialized memory (device memory on the current device,
+  // cudaSetDevice; or page-locked host memory). Errors as CudaStatus.
+  static absl::StatusOr<CudaBuffer> Allocate(size_t bytes);
+  ~CudaBuffer();
+  CudaBuffer(CudaBuffer&& other) noexcept;
+  CudaBuffer& operator=(CudaBuffer&& other) noexcept;
+  CudaBuffer(const CudaBuffer&) = delete;
+  CudaBuffer& operator=(const CudaBuffer&) = delete;
 
   void* data() const { return data_; }
   template <typename T>
@@ -58,29 +63,8 @@ class CudaDeviceBuffer {
   size_t bytes_ = 0;
 };
 
-class CudaPinnedBuffer {
- public:
-  CudaPinnedBuffer() = default;
-  // `bytes` of page-locked host memory (cudaHostAlloc, portable across
-  // devices), uninitialized. Errors as CudaStatus.
-  static absl::StatusOr<CudaPinnedBuffer> Allocate(size_t bytes);
-  ~CudaPinnedBuffer();
-  CudaPinnedBuffer(CudaPinnedBuffer&& other) noexcept;
-  CudaPinnedBuffer& operator=(CudaPinnedBuffer&& other) noexcept;
-  CudaPinnedBuffer(const CudaPinnedBuffer&) = delete;
-  CudaPinnedBuffer& operator=(const CudaPinnedBuffer&) = delete;
-
-  void* data() const { return data_; }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(data_);
-  }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void* data_ = nullptr;
-  size_t bytes_ = 0;
-};
+using CudaDeviceBuffer = CudaBuffer<DeviceMemory>;
+using CudaPinnedBuffer = CudaBuffer<PinnedMemory>;
 
 }  // namespace krul
 
