@@ -370,12 +370,7 @@ class FakeTransportImpl final : public FakeTransport {
     if (fake_remote == nullptr || fake_remote->importer() != core_.get()) {
       return absl::InvalidArgumentError("remote region was not imported by this transport");
     }
-    if (absl::Status s =
-            transport_internal::ValidateSegments(segments, local.size(), remote.size());
-        !s.ok()) {
-      return s;
-    }
-    if (absl::Status s = transport_internal::CheckNotExpired(remote.expires()); !s.ok()) {
+    if (absl::Status s = transport_internal::ValidateTransfer(segments, local, remote); !s.ok()) {
       return s;
     }
     if (absl::Status s = fake_remote->peer().Reachable(); !s.ok()) return s;

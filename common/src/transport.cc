@@ -154,8 +154,9 @@ absl::Status CheckDescribeRange(uint64_t offset, uint64_t length, uint64_t size)
   return absl::OkStatus();
 }
 
-absl::Status ValidateSegments(std::span<const TransferSegment> segments, uint64_t local_size,
-                              uint64_t remote_size) {
+absl::Status ValidateTransfer(std::span<const TransferSegment> segments, const MemoryRegion& local,
+                              const RemoteRegion& remote) {
+  const uint64_t local_size = local.size(), remote_size = remote.size();
   if (segments.empty()) return absl::InvalidArgumentError("transfer has no segments");
   for (size_t i = 0; i < segments.size(); ++i) {
     const TransferSegment& s = segments[i];
@@ -175,7 +176,7 @@ absl::Status ValidateSegments(std::span<const TransferSegment> segments, uint64_
                                                 " bytes"));
     }
   }
-  return absl::OkStatus();
+  return CheckNotExpired(remote.expires());
 }
 
 absl::Status CheckNotExpired(absl::Time expires) {

@@ -48,10 +48,12 @@ absl::StatusOr<Grant> DecodeGrant(WireKind kind, std::string_view bytes);
 // OUT_OF_RANGE unless 0 < length and offset + length <= size.
 absl::Status CheckDescribeRange(uint64_t offset, uint64_t length, uint64_t size);
 
+// The checks every transport makes before preparing a transfer:
 // INVALID_ARGUMENT for no segments or a zero-length one; OUT_OF_RANGE for a
-// segment outside [0, local_size) locally or [0, remote_size) remotely.
-absl::Status ValidateSegments(std::span<const TransferSegment> segments, uint64_t local_size,
-                              uint64_t remote_size);
+// segment outside `local` locally or `remote` remotely; PERMISSION_DENIED
+// once the remote grant has expired.
+absl::Status ValidateTransfer(std::span<const TransferSegment> segments, const MemoryRegion& local,
+                              const RemoteRegion& remote);
 
 // PERMISSION_DENIED once `expires` has passed.
 absl::Status CheckNotExpired(absl::Time expires);

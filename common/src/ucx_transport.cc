@@ -533,12 +533,7 @@ class UcxTransport final : public Transport {
     if (ucx_remote == nullptr || &ucx_remote->ep()->core() != core_.get()) {
       return absl::InvalidArgumentError("remote region was not imported by this transport");
     }
-    if (absl::Status s =
-            transport_internal::ValidateSegments(segments, local.size(), remote.size());
-        !s.ok()) {
-      return s;
-    }
-    if (absl::Status s = transport_internal::CheckNotExpired(remote.expires()); !s.ok()) {
+    if (absl::Status s = transport_internal::ValidateTransfer(segments, local, remote); !s.ok()) {
       return s;
     }
     if (absl::Status s = ucx_remote->ep()->status(); !s.ok()) return s;
