@@ -5,9 +5,17 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "little_endian.h"
 
 namespace krul {
 namespace {
+
+using internal::Get16;
+using internal::Get32;
+using internal::Get64;
+using internal::Put16;
+using internal::Put32;
+using internal::Put64;
 
 // Field offsets inside the 64-byte header (see kv_block.h).
 constexpr size_t kOffMagic = 0;
@@ -29,31 +37,6 @@ static_assert(kOffHeaderXxh3 + 8 == kBlockHeaderBytes);
 
 // Explicit little-endian stores/loads: the format must not depend on the
 // host's byte order.
-void Put16(char* p, uint16_t v) {
-  for (int i = 0; i < 2; ++i) p[i] = static_cast<char>(v >> (8 * i));
-}
-void Put32(char* p, uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<char>(v >> (8 * i));
-}
-void Put64(char* p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<char>(v >> (8 * i));
-}
-uint16_t Get16(const char* p) {
-  uint16_t v = 0;
-  for (int i = 1; i >= 0; --i) v = static_cast<uint16_t>((v << 8) | static_cast<uint8_t>(p[i]));
-  return v;
-}
-uint32_t Get32(const char* p) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
-  return v;
-}
-uint64_t Get64(const char* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
-  return v;
-}
-
 bool IsFloatDType(BlockDType d) {
   return d == BlockDType::kF32 || d == BlockDType::kF16 || d == BlockDType::kBF16;
 }

@@ -5,24 +5,17 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "little_endian.h"
 
 namespace krul {
 namespace {
 
-void Put16(char* p, uint16_t v) {
-  for (int i = 0; i < 2; ++i) p[i] = static_cast<char>(v >> (8 * i));
-}
-void Put32(char* p, uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<char>(v >> (8 * i));
-}
-void Put64(char* p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<char>(v >> (8 * i));
-}
-uint64_t GetLE(const char* p, int n) {
-  uint64_t v = 0;
-  for (int i = n - 1; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
-  return v;
-}
+using internal::Get16;
+using internal::Get32;
+using internal::Get64;
+using internal::Put16;
+using internal::Put32;
+using internal::Put64;
 
 // Checksum of a stored manifest: the first 16 frame bytes seed the hash of
 // the proto bytes, so a flipped bit in either is caught.
@@ -166,20 +159,20 @@ absl::StatusOr<v1::Manifest> DecodeStoredManifest(std::string_view bytes) {
     return absl::DataLossError("stored manifest: shorter than its frame");
   }
   const char* h = bytes.data();
-  if (GetLE(h, 4) != kStoredManifestMagic) return absl::DataLossError("stored manifest: bad magic");
+  if (Get32(h) != kStoredManifestMagic) return absl::DataLossError("stored manifest: bad magic");
   std::string_view proto = bytes.substr(kStoredManifestHeaderBytes);
-  if (GetLE(h + 8, 8) != proto.size()) {
+  if (Get64(h + 8) != proto.size()) {
     return absl::DataLossError("stored manifest: length mismatch");
   }
-  if (FrameChecksum(h, proto) != GetLE(h + 16, 8)) {
+  if (FrameChecksum(h, proto) != Get64(h + 16)) {
     return absl::DataLossError("stored manifest: checksum mismatch");
   }
-  uint64_t version = GetLE(h + 4, 2);
+  uint64_t version = Get16(h + 4);
   if (version > kStoredManifestVersion) {
     return absl::UnimplementedError(
         absl::StrCat("stored manifest: frame version ", version, " is newer than supported"));
   }
-  if (version == 0 || GetLE(h + 6, 2) != kStoredManifestHeaderBytes) {
+  if (version == 0 || Get16(h + 6) != kStoredManifestHeaderBytes) {
     return absl::DataLossError("stored manifest: bad version or header size");
   }
   v1::Manifest manifest;
