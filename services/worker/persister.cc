@@ -78,7 +78,7 @@ CompressionPlan Persister::PairsFor(RestoreMode mode,
     case PairSource::kNone:
       return CompressionPlan::Uncompressed(L);
     case PairSource::kStaticMidDepth: {
-      auto plan = StaticMidDepthPlan(L, options_.target_ratio);
+      auto plan = StaticMidDepthPlan(L, options_.selector.target_ratio);
       return plan.ok() ? *plan : CompressionPlan::Uncompressed(L);
     }
     case PairSource::kCalibration:
@@ -86,15 +86,12 @@ CompressionPlan Persister::PairsFor(RestoreMode mode,
                                                 : CompressionPlan::Uncompressed(L);
     case PairSource::kPerConversation: {
       if (!estimate.has_value()) return CompressionPlan::Uncompressed(L);
-      SelectorOptions selector;
-      selector.target_ratio = options_.target_ratio;
-      selector.sensitivity_threshold = options_.sensitivity_threshold;
       absl::StatusOr<CompressionPlan> plan;
       if (options_.krul_prior.has_value() && options_.krul_prior_rows > 0) {
         auto shrunk = ShrinkToward(*estimate, *options_.krul_prior, options_.krul_prior_rows);
-        plan = shrunk.ok() ? SelectPlan(*shrunk, selector) : shrunk.status();
+        plan = shrunk.ok() ? SelectPlan(*shrunk, options_.selector) : shrunk.status();
       } else {
-        plan = SelectPlan(*estimate, selector);
+        plan = SelectPlan(*estimate, options_.selector);
       }
       // FAILED_PRECONDITION: nothing observed, no basis for sharing.
       return plan.ok() ? *plan : CompressionPlan::Uncompressed(L);

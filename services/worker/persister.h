@@ -26,6 +26,7 @@
 #include "krul/compression_plan.h"
 #include "krul/cost_model.h"
 #include "krul/kv_cache.h"
+#include "krul/selector.h"
 #include "krul/similarity_estimator.h"
 #include "krul/v1/kvstore.pb.h"
 #include "metrics.h"
@@ -48,8 +49,8 @@ struct PersistJob {
 struct PersisterOptions {
   std::string model_id;
   KvShape shape;
-  double target_ratio = 1.5;
-  double sensitivity_threshold = 0.9;
+  // The pairing modes' target ratio and krul's selection (sensitivity).
+  SelectorOptions selector;
   int expected_new_tokens = 64;
   int granularity_tokens = 16;
   int chunk_tokens = 256;

@@ -215,13 +215,13 @@ absl::Status WorkerCore::Init(const WorkerOptions& options,
                                                       options.allow_mode_override);
   const bool prior_needs_it = options.krul_prior_rows > 0 &&
                               (options.mode == RestoreMode::kKrul || options.allow_mode_override);
+  SelectorOptions selector;
+  selector.target_ratio = options.target_ratio;
+  selector.sensitivity_threshold = options.sensitivity_threshold;
   std::optional<SimilarityEstimate> calibration;
   if (fixed_needs_it || prior_needs_it) {
     auto estimate =
         CalibrationEstimate(*slots_[0].engine, *chat_template_, DefaultCalibrationPrompts(), 32);
-    SelectorOptions selector;
-    selector.target_ratio = options.target_ratio;
-    selector.sensitivity_threshold = options.sensitivity_threshold;
     absl::StatusOr<CompressionPlan> calibrated =
         estimate.ok() ? SelectPlan(*estimate, selector) : estimate.status();
     if (estimate.ok()) calibration = *std::move(estimate);
@@ -236,8 +236,7 @@ absl::Status WorkerCore::Init(const WorkerOptions& options,
   PersisterOptions persister;
   persister.model_id = model_id_;
   persister.shape = shape_;
-  persister.target_ratio = options.target_ratio;
-  persister.sensitivity_threshold = options.sensitivity_threshold;
+  persister.selector = selector;
   persister.krul_prior = std::move(calibration);
   persister.krul_prior_rows = options.krul_prior_rows;
   persister.expected_new_tokens = options.expected_new_tokens;

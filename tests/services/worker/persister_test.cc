@@ -40,8 +40,8 @@ std::vector<std::pair<int, int>> Pairs(const CompressionPlan& plan) {
 PersisterOptions Options() {
   PersisterOptions o;
   o.shape = KvShape{kLayers, 1, 4};
-  o.target_ratio = 2.0;  // two pairs of four layers
-  o.sensitivity_threshold = 1.0;
+  o.selector.target_ratio = 2.0;  // two pairs of four layers
+  o.selector.sensitivity_threshold = 1.0;
   return o;
 }
 
