@@ -504,6 +504,34 @@ INSTANTIATE_TEST_SUITE_P(Backends, TransportTest,
 
 // ----------------------------------------------------------------- UCX only
 
+// One 4 KiB transfer between two UCX transports made with `options`, then
+// the client endpoint's DebugString (the UCX lanes it used).
+absl::StatusOr<std::string> LanesOfOneTransfer(const UcxTransportOptions& options,
+                                               TransferOp op) {
+  auto server = NewUcxTransport(options);
+  if (!server.ok()) return server.status();
+  auto client = NewUcxTransport(options);
+  if (!client.ok()) return client.status();
+  auto region = (*server)->AllocateRegion(4096);
+  if (!region.ok()) return region.status();
+  std::vector<uint8_t> buffer(4096);
+  auto local = (*client)->RegisterRegion(buffer.data(), buffer.size());
+  if (!local.ok()) return local.status();
+  auto endpoint = (*client)->Connect((*server)->address());
+  if (!endpoint.ok()) return endpoint.status();
+  auto descriptor = (*region)->Describe(0, 4096);
+  if (!descriptor.ok()) return descriptor.status();
+  auto remote = (*endpoint)->ImportRegion(*descriptor);
+  if (!remote.ok()) return remote.status();
+  const TransferSegment segment{0, 0, 4096};
+  if (absl::Status s = TransferSync(**client, op, **local, **remote, std::span(&segment, 1),
+                                    absl::Seconds(30));
+      !s.ok()) {
+    return s;
+  }
+  return (*endpoint)->DebugString();
+}
+
 TEST(UcxTransportTest, ForceTcpReallyUsesTcpUnlessTheEnvironmentSaysOtherwise) {
   if (std::getenv("UCX_TLS") != nullptr || std::getenv("UCX_NET_DEVICES") != nullptr) {
     GTEST_SKIP() << "UCX_TLS / UCX_NET_DEVICES set in the environment; they take precedence";
@@ -511,22 +539,9 @@ TEST(UcxTransportTest, ForceTcpReallyUsesTcpUnlessTheEnvironmentSaysOtherwise) {
   for (bool tcp : {true, false}) {
     UcxTransportOptions options;
     options.force_tcp = tcp;
-    auto server = NewUcxTransport(options);
-    auto client = NewUcxTransport(options);
-    ASSERT_TRUE(server.ok() && client.ok());
-    auto region = (*server)->AllocateRegion(4096);
-    ASSERT_TRUE(region.ok());
-    std::vector<uint8_t> buffer(4096);
-    auto local = (*client)->RegisterRegion(buffer.data(), buffer.size());
-    auto endpoint = (*client)->Connect((*server)->address());
-    ASSERT_TRUE(local.ok() && endpoint.ok());
-    auto remote = (*endpoint)->ImportRegion(*(*region)->Describe(0, 4096));
-    ASSERT_TRUE(remote.ok());
-    const TransferSegment segment{0, 0, 4096};
-    ASSERT_TRUE(TransferSync(**client, TransferOp::kRead, **local, **remote,
-                             std::span(&segment, 1), absl::Seconds(30))
-                    .ok());
-    const std::string info = (*endpoint)->DebugString();
+    auto lanes = LanesOfOneTransfer(options, TransferOp::kRead);
+    ASSERT_TRUE(lanes.ok()) << lanes.status();
+    const std::string& info = *lanes;
     if (tcp) {
       EXPECT_NE(info.find("tcp/lo"), std::string::npos) << info;
       EXPECT_EQ(info.find("posix/"), std::string::npos) << info;
@@ -546,22 +561,9 @@ TEST(UcxTransportTest, TheUsersEnvironmentWinsOverOptions) {
   } unset;
   UcxTransportOptions options;
   options.force_tcp = true;
-  auto server = NewUcxTransport(options);
-  auto client = NewUcxTransport(options);
-  ASSERT_TRUE(server.ok() && client.ok());
-  auto region = (*server)->AllocateRegion(4096);
-  ASSERT_TRUE(region.ok());
-  std::vector<uint8_t> buffer(4096);
-  auto local = (*client)->RegisterRegion(buffer.data(), buffer.size());
-  auto endpoint = (*client)->Connect((*server)->address());
-  ASSERT_TRUE(local.ok() && endpoint.ok()) << endpoint.status();
-  auto remote = (*endpoint)->ImportRegion(*(*region)->Describe(0, 4096));
-  ASSERT_TRUE(remote.ok());
-  const TransferSegment segment{0, 0, 4096};
-  ASSERT_TRUE(TransferSync(**client, TransferOp::kWrite, **local, **remote,
-                           std::span(&segment, 1), absl::Seconds(30))
-                  .ok());
-  const std::string info = (*endpoint)->DebugString();
+  auto lanes = LanesOfOneTransfer(options, TransferOp::kWrite);
+  ASSERT_TRUE(lanes.ok()) << lanes.status();
+  const std::string& info = *lanes;
   EXPECT_EQ(info.find("tcp/"), std::string::npos) << info;
   EXPECT_TRUE(info.find("sysv/") != std::string::npos || info.find("posix/") != std::string::npos)
       << info;
