@@ -219,20 +219,16 @@ int main(int argc, char** argv) {
     }
     c.next_tokens = turn_tokens[1];
     if (conv.turns[1].answer.empty()) {  // the greedy answer on the uncompressed cache
-      auto scratch = ValueOrDie(krul::KvCache::Create(config, config.seq_len), "cache");
-      for (int l = 0; l < L; ++l) {
-        std::memcpy(scratch.key(l, 0), c.cache.key(l, 0), c.cache.LayerBytes(c.history) / 2);
-        std::memcpy(scratch.value(l, 0), c.cache.value(l, 0), c.cache.LayerBytes(c.history) / 2);
-      }
-      auto next = RunTurn(*engine, scratch, c.next_tokens, prompt_len[1], c.history);
+      auto next = RunTurn(*engine, copy, c.next_tokens, prompt_len[1], c.history);
       int pos = c.history + static_cast<int>(c.next_tokens.size());
       for (int i = 0; i < absl::GetFlag(FLAGS_answer_tokens); ++i) {
         c.next_tokens.push_back(krul::ArgMax(next.back()));
-        next = RunTurn(*engine, scratch, {c.next_tokens.back()}, 0, pos++);
+        next = RunTurn(*engine, copy, {c.next_tokens.back()}, 0, pos++);
       }
     }
     // Turn 2 is teacher-forced as one block, here and in Measure, so the
-    // reference and every restored cache see the same arithmetic.
+    // reference and every restored cache see the same arithmetic (the block
+    // rewrites whatever generating the answer left past the history).
     c.reference =
         RunTurn(*engine, copy, c.next_tokens, static_cast<int>(c.next_tokens.size()), c.history);
     for (const krul::LayerPair& p : pairs) {
