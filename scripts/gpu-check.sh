@@ -3,7 +3,7 @@
 # configure (KRUL_ENGINE_ONLY=ON, Ninja), build the CUDA tests and the GPU
 # benchmark on all cores, run them, and write into OUTDIR:
 #   gpu-check.log       everything printed, with a timestamp per step
-#   cuda_tests.json     GoogleTest's reports of krul_cuda_tests, per suite
+#   cuda_tests.json     GoogleTest's reports of the CUDA test binaries, per suite
 #                       (null for a suite whose process crashed)
 #   restore_gpu.json    krul-bench-restore-gpu --json (TTFT per mode, ratios,
 #                       efficiency, peaks, estimator overhead)
@@ -104,7 +104,8 @@ run configure 120 cmake -S "$repo_root" -B "$build" -G Ninja \
 
 step "build (ninja, $jobs jobs)"
 run build 270 cmake --build "$build" --parallel "$jobs" \
-  --target krul_cuda_tests krul-bench-restore-gpu || finish
+  --target krul_engine_cuda_tests krul_compress_cuda_tests krul_restore_cuda_tests \
+  krul-bench-restore-gpu || finish
 
 if [[ "${KRUL_GPU_SKIP_RUN:-0}" == 1 ]]; then
   step "KRUL_GPU_SKIP_RUN=1: not running tests and benchmarks"
@@ -114,18 +115,21 @@ fi
 # One process per suite, so a crash (an illegal address poisons the CUDA
 # context) costs one suite's results, not all of them.
 step "CUDA tests"
+# name:binary:filter
 suites=(
-  "kernels:AllDTypes/KernelDTypeTest.*:KernelTest.*"
-  "engine:DTypesAndAttention/CudaEngineParityTest.*:CudaEngineTest.*"
-  "estimator:HeadStrides/DecodeStrideTest.*:CudaEstimatorTest.*"
-  "restore:CudaRestoreTest.*"
-  "tp:CudaTpTest.*"
+  "kernels:krul_engine_cuda_tests:AllDTypes/KernelDTypeTest.*:KernelTest.*"
+  "engine:krul_engine_cuda_tests:DTypesAndAttention/CudaEngineParityTest.*:CudaEngineTest.*"
+  "estimator:krul_compress_cuda_tests:HeadStrides/DecodeStrideTest.*:CudaEstimatorTest.*"
+  "restore:krul_restore_cuda_tests:CudaRestoreTest.*"
+  "tp:krul_engine_cuda_tests:CudaTpTest.*"
 )
 reports="$(mktemp -d)"
 for entry in "${suites[@]}"; do
   name="${entry%%:*}"
+  rest="${entry#*:}"
+  binary="${rest%%:*}"
   step "CUDA tests: $name"
-  run "tests_$name" 90 "$build/bin/krul_cuda_tests" --gtest_filter="${entry#*:}" \
+  run "tests_$name" 90 "$build/bin/$binary" --gtest_filter="${rest#*:}" \
     --gtest_output="json:$reports/$name.json" --gtest_color=no
 done
 # All suites' GoogleTest reports in one file (the device tool returns few files).

@@ -11,10 +11,10 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "krul/ucx_transport.h"
-#include "log.h"
-#include "options.h"
-#include "server.h"
+#include "krul/transport/ucx_transport.h"
+#include "kvstore/log.h"
+#include "kvstore/options.h"
+#include "kvstore/server.h"
 
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on (gRPC and /metrics)");
 ABSL_FLAG(int, port, 7070, "gRPC port; 0 picks a free one (printed on start)");

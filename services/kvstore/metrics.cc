@@ -1,4 +1,4 @@
-#include "metrics.h"
+#include "kvstore/metrics.h"
 
 #include "absl/status/status.h"
 

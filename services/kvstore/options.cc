@@ -1,4 +1,4 @@
-#include "options.h"
+#include "kvstore/options.h"
 
 #include <string>
 

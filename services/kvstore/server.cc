@@ -1,4 +1,4 @@
-#include "server.h"
+#include "kvstore/server.h"
 
 #include <prometheus/exposer.h>
 
@@ -6,7 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "log.h"
+#include "kvstore/log.h"
 
 namespace krul::kvstore {
 

@@ -14,13 +14,13 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
-#include "clock.h"
-#include "krul/transport.h"
-#include "metrics.h"
-#include "options.h"
-#include "service.h"
-#include "store.h"
-#include "transport_arena.h"
+#include "kvstore/storage/clock.h"
+#include "krul/transport/transport.h"
+#include "kvstore/metrics.h"
+#include "kvstore/options.h"
+#include "kvstore/service.h"
+#include "kvstore/storage/store.h"
+#include "kvstore/storage/transport_arena.h"
 
 namespace prometheus {
 class Exposer;

@@ -1,4 +1,4 @@
-#include "service.h"
+#include "kvstore/service.h"
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/message.h>
@@ -10,8 +10,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "krul/manifest.h"
-#include "metrics.h"
+#include "krul/kvformat/manifest.h"
+#include "kvstore/metrics.h"
 
 namespace krul::kvstore {
 namespace {

@@ -26,11 +26,11 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "byte_buffer.h"
-#include "krul/transport.h"
+#include "kvstore/storage/byte_buffer.h"
+#include "krul/transport/transport.h"
 #include "krul/v1/kvstore.grpc.pb.h"
-#include "store.h"
-#include "transport_arena.h"
+#include "kvstore/storage/store.h"
+#include "kvstore/storage/transport_arena.h"
 
 namespace krul::kvstore {
 

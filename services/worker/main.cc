@@ -23,12 +23,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
-#include "conversation_store.h"
-#include "grpc_service.h"
-#include "http_api.h"
-#include "kvstore_conversation_store.h"
-#include "options.h"
-#include "worker_core.h"
+#include "worker/session/conversation_store.h"
+#include "worker/server/grpc_service.h"
+#include "worker/server/http_api.h"
+#include "worker/session/kvstore_conversation_store.h"
+#include "worker/core/options.h"
+#include "worker/core/worker_core.h"
 
 ABSL_FLAG(std::string, model, "", "Model file: llama2.c checkpoint (.bin) or GGUF (.gguf)");
 ABSL_FLAG(std::string, tokenizer, "",

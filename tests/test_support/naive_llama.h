@@ -6,7 +6,7 @@
 
 #include <vector>
 
-#include "krul/model.h"
+#include "krul/model/model.h"
 
 namespace krul::testing {
 

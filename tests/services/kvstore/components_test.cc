@@ -4,13 +4,13 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
-#include "dram_tier.h"
+#include "kvstore/storage/dram_tier.h"
 #include "gtest/gtest.h"
 #include "kv_test_util.h"
-#include "lease.h"
-#include "options.h"
-#include "quota.h"
-#include "rocksdb_tier.h"
+#include "kvstore/storage/lease.h"
+#include "kvstore/options.h"
+#include "kvstore/storage/quota.h"
+#include "kvstore/storage/rocksdb_tier.h"
 
 namespace krul::kvstore {
 namespace {

@@ -11,8 +11,8 @@
 
 #include "absl/strings/string_view.h"
 #include "gtest/gtest.h"
-#include "krul/kv_block.h"
-#include "krul/manifest.h"
+#include "krul/kvformat/kv_block.h"
+#include "krul/kvformat/manifest.h"
 #include "krul/v1/kvstore.pb.h"
 #include "test_support/test_data.h"
 

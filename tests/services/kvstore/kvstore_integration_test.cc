@@ -12,7 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "krul/kvstore_client.h"
+#include "krul/kvclient/kvstore_client.h"
 #include "kv_test_util.h"
 #include "kvstore_process.h"
 

@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "krul/kvstore_client.h"
-#include "krul/ucx_transport.h"
+#include "krul/kvclient/kvstore_client.h"
+#include "krul/transport/ucx_transport.h"
 #include "kv_test_util.h"
 #include "kvstore_process.h"
 

@@ -1,6 +1,6 @@
 // Unit tests of the storage engine (Store): two-phase puts, tiers,
 // eviction, restart, quotas, TTL, leases, corruption and concurrency.
-#include "store.h"
+#include "kvstore/storage/store.h"
 
 #include <rocksdb/db.h>
 

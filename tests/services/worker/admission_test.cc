@@ -1,5 +1,5 @@
 // Bounded admission: slots, FIFO queue, rejection when full, timeouts.
-#include "admission.h"
+#include "worker/core/admission.h"
 
 #include <atomic>
 #include <thread>

@@ -1,8 +1,8 @@
 // The chat template's token layout and the conversation digests.
-#include "chat_template.h"
+#include "worker/core/chat_template.h"
 
 #include "gtest/gtest.h"
-#include "krul/model.h"
+#include "krul/model/model.h"
 #include "test_support/test_data.h"
 
 namespace krul::worker {

@@ -1,12 +1,12 @@
 // A turn's compressed KV survives the trip through blocks, a manifest and
 // the store, and a KvSource over the store restores exactly what the
 // compressor's own decoder restores.
-#include "kv_blocks.h"
+#include "worker/session/kv_blocks.h"
 
 #include <random>
 
 #include "gtest/gtest.h"
-#include "krul/manifest.h"
+#include "krul/kvformat/manifest.h"
 
 namespace krul::worker {
 namespace {

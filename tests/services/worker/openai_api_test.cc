@@ -1,6 +1,6 @@
 // Request validation, response shapes, SSE framing and UTF-8 streaming of
 // the OpenAI-compatible API. Expected values are written out by hand.
-#include "openai_api.h"
+#include "worker/api/openai_api.h"
 
 #include <string>
 

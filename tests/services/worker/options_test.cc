@@ -1,5 +1,5 @@
 // Worker options: parsing helpers and validation errors that name the field.
-#include "options.h"
+#include "worker/core/options.h"
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

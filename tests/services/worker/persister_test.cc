@@ -1,12 +1,12 @@
 // The layer pairs the persister stores each mode with: krul selects from the
 // conversation's own estimate, optionally shrunk toward the calibration
 // estimate (krul_prior_rows).
-#include "persister.h"
+#include "worker/session/persister.h"
 
 #include <optional>
 
 #include "gtest/gtest.h"
-#include "krul/selector.h"
+#include "krul/compress/selector.h"
 
 namespace krul::worker {
 namespace {

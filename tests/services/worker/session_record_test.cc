@@ -1,6 +1,6 @@
 // The session record (what travels in the manifest's plan field) round-
 // trips and rejects damaged or inconsistent bytes.
-#include "session_record.h"
+#include "worker/session/session_record.h"
 
 #include "gtest/gtest.h"
 

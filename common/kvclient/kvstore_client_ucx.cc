@@ -1,0 +1,360 @@
+// The UCX data plane of KvStoreClient (NewUcxBlockTransport): blocks move
+// one-sidedly between client memory and the store's memory through a
+// krul::Transport; gRPC only carries the grants.
+//
+//  Put: BeginPut(transport "ucx") returns one descriptor per staging block;
+//       the client registers its block bytes and posts one RMA write per
+//       block, waits for all (remote completion), then commits.
+//  Get: GrantRead returns one descriptor per committed block; the client
+//       posts one RMA read per block into a registered scratch region and
+//       hands block i to the caller as soon as its read completes (per-layer
+//       pipelining), then releases the grant.
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <list>
+#include <memory>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "krul/kvclient/kvstore_client.h"
+#include "krul/transport/transport.h"
+
+namespace krul {
+namespace {
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+absl::Duration Until(absl::Time deadline) {
+  return std::max(absl::ZeroDuration(), deadline - absl::Now());
+}
+
+// Imported grants, shared by requests. The store gives adjacent blocks one
+// descriptor, and with --ucx_grant_scope=chunk the same descriptor for a
+// whole memory chunk across requests: importing it once saves mapping the
+// store's memory again (and faulting its pages in) on every Get.
+class ImportCache {
+ public:
+  absl::StatusOr<std::shared_ptr<RemoteRegion>> Import(const std::string& address, Endpoint& ep,
+                                                       const std::string& descriptor) {
+    std::string key = absl::StrCat(address, "|", descriptor);
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = index_.find(key);
+      if (it != index_.end()) {
+        lru_.splice(lru_.begin(), lru_, it->second);
+        return it->second->second;
+      }
+    }
+    absl::StatusOr<std::unique_ptr<RemoteRegion>> r = ep.ImportRegion(descriptor);
+    if (!r.ok()) return r.status();
+    std::shared_ptr<RemoteRegion> shared = *std::move(r);
+    absl::MutexLock lock(&mu_);
+    if (index_.contains(key)) return shared;  // Raced with another import.
+    lru_.emplace_front(key, shared);
+    index_[key] = lru_.begin();
+    while (lru_.size() > kCapacity) {
+      index_.erase(lru_.back().first);
+      lru_.pop_back();
+    }
+    return shared;
+  }
+
+  void DropAddress(const std::string& address) {
+    absl::MutexLock lock(&mu_);
+    std::string prefix = address + "|";
+    for (auto it = lru_.begin(); it != lru_.end();) {
+      if (it->first.compare(0, prefix.size(), prefix) == 0) {
+        index_.erase(it->first);
+        it = lru_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+ private:
+  static constexpr size_t kCapacity = 64;
+  absl::Mutex mu_;
+  std::list<std::pair<std::string, std::shared_ptr<RemoteRegion>>> lru_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string,
+                      std::list<std::pair<std::string, std::shared_ptr<RemoteRegion>>>::iterator>
+      index_ ABSL_GUARDED_BY(mu_);
+};
+
+class UcxBlockTransport final : public BlockTransport {
+ public:
+  explicit UcxBlockTransport(Transport* transport) : transport_(transport) {}
+
+  std::string_view name() const override { return "ucx"; }
+
+  absl::Status Write(v1::KvStore::StubInterface& stub, const std::string& address,
+                     const v1::BeginPutResponse& reservation,
+                     std::span<const std::string_view> blocks, absl::Time deadline) override {
+    if (static_cast<size_t>(reservation.targets_size()) != blocks.size()) {
+      return absl::InternalError("BeginPut returned a target count other than the block count");
+    }
+    absl::StatusOr<std::shared_ptr<Endpoint>> ep = EndpointFor(stub, address, deadline);
+    if (!ep.ok()) return ep.status();
+    // Everything a transfer refers to must outlive it: keep them together
+    // and destroy transfers first.
+    std::vector<std::unique_ptr<MemoryRegion>> locals;
+    std::vector<std::shared_ptr<RemoteRegion>> remotes;
+    std::vector<std::unique_ptr<Transfer>> transfers;
+    absl::Status status;
+    for (size_t i = 0; i < blocks.size() && status.ok(); ++i) {
+      const v1::TransferTarget& target = reservation.targets(static_cast<int>(i));
+      if (target.size_bytes() != blocks[i].size() || target.transport_descriptor().empty()) {
+        status = absl::InternalError(absl::StrCat("target ", i, " does not fit block ", i));
+        break;
+      }
+      // The transport only reads from this memory for a kWrite.
+      absl::StatusOr<std::unique_ptr<MemoryRegion>> local =
+          transport_->RegisterRegion(const_cast<char*>(blocks[i].data()), blocks[i].size());
+      if (!local.ok()) {
+        status = local.status();
+        break;
+      }
+      absl::StatusOr<std::shared_ptr<RemoteRegion>> remote =
+          imports_.Import(address, **ep, target.transport_descriptor());
+      if (!remote.ok()) {
+        status = remote.status();
+        break;
+      }
+      remotes.push_back(*remote);
+      TransferSegment seg{0, target.remote_offset(), blocks[i].size()};
+      absl::StatusOr<std::unique_ptr<Transfer>> t = transport_->PrepareTransfer(
+          TransferOp::kWrite, **local, **remote, std::span<const TransferSegment>(&seg, 1));
+      locals.push_back(*std::move(local));
+      if (!t.ok()) {
+        status = t.status();
+        break;
+      }
+      status = (*t)->Post();
+      transfers.push_back(*std::move(t));
+    }
+    for (auto& t : transfers) {
+      absl::Status s = t->Wait(Until(deadline));
+      if (status.ok()) status = s;
+    }
+    transfers.clear();
+    if (status.code() == absl::StatusCode::kUnavailable) ForgetEndpoint(address);
+    return status;
+  }
+
+  absl::Status Read(v1::KvStore::StubInterface& stub, const std::string& address,
+                    const v1::Manifest& manifest, std::span<const uint32_t> indices,
+                    const RawBlockCallback& on_block, absl::Time deadline) override {
+    absl::StatusOr<std::shared_ptr<Endpoint>> ep = EndpointFor(stub, address, deadline);
+    if (!ep.ok()) return ep.status();
+    v1::GrantReadRequest req;
+    *req.mutable_key() = manifest.key();
+    for (uint32_t i : indices) req.add_block_indices(i);
+    v1::GrantReadResponse grant;
+    {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(deadline));
+      if (absl::Status s = FromGrpc(stub.GrantRead(&ctx, req, &grant)); !s.ok()) return s;
+    }
+    absl::Status status = ReadGranted(address, **ep, manifest, indices, grant, on_block, deadline);
+    {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+      v1::ReleaseReadRequest rel;
+      rel.set_grant_id(grant.grant_id());
+      v1::ReleaseReadResponse ignored;
+      stub.ReleaseRead(&ctx, rel, &ignored);  // Best effort: grants also expire.
+    }
+    if (status.code() == absl::StatusCode::kUnavailable) ForgetEndpoint(address);
+    return status;
+  }
+
+ private:
+  absl::Status ReadGranted(const std::string& address, Endpoint& ep, const v1::Manifest& manifest,
+                           std::span<const uint32_t> indices, const v1::GrantReadResponse& grant,
+                           const RawBlockCallback& on_block, absl::Time deadline) {
+    if (static_cast<size_t>(grant.targets_size()) != indices.size()) {
+      return absl::DataLossError("GrantRead returned a target count other than requested");
+    }
+    std::vector<uint64_t> offsets;
+    uint64_t total = 0;
+    for (size_t k = 0; k < indices.size(); ++k) {
+      const v1::TransferTarget& t = grant.targets(static_cast<int>(k));
+      const uint64_t expected = manifest.blocks(static_cast<int>(indices[k])).encoded_bytes();
+      if (t.index() != indices[k] || t.size_bytes() != expected) {
+        return absl::DataLossError(absl::StrCat("GrantRead target ", k, " is not block ",
+                                                indices[k], " as the manifest has it"));
+      }
+      offsets.push_back(total);
+      total += expected;
+    }
+    std::unique_ptr<MemoryRegion> scratch = TakeScratch(total);
+    if (scratch == nullptr) {
+      absl::StatusOr<std::unique_ptr<MemoryRegion>> r = transport_->AllocateRegion(total);
+      if (!r.ok()) return r.status();
+      scratch = *std::move(r);
+    }
+    std::vector<std::shared_ptr<RemoteRegion>> remotes;
+    std::vector<std::unique_ptr<Transfer>> transfers;
+    absl::Status status;
+    for (size_t k = 0; k < indices.size(); ++k) {
+      const v1::TransferTarget& t = grant.targets(static_cast<int>(k));
+      absl::StatusOr<std::shared_ptr<RemoteRegion>> remote =
+          imports_.Import(address, ep, t.transport_descriptor());
+      if (!remote.ok()) {
+        status = remote.status();
+        break;
+      }
+      remotes.push_back(*remote);
+      TransferSegment seg{offsets[k], t.remote_offset(), t.size_bytes()};
+      absl::StatusOr<std::unique_ptr<Transfer>> tr = transport_->PrepareTransfer(
+          TransferOp::kRead, *scratch, **remote, std::span<const TransferSegment>(&seg, 1));
+      if (!tr.ok()) {
+        status = tr.status();
+        break;
+      }
+      transfers.push_back(*std::move(tr));
+    }
+    if (status.ok())
+      status = PostAndDeliver(transfers, *scratch, offsets, indices, grant, on_block, deadline);
+    transfers.clear();  // Waits for any still in flight.
+    ReturnScratch(std::move(scratch));
+    return status;
+  }
+
+  // Posts every transfer and hands block k to `on_block` as soon as its read
+  // completes, in order. A same-host transfer may complete inside Post (UCX
+  // maps the store's memory and Post copies), so posting runs on a helper
+  // thread: block 0 is verified and used while later blocks are still being
+  // copied, which is the per-layer pipelining a restore relies on.
+  absl::Status PostAndDeliver(std::vector<std::unique_ptr<Transfer>>& transfers,
+                              MemoryRegion& scratch, const std::vector<uint64_t>& offsets,
+                              std::span<const uint32_t> indices, const v1::GrantReadResponse& grant,
+                              const RawBlockCallback& on_block, absl::Time deadline) {
+    absl::Mutex mu;
+    size_t posted = 0;        // Transfers [0, posted) were posted.
+    absl::Status post_error;  // Why posting stopped early.
+    bool cancelled = false;   // The reader gave up; stop posting.
+    auto post_all = [&] {
+      for (size_t k = 0; k < transfers.size(); ++k) {
+        {
+          absl::MutexLock lock(&mu);
+          if (cancelled) return;
+        }
+        absl::Status s = transfers[k]->Post();
+        absl::MutexLock lock(&mu);
+        if (!s.ok()) {
+          post_error = s;
+          return;
+        }
+        posted = k + 1;
+      }
+    };
+    std::thread poster;
+    if (transfers.size() > 1) {
+      poster = std::thread(post_all);
+    } else {
+      post_all();
+    }
+    absl::Status status;
+    for (size_t k = 0; k < transfers.size(); ++k) {
+      {
+        absl::MutexLock lock(&mu);
+        auto ready = [&]() { return posted > k || !post_error.ok(); };
+        mu.Await(absl::Condition(&ready));
+        if (posted <= k) {
+          status = post_error;
+          break;
+        }
+      }
+      status = transfers[k]->Wait(Until(deadline));
+      if (!status.ok()) break;
+      status = on_block(indices[k],
+                        std::string_view(reinterpret_cast<const char*>(scratch.data()) + offsets[k],
+                                         grant.targets(static_cast<int>(k)).size_bytes()));
+      if (!status.ok()) break;
+    }
+    {
+      absl::MutexLock lock(&mu);
+      cancelled = true;
+    }
+    if (poster.joinable()) poster.join();
+    return status;
+  }
+
+  absl::StatusOr<std::shared_ptr<Endpoint>> EndpointFor(v1::KvStore::StubInterface& stub,
+                                                        const std::string& address,
+                                                        absl::Time deadline) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = endpoints_.find(address);
+      if (it != endpoints_.end() && it->second->status().ok()) return it->second;
+    }
+    v1::ExchangeEndpointsRequest req;
+    req.add_transports("ucx");
+    req.set_client_worker_address(transport_->address());
+    v1::ExchangeEndpointsResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(deadline));
+    if (absl::Status s = FromGrpc(stub.ExchangeEndpoints(&ctx, req, &resp)); !s.ok()) return s;
+    if (resp.transport() != "ucx") {
+      return absl::FailedPreconditionError(
+          absl::StrCat(address, " offers no UCX data plane (start it with --ucx)"));
+    }
+    absl::StatusOr<std::unique_ptr<Endpoint>> ep =
+        transport_->Connect(resp.server_worker_address());
+    if (!ep.ok()) return ep.status();
+    std::shared_ptr<Endpoint> shared = *std::move(ep);
+    absl::MutexLock lock(&mu_);
+    endpoints_[address] = shared;
+    return shared;
+  }
+
+  void ForgetEndpoint(const std::string& address) {
+    imports_.DropAddress(address);
+    absl::MutexLock lock(&mu_);
+    endpoints_.erase(address);
+  }
+
+  // Registered scratch memory is reused across reads: registering (and, for
+  // AllocateRegion, zeroing) tens of MiB per read would cost more than the
+  // transfer over shared memory.
+  std::unique_ptr<MemoryRegion> TakeScratch(uint64_t bytes) {
+    absl::MutexLock lock(&mu_);
+    for (size_t i = 0; i < scratch_.size(); ++i) {
+      if (scratch_[i]->size() >= bytes) {
+        std::unique_ptr<MemoryRegion> r = std::move(scratch_[i]);
+        scratch_.erase(scratch_.begin() + static_cast<std::ptrdiff_t>(i));
+        return r;
+      }
+    }
+    return nullptr;
+  }
+  void ReturnScratch(std::unique_ptr<MemoryRegion> r) {
+    absl::MutexLock lock(&mu_);
+    scratch_.push_back(std::move(r));
+    // Keep at most a few, the largest ones.
+    std::sort(scratch_.begin(), scratch_.end(),
+              [](const auto& a, const auto& b) { return a->size() > b->size(); });
+    if (scratch_.size() > 4) scratch_.resize(4);
+  }
+
+  Transport* const transport_;
+  ImportCache imports_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<Endpoint>> endpoints_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<MemoryRegion>> scratch_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+std::unique_ptr<BlockTransport> NewUcxBlockTransport(Transport* transport) {
+  return std::make_unique<UcxBlockTransport>(transport);
+}
+
+}  // namespace krul

@@ -1,0 +1,82 @@
+// Chat messages and the template that turns them into prompt tokens.
+//
+// Every message is tokenized on its own and the pieces are concatenated after
+// one BOS, so the tokens of a conversation's first k messages never change
+// when more messages follow: a stored KV prefix stays valid for the next
+// turn. (Tokenizing the joined text instead would let BPE merge across a
+// message boundary.) Templates (docs/worker.md):
+//
+//   plain (default; for TinyStories-style story models that know no roles):
+//     system, user : Encode(content + "\n")
+//     assistant    : Encode(content)           generation prompt: nothing
+//   roles:
+//     system       : Encode("System: " + content + "\n")
+//     user         : Encode("User: " + content + "\n")
+//     assistant    : Encode("Assistant:") + Encode(content)
+//                                               generation prompt: Encode("Assistant:")
+//
+// Encode adds SentencePiece's dummy leading space to each piece, which is
+// what separates consecutive messages. An assistant message the worker
+// generated itself is not re-tokenized on the next turn: the stored history
+// keeps the sampled token ids (which re-encoding the text may not give back).
+//
+// Thread-safe (immutable after construction).
+#ifndef KRUL_SERVICES_WORKER_CORE_CHAT_TEMPLATE_H_
+#define KRUL_SERVICES_WORKER_CORE_CHAT_TEMPLATE_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "krul/model/tokenizer.h"
+#include "worker/core/options.h"
+
+namespace krul::worker {
+
+enum class Role : uint8_t { kSystem = 0, kUser = 1, kAssistant = 2 };
+
+// "system", "user", "assistant".
+std::string_view RoleName(Role role);
+
+struct ChatMessage {
+  Role role = Role::kUser;
+  std::string content;
+
+  friend bool operator==(const ChatMessage&, const ChatMessage&) = default;
+};
+
+// Digest of the conversation up to and including `message`, chained from
+// the digest of everything before it (kEmptyDigest for the first message).
+// Stable across processes and machines (XXH3-64), so any worker recognizes
+// a history another worker stored.
+inline constexpr uint64_t kEmptyDigest = 0x6b72756c2d636874ull;  // "krul-cht"
+uint64_t ChainDigest(uint64_t previous, const ChatMessage& message);
+// Digest of messages[0, count).
+uint64_t PrefixDigest(const std::vector<ChatMessage>& messages, size_t count);
+
+class ChatTemplate {
+ public:
+  // `tokenizer` is borrowed and must outlive the template.
+  ChatTemplate(ChatTemplateKind kind, const Tokenizer& tokenizer)
+      : kind_(kind), tokenizer_(tokenizer) {}
+
+  ChatTemplateKind kind() const { return kind_; }
+  int bos_id() const { return tokenizer_.bos_id(); }
+
+  // Tokens of one complete message (no BOS).
+  std::vector<int> MessageTokens(const ChatMessage& message) const;
+  // Tokens that precede the assistant's answer (appended after the last
+  // message before generation starts).
+  std::vector<int> GenerationPrompt() const;
+  // BOS + every message + the generation prompt.
+  std::vector<int> PromptTokens(const std::vector<ChatMessage>& messages) const;
+
+ private:
+  ChatTemplateKind kind_;
+  const Tokenizer& tokenizer_;
+};
+
+}  // namespace krul::worker
+
+#endif  // KRUL_SERVICES_WORKER_CORE_CHAT_TEMPLATE_H_

@@ -1,0 +1,143 @@
+#include "worker/core/options.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "worker/api/string_view_conversion.h"
+
+namespace krul::worker {
+namespace {
+
+absl::Status Invalid(absl::string_view field, absl::string_view problem) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", problem));
+}
+
+bool ParseInt(std::string_view text, int* out) {
+  while (!text.empty() && text.front() == ' ') text.remove_prefix(1);
+  while (!text.empty() && text.back() == ' ') text.remove_suffix(1);
+  if (text.empty()) return false;
+  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), *out);
+  return ec == std::errc() && ptr == text.data() + text.size();
+}
+
+}  // namespace
+
+absl::StatusOr<DType> ParseDType(std::string_view name) {
+  for (DType d : {DType::kF32, DType::kF16, DType::kBF16}) {
+    if (DTypeName(d) == name) return d;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown dtype '", std::string(name), "'; expected f32, f16 or bf16"));
+}
+
+std::string_view ChatTemplateName(ChatTemplateKind kind) {
+  return kind == ChatTemplateKind::kPlain ? "plain" : "roles";
+}
+
+absl::StatusOr<ChatTemplateKind> ParseChatTemplate(std::string_view name) {
+  if (name == "plain") return ChatTemplateKind::kPlain;
+  if (name == "roles") return ChatTemplateKind::kRoles;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown chat template '", std::string(name), "'; expected plain or roles"));
+}
+
+absl::StatusOr<ModelConfig> ParseModelShape(std::string_view text) {
+  std::vector<std::string> parts = absl::StrSplit(std::string(text), ',');
+  if (parts.size() != 7) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model shape '", std::string(text),
+                     "' needs 7 comma-separated numbers: dim,hidden_dim,layers,heads,kv_heads,"
+                     "vocab,seq_len"));
+  }
+  ModelConfig c;
+  int* fields[] = {&c.dim,        &c.hidden_dim, &c.n_layers, &c.n_heads,
+                   &c.n_kv_heads, &c.vocab_size, &c.seq_len};
+  for (int i = 0; i < 7; ++i) {
+    if (!ParseInt(parts[i], fields[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model shape: '", parts[i], "' is not a number"));
+    }
+  }
+  if (auto s = c.Validate(); !s.ok()) return s;
+  return c;
+}
+
+absl::StatusOr<std::vector<std::pair<int, int>>> ParsePairs(std::string_view text) {
+  std::vector<std::pair<int, int>> pairs;
+  if (text.empty()) return pairs;
+  std::vector<std::string> items = absl::StrSplit(std::string(text), ',');
+  for (const std::string& item : items) {
+    std::vector<std::string> ab = absl::StrSplit(item, ':');
+    int a = 0, b = 0;
+    if (ab.size() != 2 || !ParseInt(ab[0], &a) || !ParseInt(ab[1], &b) || a < 0 || b < 0 ||
+        a == b) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("pair '", item, "' is not of the form a:b with distinct layers >= 0"));
+    }
+    pairs.emplace_back(std::min(a, b), std::max(a, b));
+  }
+  return pairs;
+}
+
+absl::Status WorkerOptions::Validate() const {
+  if (synthetic) {
+    if (auto s = synthetic_shape.Validate(); !s.ok()) {
+      return Invalid("synthetic_shape", s.message());
+    }
+    if (!model_path.empty()) return Invalid("model", "give either a model file or --synthetic");
+  } else if (model_path.empty()) {
+    return Invalid("model", "required (a llama2.c .bin or GGUF file), or use --synthetic");
+  }
+  if (host.empty()) return Invalid("host", "empty");
+  if (http_port < 0 || http_port > 65535) return Invalid("http_port", "outside [0, 65535]");
+  if (grpc_port < -1 || grpc_port > 65535) return Invalid("grpc_port", "outside [-1, 65535]");
+  if (max_active < 1 || max_active > 256) return Invalid("max_active", "outside [1, 256]");
+  if (max_queue < 0 || max_queue > 100000) return Invalid("max_queue", "outside [0, 100000]");
+  if (queue_timeout <= absl::ZeroDuration()) return Invalid("queue_timeout", "must be > 0");
+  if (threads < 0 || threads > 1024) return Invalid("threads", "outside [0, 1024]");
+  if (max_tokens_limit < 1) return Invalid("max_tokens_limit", "must be >= 1");
+  if (default_max_tokens < 1 || default_max_tokens > max_tokens_limit) {
+    return Invalid("default_max_tokens", "outside [1, max_tokens_limit]");
+  }
+  if (max_request_bytes < 1024) return Invalid("max_request_bytes", "must be >= 1024");
+  if (max_messages < 1) return Invalid("max_messages", "must be >= 1");
+  for (const std::string& a : kvstore_addresses) {
+    if (a.empty() || a.find(':') == std::string::npos) {
+      return Invalid("kvstore", absl::StrCat("address '", a, "' is not host:port"));
+    }
+  }
+  if (tenant.empty() || tenant.size() > 128) return Invalid("tenant", "must have 1..128 bytes");
+  if (!(target_ratio >= 1.0 && target_ratio <= 2.0)) {
+    return Invalid("target_ratio", "outside [1, 2]");
+  }
+  if (!(sensitivity_threshold >= 0.0 && sensitivity_threshold <= 1.0)) {
+    return Invalid("sensitivity_threshold", "outside [0, 1]");
+  }
+  if (!(krul_prior_rows >= 0.0 && std::isfinite(krul_prior_rows))) {
+    return Invalid("krul_prior_rows", "must be a finite number >= 0");
+  }
+  if (kvstore_deadline <= absl::ZeroDuration())
+    return Invalid("kvstore_deadline_ms", "must be > 0");
+  if (persist_deadline <= absl::ZeroDuration())
+    return Invalid("persist_deadline_ms", "must be > 0");
+  if (max_pending_persists < 1) return Invalid("max_pending_persists", "must be >= 1");
+  if (granularity_tokens < 1) return Invalid("granularity_tokens", "must be >= 1");
+  if (expected_new_tokens < 0) return Invalid("expected_new_tokens", "must be >= 0");
+  if (chunk_tokens < 1) return Invalid("chunk_tokens", "must be >= 1");
+  for (double v : {compute_fixed_us, compute_per_token_us, compute_per_pair_ns, load_latency_us}) {
+    if (!std::isfinite(v) || v < 0) return Invalid("compute_*/load_latency_us", "must be >= 0");
+  }
+  if (!std::isfinite(load_gbps) || load_gbps <= 0) return Invalid("load_gbps", "must be > 0");
+  if (auto pairs = ParsePairs(fixed_pairs); !pairs.ok()) {
+    return Invalid("fixed_pairs", pairs.status().message());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace krul::worker

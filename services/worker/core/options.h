@@ -1,0 +1,129 @@
+// Typed configuration of the inference worker. main.cc fills WorkerOptions
+// from flags and calls Validate() once; nothing else parses configuration.
+#ifndef KRUL_SERVICES_WORKER_CORE_OPTIONS_H_
+#define KRUL_SERVICES_WORKER_CORE_OPTIONS_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "krul/base/dtype.h"
+#include "krul/model/model.h"
+#include "krul/restore/restore_mode.h"
+
+namespace krul::worker {
+
+// How chat messages become prompt tokens (chat_template.h).
+enum class ChatTemplateKind {
+  kPlain,  // message texts back to back (TinyStories-style models)
+  kRoles,  // "User: ...\n" / "Assistant: ..." role-tagged lines
+};
+// "f32", "f16", "bf16".
+absl::StatusOr<DType> ParseDType(std::string_view name);
+
+std::string_view ChatTemplateName(ChatTemplateKind kind);
+absl::StatusOr<ChatTemplateKind> ParseChatTemplate(std::string_view name);
+
+struct WorkerOptions {
+  // ---- model ------------------------------------------------------------
+  // llama2.c .bin or GGUF file. Empty with `synthetic` set: a seeded random
+  // model of shape `synthetic_shape`.
+  std::string model_path;
+  // llama2.c tokenizer file; empty = the vocabulary embedded in the model
+  // (GGUF) or, for a synthetic model, a byte-level vocabulary.
+  std::string tokenizer_path;
+  bool synthetic = false;
+  ModelConfig synthetic_shape;  // filled by ParseModelShape
+  uint64_t synthetic_seed = 42;
+  // Name reported by /v1/models and expected in requests' "model" field.
+  // Empty = derived from the model file name ("synthetic" for synthetic).
+  std::string model_name;
+  ChatTemplateKind chat_template = ChatTemplateKind::kPlain;
+
+  // ---- serving ----------------------------------------------------------
+  std::string host = "127.0.0.1";
+  int http_port = 8080;  // 0 = ephemeral (the bound port is printed)
+  int grpc_port = -1;    // -1 = no gRPC server; 0 = ephemeral
+  // Requests computed at once (one engine + KV cache each). Default 1.
+  int max_active = 1;
+  // Requests that may wait for an engine; beyond it 429 + Retry-After.
+  int max_queue = 8;
+  // Longest a request waits in the queue before 429. Default 30 s.
+  absl::Duration queue_timeout = absl::Seconds(30);
+  // Engine threads per active request (0 = all cores).
+  int threads = 1;
+
+  // ---- generation limits ------------------------------------------------
+  int default_max_tokens = 64;
+  int max_tokens_limit = 4096;  // requests asking for more get 400
+  size_t max_request_bytes = 4 << 20;
+  int max_messages = 1024;
+
+  // ---- KV store and Krul --------------------------------------------------
+  // kvstore gRPC addresses ("host:port"); empty = an in-process store
+  // (single worker, for tests and trying things out).
+  std::vector<std::string> kvstore_addresses;
+  std::string tenant = "default";
+  RestoreMode mode = RestoreMode::kKrul;
+  // Requests may pick another mode with the "krul_mode" field.
+  bool allow_mode_override = true;
+  // Wanted n_layers / stored layers for the pairing modes, in [1, 2].
+  double target_ratio = 1.5;
+  // Edge attention mass above which a layer is never shared (selector.h).
+  double sensitivity_threshold = 0.9;
+  // krul: each conversation's similarity is shrunk toward the calibration
+  // set's (ShrinkToward, selector.h), the calibration weighing as this many
+  // attention rows; 0 = the conversation's own estimate only (the paper's
+  // rule). krul-bench-quality fits this weight on real conversations.
+  double krul_prior_rows = 0;
+  // Deadline of one store lookup or load at restore time; slower = fallback.
+  absl::Duration kvstore_deadline = absl::Milliseconds(1000);
+  // Deadline of one background persist.
+  absl::Duration persist_deadline = absl::Seconds(10);
+  // Persist jobs waiting for the background thread; beyond it a turn is
+  // not persisted (counted) rather than holding memory without bound.
+  int max_pending_persists = 16;
+  // Restore split grid and the new-input length assumed when the split is
+  // chosen at turn end.
+  int granularity_tokens = 16;
+  int expected_new_tokens = 64;
+  // Restore reads every block a plan needs in one streamed request (true)
+  // instead of one request per load step.
+  bool prefetch_blocks = true;
+  // KV tokens per stored block (compressor chunk) and storage type.
+  int chunk_tokens = 256;
+  DType kv_dtype = DType::kF32;
+  // Cost model start values; the compute part is probed at start-up unless
+  // probe_compute is false (then compute_* are used), and live measurements
+  // refresh both unless freeze_costs.
+  bool probe_compute = true;
+  // Time a small and a large block read from the store at start-up (which
+  // also opens its connections) to calibrate the load cost.
+  bool probe_load = true;
+  double compute_fixed_us = 20;
+  double compute_per_token_us = 5;
+  double compute_per_pair_ns = 5;
+  double load_latency_us = 300;
+  double load_gbps = 1.0;  // GB/s
+  bool freeze_costs = false;
+  // krul-fixed: pairs as "a:b,c:d"; empty = calibrate on built-in prompts.
+  std::string fixed_pairs;
+
+  // OK, or INVALID_ARGUMENT naming the first bad field.
+  absl::Status Validate() const;
+};
+
+// Parses "dim,hidden_dim,layers,heads,kv_heads,vocab,seq_len" into a
+// validated ModelConfig. INVALID_ARGUMENT naming the problem otherwise.
+absl::StatusOr<ModelConfig> ParseModelShape(std::string_view text);
+
+// Parses "a:b,c:d" into pairs (a < b normalized). INVALID_ARGUMENT otherwise.
+absl::StatusOr<std::vector<std::pair<int, int>>> ParsePairs(std::string_view text);
+
+}  // namespace krul::worker
+
+#endif  // KRUL_SERVICES_WORKER_CORE_OPTIONS_H_

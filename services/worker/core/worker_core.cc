@@ -1,0 +1,282 @@
+#include "worker/core/worker_core.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "worker/core/calibration.h"
+#include "krul/kvformat/kv_block.h"
+#include "krul/kvformat/manifest.h"
+#include "krul/compress/selector.h"
+#include "worker/session/session.h"
+#include "worker/api/string_view_conversion.h"
+
+namespace krul::worker {
+namespace {
+
+// A name for the model: the file's stem ("stories260K") or "synthetic".
+std::string DefaultModelName(const WorkerOptions& o) {
+  if (o.synthetic) return "synthetic";
+  return std::filesystem::path(o.model_path).stem().string();
+}
+
+// Identifies the weights, not the file name: KV computed by one model must
+// never be restored into another. Hashes the shape and a sample of the
+// weights (embedding rows, first layer, final norm).
+std::string ComputeModelId(const std::string& name, const Model& model) {
+  const ModelConfig& c = model.config();
+  XXH3_state_t* state = XXH3_createState();
+  XXH3_64bits_reset(state);
+  const std::string shape = c.ToString();
+  XXH3_64bits_update(state, shape.data(), shape.size());
+  const size_t emb = std::min<size_t>(static_cast<size_t>(c.vocab_size) * c.dim, 1 << 16);
+  XXH3_64bits_update(state, model.token_embedding(), emb * sizeof(float));
+  const size_t wq = std::min<size_t>(static_cast<size_t>(c.dim) * c.dim, 1 << 16);
+  XXH3_64bits_update(state, model.layer(0).wq, wq * sizeof(float));
+  XXH3_64bits_update(state, model.rms_final(), static_cast<size_t>(c.dim) * sizeof(float));
+  const uint64_t h = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+  return absl::StrFormat("%s@%016x", name, h);
+}
+
+// Probe settings that fit the model's context.
+ComputeProbeOptions ProbeOptionsFor(const ModelConfig& c) {
+  ComputeProbeOptions p;
+  const int s = c.seq_len;
+  if (s >= 600) return p;
+  p.token_counts = {std::max(2, s / 16), std::max(4, s / 4), std::max(8, s / 2)};
+  p.late_start = s / 2;
+  p.late_tokens = std::max(1, std::min(32, s / 8));
+  return p;
+}
+
+// Writes a probe version with one small and one large block, times reads of
+// each (ProbeLoad) and deletes it. Besides the coefficients, this opens the
+// store's control and data-plane connections before the first request.
+absl::StatusOr<LoadCoefficients> ProbeStoreLoad(ConversationStore& store, const std::string& tenant,
+                                                const std::string& model_id, size_t bytes_per_token,
+                                                absl::Duration deadline) {
+  std::mt19937_64 rng(std::random_device{}());
+  const std::string id = absl::StrFormat("__krul_probe__/%016x", rng());
+  LoadProbeOptions probe;
+  probe.small_tokens = 1;
+  probe.large_tokens = 256;
+  v1::Manifest manifest;
+  manifest.mutable_key()->set_tenant(tenant);
+  manifest.mutable_key()->set_conversation_id(id);
+  manifest.mutable_key()->set_turn(1);
+  manifest.set_model_id(model_id);
+  manifest.set_n_layers(1);
+  std::vector<std::string> blocks;
+  for (int tokens : {probe.small_tokens, probe.large_tokens}) {
+    auto block = EncodeRawBlock(std::string(bytes_per_token * tokens, '\x5a'));
+    if (!block.ok()) return block.status();
+    auto ref = MakeBlockRef(static_cast<uint32_t>(blocks.size()), *block);
+    if (!ref.ok()) return ref.status();
+    *manifest.add_blocks() = *ref;
+    blocks.push_back(*std::move(block));
+  }
+  if (auto s = store.Write(manifest, blocks, absl::Now() + deadline); !s.ok()) return s;
+  auto coefficients = ProbeLoad(
+      [&](int tokens) -> absl::StatusOr<size_t> {
+        const uint32_t index = tokens == probe.small_tokens ? 0 : 1;
+        size_t bytes = 0;
+        absl::Status s = store.ReadBlocks(
+            manifest, std::span<const uint32_t>(&index, 1),
+            [&bytes](uint32_t, std::string encoded) {
+              bytes += encoded.size();
+              return absl::OkStatus();
+            },
+            absl::Now() + deadline);
+        if (!s.ok()) return s;
+        return bytes;
+      },
+      probe);
+  store.Delete(tenant, id, absl::Now() + deadline).IgnoreError();
+  return coefficients;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<WorkerCore>> WorkerCore::Create(
+    const WorkerOptions& options, std::unique_ptr<ConversationStore> store) {
+  if (auto s = options.Validate(); !s.ok()) return s;
+  std::unique_ptr<WorkerCore> core(new WorkerCore());
+  if (auto s = core->Init(options, std::move(store)); !s.ok()) return s;
+  return core;
+}
+
+WorkerCore::~WorkerCore() {
+  if (admission_ != nullptr) admission_->Shutdown();
+  persister_.reset();  // drains, then stops
+}
+
+absl::Status WorkerCore::Init(const WorkerOptions& options,
+                              std::unique_ptr<ConversationStore> store) {
+  options_ = options;
+  store_ = std::move(store);
+  if (store_ == nullptr) store_ = std::make_unique<MemoryConversationStore>();
+
+  absl::StatusOr<std::unique_ptr<Model>> model =
+      options.synthetic ? MakeSyntheticModel(options.synthetic_shape, options.synthetic_seed)
+                        : LoadModel(options.model_path);
+  if (!model.ok()) return model.status();
+  model_ = *std::move(model);
+  const ModelConfig& config = model_->config();
+
+  absl::StatusOr<Tokenizer> tokenizer = Tokenizer::ForModel(*model_, options.tokenizer_path);
+  if (!tokenizer.ok()) {
+    return absl::Status(tokenizer.status().code(),
+                        absl::StrCat("tokenizer: ", tokenizer.status().message()));
+  }
+  tokenizer_ = std::make_unique<Tokenizer>(*std::move(tokenizer));
+  chat_template_ = std::make_unique<ChatTemplate>(options.chat_template, *tokenizer_);
+  model_name_ = options.model_name.empty() ? DefaultModelName(options) : options.model_name;
+  model_id_ = ComputeModelId(model_name_, *model_);
+  shape_ = KvShape::FromConfig(config);
+
+  // Engines, one per admission slot.
+  EngineOptions engine_options;
+  engine_options.num_threads = options.threads;
+  for (int i = 0; i < options.max_active; ++i) {
+    EngineSlot slot;
+    auto engine = Engine::Create(*model_, engine_options);
+    if (!engine.ok()) return engine.status();
+    slot.engine = *std::move(engine);
+    slots_.push_back(std::move(slot));
+  }
+
+  // Cost model: compute probed on slot 0's engine unless fixed by flags.
+  CostCoefficients costs;
+  costs.compute.fixed_s = options.compute_fixed_us * 1e-6;
+  costs.compute.per_token_s = options.compute_per_token_us * 1e-6;
+  costs.compute.per_attention_pair_s = options.compute_per_pair_ns * 1e-9;
+  costs.load.latency_s = options.load_latency_us * 1e-6;
+  costs.load.bytes_per_second = options.load_gbps * 1e9;
+  if (options.probe_compute) {
+    auto probed = ProbeCompute(*slots_[0].engine, ProbeOptionsFor(config));
+    if (probed.ok()) {
+      costs.compute = *probed;
+    } else {
+      std::fprintf(stderr, "krul-worker: compute probe failed (%s); using flag values\n",
+                   std::string(probed.status().message()).c_str());
+    }
+  }
+  bool load_probed = false;
+  if (options.probe_load) {
+    auto load = ProbeStoreLoad(*store_, options.tenant, model_id_,
+                               KvCache::Create(config, 1)->LayerBytes(1), options.kvstore_deadline);
+    if (load.ok()) {
+      costs.load = *load;
+      load_probed = true;
+    } else {
+      std::fprintf(stderr, "krul-worker: load probe failed (%s); using flag values\n",
+                   std::string(load.status().message()).c_str());
+    }
+  }
+  std::fprintf(stderr,
+               "krul-worker: cost model: compute %.1f us + %.3f us/token + %.3f ns/pair per "
+               "layer%s; load %.0f us + %.2f GB/s%s%s\n",
+               costs.compute.fixed_s * 1e6, costs.compute.per_token_s * 1e6,
+               costs.compute.per_attention_pair_s * 1e9, options.probe_compute ? " (probed)" : "",
+               costs.load.latency_s * 1e6, costs.load.bytes_per_second / 1e9,
+               load_probed ? " (probed)" : "",
+               options.freeze_costs ? "; frozen" : "; refreshed live");
+  auto cost_model = CostModel::Create(costs);
+  if (!cost_model.ok()) return cost_model.status();
+  cost_model_ = *std::move(cost_model);
+  RestorerOptions restorer_options;
+  restorer_options.cost_model = options.freeze_costs ? nullptr : cost_model_.get();
+  for (EngineSlot& slot : slots_) {
+    auto restorer = Restorer::Create(*slot.engine, restorer_options);
+    if (!restorer.ok()) return restorer.status();
+    slot.restorer = *std::move(restorer);
+  }
+
+  // krul-fixed's pairs: from the flag, or calibrated once here.
+  fixed_pairs_ = CompressionPlan::Uncompressed(config.n_layers);
+  auto flag_pairs = ParsePairs(options.fixed_pairs);
+  if (!flag_pairs.ok()) return flag_pairs.status();
+  if (!flag_pairs->empty()) {
+    fixed_pairs_.target_ratio = options.target_ratio;
+    for (const auto& [a, b] : *flag_pairs) fixed_pairs_.pairs.push_back({a, b, 0});
+    if (auto s = ValidatePlan(fixed_pairs_); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("fixed_pairs: ", s.message()));
+    }
+  }
+  // The calibration estimate: krul-fixed's pairs when the flag gave none,
+  // and krul's prior when it has a weight.
+  const bool fixed_needs_it = flag_pairs->empty() && (options.mode == RestoreMode::kKrulFixed ||
+                                                      options.allow_mode_override);
+  const bool prior_needs_it = options.krul_prior_rows > 0 &&
+                              (options.mode == RestoreMode::kKrul || options.allow_mode_override);
+  SelectorOptions selector;
+  selector.target_ratio = options.target_ratio;
+  selector.sensitivity_threshold = options.sensitivity_threshold;
+  std::optional<SimilarityEstimate> calibration;
+  if (fixed_needs_it || prior_needs_it) {
+    auto estimate =
+        CalibrationEstimate(*slots_[0].engine, *chat_template_, DefaultCalibrationPrompts(), 32);
+    absl::StatusOr<CompressionPlan> calibrated =
+        estimate.ok() ? SelectPlan(*estimate, selector) : estimate.status();
+    if (estimate.ok()) calibration = *std::move(estimate);
+    if (!calibrated.ok()) {
+      std::fprintf(stderr, "krul-worker: calibration failed (%s); krul-fixed has no pairs\n",
+                   std::string(calibrated.status().message()).c_str());
+    } else if (fixed_needs_it) {
+      fixed_pairs_ = *std::move(calibrated);
+    }
+  }
+
+  PersisterOptions persister;
+  persister.model_id = model_id_;
+  persister.shape = shape_;
+  persister.selector = selector;
+  persister.krul_prior = std::move(calibration);
+  persister.krul_prior_rows = options.krul_prior_rows;
+  persister.expected_new_tokens = options.expected_new_tokens;
+  persister.granularity_tokens = options.granularity_tokens;
+  persister.chunk_tokens = options.chunk_tokens;
+  persister.dtype = options.kv_dtype;
+  persister.max_pending = options.max_pending_persists;
+  persister.deadline = options.persist_deadline;
+  persister.fixed_pairs = fixed_pairs_;
+  persister_ = std::make_unique<Persister>(persister, store_.get(), cost_model_.get(), &metrics_);
+  admission_ = std::make_unique<Admission>(options.max_active, options.max_queue);
+  ready_ = true;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Session>> WorkerCore::StartChat(const ChatRequest& request,
+                                                               absl::Time accepted) {
+  if (shutting_down_.load()) return absl::UnavailableError("the worker is shutting down");
+  if (!request.model.empty() && request.model != model_name_) {
+    return absl::NotFoundError(absl::StrCat(
+        "the model '", request.model, "' does not exist; this worker serves '", model_name_, "'"));
+  }
+  if (request.mode.has_value() && *request.mode != options_.mode && !options_.allow_mode_override) {
+    return absl::InvalidArgumentError(absl::StrCat("krul_mode: this worker runs mode '",
+                                                   AV(RestoreModeName(options_.mode)),
+                                                   "' and does not allow per-request modes"));
+  }
+  metrics_.queued_requests().Increment();
+  auto ticket = admission_->Acquire(options_.queue_timeout);
+  metrics_.queued_requests().Decrement();
+  if (!ticket.ok()) return ticket.status();
+  return Session::Begin(*this, *std::move(ticket), request, accepted);
+}
+
+void WorkerCore::Shutdown(absl::Duration timeout) {
+  shutting_down_ = true;
+  if (admission_ != nullptr) admission_->Shutdown();
+  if (persister_ != nullptr && !persister_->Drain(timeout)) {
+    std::fprintf(stderr, "krul-worker: shutdown: some turns were not persisted in time\n");
+  }
+}
+
+}  // namespace krul::worker

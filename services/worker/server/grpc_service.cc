@@ -1,0 +1,172 @@
+#include "worker/server/grpc_service.h"
+
+#include "absl/strings/str_cat.h"
+#include "worker/session/session.h"
+
+namespace krul::worker {
+namespace {
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  // absl and gRPC share the canonical code numbering.
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+void FillStats(const CompletionStats& s, v1::ChatStats* out) {
+  out->set_prompt_tokens(s.prompt_tokens);
+  out->set_completion_tokens(s.completion_tokens);
+  out->set_ttft_ms(s.ttft_ms);
+  out->set_mode(s.mode);
+  out->set_restore(s.restore);
+  out->set_fallback_reason(s.fallback_reason);
+  out->set_restored_tokens(s.restored_tokens);
+  out->set_recomputed_tokens(s.recomputed_tokens);
+  out->set_loaded_tokens(s.loaded_tokens);
+  out->set_loaded_bytes(s.loaded_bytes);
+  out->set_conversation_id(s.conversation_id);
+  out->set_worker_id(s.worker_id);
+}
+
+}  // namespace
+
+absl::StatusOr<ChatRequest> ChatRequestFromProto(const v1::ChatRequest& in,
+                                                 const WorkerOptions& options) {
+  ChatRequest r;
+  r.model = in.model();
+  if (in.messages().empty()) {
+    return absl::InvalidArgumentError("messages is empty: send at least one message");
+  }
+  if (in.messages_size() > options.max_messages) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "messages has ", in.messages_size(), " entries; the limit is ", options.max_messages));
+  }
+  for (int i = 0; i < in.messages_size(); ++i) {
+    const v1::ChatMessage& m = in.messages(i);
+    ChatMessage msg;
+    switch (m.role()) {
+      case v1::CHAT_ROLE_SYSTEM:
+        msg.role = Role::kSystem;
+        break;
+      case v1::CHAT_ROLE_USER:
+        msg.role = Role::kUser;
+        break;
+      case v1::CHAT_ROLE_ASSISTANT:
+        msg.role = Role::kAssistant;
+        break;
+      default:
+        return absl::InvalidArgumentError(
+            absl::StrCat("messages[", i, "].role is unspecified or unknown"));
+    }
+    msg.content = m.content();
+    r.messages.push_back(std::move(msg));
+  }
+  if (r.messages.back().role == Role::kAssistant) {
+    return absl::InvalidArgumentError("the last message must not be the assistant's");
+  }
+  r.max_tokens = in.max_tokens() == 0
+                     ? options.default_max_tokens
+                     : static_cast<int>(std::min<uint32_t>(in.max_tokens(), 1u << 30));
+  if (r.max_tokens > options.max_tokens_limit) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_tokens is ", r.max_tokens, "; it must be in [1, ", options.max_tokens_limit, "]"));
+  }
+  if (in.has_temperature()) {
+    if (!(in.temperature() >= 0 && in.temperature() <= 2)) {
+      return absl::InvalidArgumentError("temperature must be in [0, 2]");
+    }
+    r.temperature = in.temperature();
+  }
+  if (in.has_top_p()) {
+    if (!(in.top_p() > 0 && in.top_p() <= 1)) {
+      return absl::InvalidArgumentError("top_p must be in (0, 1]");
+    }
+    r.top_p = in.top_p();
+  }
+  if (in.has_seed()) r.seed = in.seed();
+  r.conversation_id = in.conversation_id();
+  if (r.conversation_id.size() > 256) {
+    return absl::InvalidArgumentError("conversation_id exceeds 256 bytes");
+  }
+  if (!in.mode().empty()) {
+    auto mode = ParseRestoreMode(in.mode());
+    if (!mode.ok()) return mode.status();
+    r.mode = *mode;
+  }
+  return r;
+}
+
+grpc::Status WorkerGrpcService::Chat(grpc::ServerContext*, const v1::ChatRequest* request,
+                                     v1::ChatResponse* response) {
+  const absl::Time accepted = absl::Now();
+  auto parsed = ChatRequestFromProto(*request, core_->options());
+  if (!parsed.ok()) return ToGrpc(parsed.status());
+  auto session = core_->StartChat(*parsed, accepted);
+  if (!session.ok()) return ToGrpc(session.status());
+  while (!(*session)->done()) {
+    auto piece = (*session)->Next();
+    if (!piece.ok()) return ToGrpc(piece.status());
+  }
+  response->set_content((*session)->content());
+  for (int t : (*session)->completion_tokens()) response->add_token_ids(t);
+  response->set_finish_reason((*session)->finish_reason());
+  FillStats((*session)->stats(), response->mutable_stats());
+  (*session)->Commit();
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerGrpcService::ChatStream(grpc::ServerContext* context,
+                                           const v1::ChatRequest* request,
+                                           grpc::ServerWriter<v1::ChatChunk>* writer) {
+  const absl::Time accepted = absl::Now();
+  auto parsed = ChatRequestFromProto(*request, core_->options());
+  if (!parsed.ok()) return ToGrpc(parsed.status());
+  auto started = core_->StartChat(*parsed, accepted);
+  if (!started.ok()) return ToGrpc(started.status());
+  Session& session = **started;
+  while (!session.done()) {
+    if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
+    const size_t before = session.completion_tokens().size();
+    auto piece = session.Next();
+    if (!piece.ok()) return ToGrpc(piece.status());
+    v1::ChatChunk chunk;
+    chunk.set_delta(*piece);
+    for (size_t i = before; i < session.completion_tokens().size(); ++i) {
+      chunk.add_token_ids(session.completion_tokens()[i]);
+    }
+    if (session.done()) {
+      chunk.set_finish_reason(session.finish_reason());
+      FillStats(session.stats(), chunk.mutable_stats());
+    }
+    if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
+  }
+  session.Commit();
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerGrpcService::Models(grpc::ServerContext*, const v1::ModelsRequest*,
+                                       v1::ModelsResponse* response) {
+  response->add_models(core_->model_name());
+  return grpc::Status::OK;
+}
+
+absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(WorkerCore* core,
+                                                              const std::string& host, int port) {
+  std::unique_ptr<GrpcServer> server(new GrpcServer());
+  server->service_ = std::make_unique<WorkerGrpcService>(core);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(),
+                           &server->port_);
+  builder.RegisterService(server->service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || server->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot bind gRPC to ", host, ":", port));
+  }
+  return server;
+}
+
+void GrpcServer::Stop() {
+  if (server_ != nullptr)
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+}
+
+}  // namespace krul::worker

@@ -1,0 +1,219 @@
+#include "worker/server/http_api.h"
+
+#include <httplib.h>
+
+#include <atomic>
+#include <cstdio>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "worker/api/openai_api.h"
+#include "worker/session/session.h"
+
+namespace krul::worker {
+namespace {
+
+using nlohmann::json;
+
+void SendJson(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+}
+
+void SendError(WorkerCore* core, httplib::Response& res, const ApiError& error,
+               int retry_after_seconds = 0) {
+  if (retry_after_seconds > 0) res.set_header("Retry-After", std::to_string(retry_after_seconds));
+  SendJson(res, error.http_status, error.ToJson());
+  core->metrics().CountRequest(error.http_status);
+}
+
+std::string NewCompletionId() {
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  return absl::StrFormat("chatcmpl-%016x%08x", rng(), static_cast<uint32_t>(rng()));
+}
+
+int64_t UnixSeconds() { return absl::ToUnixSeconds(absl::Now()); }
+
+}  // namespace
+
+HttpApi::HttpApi(WorkerCore* core) : core_(core), server_(std::make_unique<httplib::Server>()) {
+  const WorkerOptions& o = core_->options();
+  // Enough threads that a full queue is still answered with 429 and that
+  // /metrics and the probes are served while every engine is busy.
+  const int threads = o.max_active + o.max_queue + 4;
+  server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  server_->set_payload_max_length(o.max_request_bytes);
+  server_->set_tcp_nodelay(true);
+  // An idle keep-alive connection holds a pool thread, and shutdown waits
+  // for it: keep them short.
+  server_->set_keep_alive_timeout(2);
+  Routes();
+}
+
+HttpApi::~HttpApi() = default;
+
+absl::StatusOr<int> HttpApi::Bind(const std::string& host, int port) {
+  int bound = -1;
+  if (port == 0) {
+    bound = server_->bind_to_any_port(host);
+  } else if (server_->bind_to_port(host, port)) {
+    bound = port;
+  }
+  if (bound <= 0) {
+    return absl::UnavailableError(absl::StrCat("cannot bind HTTP to ", host, ":", port));
+  }
+  return bound;
+}
+
+void HttpApi::Serve() { server_->listen_after_bind(); }
+
+void HttpApi::Stop() { server_->stop(); }
+
+void HttpApi::Routes() {
+  WorkerCore* core = core_;
+  httplib::Server& s = *server_;
+
+  s.Post("/v1/chat/completions", [core](const httplib::Request& req, httplib::Response& res) {
+    const absl::Time accepted = absl::Now();
+    const WorkerOptions& o = core->options();
+    RequestLimits limits;
+    limits.default_max_tokens = o.default_max_tokens;
+    limits.max_tokens_limit = o.max_tokens_limit;
+    limits.max_messages = o.max_messages;
+    ApiError error;
+    std::optional<ChatRequest> request = ParseChatRequest(req.body, limits, &error);
+    if (!request.has_value()) return SendError(core, res, error);
+
+    auto started = core->StartChat(*request, accepted);
+    if (!started.ok()) {
+      const ApiError e = ApiErrorFromStatus(started.status());
+      const int retry =
+          e.http_status == 429 || e.http_status == 503 ? core->admission().RetryAfterSeconds() : 0;
+      return SendError(core, res, e, retry);
+    }
+    std::shared_ptr<Session> session(std::move(*started));
+    const std::string id = NewCompletionId();
+    const int64_t created = UnixSeconds();
+    const std::string model = core->model_name();
+
+    if (!request->stream) {
+      while (!session->done()) {
+        auto piece = session->Next();
+        if (!piece.ok()) return SendError(core, res, ApiErrorFromStatus(piece.status()));
+      }
+      const json body = MakeCompletionJson(
+          id, created, model, session->content(), session->finish_reason(), session->stats(),
+          request->return_token_ids ? &session->completion_tokens() : nullptr);
+      session->Commit();  // enqueues the persist; the reply goes out right after
+      SendJson(res, 200, body);
+      core->metrics().CountRequest(200);
+      return;
+    }
+
+    core->metrics().CountRequest(200);
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Accel-Buffering", "no");
+    const bool include_usage = request->include_usage;
+    const bool return_ids = request->return_token_ids;
+    res.set_chunked_content_provider("text/event-stream", [session, id, created, model,
+                                                           include_usage, return_ids](
+                                                              size_t, httplib::DataSink& sink) {
+      auto send = [&sink](const std::string& event) {
+        return sink.write(event.data(), event.size());
+      };
+      if (!send(SseEvent(MakeChunkJson(id, created, model, std::string("assistant"), std::string(),
+                                       std::nullopt)))) {
+        return false;
+      }
+      while (!session->done()) {
+        auto piece = session->Next();
+        if (!piece.ok()) {
+          // The status line is gone; report in-band and end the stream.
+          send(SseEvent(ApiErrorFromStatus(piece.status()).ToJson()));
+          return false;
+        }
+        if (!piece->empty() && !send(SseEvent(MakeChunkJson(id, created, model, std::nullopt,
+                                                            *piece, std::nullopt)))) {
+          return false;  // the client went away: do not persist
+        }
+      }
+      json last =
+          MakeChunkJson(id, created, model, std::nullopt, std::nullopt, session->finish_reason());
+      last["krul"] = MakeKrulJson(session->stats());
+      if (return_ids) last["krul"]["completion_token_ids"] = session->completion_tokens();
+      if (!send(SseEvent(last))) return false;
+      if (include_usage) {
+        json usage = MakeChunkJson(id, created, model, std::nullopt, std::nullopt, std::nullopt);
+        usage["choices"] = json::array();
+        usage["usage"] = MakeUsageJson(session->stats());
+        if (!send(SseEvent(usage))) return false;
+      }
+      if (!send(SseDone())) return false;
+      session->Commit();
+      sink.done();
+      return true;
+    });
+  });
+
+  s.Get("/v1/models", [core](const httplib::Request&, httplib::Response& res) {
+    json model = {
+        {"id", core->model_name()}, {"object", "model"}, {"created", 0}, {"owned_by", "krul"}};
+    SendJson(res, 200, json{{"object", "list"}, {"data", json::array({model})}});
+  });
+
+  s.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
+    SendJson(res, 200, json{{"status", "ok"}});
+  });
+
+  s.Get("/readyz", [core](const httplib::Request&, httplib::Response& res) {
+    if (core->ready()) {
+      SendJson(res, 200, json{{"status", "ready"}});
+    } else {
+      SendJson(res, 503, json{{"status", "not ready"}});
+    }
+  });
+
+  s.Get("/metrics", [core](const httplib::Request&, httplib::Response& res) {
+    res.status = 200;
+    res.set_content(core->metrics().Serialize(), "text/plain; version=0.0.4");
+  });
+
+  // Statuses httplib sets itself (404 unknown path, 405, 413 body too
+  // large, 400 malformed HTTP) get an OpenAI-style JSON body too.
+  s.set_error_handler(httplib::Server::HandlerWithResponse([core](const httplib::Request& req,
+                                                                  httplib::Response& res) {
+    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    ApiError e;
+    e.http_status = res.status;
+    if (res.status == 404) {
+      e.message = absl::StrCat("no route for ", req.method, " ", req.path);
+    } else if (res.status == 413) {
+      e.message =
+          absl::StrCat("the request body exceeds ", core->options().max_request_bytes, " bytes");
+    } else {
+      e.message = absl::StrCat("HTTP ", res.status);
+    }
+    res.set_content(e.ToJson().dump(), "application/json");
+    if (req.path == "/v1/chat/completions") core->metrics().CountRequest(res.status);
+    return httplib::Server::HandlerResponse::Handled;
+  }));
+  s.set_exception_handler(
+      [core](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+        std::string what = "internal error";
+        try {
+          if (ep) std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+          what = e.what();
+        } catch (...) {
+        }
+        ApiError e;
+        e.http_status = 500;
+        e.type = "server_error";
+        e.message = what;
+        SendJson(res, 500, e.ToJson());
+        core->metrics().CountRequest(500);
+      });
+}
+
+}  // namespace krul::worker

@@ -1,0 +1,53 @@
+// The worker's HTTP front end (cpp-httplib): the OpenAI-compatible chat API
+// plus health, readiness and Prometheus metrics on one port.
+//
+//   POST /v1/chat/completions  JSON, or SSE when "stream": true
+//   GET  /v1/models            the one model this worker serves
+//   GET  /healthz              200 while the process runs
+//   GET  /readyz               200 once the model is loaded, 503 when draining
+//   GET  /metrics              Prometheus text format (WorkerMetrics)
+//
+// Errors are OpenAI error objects (openai_api.h). A full queue answers 429
+// with Retry-After. Streaming answers get their HTTP status only after the
+// first token was sampled, so every error up to then (validation, context
+// overflow, queue full) is a proper status code, not an SSE error event.
+//
+// Thread-safe; requests are served by a bounded httplib thread pool.
+#ifndef KRUL_SERVICES_WORKER_SERVER_HTTP_API_H_
+#define KRUL_SERVICES_WORKER_SERVER_HTTP_API_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "worker/core/worker_core.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace krul::worker {
+
+class HttpApi {
+ public:
+  // `core` is borrowed and must outlive the server.
+  explicit HttpApi(WorkerCore* core);
+  ~HttpApi();
+
+  // Binds `host:port` (0 = an ephemeral port) and returns the bound port.
+  // UNAVAILABLE when the address cannot be bound.
+  absl::StatusOr<int> Bind(const std::string& host, int port);
+  // Serves until Stop(); returns at once if Bind failed.
+  void Serve();
+  // Stops accepting connections and returns Serve (thread-safe).
+  void Stop();
+
+ private:
+  void Routes();
+  WorkerCore* core_;
+  std::unique_ptr<httplib::Server> server_;
+};
+
+}  // namespace krul::worker
+
+#endif  // KRUL_SERVICES_WORKER_SERVER_HTTP_API_H_

@@ -1,0 +1,107 @@
+// Where the worker keeps conversations between turns: committed versions
+// (a manifest + encoded KV blocks, krul.v1.Manifest / kv_block.h), addressed
+// by (tenant, conversation id). The worker holds no conversation state of
+// its own, so every worker sharing a store can continue every conversation.
+//
+// Two implementations: MemoryConversationStore (one process; tests and a
+// worker started without --kvstore) and the kvstore-backed one in
+// kvstore_conversation_store.h.
+//
+// Error codes (all implementations):
+//   NOT_FOUND          no committed version of the conversation, or a block
+//                      listed by the manifest is gone
+//   UNAVAILABLE        the store cannot be reached
+//   DEADLINE_EXCEEDED  the call did not finish before its deadline
+//   DATA_LOSS          a block failed its checksum against the manifest
+//   INVALID_ARGUMENT   a malformed manifest or block index
+//   RESOURCE_EXHAUSTED the store is out of space or over quota (writes)
+//
+// Thread-safe.
+#ifndef KRUL_SERVICES_WORKER_SESSION_CONVERSATION_STORE_H_
+#define KRUL_SERVICES_WORKER_SESSION_CONVERSATION_STORE_H_
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "krul/v1/kvstore.pb.h"
+
+namespace krul::worker {
+
+// Receives one verified encoded block. A non-OK return stops the read and is
+// returned by it.
+using BlockSink = std::function<absl::Status(uint32_t index, std::string encoded)>;
+
+class ConversationStore {
+ public:
+  virtual ~ConversationStore() = default;
+
+  // The manifest of the newest committed version of `conversation_id`.
+  virtual absl::StatusOr<v1::Manifest> LookupLatest(const std::string& tenant,
+                                                    const std::string& conversation_id,
+                                                    absl::Time deadline) = 0;
+
+  // Streams encoded blocks `indices` of the version `manifest` names to
+  // `sink`, in the order asked, each verified against its BlockRef
+  // (VerifyBlock) first: a corrupted block is DATA_LOSS, never handed over.
+  // Blocks are handed over as they arrive, so a reader can use the first
+  // while later ones are in flight.
+  virtual absl::Status ReadBlocks(const v1::Manifest& manifest, std::span<const uint32_t> indices,
+                                  const BlockSink& sink, absl::Time deadline) = 0;
+
+  // Commits a new version: blocks[i] is the encoded block the manifest's
+  // blocks[i] describes. Readers see all of it or nothing.
+  virtual absl::Status Write(const v1::Manifest& manifest, std::vector<std::string> blocks,
+                             absl::Time deadline) = 0;
+
+  // Deletes every version of `conversation_id`. NOT_FOUND when none.
+  virtual absl::Status Delete(const std::string& tenant, const std::string& conversation_id,
+                              absl::Time deadline) = 0;
+
+  // OK when the store answers.
+  virtual absl::Status Health(absl::Time deadline) = 0;
+};
+
+// Versions in this process's memory; only the newest version of a
+// conversation is kept. Faults can be injected for tests.
+class MemoryConversationStore final : public ConversationStore {
+ public:
+  absl::StatusOr<v1::Manifest> LookupLatest(const std::string& tenant,
+                                            const std::string& conversation_id,
+                                            absl::Time deadline) override;
+  absl::Status ReadBlocks(const v1::Manifest& manifest, std::span<const uint32_t> indices,
+                          const BlockSink& sink, absl::Time deadline) override;
+  absl::Status Write(const v1::Manifest& manifest, std::vector<std::string> blocks,
+                     absl::Time deadline) override;
+  absl::Status Delete(const std::string& tenant, const std::string& conversation_id,
+                      absl::Time deadline) override;
+  absl::Status Health(absl::Time deadline) override;
+
+  // Test hooks: every call fails with `status` (OK clears it); flip one
+  // byte of every stored block's payload; drop the stored blocks.
+  void InjectFailure(absl::Status status);
+  void CorruptBlocks();
+  void DropBlocks();
+  size_t versions() const;
+
+ private:
+  struct Version {
+    v1::Manifest manifest;
+    std::vector<std::string> blocks;
+  };
+  mutable absl::Mutex mu_;
+  absl::Status failure_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, Version> versions_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace krul::worker
+
+#endif  // KRUL_SERVICES_WORKER_SESSION_CONVERSATION_STORE_H_

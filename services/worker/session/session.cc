@@ -1,0 +1,326 @@
+#include "worker/session/session.h"
+
+#include <chrono>
+#include <cstdio>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "krul/restore/restore_plan.h"
+#include "worker/session/kv_blocks.h"
+#include "worker/session/session_record.h"
+
+namespace krul::worker {
+namespace {
+
+double MsSince(absl::Time t) { return absl::ToDoubleMilliseconds(absl::Now() - t); }
+
+// The fallback reason for a store or restore error.
+std::string_view FallbackReason(const absl::Status& s) {
+  switch (s.code()) {
+    case absl::StatusCode::kUnavailable:
+      return kFallbackUnavailable;
+    case absl::StatusCode::kDeadlineExceeded:
+      return kFallbackDeadline;
+    case absl::StatusCode::kNotFound:
+      return kFallbackMissingBlocks;
+    case absl::StatusCode::kDataLoss:
+      return kFallbackChecksum;
+    default:
+      return kFallbackError;
+  }
+}
+
+// Stored token ids feed the engine: they must be ids of this vocabulary,
+// starting with BOS, or the record is not this model's history.
+bool TokensValid(const std::vector<int>& tokens, int vocab_size, int bos) {
+  if (tokens.empty() || tokens[0] != bos) return false;
+  for (int t : tokens) {
+    if (t < 0 || t >= vocab_size) return false;
+  }
+  return true;
+}
+
+std::string DigestId(uint64_t digest) { return absl::StrFormat("h:%016x", digest); }
+
+int AssistantMessages(const std::vector<ChatMessage>& messages) {
+  int n = 0;
+  for (const ChatMessage& m : messages) n += m.role == Role::kAssistant;
+  return n;
+}
+
+}  // namespace
+
+Session::Session(WorkerCore& core, AdmissionTicket ticket, const ChatRequest& request)
+    : core_(core),
+      ticket_(std::move(ticket)),
+      slot_(core.slot(ticket_.slot())),
+      request_(request),
+      mode_(request.mode.value_or(core.options().mode)) {
+  core_.metrics().active_requests().Increment();
+}
+
+Session::~Session() {
+  slot_.engine->SetAttentionObserver(nullptr);
+  core_.metrics().active_requests().Decrement();
+}
+
+absl::StatusOr<std::unique_ptr<Session>> Session::Begin(WorkerCore& core, AdmissionTicket ticket,
+                                                        const ChatRequest& request,
+                                                        absl::Time accepted) {
+  std::unique_ptr<Session> session(new Session(core, std::move(ticket), request));
+  if (auto s = session->Start(accepted); !s.ok()) return s;
+  return session;
+}
+
+absl::Status Session::PrefillAll() {
+  const int n = static_cast<int>(tokens_.size());
+  if (estimator_ != nullptr) slot_.engine->SetAttentionObserver(estimator_.get());
+  const auto t0 = std::chrono::steady_clock::now();
+  absl::Status s = slot_.engine->Forward(*cache_, tokens_, 0, logits_);
+  core_.metrics().generation_seconds().Increment(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  stats_.prefilled_tokens = n;
+  return s;
+}
+
+absl::Status Session::Start(absl::Time accepted) {
+  const ModelConfig& config = core_.model().config();
+  const WorkerOptions& options = core_.options();
+  const std::vector<ChatMessage>& messages = request_.messages;
+  stats_.mode = std::string(RestoreModeName(mode_));
+  stats_.worker_id = core_.worker_id();
+  stats_.queue_ms = absl::ToDoubleMilliseconds(ticket_.waited());
+  logits_.assign(config.vocab_size, 0.0f);
+
+  SamplerOptions sampler_options;
+  sampler_options.temperature = request_.temperature;
+  sampler_options.top_p = request_.top_p;
+  sampler_options.seed = request_.seed.has_value() ? *request_.seed : std::random_device{}();
+  auto sampler = Sampler::Create(sampler_options);
+  if (!sampler.ok()) return sampler.status();
+  sampler_.emplace(*std::move(sampler));
+
+  if (RestoreModePairSource(mode_) == PairSource::kPerConversation) {
+    auto estimator = SimilarityEstimator::Create(config);
+    if (!estimator.ok()) return estimator.status();
+    estimator_ = *std::move(estimator);
+  }
+
+  // ---- which stored version could hold this conversation's history ----
+  std::string lookup_id;
+  if (!request_.conversation_id.empty()) {
+    explicit_id_ = "c:" + request_.conversation_id;
+    lookup_id = explicit_id_;
+  } else {
+    for (size_t i = messages.size(); i-- > 0;) {
+      if (messages[i].role == Role::kAssistant) {
+        lookup_id = DigestId(PrefixDigest(messages, i + 1));
+        break;
+      }
+    }
+  }
+  std::optional<SessionRecord> record;
+  std::optional<v1::Manifest> manifest;
+  std::string fallback;
+  if (!lookup_id.empty()) {
+    auto found = core_.store().LookupLatest(options.tenant, lookup_id,
+                                            absl::Now() + options.kvstore_deadline);
+    if (found.ok()) {
+      auto decoded = DecodeSessionRecord(found->plan());
+      if (!decoded.ok()) {
+        fallback = decoded.status().code() == absl::StatusCode::kDataLoss ? kFallbackChecksum
+                                                                          : kFallbackMismatch;
+      } else if (!TokensValid(decoded->tokens, config.vocab_size, core_.tokenizer().bos_id()) ||
+                 decoded->model_id != core_.model_id() || found->model_id() != core_.model_id() ||
+                 decoded->chat_template != core_.chat_template().kind() ||
+                 messages.size() <= decoded->message_count ||
+                 PrefixDigest(messages, decoded->message_count) != decoded->digest) {
+        fallback = kFallbackMismatch;
+      } else {
+        record = *std::move(decoded);
+        manifest = *std::move(found);
+      }
+    } else if (found.status().code() != absl::StatusCode::kNotFound) {
+      fallback = FallbackReason(found.status());
+    }
+  }
+
+  // ---- the tokens of this turn ----
+  std::vector<int> new_tokens;  // prefilled after the restored history
+  int history = 0;              // N: positions whose KV is restored
+  if (record.has_value()) {
+    history = record->kv_tokens;
+    tokens_ = record->tokens;
+    new_tokens.assign(tokens_.begin() + history, tokens_.end());
+    for (size_t i = record->message_count; i < messages.size(); ++i) {
+      std::vector<int> piece = core_.chat_template().MessageTokens(messages[i]);
+      new_tokens.insert(new_tokens.end(), piece.begin(), piece.end());
+      tokens_.insert(tokens_.end(), piece.begin(), piece.end());
+    }
+    std::vector<int> prompt = core_.chat_template().GenerationPrompt();
+    new_tokens.insert(new_tokens.end(), prompt.begin(), prompt.end());
+    tokens_.insert(tokens_.end(), prompt.begin(), prompt.end());
+  } else {
+    tokens_ = core_.chat_template().PromptTokens(messages);
+  }
+  const int prompt_len = static_cast<int>(tokens_.size());
+  if (prompt_len >= config.seq_len) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("context_length_exceeded: the conversation is ", prompt_len,
+                     " tokens long; this model's context is ", config.seq_len,
+                     " tokens (shorten the messages or start a new conversation)"));
+  }
+  if (prompt_len + request_.max_tokens > config.seq_len) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "context_length_exceeded: the conversation is ", prompt_len, " tokens and max_tokens is ",
+        request_.max_tokens, "; together they exceed this model's context of ", config.seq_len,
+        " tokens (at most ", config.seq_len - prompt_len, " new tokens fit)"));
+  }
+  stats_.prompt_tokens = prompt_len;
+  capacity_ = prompt_len + request_.max_tokens;
+  auto cache = KvCache::Create(config, capacity_);
+  if (!cache.ok()) return cache.status();
+  cache_.emplace(*std::move(cache));
+
+  // ---- restore + prefill ----
+  bool restored = false;
+  if (record.has_value()) {
+    auto plan = RestorePlanFromRecord(*record, core_.shape(), static_cast<int>(new_tokens.size()));
+    if (!plan.ok()) {
+      fallback = kFallbackMismatch;
+    } else {
+      std::unique_ptr<KvSource> source =
+          MakeStoreKvSource(&core_.store(), *manifest, core_.shape(), options.kvstore_deadline,
+                            options.prefetch_blocks ? BlocksForLoads(*manifest, plan->loads)
+                                                    : std::vector<uint32_t>());
+      slot_.engine->SetAttentionObserver(nullptr);
+      auto rs = slot_.restorer->Restore(*plan, std::span<const int>(tokens_.data(), history),
+                                        new_tokens, source.get(), *cache_, logits_);
+      if (rs.ok()) {
+        restored = true;
+        const double L = core_.shape().n_layers;
+        stats_.restore = "hit";
+        stats_.restored_tokens = history;
+        stats_.recomputed_tokens = static_cast<double>(rs->recomputed_token_layers) / L;
+        stats_.loaded_tokens = history - stats_.recomputed_tokens;
+        stats_.loaded_bytes = rs->loaded_bytes;
+        stats_.prefilled_tokens = static_cast<int>(new_tokens.size());
+        stats_.restore_ms = rs->restore_seconds * 1e3;
+        WorkerMetrics& m = core_.metrics();
+        m.CountRestore("hit");
+        m.ObserveRestore("total", rs->restore_seconds);
+        m.ObserveRestore("recompute", rs->recompute_seconds);
+        m.ObserveRestore("load", rs->load_seconds);
+        m.restored_tokens().Increment(history);
+        m.recomputed_tokens().Increment(stats_.recomputed_tokens);
+        m.loaded_tokens().Increment(stats_.loaded_tokens);
+        m.loaded_bytes().Increment(static_cast<double>(rs->loaded_bytes));
+        if (rs->efficiency > 0) m.scheduler_efficiency().Observe(rs->efficiency);
+      } else {
+        fallback = FallbackReason(rs.status());
+        std::fprintf(stderr, "krul-worker: restore of '%s' failed (%s), recomputing: %s\n",
+                     lookup_id.c_str(), std::string(fallback).c_str(),
+                     std::string(rs.status().message()).c_str());
+      }
+    }
+  }
+  if (!restored) {
+    const auto t0 = std::chrono::steady_clock::now();
+    // After a failed restore the cache is partly written: PrefillAll
+    // rewrites every position the turn reads, so nothing stale survives.
+    if (auto s = PrefillAll(); !s.ok()) return absl::InternalError(s.message());
+    if (!fallback.empty()) {
+      stats_.restore = "fallback";
+      stats_.fallback_reason = fallback;
+      core_.metrics().CountFallback(fallback);
+      core_.metrics().CountRestore("fallback");
+      stats_.restore_ms =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1e3;
+    } else if (!lookup_id.empty()) {
+      stats_.restore = "miss";
+      core_.metrics().CountRestore("miss");
+    }
+  }
+  pos_ = prompt_len;
+  slot_.engine->SetAttentionObserver(estimator_.get());
+  next_ = sampler_->Sample(logits_);
+  stats_.ttft_ms = MsSince(accepted);
+  stats_.conversation_id = explicit_id_.empty() ? std::string() : request_.conversation_id;
+  core_.metrics().ObserveTtft(stats_.mode, stats_.ttft_ms / 1e3);
+  core_.metrics().prompt_tokens().Increment(prompt_len);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> Session::Next() {
+  if (done_ || failed_) return std::string();
+  const Tokenizer& tokenizer = core_.tokenizer();
+  const int token = next_;
+  std::string text;
+  if (token == tokenizer.bos_id() || token == tokenizer.eos_id()) {
+    done_ = true;
+    finish_reason_ = "stop";
+  } else {
+    const int prev = tokens_.back();
+    tokens_.push_back(token);
+    completion_.push_back(token);
+    core_.metrics().generated_tokens().Increment();
+    text = utf8_.Append(tokenizer.Decode(prev, token));
+    if (static_cast<int>(completion_.size()) >= request_.max_tokens || pos_ >= capacity_) {
+      done_ = true;
+      finish_reason_ = "length";
+    } else {
+      const auto t0 = std::chrono::steady_clock::now();
+      absl::Status s =
+          slot_.engine->Forward(*cache_, std::span<const int>(&token, 1), pos_, logits_);
+      core_.metrics().generation_seconds().Increment(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      if (!s.ok()) {
+        failed_ = true;
+        return absl::InternalError(s.message());
+      }
+      ++pos_;
+      next_ = sampler_->Sample(logits_);
+    }
+  }
+  if (done_) text += utf8_.Finish();
+  content_ += text;
+  stats_.completion_tokens = static_cast<int>(completion_.size());
+  if (done_) {
+    // The digest id of the finished history, for clients keyed by content.
+    std::vector<ChatMessage> history = request_.messages;
+    history.push_back(ChatMessage{Role::kAssistant, content_});
+    store_id_ =
+        explicit_id_.empty() ? DigestId(PrefixDigest(history, history.size())) : explicit_id_;
+    if (stats_.conversation_id.empty()) stats_.conversation_id = store_id_;
+  }
+  return text;
+}
+
+void Session::Commit() {
+  if (!done_ || failed_ || committed_) return;
+  committed_ = true;
+  slot_.engine->SetAttentionObserver(nullptr);
+  PersistJob job;
+  job.key.set_tenant(core_.options().tenant);
+  job.key.set_conversation_id(store_id_);
+  SessionRecord& r = job.record;
+  r.model_id = core_.model_id();
+  r.chat_template = core_.chat_template().kind();
+  r.mode = mode_;
+  r.message_count = static_cast<uint32_t>(request_.messages.size() + 1);
+  std::vector<ChatMessage> history = request_.messages;
+  history.push_back(ChatMessage{Role::kAssistant, content_});
+  r.digest = PrefixDigest(history, history.size());
+  // Turn k is the version holding k assistant answers: the same number on
+  // every worker, so "latest" never prefers a stale version.
+  job.key.set_turn(static_cast<uint32_t>(AssistantMessages(history)));
+  r.tokens = tokens_;
+  r.kv_tokens = pos_;
+  job.cache = std::move(cache_);
+  cache_.reset();
+  job.estimator = std::move(estimator_);
+  core_.persister().Submit(std::move(job));
+}
+
+}  // namespace krul::worker
