@@ -2,6 +2,9 @@
 
 #include <bit>
 #include <cmath>
+#include <string>
+
+#include "absl/strings/str_cat.h"
 
 namespace krul {
 
@@ -26,6 +29,14 @@ std::string_view DTypeName(DType dtype) {
       return "bf16";
   }
   return "unknown";
+}
+
+absl::StatusOr<DType> ParseDType(std::string_view name) {
+  for (DType d : {DType::kF32, DType::kF16, DType::kBF16}) {
+    if (DTypeName(d) == name) return d;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown dtype '", std::string(name), "'; expected f32, f16 or bf16"));
 }
 
 float Fp16ToFp32(uint16_t h) {

@@ -3,6 +3,7 @@
 #include <bit>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -70,6 +71,17 @@ TEST(DTypeTest, BufferConversionsRoundTripWithinPrecision) {
     for (size_t i = 0; i < src.size(); ++i) {
       EXPECT_NEAR(back[i], src[i], std::abs(src[i]) * tolerance) << DTypeName(t);
     }
+  }
+}
+
+TEST(DTypeTest, ParseDTypeReadsTheNames) {
+  EXPECT_EQ(*ParseDType("f32"), DType::kF32);
+  EXPECT_EQ(*ParseDType("f16"), DType::kF16);
+  EXPECT_EQ(*ParseDType("bf16"), DType::kBF16);
+  for (const char* bad : {"", "f64", "F32", "fp16", "bf16 "}) {
+    absl::StatusOr<DType> d = ParseDType(bad);
+    EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(d.status().message().find("expected f32, f16 or bf16"), std::string::npos);
   }
 }
 

@@ -2,13 +2,16 @@
 //
 // Weights and KV on the CPU are fp32; fp16 and bf16 are storage formats (the
 // KV store, the CUDA backend). Conversions round to nearest even and keep
-// infinities and NaNs. All functions are thread-safe and allocation-free.
+// infinities and NaNs. All functions are thread-safe; only ParseDType's errors
+// allocate.
 #ifndef KRUL_BASE_DTYPE_H_
 #define KRUL_BASE_DTYPE_H_
 
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
+
+#include "absl/status/statusor.h"
 
 namespace krul {
 
@@ -23,6 +26,10 @@ size_t DTypeSize(DType dtype);
 
 // "f32", "f16" or "bf16".
 std::string_view DTypeName(DType dtype);
+
+// The inverse of DTypeName: "f32", "f16" or "bf16" (exactly). INVALID_ARGUMENT
+// "unknown dtype '<name>'; expected f32, f16 or bf16" otherwise.
+absl::StatusOr<DType> ParseDType(std::string_view name);
 
 // IEEE 754 binary16 <-> binary32.
 float Fp16ToFp32(uint16_t h);
