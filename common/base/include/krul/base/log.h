@@ -86,12 +86,12 @@ inline constexpr LogSeverity kSeverity_ERROR = LogSeverity::kError;
 }  // namespace krul
 
 // KRUL_LOG(INFO | WARNING | ERROR) << ...;
-#define KRUL_LOG(severity)                                                                  \
-  !::krul::ShouldLog(::krul::log_internal::kSeverity_##severity)                            \
-      ? (void)0                                                                             \
-      : ::krul::log_internal::Voidify() &                                                   \
-            ::krul::log_internal::LogMessage(::krul::log_internal::kSeverity_##severity,    \
-                                             __FILE__, __LINE__)                            \
+#define KRUL_LOG(severity)                                                                         \
+  !::krul::ShouldLog(::krul::log_internal::kSeverity_##severity)                                   \
+      ? (void)0                                                                                    \
+      : ::krul::log_internal::Voidify() &                                                          \
+            ::krul::log_internal::LogMessage(::krul::log_internal::kSeverity_##severity, __FILE__, \
+                                             __LINE__)                                             \
                 .stream()
 
 #endif  // KRUL_BASE_LOG_H_
