@@ -152,6 +152,8 @@ class FakeSource final : public KvSource {
     asked_layers = std::vector<int>(layers.begin(), layers.end());
     asked_begin = begin;
     asked_end = end;
+    // A real sleep: the pacing tests time fetches on the wall clock, which
+    // is what the link-paced source sleeps against (it takes no clock).
     std::this_thread::sleep_for(std::chrono::duration<double>(seconds_));
     if (!status_.ok()) return status_;
     return bytes_;

@@ -367,8 +367,10 @@ TEST_P(TransportTest, ExpiredGrantsArePermissionDenied) {
   EXPECT_EQ(endpoint_->ImportRegion(*expired).status().code(),
             absl::StatusCode::kPermissionDenied);
 
-  std::unique_ptr<RemoteRegion> short_lived =
-      Import(0, 4096, absl::Now() + absl::Milliseconds(300));
+  // Long enough for one transfer on a loaded CI machine, short enough to
+  // wait out below.
+  const absl::Time expires = absl::Now() + absl::Seconds(1);
+  std::unique_ptr<RemoteRegion> short_lived = Import(0, 4096, expires);
   ASSERT_NE(short_lived, nullptr);
   const TransferSegment segment{0, 0, 4096};
   auto transfer = client_->PrepareTransfer(TransferOp::kRead, *client_region_, *short_lived,
@@ -376,7 +378,10 @@ TEST_P(TransportTest, ExpiredGrantsArePermissionDenied) {
   ASSERT_TRUE(transfer.ok()) << transfer.status();
   ASSERT_TRUE((*transfer)->Post().ok());
   ASSERT_TRUE((*transfer)->Wait(absl::Seconds(30)).ok());
-  absl::SleepFor(absl::Milliseconds(400));
+  // Expiry is the thing under test and the transports read the wall clock
+  // (absl::Now, no injectable clock), so wait until it has passed the grant's
+  // expiry: a wait on the condition itself, not a guessed margin.
+  while (absl::Now() < expires) absl::SleepFor(expires - absl::Now() + absl::Milliseconds(1));
   EXPECT_EQ((*transfer)->Post().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(client_
                 ->PrepareTransfer(TransferOp::kRead, *client_region_, *short_lived,

@@ -15,6 +15,7 @@
 #include "krul/kvclient/kvstore_client.h"
 #include "kv_test_util.h"
 #include "kvstore_process.h"
+#include "test_support/wait.h"
 
 namespace krul::testing {
 namespace {
@@ -330,7 +331,21 @@ TEST(KvStoreIntegrationTest, SigtermLetsAnOpenPutCommitThenFlushes) {
   v1::BeginPutResponse r;
   ASSERT_TRUE(stub.BeginPut(&ctx, begin, &r).ok());
   kill(server->pid(), SIGTERM);
-  absl::SleepFor(absl::Milliseconds(200));
+  // The signal is handled on another thread: wait until the server says it
+  // is draining (it stops taking puts before it reports so).
+  ASSERT_TRUE(WaitForOk(
+      [&]() -> absl::Status {
+        grpc::ClientContext hctx;
+        v1::HealthResponse health;
+        grpc::Status s = stub.Health(&hctx, v1::HealthRequest(), &health);
+        if (!s.ok()) return absl::UnavailableError(s.error_message());
+        if (health.status() != v1::HealthResponse::DRAINING) {
+          return absl::FailedPreconditionError(
+              v1::HealthResponse::ServingStatus_Name(health.status()));
+        }
+        return absl::OkStatus();
+      },
+      absl::Seconds(60), "Health to report DRAINING after SIGTERM"));
   // Draining: no new puts...
   grpc::ClientContext ctx2;
   v1::BeginPutResponse r2;

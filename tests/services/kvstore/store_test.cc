@@ -532,6 +532,9 @@ TEST_F(StoreTest, DrainingRefusesNewPutsButCommitsOpenOnes) {
             absl::StatusCode::kUnavailable);
   EXPECT_EQ(store->WaitForOpenPuts(absl::Milliseconds(10)), 1u);
   std::thread committer([&] {
+    // Not a wait for anything: a head start so that the commit usually lands
+    // while WaitForOpenPuts below is blocked (if it lands first, the wait
+    // returns 0 at once and the test still checks the same outcome).
     absl::SleepFor(absl::Milliseconds(50));
     ASSERT_TRUE(store->WriteChunk(r->put_id, 0, 0, v.blocks[0]).ok());
     ASSERT_TRUE(store->CommitPut(r->put_id, v.manifest).ok());
