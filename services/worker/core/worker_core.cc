@@ -260,9 +260,10 @@ absl::StatusOr<std::unique_ptr<Session>> WorkerCore::StartChat(const ChatRequest
         "the model '", request.model, "' does not exist; this worker serves '", model_name_, "'"));
   }
   if (request.mode.has_value() && *request.mode != options_.mode && !options_.allow_mode_override) {
-    return absl::InvalidArgumentError(absl::StrCat("krul_mode: this worker runs mode '",
-                                                   AV(RestoreModeName(options_.mode)),
-                                                   "' and does not allow per-request modes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("krul_mode: this worker runs mode '",
+                     ToAbslStringView(RestoreModeName(options_.mode)),
+                     "' and does not allow per-request modes"));
   }
   metrics_.queued_requests().Increment();
   auto ticket = admission_->Acquire(options_.queue_timeout);
