@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
 # README command 1: installs the dependencies, builds Krul and runs the demo.
 #
-# The demo today generates text with the CPU engine (krul-generate): with the
-# real TinyStories model from the shared data folder when it is there,
-# otherwise with a seeded synthetic model. Later steps (a local kvstore +
-# worker cluster, a multi-turn conversation) are added as more demo_* steps
-# in main().
+# The demo has two steps (the demo_* functions, run in order by main()):
+#   1. demo_generate: krul-generate writes 128 tokens from "Once upon a time"
+#      with the CPU engine, to show the engine on its own.
+#   2. demo_cluster: one krul-kvstore and two krul-worker processes on
+#      127.0.0.1 (ephemeral ports); krul-replay sends multi-turn conversations,
+#      each next turn to the other worker (every restore crosses workers
+#      through the kvstore), once per restore mode, and prints a table per
+#      mode: TTFT p50/p99 and speed-up against full recompute, KV bytes stored
+#      per turn, agreement of the answers with recompute. Then every process
+#      is stopped with SIGTERM and must exit cleanly.
+# Both use the real models from the shared data folder when they are there
+# (stories260K for step 1, krul12L for step 2, tok512 tokenizer), otherwise a
+# seeded synthetic model; each step prints which one it uses.
 #
 # Usage: scripts/demo.sh
 #   KRUL_DATA_DIR    shared data folder (default: ../shared/data next to the repo)
 #   KRUL_SKIP_DEPS=1 skip scripts/install-deps.sh (no root needed)
 #   KRUL_CMAKE_ARGS  passed on to scripts/build.sh
+#   KRUL_DEMO_MODEL=synthetic  step 2 uses the synthetic model even when real data exists
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -69,7 +78,7 @@ demo_generate() {
   run build/bin/krul-generate "${args[@]}" --prompt "$prompt" --steps "$steps"
 }
 
-# ---- demo step: a local cluster (services/worker owns this step) ----------
+# ---- demo step: a local cluster ---------------------------------------------
 #
 # Starts one krul-kvstore (DRAM + RocksDB in a temp dir) and two krul-worker
 # processes on 127.0.0.1 (ephemeral ports), replays multi-turn conversations
