@@ -1,4 +1,4 @@
-// Launchers of the CUDA backend's own kernels. Internal to krul_cuda.
+// Launchers of the CUDA backend's own kernels. Internal to krul_cuda_kernels.
 //
 // Every launcher enqueues its work on `stream`, never synchronizes, and
 // returns the launch error (cudaGetLastError); an unsupported argument

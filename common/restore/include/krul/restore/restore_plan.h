@@ -32,7 +32,7 @@
 // (recompute time, load finish, worst deadline so far, open pairs' n_a),
 // pruned by bounds); with search_tolerance 0 and unthinned fronts it is
 // exact. Fronts are thinned beyond `max_front_size` (the plan is then marked
-// inexact; tests/common/restore_plan_test.cc checks it stays within 1% of
+// inexact; tests/common/restore/restore_plan_test.cc checks it stays within 1% of
 // the exact search, measured gaps are below 0.01%). It also reports an ideal lower bound on any
 // pyramid split (at token resolution) if the two streams overlapped perfectly, i.e. on min max(T_R
 // + L*P, F_{L-1} + P) with no layer ever waiting for its load: the Lagrangian dual of that problem,

@@ -7,9 +7,9 @@
 // nullptr. Not thread-safe; distinct buffers may be used from distinct
 // threads.
 //
-// Every header of the CUDA backend lives in common/cuda/include/krul/ and is
-// visible only to targets that link krul_cuda, which exists when CMake found
-// a CUDA compiler (KRUL_CUDA_ENABLED). See docs/cuda.md.
+// The engine's CUDA headers live in common/engine/cuda/include/krul/engine/cuda/
+// and are visible only to targets that link krul_engine_cuda, which exists
+// when CMake found a CUDA compiler (KRUL_CUDA_ENABLED). See docs/cuda.md.
 #ifndef KRUL_ENGINE_CUDA_CUDA_MEMORY_H_
 #define KRUL_ENGINE_CUDA_CUDA_MEMORY_H_
 

@@ -2,7 +2,7 @@
 //
 // A CudaTpGroup holds one NCCL communicator per GPU (ncclCommInitAll); rank
 // r's CudaEngine gets comm(r) in CudaEngineOptions::tp and holds its shard
-// of the weights (see cuda_engine.h). Each layer ends with two all-reduces
+// of the weights (see engine_cuda.h). Each layer ends with two all-reduces
 // of the (tokens, dim) fp32 residual stream, so every rank has to run the
 // same calls at the same time: CudaTpEngine drives the ranks with one host
 // thread each.
