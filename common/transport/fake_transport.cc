@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "krul/base/byte_order.h"
 #include "transport_internal.h"
 
 namespace krul {
@@ -305,8 +306,8 @@ class FakeTransfer final : public Transfer {
 class FakeTransportImpl final : public FakeTransport {
  public:
   FakeTransportImpl() : core_(Registry::Get().Add()) {
-    std::string id_bytes(8, '\0');
-    for (int i = 0; i < 8; ++i) id_bytes[i] = static_cast<char>((core_->id >> (8 * i)) & 0xff);
+    std::string id_bytes;
+    ::krul::internal::Append64(id_bytes, core_->id);
     address_ = transport_internal::EncodeAddress(WireKind::kFake, id_bytes);
   }
   ~FakeTransportImpl() override {
@@ -349,8 +350,7 @@ class FakeTransportImpl final : public FakeTransport {
         transport_internal::DecodeAddress(WireKind::kFake, peer_address);
     if (!id_bytes.ok()) return id_bytes.status();
     if (id_bytes->size() != 8) return absl::InvalidArgumentError("fake address: bad payload");
-    uint64_t id = 0;
-    for (int i = 7; i >= 0; --i) id = (id << 8) | static_cast<uint8_t>((*id_bytes)[i]);
+    const uint64_t id = ::krul::internal::Get64(id_bytes->data());
     std::shared_ptr<FakeCore> peer = Registry::Get().Find(id);
     if (peer == nullptr) {
       return absl::UnavailableError(absl::StrCat("no fake transport ", id, " in this process"));

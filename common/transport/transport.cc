@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "krul/base/byte_order.h"
 #include "transport_internal.h"
 #include "xxhash.h"
 
@@ -36,22 +37,11 @@ constexpr size_t kGrantFixedBytes = 40;
 // keeps a mangled length from asking for a huge allocation.
 constexpr uint32_t kMaxPayloadBytes = 1 << 20;
 
-void PutU64(std::string& out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-void PutU32(std::string& out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-uint64_t GetU64(const char* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
-  return v;
-}
-uint32_t GetU32(const char* p) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
-  return v;
-}
+// Frames are little-endian (krul/base/byte_order.h).
+using ::krul::internal::Append32;
+using ::krul::internal::Append64;
+using ::krul::internal::Get32;
+using ::krul::internal::Get64;
 
 std::string EncodeFrame(WireKind kind, uint8_t type, std::string_view payload) {
   std::string out(kMagic, sizeof(kMagic));
@@ -59,9 +49,9 @@ std::string EncodeFrame(WireKind kind, uint8_t type, std::string_view payload) {
   out.push_back(static_cast<char>(type));
   out.push_back(0);
   out.push_back(0);
-  PutU32(out, static_cast<uint32_t>(payload.size()));
+  Append32(out, static_cast<uint32_t>(payload.size()));
   out.append(payload);
-  PutU64(out, XXH64(out.data(), out.size(), 0));
+  Append64(out, XXH64(out.data(), out.size(), 0));
   return out;
 }
 
@@ -74,14 +64,14 @@ absl::StatusOr<std::string_view> DecodeFrame(WireKind kind, uint8_t type, std::s
   if (std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("transport ", what, ": bad magic"));
   }
-  const uint32_t payload_len = GetU32(bytes.data() + 8);
+  const uint32_t payload_len = Get32(bytes.data() + 8);
   if (payload_len > kMaxPayloadBytes ||
       bytes.size() != kHeaderBytes + payload_len + kTrailerBytes) {
     return absl::InvalidArgumentError(absl::StrCat("transport ", what, ": length ", payload_len,
                                                    " does not match ", bytes.size(), " bytes"));
   }
   const size_t body = kHeaderBytes + payload_len;
-  if (XXH64(bytes.data(), body, 0) != GetU64(bytes.data() + body)) {
+  if (XXH64(bytes.data(), body, 0) != Get64(bytes.data() + body)) {
     return absl::InvalidArgumentError(absl::StrCat("transport ", what, ": checksum mismatch"));
   }
   if (static_cast<uint8_t>(bytes[4]) != static_cast<uint8_t>(kind)) {
@@ -110,14 +100,14 @@ absl::StatusOr<std::string> DecodeAddress(WireKind kind, std::string_view bytes)
 
 std::string EncodeGrant(WireKind kind, const Grant& grant) {
   std::string payload;
-  PutU64(payload, grant.base_address);
-  PutU64(payload, grant.length);
+  Append64(payload, grant.base_address);
+  Append64(payload, grant.length);
   const int64_t expires_ns = grant.expires == absl::InfiniteFuture()
                                  ? std::numeric_limits<int64_t>::max()
                                  : absl::ToUnixNanos(grant.expires);
-  PutU64(payload, static_cast<uint64_t>(expires_ns));
-  PutU64(payload, grant.owner_id);
-  PutU64(payload, grant.region_id);
+  Append64(payload, static_cast<uint64_t>(expires_ns));
+  Append64(payload, grant.owner_id);
+  Append64(payload, grant.region_id);
   payload.append(grant.rkey);
   return EncodeFrame(kind, kFrameGrant, payload);
 }
@@ -130,14 +120,14 @@ absl::StatusOr<Grant> DecodeGrant(WireKind kind, std::string_view bytes) {
   }
   const char* p = payload->data();
   Grant grant;
-  grant.base_address = GetU64(p);
-  grant.length = GetU64(p + 8);
-  const auto expires_ns = static_cast<int64_t>(GetU64(p + 16));
+  grant.base_address = Get64(p);
+  grant.length = Get64(p + 8);
+  const auto expires_ns = static_cast<int64_t>(Get64(p + 16));
   grant.expires = expires_ns == std::numeric_limits<int64_t>::max()
                       ? absl::InfiniteFuture()
                       : absl::FromUnixNanos(expires_ns);
-  grant.owner_id = GetU64(p + 24);
-  grant.region_id = GetU64(p + 32);
+  grant.owner_id = Get64(p + 24);
+  grant.region_id = Get64(p + 32);
   grant.rkey.assign(payload->substr(kGrantFixedBytes));
   if (grant.length == 0 || grant.base_address + grant.length < grant.base_address) {
     return absl::InvalidArgumentError("transport descriptor: empty or wrapping range");

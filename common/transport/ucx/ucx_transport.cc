@@ -13,6 +13,7 @@
 #include "absl/base/call_once.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "krul/base/byte_order.h"
 #include "ucx_transport_internal.h"
 
 namespace krul {
@@ -165,8 +166,8 @@ absl::StatusOr<std::shared_ptr<UcxCore>> UcxCore::Create(const UcxTransportOptio
   size_t worker_address_len = 0;
   st = ucp_worker_get_address(worker, &worker_address, &worker_address_len);
   if (st != UCS_OK) return FromUcs(st, "ucp_worker_get_address");
-  std::string payload(8, '\0');
-  for (int i = 0; i < 8; ++i) payload[i] = static_cast<char>((core->id_ >> (8 * i)) & 0xff);
+  std::string payload;
+  ::krul::internal::Append64(payload, core->id_);
   payload.append(reinterpret_cast<const char*>(worker_address), worker_address_len);
   ucp_worker_release_address(worker, worker_address);
   core->address_ = transport_internal::EncodeAddress(WireKind::kUcx, payload);
@@ -515,8 +516,7 @@ class UcxTransport final : public Transport {
         transport_internal::DecodeAddress(WireKind::kUcx, peer_address);
     if (!payload.ok()) return payload.status();
     if (payload->size() <= 8) return absl::InvalidArgumentError("UCX address: payload too short");
-    uint64_t peer_id = 0;
-    for (int i = 7; i >= 0; --i) peer_id = (peer_id << 8) | static_cast<uint8_t>((*payload)[i]);
+    const uint64_t peer_id = ::krul::internal::Get64(payload->data());
     auto state = std::make_shared<UcxEpState>(core_, peer_id);
     if (absl::Status s = state->Open(std::string_view(*payload).substr(8)); !s.ok()) return s;
     return std::unique_ptr<Endpoint>(new UcxEndpoint(std::move(state)));
