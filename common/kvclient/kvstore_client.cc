@@ -10,15 +10,12 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "krul/base/status_macros.h"
 #include "krul/kvformat/manifest.h"
+#include "krul/rpc/grpc_status.h"
 
 namespace krul {
 namespace {
-
-absl::Status FromGrpc(const grpc::Status& s) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-}
 
 absl::Status Annotate(const absl::Status& s, const std::string& address) {
   if (s.ok()) return s;
@@ -57,7 +54,7 @@ class GrpcBlockTransport final : public BlockTransport {
     }
     if (open) writer->WritesDone();
     // Finish reports the server's verdict, also when a Write failed early.
-    return FromGrpc(writer->Finish());
+    return FromGrpcStatus(writer->Finish());
   }
 
   absl::Status Read(v1::KvStore::StubInterface& stub, const std::string& address,
@@ -113,7 +110,7 @@ class GrpcBlockTransport final : public BlockTransport {
       reader->Finish().ok();  // Drain; the cancellation status is expected.
       return stop;
     }
-    absl::Status s = FromGrpc(reader->Finish());
+    absl::Status s = FromGrpcStatus(reader->Finish());
     if (!s.ok()) return s;
     if (pos != indices.size()) {
       return absl::DataLossError(
@@ -180,7 +177,7 @@ absl::Status KvStoreClientOptions::Validate() const {
 }
 
 absl::StatusOr<std::unique_ptr<KvStoreClient>> KvStoreClient::Create(KvStoreClientOptions options) {
-  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  KRUL_RETURN_IF_ERROR(options.Validate());
   if (options.block_transport == nullptr) options.block_transport = NewGrpcBlockTransport();
   return std::unique_ptr<KvStoreClient>(new KvStoreClient(std::move(options)));
 }
@@ -277,7 +274,7 @@ absl::StatusOr<v1::Manifest> KvStoreClient::PutOne(const std::string& address,
           grpc::ClientContext ctx;
           ctx.set_deadline(ToChrono(absl::Now() + options_.rpc_timeout));
           v1::PutResponse resp;
-          absl::Status st = FromGrpc(stub.Put(&ctx, req, &resp));
+          absl::Status st = FromGrpcStatus(stub.Put(&ctx, req, &resp));
           if (st.ok()) committed = std::move(*resp.mutable_manifest());
           return st;
         },
@@ -297,9 +294,7 @@ absl::StatusOr<v1::Manifest> KvStoreClient::PutOne(const std::string& address,
         {
           grpc::ClientContext ctx;
           ctx.set_deadline(ToChrono(absl::Now() + options_.rpc_timeout));
-          if (absl::Status st = FromGrpc(stub.BeginPut(&ctx, begin, &reservation)); !st.ok()) {
-            return st;
-          }
+          KRUL_RETURN_IF_ERROR(FromGrpcStatus(stub.BeginPut(&ctx, begin, &reservation)));
         }
         absl::Status st =
             bt.Write(stub, address, reservation, blocks, absl::Now() + options_.transfer_timeout);
@@ -310,7 +305,7 @@ absl::StatusOr<v1::Manifest> KvStoreClient::PutOne(const std::string& address,
           commit.set_put_id(reservation.put_id());
           *commit.mutable_manifest() = manifest;
           v1::CommitPutResponse resp;
-          st = FromGrpc(stub.CommitPut(&ctx, commit, &resp));
+          st = FromGrpcStatus(stub.CommitPut(&ctx, commit, &resp));
           if (st.ok()) committed = std::move(*resp.mutable_manifest());
           return st;  // A failed commit closes the reservation server-side.
         }
@@ -344,7 +339,7 @@ absl::StatusOr<v1::Manifest> KvStoreClient::Put(v1::Manifest manifest,
     return absl::InvalidArgumentError(absl::StrCat("manifest.blocks lists ", manifest.blocks_size(),
                                                    " blocks, ", blocks.size(), " given"));
   }
-  if (absl::Status s = ValidateManifest(manifest); !s.ok()) return s;
+  KRUL_RETURN_IF_ERROR(ValidateManifest(manifest));
   if (ttl < absl::ZeroDuration()) return absl::InvalidArgumentError("ttl: negative");
   const uint64_t total = ManifestBlockBytes(manifest);
   std::vector<std::string> replicas =
@@ -381,7 +376,7 @@ absl::StatusOr<v1::Manifest> KvStoreClient::Put(v1::Manifest manifest,
 }
 
 absl::StatusOr<v1::Manifest> KvStoreClient::Lookup(const v1::ConversationKey& key, bool latest) {
-  if (absl::Status s = ValidateConversationKey(key); !s.ok()) return s;
+  KRUL_RETURN_IF_ERROR(ValidateConversationKey(key));
   v1::LookupRequest req;
   *req.mutable_key() = key;
   req.set_latest(latest);
@@ -392,7 +387,7 @@ absl::StatusOr<v1::Manifest> KvStoreClient::Lookup(const v1::ConversationKey& ke
     absl::Status s = WithRetries([&] {
       grpc::ClientContext ctx;
       ctx.set_deadline(ToChrono(absl::Now() + options_.rpc_timeout));
-      return FromGrpc(stub.Lookup(&ctx, req, &resp));
+      return FromGrpcStatus(stub.Lookup(&ctx, req, &resp));
     });
     if (s.ok()) return std::move(*resp.mutable_manifest());
     if (!TryNextReplica(s.code())) return Annotate(s, address);
@@ -409,7 +404,7 @@ absl::StatusOr<v1::Manifest> KvStoreClient::Lookup(const v1::ConversationKey& ke
 
 absl::Status KvStoreClient::Read(const v1::Manifest& manifest, std::span<const uint32_t> indices,
                                  const BlockCallback& on_block) {
-  if (absl::Status s = ValidateManifest(manifest); !s.ok()) return s;
+  KRUL_RETURN_IF_ERROR(ValidateManifest(manifest));
   std::vector<uint32_t> wanted;
   if (indices.empty()) {
     for (int i = 0; i < manifest.blocks_size(); ++i) wanted.push_back(static_cast<uint32_t>(i));
@@ -475,7 +470,7 @@ absl::StatusOr<std::vector<std::string>> KvStoreClient::ReadAll(const v1::Manife
 }
 
 absl::StatusOr<int> KvStoreClient::Delete(const v1::ConversationKey& key, bool all_turns) {
-  if (absl::Status s = ValidateConversationKey(key); !s.ok()) return s;
+  KRUL_RETURN_IF_ERROR(ValidateConversationKey(key));
   v1::DeleteRequest req;
   *req.mutable_key() = key;
   req.set_all_turns(all_turns);
@@ -489,7 +484,7 @@ absl::StatusOr<int> KvStoreClient::Delete(const v1::ConversationKey& key, bool a
     absl::Status s = WithRetries([&] {
       grpc::ClientContext ctx;
       ctx.set_deadline(ToChrono(absl::Now() + options_.rpc_timeout));
-      return FromGrpc(stub.Delete(&ctx, req, &resp));
+      return FromGrpcStatus(stub.Delete(&ctx, req, &resp));
     });
     if (s.ok()) {
       most = std::max(most, static_cast<int>(resp.deleted_versions()));
@@ -510,7 +505,7 @@ absl::StatusOr<int> KvStoreClient::Delete(const v1::ConversationKey& key, bool a
 }
 
 absl::StatusOr<PinHandle> KvStoreClient::Pin(const v1::ConversationKey& key, absl::Duration lease) {
-  if (absl::Status s = ValidateConversationKey(key); !s.ok()) return s;
+  KRUL_RETURN_IF_ERROR(ValidateConversationKey(key));
   v1::PinRequest req;
   *req.mutable_key() = key;
   req.set_lease_seconds(static_cast<uint32_t>(std::max<int64_t>(0, absl::ToInt64Seconds(lease))));
@@ -521,7 +516,7 @@ absl::StatusOr<PinHandle> KvStoreClient::Pin(const v1::ConversationKey& key, abs
     absl::Status s = WithRetries([&] {
       grpc::ClientContext ctx;
       ctx.set_deadline(ToChrono(absl::Now() + options_.rpc_timeout));
-      return FromGrpc(stub.Pin(&ctx, req, &resp));
+      return FromGrpcStatus(stub.Pin(&ctx, req, &resp));
     });
     if (s.ok()) {
       return PinHandle{address, resp.lease_id(), absl::FromUnixMicros(resp.expires_unix_micros())};
@@ -540,7 +535,7 @@ absl::Status KvStoreClient::Unpin(const PinHandle& pin) {
                     grpc::ClientContext ctx;
                     ctx.set_deadline(ToChrono(absl::Now() + options_.rpc_timeout));
                     v1::UnpinResponse resp;
-                    return FromGrpc(stub.Unpin(&ctx, req, &resp));
+                    return FromGrpcStatus(stub.Unpin(&ctx, req, &resp));
                   }),
                   pin.address);
 }
@@ -551,7 +546,7 @@ absl::StatusOr<v1::StatsResponse> KvStoreClient::Stats(const std::string& addres
   absl::Status s = WithRetries([&] {
     grpc::ClientContext ctx;
     ctx.set_deadline(ToChrono(absl::Now() + options_.rpc_timeout));
-    return FromGrpc(stub.Stats(&ctx, v1::StatsRequest(), &resp));
+    return FromGrpcStatus(stub.Stats(&ctx, v1::StatsRequest(), &resp));
   });
   if (!s.ok()) return Annotate(s, address);
   return resp;
@@ -563,7 +558,7 @@ absl::StatusOr<v1::HealthResponse> KvStoreClient::Health(const std::string& addr
   absl::Status s = WithRetries([&] {
     grpc::ClientContext ctx;
     ctx.set_deadline(ToChrono(absl::Now() + options_.rpc_timeout));
-    return FromGrpc(stub.Health(&ctx, v1::HealthRequest(), &resp));
+    return FromGrpcStatus(stub.Health(&ctx, v1::HealthRequest(), &resp));
   });
   if (!s.ok()) return Annotate(s, address);
   return resp;

@@ -19,16 +19,13 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "krul/base/status_macros.h"
 #include "krul/kvclient/kvstore_client.h"
+#include "krul/rpc/grpc_status.h"
 #include "krul/transport/transport.h"
 
 namespace krul {
 namespace {
-
-absl::Status FromGrpc(const grpc::Status& s) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-}
 
 absl::Duration Until(absl::Time deadline) {
   return std::max(absl::ZeroDuration(), deadline - absl::Now());
@@ -159,7 +156,7 @@ class UcxBlockTransport final : public BlockTransport {
     {
       grpc::ClientContext ctx;
       ctx.set_deadline(absl::ToChronoTime(deadline));
-      if (absl::Status s = FromGrpc(stub.GrantRead(&ctx, req, &grant)); !s.ok()) return s;
+      KRUL_RETURN_IF_ERROR(FromGrpcStatus(stub.GrantRead(&ctx, req, &grant)));
     }
     absl::Status status = ReadGranted(address, **ep, manifest, indices, grant, on_block, deadline);
     {
@@ -301,7 +298,7 @@ class UcxBlockTransport final : public BlockTransport {
     v1::ExchangeEndpointsResponse resp;
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(deadline));
-    if (absl::Status s = FromGrpc(stub.ExchangeEndpoints(&ctx, req, &resp)); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(FromGrpcStatus(stub.ExchangeEndpoints(&ctx, req, &resp)));
     if (resp.transport() != "ucx") {
       return absl::FailedPreconditionError(
           absl::StrCat(address, " offers no UCX data plane (start it with --ucx)"));
