@@ -3,8 +3,6 @@
 #include <string>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 
@@ -53,44 +51,6 @@ const char* TierModeName(TierMode mode) {
 
 const char* WriteModeName(WriteMode mode) {
   return mode == WriteMode::kWriteThrough ? "write-through" : "write-back";
-}
-
-absl::StatusOr<uint64_t> ParseByteSize(absl::string_view text) {
-  std::string t = absl::AsciiStrToUpper(absl::StripAsciiWhitespace(text));
-  // "64K", "64KB" and "64KiB" all mean 64 * 1024; "64B" and "64" mean 64.
-  if (absl::EndsWith(t, "IB") && t.size() > 2) {
-    t.resize(t.size() - 2);
-  } else if (absl::EndsWith(t, "B")) {
-    t.pop_back();
-  }
-  uint64_t scale = 1;
-  if (!t.empty()) {
-    switch (t.back()) {
-      case 'K':
-        scale = uint64_t{1} << 10;
-        break;
-      case 'M':
-        scale = uint64_t{1} << 20;
-        break;
-      case 'G':
-        scale = uint64_t{1} << 30;
-        break;
-      case 'T':
-        scale = uint64_t{1} << 40;
-        break;
-      default:
-        break;
-    }
-  }
-  if (scale != 1) t.pop_back();
-  uint64_t value = 0;
-  if (t.empty() || !absl::SimpleAtoi(t, &value)) {
-    return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not a byte size"));
-  }
-  if (value > UINT64_MAX / scale) {
-    return absl::InvalidArgumentError(absl::StrCat("'", text, "' overflows 64 bits"));
-  }
-  return value * scale;
 }
 
 absl::StatusOr<absl::flat_hash_map<std::string, uint64_t>> ParseTenantQuotas(

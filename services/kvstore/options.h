@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "krul/base/byte_size.h"  // ParseByteSize, for sizes in options and flags
 
 namespace krul::kvstore {
 
@@ -112,9 +113,6 @@ struct StoreOptions {
 // of 1024). INVALID_ARGUMENT on malformed input.
 absl::StatusOr<absl::flat_hash_map<std::string, uint64_t>> ParseTenantQuotas(
     absl::string_view text);
-
-// Parses "1024", "64K", "256M", "4G", "1T" (powers of 1024).
-absl::StatusOr<uint64_t> ParseByteSize(absl::string_view text);
 
 struct ServerOptions {
   // gRPC listen host and port; port 0 picks a free port (reported by

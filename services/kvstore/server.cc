@@ -6,13 +6,14 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "kvstore/log.h"
+#include "krul/base/log.h"
+#include "krul/base/status_macros.h"
 
 namespace krul::kvstore {
 
 absl::StatusOr<std::unique_ptr<KvStoreServer>> KvStoreServer::Start(
     const ServerOptions& options, std::unique_ptr<Transport> transport, Clock* clock) {
-  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  KRUL_RETURN_IF_ERROR(options.Validate());
   std::unique_ptr<KvStoreServer> server(new KvStoreServer());
   server->options_ = options;
   server->clock_ = clock;
@@ -71,7 +72,7 @@ absl::StatusOr<std::unique_ptr<KvStoreServer>> KvStoreServer::Start(
 }
 
 KvStoreServer::~KvStoreServer() {
-  if (absl::Status s = Shutdown(); !s.ok()) KV_LOG(ERROR) << "kvstore: shutdown: " << s;
+  if (absl::Status s = Shutdown(); !s.ok()) KRUL_LOG(ERROR) << "kvstore: shutdown: " << s;
 }
 
 std::string KvStoreServer::address() const { return absl::StrCat(options_.host, ":", port_); }
@@ -92,8 +93,8 @@ absl::Status KvStoreServer::Shutdown() {
   if (store_ != nullptr && server_ != nullptr) {
     size_t open = store_->WaitForOpenPuts(options_.shutdown_grace);
     if (open > 0) {
-      KV_LOG(WARNING) << "kvstore: " << open << " puts still open after the grace period; "
-                      << "they are dropped (never visible)";
+      KRUL_LOG(WARNING) << "kvstore: " << open << " puts still open after the grace period; "
+                        << "they are dropped (never visible)";
     }
   }
   if (server_ != nullptr) {
@@ -101,7 +102,7 @@ absl::Status KvStoreServer::Shutdown() {
     // deadline then only needs to cover sending their responses: it would
     // otherwise also wait for idle client connections to go away.
     if (service_ != nullptr && !service_->WaitForIdle(absl::Seconds(5))) {
-      KV_LOG(WARNING) << "kvstore: RPCs still running at shutdown are cancelled";
+      KRUL_LOG(WARNING) << "kvstore: RPCs still running at shutdown are cancelled";
     }
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(250));
     server_->Wait();

@@ -14,7 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
-#include "kvstore/storage/clock.h"
+#include "krul/base/clock.h"
 #include "krul/transport/transport.h"
 #include "kvstore/metrics.h"
 #include "kvstore/options.h"

@@ -10,7 +10,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "krul/base/status_macros.h"
 #include "krul/kvformat/manifest.h"
+#include "krul/rpc/grpc_status.h"
 #include "kvstore/metrics.h"
 
 namespace krul::kvstore {
@@ -53,7 +55,7 @@ absl::Status CheckKnownFields(const Message& m) {
 }
 
 absl::Status CheckKey(const Message& req, bool has_key, const v1::ConversationKey& key) {
-  if (absl::Status s = CheckKnownFields(req); !s.ok()) return s;
+  KRUL_RETURN_IF_ERROR(CheckKnownFields(req));
   if (!has_key) return absl::InvalidArgumentError("key: missing");
   return ValidateConversationKey(key);
 }
@@ -163,11 +165,6 @@ absl::Status KvStoreService::DescribeRuns(const std::vector<BlockMemory>& blocks
   return absl::OkStatus();
 }
 
-grpc::Status ToGrpcStatus(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
-}
-
 KvStoreService::KvStoreService(Store* store, Clock* clock, KvStoreMetrics* metrics,
                                Transport* transport, const ServiceOptions& options,
                                const TransportArena* arena)
@@ -245,7 +242,7 @@ grpc::Status KvStoreService::Handle(const char* op, Body body) {
 grpc::Status KvStoreService::BeginPut(grpc::ServerContext*, const v1::BeginPutRequest* req,
                                       v1::BeginPutResponse* resp) {
   return Handle("BeginPut", [&]() -> absl::Status {
-    if (absl::Status s = CheckKey(*req, req->has_key(), req->key()); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(CheckKey(*req, req->has_key(), req->key()));
     bool ucx = req->transport() == "ucx";
     if (!ucx && !req->transport().empty() && req->transport() != "grpc") {
       return absl::InvalidArgumentError(
@@ -297,7 +294,7 @@ grpc::Status KvStoreService::BeginPut(grpc::ServerContext*, const v1::BeginPutRe
 grpc::Status KvStoreService::CommitPut(grpc::ServerContext*, const v1::CommitPutRequest* req,
                                        v1::CommitPutResponse* resp) {
   return Handle("CommitPut", [&]() -> absl::Status {
-    if (absl::Status s = CheckKnownFields(*req); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(CheckKnownFields(*req));
     if (!req->has_manifest()) return absl::InvalidArgumentError("manifest: missing");
     // Revoke the client's write access before the store verifies the bytes.
     bool had_grant = false;
@@ -319,7 +316,7 @@ grpc::Status KvStoreService::CommitPut(grpc::ServerContext*, const v1::CommitPut
 grpc::Status KvStoreService::AbortPut(grpc::ServerContext*, const v1::AbortPutRequest* req,
                                       v1::AbortPutResponse*) {
   return Handle("AbortPut", [&]() -> absl::Status {
-    if (absl::Status s = CheckKnownFields(*req); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(CheckKnownFields(*req));
     DropPutGrant(req->put_id());
     return store_->AbortPut(req->put_id());
   });
@@ -328,7 +325,7 @@ grpc::Status KvStoreService::AbortPut(grpc::ServerContext*, const v1::AbortPutRe
 grpc::Status KvStoreService::Lookup(grpc::ServerContext*, const v1::LookupRequest* req,
                                     v1::LookupResponse* resp) {
   return Handle("Lookup", [&]() -> absl::Status {
-    if (absl::Status s = CheckKey(*req, req->has_key(), req->key()); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(CheckKey(*req, req->has_key(), req->key()));
     absl::StatusOr<std::shared_ptr<const v1::Manifest>> m =
         store_->Lookup(req->key(), req->latest());
     if (!m.ok()) return m.status();
@@ -340,7 +337,7 @@ grpc::Status KvStoreService::Lookup(grpc::ServerContext*, const v1::LookupReques
 grpc::Status KvStoreService::Get(grpc::ServerContext*, const v1::GetRequest* req,
                                  v1::GetResponse* resp) {
   return Handle("Get", [&]() -> absl::Status {
-    if (absl::Status s = CheckKey(*req, req->has_key(), req->key()); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(CheckKey(*req, req->has_key(), req->key()));
     absl::StatusOr<std::shared_ptr<const v1::Manifest>> m =
         store_->Lookup(req->key(), req->latest());
     if (!m.ok()) return m.status();
@@ -368,7 +365,7 @@ grpc::Status KvStoreService::Get(grpc::ServerContext*, const v1::GetRequest* req
 grpc::Status KvStoreService::Put(grpc::ServerContext*, const v1::PutRequest* req,
                                  v1::PutResponse* resp) {
   return Handle("Put", [&]() -> absl::Status {
-    if (absl::Status s = CheckKnownFields(*req); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(CheckKnownFields(*req));
     if (!req->has_manifest()) return absl::InvalidArgumentError("manifest: missing");
     uint64_t total = 0;
     std::vector<absl::string_view> blocks;
@@ -423,7 +420,7 @@ grpc::Status KvStoreService::WriteBlocks(grpc::ServerContext*,
 grpc::Status KvStoreService::ReadBlocks(grpc::ServerContext* ctx, const v1::ReadBlocksRequest* req,
                                         grpc::ServerWriter<v1::BlockChunk>* writer) {
   return Handle("ReadBlocks", [&]() -> absl::Status {
-    if (absl::Status s = CheckKey(*req, req->has_key(), req->key()); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(CheckKey(*req, req->has_key(), req->key()));
     absl::StatusOr<std::shared_ptr<const v1::Manifest>> m = store_->Lookup(req->key(), false);
     if (!m.ok()) return m.status();
     absl::StatusOr<std::vector<uint32_t>> indices = ResolveIndices(req->block_indices(), **m);
@@ -457,7 +454,7 @@ grpc::Status KvStoreService::ReadBlocks(grpc::ServerContext* ctx, const v1::Read
 grpc::Status KvStoreService::GrantRead(grpc::ServerContext*, const v1::GrantReadRequest* req,
                                        v1::GrantReadResponse* resp) {
   return Handle("GrantRead", [&]() -> absl::Status {
-    if (absl::Status s = CheckKey(*req, req->has_key(), req->key()); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(CheckKey(*req, req->has_key(), req->key()));
     if (transport_ == nullptr) {
       return absl::FailedPreconditionError(
           "this server has no UCX data plane; read with ReadBlocks or Get");
@@ -510,7 +507,7 @@ grpc::Status KvStoreService::GrantRead(grpc::ServerContext*, const v1::GrantRead
 grpc::Status KvStoreService::ReleaseRead(grpc::ServerContext*, const v1::ReleaseReadRequest* req,
                                          v1::ReleaseReadResponse*) {
   return Handle("ReleaseRead", [&]() -> absl::Status {
-    if (absl::Status s = CheckKnownFields(*req); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(CheckKnownFields(*req));
     Grant g;
     absl::MutexLock lock(&mu_);
     auto it = read_grants_.find(req->grant_id());
@@ -526,7 +523,7 @@ grpc::Status KvStoreService::ReleaseRead(grpc::ServerContext*, const v1::Release
 grpc::Status KvStoreService::Delete(grpc::ServerContext*, const v1::DeleteRequest* req,
                                     v1::DeleteResponse* resp) {
   return Handle("Delete", [&]() -> absl::Status {
-    if (absl::Status s = CheckKey(*req, req->has_key(), req->key()); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(CheckKey(*req, req->has_key(), req->key()));
     absl::StatusOr<int> n = store_->Delete(req->key(), req->all_turns());
     if (!n.ok()) return n.status();
     resp->set_deleted_versions(static_cast<uint32_t>(*n));
@@ -537,7 +534,7 @@ grpc::Status KvStoreService::Delete(grpc::ServerContext*, const v1::DeleteReques
 grpc::Status KvStoreService::Pin(grpc::ServerContext*, const v1::PinRequest* req,
                                  v1::PinResponse* resp) {
   return Handle("Pin", [&]() -> absl::Status {
-    if (absl::Status s = CheckKey(*req, req->has_key(), req->key()); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(CheckKey(*req, req->has_key(), req->key()));
     absl::StatusOr<krul::kvstore::Lease> lease =
         store_->Pin(req->key(), absl::Seconds(req->lease_seconds()));
     if (!lease.ok()) return lease.status();
@@ -550,7 +547,7 @@ grpc::Status KvStoreService::Pin(grpc::ServerContext*, const v1::PinRequest* req
 grpc::Status KvStoreService::Unpin(grpc::ServerContext*, const v1::UnpinRequest* req,
                                    v1::UnpinResponse*) {
   return Handle("Unpin", [&]() -> absl::Status {
-    if (absl::Status s = CheckKnownFields(*req); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(CheckKnownFields(*req));
     return store_->Unpin(req->lease_id());
   });
 }
@@ -558,7 +555,7 @@ grpc::Status KvStoreService::Unpin(grpc::ServerContext*, const v1::UnpinRequest*
 grpc::Status KvStoreService::Stats(grpc::ServerContext*, const v1::StatsRequest* req,
                                    v1::StatsResponse* resp) {
   return Handle("Stats", [&]() -> absl::Status {
-    if (absl::Status s = CheckKnownFields(*req); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(CheckKnownFields(*req));
     StoreStats s = store_->Stats();
     v1::TierStats* dram = resp->add_tiers();
     dram->set_tier("dram");
@@ -581,7 +578,7 @@ grpc::Status KvStoreService::Stats(grpc::ServerContext*, const v1::StatsRequest*
 grpc::Status KvStoreService::Health(grpc::ServerContext*, const v1::HealthRequest* req,
                                     v1::HealthResponse* resp) {
   return Handle("Health", [&]() -> absl::Status {
-    if (absl::Status s = CheckKnownFields(*req); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(CheckKnownFields(*req));
     absl::MutexLock lock(&mu_);
     resp->set_status(draining_ ? v1::HealthResponse::DRAINING : v1::HealthResponse::SERVING);
     resp->set_version("krul-kvstore 0.1.0");
@@ -593,7 +590,7 @@ grpc::Status KvStoreService::ExchangeEndpoints(grpc::ServerContext*,
                                                const v1::ExchangeEndpointsRequest* req,
                                                v1::ExchangeEndpointsResponse* resp) {
   return Handle("ExchangeEndpoints", [&]() -> absl::Status {
-    if (absl::Status s = CheckKnownFields(*req); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(CheckKnownFields(*req));
     if (req->client_worker_address().size() > 64 * 1024) {
       return absl::InvalidArgumentError("client_worker_address: longer than 64 KiB");
     }

@@ -45,9 +45,6 @@ struct ServiceOptions {
   absl::Duration max_read_grant = absl::Minutes(10);
 };
 
-// Maps a Status to the gRPC status with the same code and message.
-grpc::Status ToGrpcStatus(const absl::Status& status);
-
 class KvStoreService final : public v1::KvStore::Service {
  public:
   // `store`, `clock` and `metrics` are not owned; `transport` (not owned,

@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "krul/base/byte_order.h"
 #include "krul/kvformat/manifest.h"
 
 namespace krul::kvstore {
@@ -17,14 +18,10 @@ namespace {
 constexpr char kManifestPrefix = 'm';
 constexpr char kBlockPrefix = 'b';
 
-void AppendBE(std::string& out, uint64_t v, int bytes) {
-  for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
-}
-uint64_t ReadBE(const char* p, int bytes) {
-  uint64_t v = 0;
-  for (int i = 0; i < bytes; ++i) v = (v << 8) | static_cast<uint8_t>(p[i]);
-  return v;
-}
+// Integers in keys are big-endian so that keys sort numerically (a turn
+// after its predecessors) under RocksDB's bytewise comparator.
+using ::krul::internal::AppendBigEndian;
+using ::krul::internal::GetBigEndian;
 
 // prefix, then the version: lengths are explicit so no tenant or
 // conversation id can be a prefix of another's key.
@@ -32,11 +29,11 @@ std::string VersionPrefix(char prefix, const VersionKey& key) {
   std::string out;
   out.reserve(1 + 1 + key.tenant.size() + 2 + key.conversation_id.size() + 4 + 4);
   out.push_back(prefix);
-  AppendBE(out, key.tenant.size(), 1);
+  AppendBigEndian(out, key.tenant.size(), 1);
   out += key.tenant;
-  AppendBE(out, key.conversation_id.size(), 2);
+  AppendBigEndian(out, key.conversation_id.size(), 2);
   out += key.conversation_id;
-  AppendBE(out, key.turn, 4);
+  AppendBigEndian(out, key.turn, 4);
   return out;
 }
 
@@ -50,12 +47,12 @@ bool ParseManifestKey(const rocksdb::Slice& k, VersionKey* out) {
   if (n < pos + tenant_len + 2) return false;
   out->tenant.assign(p + pos, tenant_len);
   pos += tenant_len;
-  size_t conv_len = ReadBE(p + pos, 2);
+  size_t conv_len = GetBigEndian(p + pos, 2);
   pos += 2;
   if (n != pos + conv_len + 4) return false;
   out->conversation_id.assign(p + pos, conv_len);
   pos += conv_len;
-  out->turn = static_cast<uint32_t>(ReadBE(p + pos, 4));
+  out->turn = static_cast<uint32_t>(GetBigEndian(p + pos, 4));
   return true;
 }
 
@@ -78,7 +75,7 @@ std::string RocksDbTier::ManifestKey(const VersionKey& key) {
 
 std::string RocksDbTier::BlockKey(const VersionKey& key, uint32_t index) {
   std::string out = VersionPrefix(kBlockPrefix, key);
-  AppendBE(out, index, 4);
+  AppendBigEndian(out, index, 4);
   return out;
 }
 

@@ -6,9 +6,10 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "krul/base/log.h"
+#include "krul/base/status_macros.h"
 #include "krul/kvformat/kv_block.h"
 #include "krul/kvformat/manifest.h"
-#include "kvstore/log.h"
 #include "kvstore/metrics.h"
 
 namespace krul::kvstore {
@@ -48,7 +49,7 @@ std::string KeyString(const v1::ConversationKey& key) {
 absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options, Clock* clock,
                                                    KvStoreMetrics* metrics,
                                                    BufferAllocator* allocator) {
-  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  KRUL_RETURN_IF_ERROR(options.Validate());
   std::unique_ptr<RocksDbTier> rocks;
   if (options.tiers != TierMode::kDramOnly) {
     RocksDbTierOptions ro;
@@ -63,7 +64,7 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options, 
   std::unique_ptr<Store> store(new Store(options, clock, metrics, std::move(rocks), RandomSeed()));
   store->allocator_ = allocator;
   if (store->rocks_ != nullptr) {
-    if (absl::Status s = store->ReloadIndex(); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(store->ReloadIndex());
   }
   if (options.write_mode == WriteMode::kWriteBack) {
     store->flusher_ = std::thread([s = store.get()] { s->FlusherLoop(); });
@@ -95,7 +96,7 @@ Store::~Store() {
     flusher_.join();  // Drains the flush queue first.
   }
   if (rocks_ != nullptr) {
-    if (absl::Status s = Flush(); !s.ok()) KV_LOG(ERROR) << "kvstore: flush at close: " << s;
+    if (absl::Status s = Flush(); !s.ok()) KRUL_LOG(ERROR) << "kvstore: flush at close: " << s;
   }
 }
 
@@ -137,8 +138,9 @@ absl::Status Store::ReloadIndex() {
             index_[key] = std::move(e);
           });
   if (corrupt > 0) {
-    KV_LOG(WARNING) << "kvstore: " << corrupt << " stored manifests failed verification; reads of "
-                    << "those versions return DATA_LOSS";
+    KRUL_LOG(WARNING) << "kvstore: " << corrupt
+                      << " stored manifests failed verification; reads of those versions return "
+                         "DATA_LOSS";
     checksum_failures_ += corrupt;
   }
   UpdateGaugesLocked();
@@ -174,8 +176,8 @@ std::map<VersionKey, Store::Entry>::iterator Store::FindLocked(const VersionKey&
 absl::StatusOr<PutReservation> Store::BeginPut(const v1::ConversationKey& key,
                                                std::span<const uint64_t> block_sizes,
                                                absl::Duration ttl) {
-  if (absl::Status s = ValidateConversationKey(key); !s.ok()) return s;
-  if (absl::Status s = CheckTenant(key.tenant()); !s.ok()) return s;
+  KRUL_RETURN_IF_ERROR(ValidateConversationKey(key));
+  KRUL_RETURN_IF_ERROR(CheckTenant(key.tenant()));
   if (block_sizes.size() > options_.max_blocks_per_version) {
     return absl::InvalidArgumentError(absl::StrCat("block_sizes: ", block_sizes.size(),
                                                    " blocks exceed the limit of ",
@@ -290,7 +292,7 @@ absl::Status Store::WriteChunk(uint64_t put_id, uint32_t index, uint64_t offset,
   if (!open.ok()) return open.status();
   Reservation* r = open->get();
   absl::MutexLock rl(&r->mu);
-  if (auto s = CheckOpenBlockLocked(*r, index); !s.ok()) return s;
+  KRUL_RETURN_IF_ERROR(CheckOpenBlockLocked(*r, index));
   if (offset != r->written[index]) {
     return absl::InvalidArgumentError(absl::StrCat("offset: ", offset, " but block ", index,
                                                    " has ", r->written[index],
@@ -311,7 +313,7 @@ absl::StatusOr<StagingBlock> Store::GetStagingBlock(uint64_t put_id, uint32_t in
   if (!open.ok()) return open.status();
   Reservation* r = open->get();
   absl::MutexLock rl(&r->mu);
-  if (auto s = CheckOpenBlockLocked(*r, index); !s.ok()) return s;
+  KRUL_RETURN_IF_ERROR(CheckOpenBlockLocked(*r, index));
   r->external_writes = true;
   StagingBlock out;
   out.data = r->buffers[index]->data();
@@ -511,8 +513,8 @@ absl::StatusOr<v1::Manifest> Store::Put(v1::Manifest manifest,
 
 absl::StatusOr<std::shared_ptr<const v1::Manifest>> Store::Lookup(const v1::ConversationKey& key,
                                                                   bool latest) {
-  if (absl::Status s = ValidateConversationKey(key); !s.ok()) return s;
-  if (absl::Status s = CheckTenant(key.tenant()); !s.ok()) return s;
+  KRUL_RETURN_IF_ERROR(ValidateConversationKey(key));
+  KRUL_RETURN_IF_ERROR(CheckTenant(key.tenant()));
   absl::MutexLock lock(&mu_);
   auto it = FindLocked(VersionKey::FromProto(key), latest);
   if (it == index_.end()) {
@@ -566,7 +568,7 @@ absl::StatusOr<BufferPtr> Store::GetBlock(const VersionKey& key, uint32_t index)
   }
   if (absl::StatusOr<DecodedBlock> v = VerifyBlock(ref, (*b)->view()); !v.ok()) {
     CountChecksumFailure();
-    KV_LOG(ERROR) << "kvstore: " << key.DebugString() << ": " << v.status();
+    KRUL_LOG(ERROR) << "kvstore: " << key.DebugString() << ": " << v.status();
     return absl::DataLossError(absl::StrCat(key.DebugString(), " on disk: ", v.status().message()));
   }
   if (metrics_ != nullptr) metrics_->Hit("rocksdb");
@@ -616,8 +618,8 @@ absl::Status Store::DeleteOne(const VersionKey& key, bool only_if_expired, bool*
 }
 
 absl::StatusOr<int> Store::Delete(const v1::ConversationKey& key, bool all_turns) {
-  if (absl::Status s = ValidateConversationKey(key); !s.ok()) return s;
-  if (absl::Status s = CheckTenant(key.tenant()); !s.ok()) return s;
+  KRUL_RETURN_IF_ERROR(ValidateConversationKey(key));
+  KRUL_RETURN_IF_ERROR(CheckTenant(key.tenant()));
   std::vector<VersionKey> keys;
   {
     absl::MutexLock lock(&mu_);
@@ -640,15 +642,15 @@ absl::StatusOr<int> Store::Delete(const v1::ConversationKey& key, bool all_turns
   int n = 0;
   for (const VersionKey& k : keys) {
     bool deleted = false;
-    if (absl::Status s = DeleteOne(k, /*only_if_expired=*/false, &deleted); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(DeleteOne(k, /*only_if_expired=*/false, &deleted));
     n += deleted ? 1 : 0;
   }
   return n;
 }
 
 absl::StatusOr<Lease> Store::Pin(const v1::ConversationKey& key, absl::Duration duration) {
-  if (absl::Status s = ValidateConversationKey(key); !s.ok()) return s;
-  if (absl::Status s = CheckTenant(key.tenant()); !s.ok()) return s;
+  KRUL_RETURN_IF_ERROR(ValidateConversationKey(key));
+  KRUL_RETURN_IF_ERROR(CheckTenant(key.tenant()));
   if (duration < absl::ZeroDuration() || duration > options_.max_lease) {
     return absl::InvalidArgumentError(absl::StrCat("lease: ", absl::FormatDuration(duration),
                                                    " is not in [0, ",
@@ -753,7 +755,7 @@ void Store::EvictIfNeeded() {
     }
     for (const VersionKey& k : to_flush) {
       if (absl::Status s = FlushVersion(k); !s.ok()) {
-        KV_LOG(ERROR) << "kvstore: write-back of " << k.DebugString() << " failed: " << s;
+        KRUL_LOG(ERROR) << "kvstore: write-back of " << k.DebugString() << " failed: " << s;
         return;  // DRAM stays above high until the disk recovers.
       }
     }
@@ -779,7 +781,7 @@ absl::Status Store::FlushVersion(const VersionKey& key) {
     return absl::InternalError(
         absl::StrCat(key.DebugString(), ": dirty version is missing from DRAM"));
   }
-  if (absl::Status s = rocks_->WriteVersion(key, *manifest, blocks, replace); !s.ok()) return s;
+  KRUL_RETURN_IF_ERROR(rocks_->WriteVersion(key, *manifest, blocks, replace));
   absl::MutexLock lock(&mu_);
   auto it = index_.find(key);
   if (it != index_.end() && it->second.generation == generation && it->second.dirty) {
@@ -808,8 +810,8 @@ void Store::FlusherLoop() {
       flush_queue_.pop_front();
     }
     if (absl::Status s = FlushVersion(key); !s.ok()) {
-      KV_LOG(ERROR) << "kvstore: write-back of " << key.DebugString() << " failed: " << s
-                    << "; retrying";
+      KRUL_LOG(ERROR) << "kvstore: write-back of " << key.DebugString() << " failed: " << s
+                      << "; retrying";
       absl::SleepFor(absl::Milliseconds(100));
       absl::MutexLock lock(&mu_);
       if (!stop_flusher_) flush_queue_.push_back(std::move(key));
@@ -832,8 +834,8 @@ void Store::RunMaintenance() {
       if (r->deadline <= now) stale_puts.push_back(id);
     }
     for (uint64_t id : stale_puts) {
-      KV_LOG(WARNING) << "kvstore: put " << id << " of " << reservations_[id]->key.DebugString()
-                      << " was not committed in time; aborted";
+      KRUL_LOG(WARNING) << "kvstore: put " << id << " of " << reservations_[id]->key.DebugString()
+                        << " was not committed in time; aborted";
       DropReservationLocked(*reservations_[id]);
       reservations_.erase(id);
     }
@@ -847,7 +849,7 @@ void Store::RunMaintenance() {
   for (const VersionKey& k : expired) {
     bool deleted = false;
     absl::Status s = DeleteOne(k, /*only_if_expired=*/true, &deleted);
-    if (!s.ok()) KV_LOG(ERROR) << "kvstore: TTL delete of " << k.DebugString() << ": " << s;
+    if (!s.ok()) KRUL_LOG(ERROR) << "kvstore: TTL delete of " << k.DebugString() << ": " << s;
     if (deleted) ++ttl_expirations_;
   }
   EvictIfNeeded();

@@ -5,7 +5,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "kvstore/log.h"
+#include "krul/base/log.h"
 
 namespace krul::kvstore {
 namespace {
@@ -118,16 +118,16 @@ struct TransportArena::State : std::enable_shared_from_this<State> {
   std::unique_ptr<ByteBuffer> Full(size_t size) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (!warned) {
       warned = true;
-      KV_LOG(WARNING) << "kvstore: transport arena full (" << region_bytes << " of " << max_bytes
-                      << " bytes); further blocks use heap memory, registered per grant";
+      KRUL_LOG(WARNING) << "kvstore: transport arena full (" << region_bytes << " of " << max_bytes
+                        << " bytes); further blocks use heap memory, registered per grant";
     }
     return nullptr;
   }
   std::unique_ptr<ByteBuffer> Failed(const absl::Status& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (!warned) {
       warned = true;
-      KV_LOG(WARNING) << "kvstore: transport arena cannot allocate: " << s
-                      << "; falling back to heap memory";
+      KRUL_LOG(WARNING) << "kvstore: transport arena cannot allocate: " << s
+                        << "; falling back to heap memory";
     }
     return nullptr;
   }
