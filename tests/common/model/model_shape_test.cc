@@ -7,6 +7,19 @@
 namespace krul {
 namespace {
 
+ModelConfig Shape(int dim, int hidden, int layers, int heads, int kv_heads, int vocab,
+                  int seq_len) {
+  ModelConfig c;
+  c.dim = dim;
+  c.hidden_dim = hidden;
+  c.n_layers = layers;
+  c.n_heads = heads;
+  c.n_kv_heads = kv_heads;
+  c.vocab_size = vocab;
+  c.seq_len = seq_len;
+  return c;
+}
+
 void ExpectShape(const ModelConfig& c, int dim, int hidden, int layers, int heads, int kv_heads,
                  int vocab, int seq_len) {
   EXPECT_EQ(c.dim, dim);
@@ -26,14 +39,7 @@ TEST(ModelShapeTest, Positional) {
 }
 
 TEST(ModelShapeTest, KeyedOverridesTheBase) {
-  ModelConfig base;
-  base.dim = 128;
-  base.hidden_dim = 344;
-  base.n_layers = 12;
-  base.n_heads = 2;
-  base.n_kv_heads = 2;
-  base.vocab_size = 512;
-  base.seq_len = 4096;
+  ModelConfig base = Shape(128, 344, 12, 2, 2, 512, 4096);
   base.rope_theta = 500000.0f;
   absl::StatusOr<ModelConfig> c = ParseModelShape("dim=256,hidden=688,heads=8", base);
   ASSERT_TRUE(c.ok()) << c.status();
@@ -50,15 +56,7 @@ TEST(ModelShapeTest, KeyedOverridesTheBase) {
 }
 
 TEST(ModelShapeTest, EmptyTextIsTheBase) {
-  ModelConfig base;
-  base.dim = 64;
-  base.hidden_dim = 172;
-  base.n_layers = 5;
-  base.n_heads = 8;
-  base.n_kv_heads = 4;
-  base.vocab_size = 512;
-  base.seq_len = 512;
-  absl::StatusOr<ModelConfig> c = ParseModelShape("  ", base);
+  absl::StatusOr<ModelConfig> c = ParseModelShape("  ", Shape(64, 172, 5, 8, 4, 512, 512));
   ASSERT_TRUE(c.ok()) << c.status();
   ExpectShape(*c, 64, 172, 5, 8, 4, 512, 512);
   EXPECT_FALSE(ParseModelShape("").ok());  // the default base is not a model
