@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "krul/engine/cuda/cuda_memory.h"
 #include "krul/base/dtype.h"
+#include "krul/base/status_macros.h"  // KRUL_RETURN_IF_ERROR, KRUL_ASSIGN_OR_RETURN
 
 namespace krul::cuda_internal {
 
@@ -38,21 +39,5 @@ cudaDataType_t CudaDataType(DType dtype);
       return ::krul::cuda_internal::CublasStatus(krul_cublas_status_, #expr); \
     }                                                                         \
   } while (0)
-
-#define KRUL_RETURN_IF_ERROR(expr)                                                   \
-  do {                                                                               \
-    if (absl::Status krul_status_ = (expr); !krul_status_.ok()) return krul_status_; \
-  } while (0)
-
-// `lhs = std::move(*expr)` for an absl::StatusOr expression, or returns its
-// status from the enclosing function.
-#define KRUL_CUDA_CONCAT_INNER_(a, b) a##b
-#define KRUL_CUDA_CONCAT_(a, b) KRUL_CUDA_CONCAT_INNER_(a, b)
-#define KRUL_ASSIGN_OR_RETURN(lhs, ...) \
-  KRUL_ASSIGN_OR_RETURN_IMPL_(KRUL_CUDA_CONCAT_(krul_statusor_, __LINE__), lhs, __VA_ARGS__)
-#define KRUL_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, ...) \
-  auto tmp = (__VA_ARGS__);                        \
-  if (!tmp.ok()) return tmp.status();              \
-  lhs = std::move(*tmp)
 
 #endif  // KRUL_ENGINE_CUDA_CUDA_UTIL_H_
