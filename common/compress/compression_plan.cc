@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "krul/base/byte_order.h"
 
 namespace krul {
 namespace {
@@ -42,9 +43,7 @@ class Writer {
   std::string& out() { return out_; }
 
  private:
-  void Le(uint64_t v, int n) {
-    for (int i = 0; i < n; ++i) out_.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-  }
+  void Le(uint64_t v, int n) { internal::AppendLittleEndian(out_, v, n); }
   std::string out_;
 };
 
@@ -53,9 +52,7 @@ class Reader {
   explicit Reader(std::string_view in) : in_(in) {}
   bool Has(size_t n) const { return in_.size() - pos_ >= n; }
   uint64_t Le(int n) {
-    uint64_t v = 0;
-    for (int i = 0; i < n; ++i)
-      v |= static_cast<uint64_t>(static_cast<uint8_t>(in_[pos_ + i])) << (8 * i);
+    const uint64_t v = internal::GetLittleEndian(in_.data() + pos_, n);
     pos_ += n;
     return v;
   }
