@@ -11,11 +11,11 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "krul/engine/engine_cpu.h"
 #include "krul/engine/generator.h"
 #include "krul/model/model.h"
+#include "krul/model/model_shape.h"
 #include "krul/model/tokenizer.h"
 
 ABSL_FLAG(std::string, model, "", "Model file: llama2.c checkpoint (.bin) or GGUF (.gguf)");
@@ -24,7 +24,8 @@ ABSL_FLAG(std::string, tokenizer, "",
 ABSL_FLAG(bool, synthetic, false,
           "Use a seeded random model (--synthetic_shape) instead of --model");
 ABSL_FLAG(std::string, synthetic_shape, "64,172,5,8,4,512,512",
-          "dim,hidden_dim,layers,heads,kv_heads,vocab,seq_len of the synthetic model");
+          "Synthetic model shape: dim,hidden_dim,layers,heads,kv_heads,vocab,seq_len, or "
+          "key=value items (dim=64,hidden=172,layers=5,heads=8,kv_heads=4,vocab=512,seq_len=512)");
 ABSL_FLAG(std::string, prompt, "", "Prompt text");
 ABSL_FLAG(int, steps, 256, "Positions to run, prompt included (llama2.c -n); capped at seq_len");
 ABSL_FLAG(float, temperature, 0.0f, "Sampling temperature; 0 = greedy");
@@ -39,28 +40,6 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
-absl::StatusOr<krul::ModelConfig> ParseShape(const std::string& text) {
-  krul::ModelConfig c;
-  int* fields[] = {&c.dim, &c.hidden_dim, &c.n_layers, &c.n_heads, &c.n_kv_heads, &c.vocab_size,
-                   &c.seq_len};
-  size_t begin = 0;
-  for (int i = 0; i < 7; ++i) {
-    size_t end = text.find(',', begin);
-    std::string part = text.substr(begin, end == std::string::npos ? end : end - begin);
-    try {
-      *fields[i] = std::stoi(part);
-    } catch (...) {
-      return absl::InvalidArgumentError(absl::StrCat("--synthetic_shape: '", part, "' is not a number"));
-    }
-    if ((end == std::string::npos) != (i == 6)) {
-      return absl::InvalidArgumentError("--synthetic_shape needs exactly 7 comma-separated numbers");
-    }
-    begin = end + 1;
-  }
-  if (auto s = c.Validate(); !s.ok()) return s;
-  return c;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -73,7 +52,7 @@ int main(int argc, char** argv) {
 
   absl::StatusOr<std::unique_ptr<krul::Model>> model;
   if (absl::GetFlag(FLAGS_synthetic)) {
-    auto shape = ParseShape(absl::GetFlag(FLAGS_synthetic_shape));
+    auto shape = krul::ParseModelShape(absl::GetFlag(FLAGS_synthetic_shape));
     if (!shape.ok()) return Fail(shape.status());
     model = krul::MakeSyntheticModel(*shape, absl::GetFlag(FLAGS_seed));
   } else if (absl::GetFlag(FLAGS_model).empty()) {
