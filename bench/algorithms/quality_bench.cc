@@ -263,15 +263,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--split must be load or planned\n");
     return 1;
   }
-  krul::DType dtype = krul::DType::kF32;
-  if (absl::GetFlag(FLAGS_kv_dtype) == "f16")
-    dtype = krul::DType::kF16;
-  else if (absl::GetFlag(FLAGS_kv_dtype) == "bf16")
-    dtype = krul::DType::kBF16;
-  else if (absl::GetFlag(FLAGS_kv_dtype) != "f32") {
-    std::fprintf(stderr, "--kv_dtype must be f32, f16 or bf16\n");
-    return 1;
-  }
+  const krul::DType dtype =
+      ValueOrDie(krul::ParseDType(absl::GetFlag(FLAGS_kv_dtype)), "--kv_dtype");
 
   auto model = ValueOrDie(krul::LoadModel(model_path), "model");
   const krul::ModelConfig& config = model->config();

@@ -9,7 +9,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "krul/base/status_macros.h"
 #include "krul/compress/selector.h"
+#include "krul/model/model_shape.h"
 
 namespace krul::bench {
 
@@ -28,39 +30,14 @@ absl::StatusOr<std::vector<int>> ParseHistories(const std::string& text) {
 
 absl::StatusOr<ModelConfig> ParseShape(const std::string& text, int seq_len,
                                        const ModelConfig& defaults) {
-  ModelConfig c = defaults;
-  for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-    std::vector<std::string> kv = absl::StrSplit(item, '=');
-    int value = 0;
-    if (kv.size() != 2 || !absl::SimpleAtoi(kv[1], &value)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--model_shape: bad item '", std::string(item), "'"));
-    }
-    if (kv[0] == "dim")
-      c.dim = value;
-    else if (kv[0] == "hidden")
-      c.hidden_dim = value;
-    else if (kv[0] == "layers")
-      c.n_layers = value;
-    else if (kv[0] == "heads")
-      c.n_heads = value;
-    else if (kv[0] == "kv_heads")
-      c.n_kv_heads = value;
-    else if (kv[0] == "vocab")
-      c.vocab_size = value;
-    else
-      return absl::InvalidArgumentError(absl::StrCat("--model_shape: unknown key ", kv[0]));
+  ModelConfig base = defaults;
+  base.seq_len = seq_len;
+  KRUL_ASSIGN_OR_RETURN(ModelConfig c, ParseModelShape(text, base));
+  if (c.seq_len != seq_len) {
+    return absl::InvalidArgumentError(absl::StrCat("--model_shape: seq_len is set by the bench (",
+                                                   seq_len, " here), not by the shape"));
   }
-  c.seq_len = seq_len;
-  if (auto s = c.Validate(); !s.ok()) return s;
   return c;
-}
-
-absl::StatusOr<DType> ParseDType(const std::string& s, const std::string& flag_name) {
-  if (s == "f32") return DType::kF32;
-  if (s == "f16") return DType::kF16;
-  if (s == "bf16") return DType::kBF16;
-  return absl::InvalidArgumentError(absl::StrCat("--", flag_name, " must be f32, f16 or bf16"));
 }
 
 std::vector<int> Tokens(int n, int vocab, uint64_t seed) {

@@ -27,16 +27,12 @@ namespace krul::bench {
 // that is not an integer >= 1. An empty list is returned as such.
 absl::StatusOr<std::vector<int>> ParseHistories(const std::string& text);
 
-// A model shape from comma-separated key=value items (dim, hidden, layers,
-// heads, kv_heads, vocab) over `defaults`, with seq_len = `seq_len`.
-// Errors: kInvalidArgument for a malformed item, an unknown key, or a shape
-// ModelConfig::Validate rejects.
+// The bench's model: --model_shape `text` (either form of ParseModelShape,
+// krul/model/model_shape.h) over `defaults`, with seq_len = `seq_len` (the
+// bench sizes the context from its histories). Errors: ParseModelShape's,
+// and kInvalidArgument when `text` sets another seq_len.
 absl::StatusOr<ModelConfig> ParseShape(const std::string& text, int seq_len,
                                        const ModelConfig& defaults);
-
-// "f32", "f16" or "bf16". Errors: kInvalidArgument
-// "--<flag_name> must be f32, f16 or bf16" for anything else.
-absl::StatusOr<DType> ParseDType(const std::string& s, const std::string& flag_name);
 
 // `n` seeded tokens in [3, vocab), the first one BOS (1).
 std::vector<int> Tokens(int n, int vocab, uint64_t seed);

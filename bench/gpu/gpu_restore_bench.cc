@@ -335,7 +335,7 @@ int main(int argc, char** argv) {
       ValueOrDie(krul::bench::ParseShape(absl::GetFlag(FLAGS_model_shape), seq_len, DefaultShape()),
                  "model shape");
   const krul::DType dtype =
-      ValueOrDie(krul::bench::ParseDType(absl::GetFlag(FLAGS_dtype), "dtype"), "dtype");
+      ValueOrDie(krul::ParseDType(absl::GetFlag(FLAGS_dtype)), "--dtype");
   const uint64_t seed = absl::GetFlag(FLAGS_seed);
   const double ratio = absl::GetFlag(FLAGS_ratio);
   const int rounds = std::max(1, absl::GetFlag(FLAGS_rounds));

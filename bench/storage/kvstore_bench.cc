@@ -54,19 +54,22 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "krul/kvformat/kv_block.h"
+#include "krul/base/byte_size.h"
 #include "krul/kvclient/kvstore_client.h"
+#include "krul/kvformat/kv_block.h"
 #include "krul/kvformat/manifest.h"
 #include "krul/transport/ucx_transport.h"
 #include "storage/loopback_tcp.h"
 
 ABSL_FLAG(bool, json, false, "Print the results as one JSON object");
 ABSL_FLAG(std::string, sizes, "64K,256K,1M,4M,16M,64M", "Block sizes (K/M suffixes)");
-ABSL_FLAG(std::string, total, "128M", "Bytes per version (blocks = total / size, at least 1)");
+ABSL_FLAG(krul::ByteSize, total, krul::ByteSize(128 << 20),
+          "Bytes per version (blocks = total / size, at least 1)");
 ABSL_FLAG(std::string, planes, "grpc,shm,tcp", "Data planes: grpc, shm (UCX), tcp (UCX)");
 ABSL_FLAG(int, rounds, 3, "Rounds per measurement; the best is reported");
 ABSL_FLAG(std::string, clients, "1,8,32", "Concurrent clients for the latency measurement");
-ABSL_FLAG(std::string, latency_size, "256K", "Block size of the latency Get (one block)");
+ABSL_FLAG(krul::ByteSize, latency_size, krul::ByteSize(256 << 10),
+          "Block size of the latency Get (one block)");
 ABSL_FLAG(int, latency_ops, 64, "Gets per client in the latency measurement");
 ABSL_FLAG(std::string, server_binary, KRUL_KVSTORE_BINARY, "The krul-kvstore executable");
 ABSL_FLAG(std::string, workdir, "", "Directory for RocksDB files (default: a temp dir)");
@@ -93,22 +96,10 @@ T OrDie(absl::StatusOr<T> v, const std::string& what) {
   return *std::move(v);
 }
 
-uint64_t ParseSize(const std::string& text) {
-  uint64_t mult = 1;
-  std::string t = text;
-  if (!t.empty() && (t.back() == 'K' || t.back() == 'k')) mult = 1 << 10;
-  if (!t.empty() && (t.back() == 'M' || t.back() == 'm')) mult = 1 << 20;
-  if (!t.empty() && (t.back() == 'G' || t.back() == 'g')) mult = 1 << 30;
-  if (mult != 1) t.pop_back();
-  uint64_t n = 0;
-  if (!absl::SimpleAtoi(t, &n) || n == 0) Die("bad size: " + text);
-  return n * mult;
-}
-
-std::string HumanSize(uint64_t b) {
-  if (b >= (1 << 20) && b % (1 << 20) == 0) return absl::StrCat(b >> 20, "M");
-  if (b >= (1 << 10) && b % (1 << 10) == 0) return absl::StrCat(b >> 10, "K");
-  return absl::StrCat(b);
+// A block size: a byte count ("64K", krul/base/byte_size.h) of at least 1.
+uint64_t PositiveSize(uint64_t n, const std::string& what) {
+  if (n == 0) Die(what + ": must be at least 1 byte");
+  return n;
 }
 
 // ---------------------------------------------------------------- servers
@@ -342,7 +333,7 @@ int main(int argc, char** argv) {
   const bool json_out = absl::GetFlag(FLAGS_json);
   std::vector<uint64_t> sizes;
   for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_sizes), ',')) {
-    sizes.push_back(ParseSize(std::string(s)));
+    sizes.push_back(PositiveSize(OrDie(krul::ParseByteSize(s), "--sizes"), "--sizes"));
   }
   std::vector<int> clients;
   for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_clients), ',')) {
@@ -351,7 +342,7 @@ int main(int argc, char** argv) {
     clients.push_back(c);
   }
   std::vector<std::string> plane_names = absl::StrSplit(absl::GetFlag(FLAGS_planes), ',');
-  const uint64_t total = ParseSize(absl::GetFlag(FLAGS_total));
+  const uint64_t total = PositiveSize(absl::GetFlag(FLAGS_total).bytes, "--total");
   const int rounds = std::max(1, absl::GetFlag(FLAGS_rounds));
 
   std::string workdir = absl::GetFlag(FLAGS_workdir);
@@ -452,8 +443,8 @@ int main(int argc, char** argv) {
                          {"put_vs_rocksdb", put_ratio}});
       if (!json_out) {
         std::printf("%-6s %-5s %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f\n",
-                    HumanSize(size).c_str(), p.name.c_str(), put_gbps_i, get_gbps_i, memcpy_gbps,
-                    socket_gbps, rocksdb_gbps, get_ratio, put_ratio);
+                    krul::FormatByteSize(size).c_str(), p.name.c_str(), put_gbps_i, get_gbps_i,
+                    memcpy_gbps, socket_gbps, rocksdb_gbps, get_ratio, put_ratio);
         std::fflush(stdout);
       }
     }
@@ -461,11 +452,11 @@ int main(int argc, char** argv) {
 
   // Latency: `c` threads, each Gets its own one-block version repeatedly.
   nlohmann::json latency = nlohmann::json::array();
-  const uint64_t lat_size = ParseSize(absl::GetFlag(FLAGS_latency_size));
+  const uint64_t lat_size = PositiveSize(absl::GetFlag(FLAGS_latency_size).bytes, "--latency_size");
   const int ops = std::max(1, absl::GetFlag(FLAGS_latency_ops));
   if (!json_out) {
     std::printf("\nGet latency, one %s block per Get, %d Gets per client\n",
-                HumanSize(lat_size).c_str(), ops);
+                krul::FormatByteSize(lat_size).c_str(), ops);
     std::printf("%-5s %7s %10s %10s %10s\n", "plane", "clients", "p50 ms", "p99 ms", "Gets/s");
   }
   for (Plane& p : planes) {

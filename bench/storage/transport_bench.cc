@@ -34,9 +34,9 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "krul/base/byte_size.h"
 #include "krul/transport/transport.h"
 #include "krul/transport/ucx_transport.h"
 #include "storage/loopback_tcp.h"
@@ -49,12 +49,13 @@ ABSL_FLAG(double, min_seconds, 0.2, "Minimum duration of each measurement");
 ABSL_FLAG(std::string, server_memory, "allocate",
           "Server region: allocate (AllocateRegion) or register (RegisterRegion of malloc'd "
           "memory)");
-ABSL_FLAG(std::string, max_op_bytes, "4M", "UcxTransportOptions.max_op_bytes");
+ABSL_FLAG(krul::ByteSize, max_op_bytes, krul::ByteSize(4 << 20),
+          "UcxTransportOptions.max_op_bytes");
 ABSL_FLAG(std::string, protocol, "auto", "UcxTransportOptions.protocol: auto, messages or rma");
 ABSL_FLAG(int, rounds, 5,
           "Rounds per block size; each round measures baseline, get and put back to back and "
           "the best round of each is reported (robust on a shared, noisy machine)");
-ABSL_FLAG(std::string, raw_chunk, "0",
+ABSL_FLAG(krul::ByteSize, raw_chunk, krul::ByteSize(0),
           "Largest send()/recv() of the raw TCP baseline (a block is sent in chunks of this "
           "size; 0 = one call per block)");
 ABSL_FLAG(bool, detect_peer_failure, true, "UcxTransportOptions.detect_peer_failure");
@@ -99,17 +100,6 @@ template <typename T>
 T OrDie(absl::StatusOr<T> value, const char* what) {
   if (!value.ok()) Die(absl::StrFormat("%s: %s", what, value.status().ToString()));
   return *std::move(value);
-}
-
-bool ParseSize(std::string_view text, size_t* out) {
-  size_t mult = 1;
-  if (!text.empty() && (text.back() == 'K' || text.back() == 'k')) mult = 1024;
-  if (!text.empty() && (text.back() == 'M' || text.back() == 'm')) mult = 1024 * 1024;
-  if (mult != 1) text.remove_suffix(1);
-  uint64_t n = 0;
-  if (!absl::SimpleAtoi(absl::string_view(text.data(), text.size()), &n) || n == 0) return false;
-  *out = n * mult;
-  return true;
 }
 
 // Page-aligned, pre-faulted memory.
@@ -273,20 +263,14 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   std::vector<size_t> sizes;
   for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_sizes), ',')) {
-    size_t n;
-    if (!ParseSize(std::string_view(s.data(), s.size()), &n)) {
-      Die(absl::StrFormat("bad --sizes entry '%s'", s));
-    }
+    const uint64_t n = OrDie(krul::ParseByteSize(s), "--sizes");
+    if (n == 0) Die("--sizes: a block size must be at least 1 byte");
     sizes.push_back(n);
   }
-  size_t max_op_bytes;
-  if (!ParseSize(absl::GetFlag(FLAGS_max_op_bytes), &max_op_bytes)) Die("bad --max_op_bytes");
+  const size_t max_op_bytes = absl::GetFlag(FLAGS_max_op_bytes).bytes;
+  if (max_op_bytes == 0) Die("--max_op_bytes must be at least 1 byte");
   const int depth = std::max(1, absl::GetFlag(FLAGS_depth));
-  size_t raw_chunk = 0;
-  if (absl::GetFlag(FLAGS_raw_chunk) != "0" &&
-      !ParseSize(absl::GetFlag(FLAGS_raw_chunk), &raw_chunk)) {
-    Die("bad --raw_chunk");
-  }
+  const size_t raw_chunk = absl::GetFlag(FLAGS_raw_chunk).bytes;
   const double min_seconds = absl::GetFlag(FLAGS_min_seconds);
   size_t largest = 0;
   for (size_t s : sizes) largest = std::max(largest, s);
