@@ -6,12 +6,13 @@
 //
 // Prints "krul-worker listening on HOST:PORT" (and "krul-worker grpc
 // listening on HOST:PORT") on stdout once it serves; SIGINT / SIGTERM stop
-// it cleanly (queued persists are given --persist_deadline_ms to finish).
+// it cleanly (queued persists are given --persist_deadline to finish).
+// Durations are absl::Duration flags ("500ms", "30s"), sizes byte counts
+// ("64K", "4M"); diagnostics go to stderr through krul/base/log.h.
 #include <pthread.h>
 #include <signal.h>
 
 #include <cstdio>
-#include <iostream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -23,6 +24,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "krul/base/byte_size.h"
+#include "krul/base/log.h"
 #include "worker/session/conversation_store.h"
 #include "worker/server/grpc_service.h"
 #include "worker/server/http_api.h"
@@ -35,7 +38,8 @@ ABSL_FLAG(std::string, tokenizer, "",
           "llama2.c tokenizer file; default: the vocabulary embedded in the model");
 ABSL_FLAG(bool, synthetic, false, "Serve a seeded random model (--synthetic_shape)");
 ABSL_FLAG(std::string, synthetic_shape, "64,172,5,8,4,512,512",
-          "dim,hidden_dim,layers,heads,kv_heads,vocab,seq_len of the synthetic model");
+          "Synthetic model shape: dim,hidden_dim,layers,heads,kv_heads,vocab,seq_len, or "
+          "key=value items (dim=64,hidden=172,layers=5,heads=8,kv_heads=4,vocab=512,seq_len=512)");
 ABSL_FLAG(uint64_t, seed, 42, "Seed of the synthetic model's weights");
 ABSL_FLAG(std::string, model_name, "",
           "Model name in the API (default: the model file's stem, or 'synthetic')");
@@ -45,11 +49,13 @@ ABSL_FLAG(int, http_port, 8080, "HTTP port; 0 = ephemeral (printed on stdout)");
 ABSL_FLAG(int, grpc_port, -1, "gRPC Worker service port; 0 = ephemeral, -1 = off");
 ABSL_FLAG(int, max_active, 1, "Requests computed at once (one engine each)");
 ABSL_FLAG(int, max_queue, 8, "Requests that may wait for an engine; beyond: HTTP 429");
-ABSL_FLAG(int, queue_timeout_ms, 30000, "Longest wait for an engine before HTTP 429");
+ABSL_FLAG(absl::Duration, queue_timeout, absl::Seconds(30),
+          "Longest wait for an engine before HTTP 429");
 ABSL_FLAG(int, threads, 1, "Engine threads per active request (0 = all cores)");
 ABSL_FLAG(int, default_max_tokens, 64, "max_tokens when a request gives none");
 ABSL_FLAG(int, max_tokens_limit, 4096, "Largest max_tokens a request may ask for");
-ABSL_FLAG(int, max_request_bytes, 4 << 20, "Largest request body");
+ABSL_FLAG(krul::ByteSize, max_request_bytes, krul::ByteSize(4 << 20),
+          "Largest request body (K/M/G suffixes)");
 ABSL_FLAG(std::string, kvstore, "",
           "Comma-separated kvstore gRPC addresses (host:port); empty = in-process store");
 ABSL_FLAG(int, kvstore_replication, 1, "Replicas of each conversation across the kvstore shards");
@@ -70,8 +76,9 @@ ABSL_FLAG(std::string, kv_dtype, "f32", "Storage type of stored KV: f32, f16, bf
 ABSL_FLAG(bool, prefetch_blocks, true,
           "Read all blocks of a restore in one streamed request (false: one per load step)");
 ABSL_FLAG(int, chunk_tokens, 256, "Tokens per stored KV block");
-ABSL_FLAG(int, kvstore_deadline_ms, 1000, "Deadline of a restore-time lookup or block fetch");
-ABSL_FLAG(int, persist_deadline_ms, 10000, "Deadline of a background persist");
+ABSL_FLAG(absl::Duration, kvstore_deadline, absl::Seconds(1),
+          "Deadline of a restore-time lookup or block fetch");
+ABSL_FLAG(absl::Duration, persist_deadline, absl::Seconds(10), "Deadline of a background persist");
 ABSL_FLAG(int, max_pending_persists, 16, "Persists that may wait; beyond, a turn is not stored");
 ABSL_FLAG(int, granularity_tokens, 16, "Restore split grid (tokens)");
 ABSL_FLAG(int, expected_new_tokens, 64, "New-input length assumed when the split is chosen");
@@ -86,13 +93,15 @@ ABSL_FLAG(double, load_gbps, 1.0, "Cost model: load bandwidth (GB/s)");
 ABSL_FLAG(bool, freeze_costs, false, "Do not refresh the cost model from live measurements");
 ABSL_FLAG(std::string, fixed_pairs, "",
           "krul-fixed layer pairs 'a:b,c:d'; empty = calibrate at start-up");
+ABSL_FLAG(krul::LogSeverity, log_level, krul::LogSeverity::kInfo,
+          "Least severity logged on stderr: info, warning or error");
 
 namespace {
 
 using krul::worker::WorkerOptions;
 
 int Fail(const absl::Status& status) {
-  std::cerr << "krul-worker: " << status << "\n";
+  KRUL_LOG(ERROR) << "krul-worker: " << status;
   return 1;
 }
 
@@ -102,7 +111,7 @@ absl::StatusOr<WorkerOptions> OptionsFromFlags() {
   o.tokenizer_path = absl::GetFlag(FLAGS_tokenizer);
   o.synthetic = absl::GetFlag(FLAGS_synthetic);
   if (o.synthetic) {
-    auto shape = krul::worker::ParseModelShape(absl::GetFlag(FLAGS_synthetic_shape));
+    auto shape = krul::ParseModelShape(absl::GetFlag(FLAGS_synthetic_shape));
     if (!shape.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("synthetic_shape: ", shape.status().message()));
@@ -120,14 +129,11 @@ absl::StatusOr<WorkerOptions> OptionsFromFlags() {
   o.grpc_port = absl::GetFlag(FLAGS_grpc_port);
   o.max_active = absl::GetFlag(FLAGS_max_active);
   o.max_queue = absl::GetFlag(FLAGS_max_queue);
-  o.queue_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_queue_timeout_ms));
+  o.queue_timeout = absl::GetFlag(FLAGS_queue_timeout);
   o.threads = absl::GetFlag(FLAGS_threads);
   o.default_max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
   o.max_tokens_limit = absl::GetFlag(FLAGS_max_tokens_limit);
-  if (absl::GetFlag(FLAGS_max_request_bytes) < 0) {
-    return absl::InvalidArgumentError("max_request_bytes: must be >= 0");
-  }
-  o.max_request_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_request_bytes));
+  o.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes).bytes;
   o.kvstore_addresses = absl::StrSplit(absl::GetFlag(FLAGS_kvstore), ',', absl::SkipWhitespace());
   o.tenant = absl::GetFlag(FLAGS_tenant);
   auto mode = krul::ParseRestoreMode(absl::GetFlag(FLAGS_mode));
@@ -138,14 +144,14 @@ absl::StatusOr<WorkerOptions> OptionsFromFlags() {
   o.target_ratio = absl::GetFlag(FLAGS_target_ratio);
   o.sensitivity_threshold = absl::GetFlag(FLAGS_sensitivity_threshold);
   o.krul_prior_rows = absl::GetFlag(FLAGS_krul_prior_rows);
-  auto dtype = krul::worker::ParseDType(absl::GetFlag(FLAGS_kv_dtype));
+  auto dtype = krul::ParseDType(absl::GetFlag(FLAGS_kv_dtype));
   if (!dtype.ok())
     return absl::InvalidArgumentError(absl::StrCat("kv_dtype: ", dtype.status().message()));
   o.kv_dtype = *dtype;
   o.chunk_tokens = absl::GetFlag(FLAGS_chunk_tokens);
   o.prefetch_blocks = absl::GetFlag(FLAGS_prefetch_blocks);
-  o.kvstore_deadline = absl::Milliseconds(absl::GetFlag(FLAGS_kvstore_deadline_ms));
-  o.persist_deadline = absl::Milliseconds(absl::GetFlag(FLAGS_persist_deadline_ms));
+  o.kvstore_deadline = absl::GetFlag(FLAGS_kvstore_deadline);
+  o.persist_deadline = absl::GetFlag(FLAGS_persist_deadline);
   o.max_pending_persists = absl::GetFlag(FLAGS_max_pending_persists);
   o.granularity_tokens = absl::GetFlag(FLAGS_granularity_tokens);
   o.expected_new_tokens = absl::GetFlag(FLAGS_expected_new_tokens);
@@ -170,6 +176,7 @@ int main(int argc, char** argv) {
       "  krul-worker --model FILE [--tokenizer FILE] [--kvstore HOST:PORT] [--http_port N]\n"
       "  krul-worker --synthetic --http_port 0");
   absl::ParseCommandLine(argc, argv);
+  krul::SetMinLogSeverity(absl::GetFlag(FLAGS_log_level));
 
   // Block the stop signals in every thread; one thread waits for them.
   sigset_t stop_signals;
@@ -194,14 +201,14 @@ int main(int argc, char** argv) {
     if (!remote.ok()) return Fail(remote.status());
     store = *std::move(remote);
   } else {
-    std::cerr << "krul-worker: no --kvstore: conversations live in this process only\n";
+    KRUL_LOG(INFO) << "krul-worker: no --kvstore: conversations live in this process only";
   }
   if (store != nullptr) {
     // Opens the channels now, so the first restore does not pay for it. A
     // store that is down is not fatal: turns then recompute.
     if (auto s = store->Health(absl::Now() + absl::Seconds(2)); !s.ok()) {
-      std::cerr << "krul-worker: kvstore not reachable yet (" << s.message()
-                << "); restores fall back to recompute until it is\n";
+      KRUL_LOG(WARNING) << "krul-worker: kvstore not reachable yet (" << s.message()
+                        << "); restores fall back to recompute until it is";
     }
   }
   auto core = krul::worker::WorkerCore::Create(*options, std::move(store));
@@ -220,10 +227,10 @@ int main(int argc, char** argv) {
   }
 
   std::thread server([&http] { http.Serve(); });
-  std::cerr << "krul-worker: model " << (*core)->model_name() << " ("
-            << (*core)->model().config().ToString() << "), mode "
-            << krul::RestoreModeName(options->mode) << ", store "
-            << (options->kvstore_addresses.empty() ? "in-process" : "kvstore") << "\n";
+  KRUL_LOG(INFO) << "krul-worker: model " << (*core)->model_name() << " ("
+                 << (*core)->model().config().ToString() << "), mode "
+                 << krul::RestoreModeName(options->mode) << ", store "
+                 << (options->kvstore_addresses.empty() ? "in-process" : "kvstore");
   std::printf("krul-worker listening on %s:%d\n", options->host.c_str(), *port);
   if (grpc != nullptr) {
     std::printf("krul-worker grpc listening on %s:%d\n", options->host.c_str(), grpc->port());
@@ -232,7 +239,7 @@ int main(int argc, char** argv) {
 
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);
-  std::cerr << "krul-worker: signal " << signal_number << ", shutting down\n";
+  KRUL_LOG(INFO) << "krul-worker: signal " << signal_number << ", shutting down";
   (*core)->Shutdown(options->persist_deadline);
   if (grpc != nullptr) grpc->Stop();
   http.Stop();

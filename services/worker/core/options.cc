@@ -28,14 +28,6 @@ bool ParseInt(std::string_view text, int* out) {
 
 }  // namespace
 
-absl::StatusOr<DType> ParseDType(std::string_view name) {
-  for (DType d : {DType::kF32, DType::kF16, DType::kBF16}) {
-    if (DTypeName(d) == name) return d;
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown dtype '", std::string(name), "'; expected f32, f16 or bf16"));
-}
-
 std::string_view ChatTemplateName(ChatTemplateKind kind) {
   return kind == ChatTemplateKind::kPlain ? "plain" : "roles";
 }
@@ -45,27 +37,6 @@ absl::StatusOr<ChatTemplateKind> ParseChatTemplate(std::string_view name) {
   if (name == "roles") return ChatTemplateKind::kRoles;
   return absl::InvalidArgumentError(
       absl::StrCat("unknown chat template '", std::string(name), "'; expected plain or roles"));
-}
-
-absl::StatusOr<ModelConfig> ParseModelShape(std::string_view text) {
-  std::vector<std::string> parts = absl::StrSplit(std::string(text), ',');
-  if (parts.size() != 7) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("model shape '", std::string(text),
-                     "' needs 7 comma-separated numbers: dim,hidden_dim,layers,heads,kv_heads,"
-                     "vocab,seq_len"));
-  }
-  ModelConfig c;
-  int* fields[] = {&c.dim,        &c.hidden_dim, &c.n_layers, &c.n_heads,
-                   &c.n_kv_heads, &c.vocab_size, &c.seq_len};
-  for (int i = 0; i < 7; ++i) {
-    if (!ParseInt(parts[i], fields[i])) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("model shape: '", parts[i], "' is not a number"));
-    }
-  }
-  if (auto s = c.Validate(); !s.ok()) return s;
-  return c;
 }
 
 absl::StatusOr<std::vector<std::pair<int, int>>> ParsePairs(std::string_view text) {
@@ -122,10 +93,8 @@ absl::Status WorkerOptions::Validate() const {
   if (!(krul_prior_rows >= 0.0 && std::isfinite(krul_prior_rows))) {
     return Invalid("krul_prior_rows", "must be a finite number >= 0");
   }
-  if (kvstore_deadline <= absl::ZeroDuration())
-    return Invalid("kvstore_deadline_ms", "must be > 0");
-  if (persist_deadline <= absl::ZeroDuration())
-    return Invalid("persist_deadline_ms", "must be > 0");
+  if (kvstore_deadline <= absl::ZeroDuration()) return Invalid("kvstore_deadline", "must be > 0");
+  if (persist_deadline <= absl::ZeroDuration()) return Invalid("persist_deadline", "must be > 0");
   if (max_pending_persists < 1) return Invalid("max_pending_persists", "must be >= 1");
   if (granularity_tokens < 1) return Invalid("granularity_tokens", "must be >= 1");
   if (expected_new_tokens < 0) return Invalid("expected_new_tokens", "must be >= 0");

@@ -11,8 +11,10 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "krul/base/dtype.h"
+#include "krul/base/dtype.h"  // DType, ParseDType
+#include "krul/engine/backend_factory.h"  // Device
 #include "krul/model/model.h"
+#include "krul/model/model_shape.h"  // ParseModelShape
 #include "krul/restore/restore_mode.h"
 
 namespace krul::worker {
@@ -22,9 +24,6 @@ enum class ChatTemplateKind {
   kPlain,  // message texts back to back (TinyStories-style models)
   kRoles,  // "User: ...\n" / "Assistant: ..." role-tagged lines
 };
-// "f32", "f16", "bf16".
-absl::StatusOr<DType> ParseDType(std::string_view name);
-
 std::string_view ChatTemplateName(ChatTemplateKind kind);
 absl::StatusOr<ChatTemplateKind> ParseChatTemplate(std::string_view name);
 
@@ -37,7 +36,7 @@ struct WorkerOptions {
   // (GGUF) or, for a synthetic model, a byte-level vocabulary.
   std::string tokenizer_path;
   bool synthetic = false;
-  ModelConfig synthetic_shape;  // filled by ParseModelShape
+  ModelConfig synthetic_shape;  // filled by ParseModelShape (model_shape.h)
   uint64_t synthetic_seed = 42;
   // Name reported by /v1/models and expected in requests' "model" field.
   // Empty = derived from the model file name ("synthetic" for synthetic).
@@ -56,6 +55,9 @@ struct WorkerOptions {
   absl::Duration queue_timeout = absl::Seconds(30);
   // Engine threads per active request (0 = all cores).
   int threads = 1;
+  // Compute device of the engines: kAuto = CUDA when the build has it and a
+  // GPU is usable, else the CPU (backend_factory.h). Default kAuto.
+  Device device = Device::kAuto;
 
   // ---- generation limits ------------------------------------------------
   int default_max_tokens = 64;

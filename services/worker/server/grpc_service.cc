@@ -1,16 +1,11 @@
 #include "worker/server/grpc_service.h"
 
 #include "absl/strings/str_cat.h"
+#include "krul/rpc/grpc_status.h"
 #include "worker/session/session.h"
 
 namespace krul::worker {
 namespace {
-
-grpc::Status ToGrpc(const absl::Status& s) {
-  if (s.ok()) return grpc::Status::OK;
-  // absl and gRPC share the canonical code numbering.
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
 
 void FillStats(const CompletionStats& s, v1::ChatStats* out) {
   out->set_prompt_tokens(s.prompt_tokens);
@@ -99,12 +94,12 @@ grpc::Status WorkerGrpcService::Chat(grpc::ServerContext*, const v1::ChatRequest
                                      v1::ChatResponse* response) {
   const absl::Time accepted = absl::Now();
   auto parsed = ChatRequestFromProto(*request, core_->options());
-  if (!parsed.ok()) return ToGrpc(parsed.status());
+  if (!parsed.ok()) return ToGrpcStatus(parsed.status());
   auto session = core_->StartChat(*parsed, accepted);
-  if (!session.ok()) return ToGrpc(session.status());
+  if (!session.ok()) return ToGrpcStatus(session.status());
   while (!(*session)->done()) {
     auto piece = (*session)->Next();
-    if (!piece.ok()) return ToGrpc(piece.status());
+    if (!piece.ok()) return ToGrpcStatus(piece.status());
   }
   response->set_content((*session)->content());
   for (int t : (*session)->completion_tokens()) response->add_token_ids(t);
@@ -119,15 +114,15 @@ grpc::Status WorkerGrpcService::ChatStream(grpc::ServerContext* context,
                                            grpc::ServerWriter<v1::ChatChunk>* writer) {
   const absl::Time accepted = absl::Now();
   auto parsed = ChatRequestFromProto(*request, core_->options());
-  if (!parsed.ok()) return ToGrpc(parsed.status());
+  if (!parsed.ok()) return ToGrpcStatus(parsed.status());
   auto started = core_->StartChat(*parsed, accepted);
-  if (!started.ok()) return ToGrpc(started.status());
+  if (!started.ok()) return ToGrpcStatus(started.status());
   Session& session = **started;
   while (!session.done()) {
     if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
     const size_t before = session.completion_tokens().size();
     auto piece = session.Next();
-    if (!piece.ok()) return ToGrpc(piece.status());
+    if (!piece.ok()) return ToGrpcStatus(piece.status());
     v1::ChatChunk chunk;
     chunk.set_delta(*piece);
     for (size_t i = before; i < session.completion_tokens().size(); ++i) {

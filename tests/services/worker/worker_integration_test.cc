@@ -199,7 +199,7 @@ TEST_F(ClusterTest, WithSharingTurnTwoLoadsFromTheKvstore) {
 }
 
 TEST_F(ClusterTest, KillingTheKvstoreFallsBackToRecompute) {
-  StartCluster({"--mode=load", "--kvstore_deadline_ms=500"});
+  StartCluster({"--mode=load", "--kvstore_deadline=500ms"});
   json messages = json::array({{{"role", "user"}, {"content", kUserTurns[0]}}});
   ChatReply first = a_.client->Chat(Request(messages, 16));
   ASSERT_EQ(first.http_status, 200) << first.error;
