@@ -12,7 +12,6 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "krul/base/dtype.h"  // DType, ParseDType
-#include "krul/engine/backend_factory.h"  // Device
 #include "krul/model/model.h"
 #include "krul/model/model_shape.h"  // ParseModelShape
 #include "krul/restore/restore_mode.h"
@@ -55,9 +54,6 @@ struct WorkerOptions {
   absl::Duration queue_timeout = absl::Seconds(30);
   // Engine threads per active request (0 = all cores).
   int threads = 1;
-  // Compute device of the engines: kAuto = CUDA when the build has it and a
-  // GPU is usable, else the CPU (backend_factory.h). Default kAuto.
-  Device device = Device::kAuto;
 
   // ---- generation limits ------------------------------------------------
   int default_max_tokens = 64;
@@ -118,10 +114,6 @@ struct WorkerOptions {
   // OK, or INVALID_ARGUMENT naming the first bad field.
   absl::Status Validate() const;
 };
-
-// Parses "dim,hidden_dim,layers,heads,kv_heads,vocab,seq_len" into a
-// validated ModelConfig. INVALID_ARGUMENT naming the problem otherwise.
-absl::StatusOr<ModelConfig> ParseModelShape(std::string_view text);
 
 // Parses "a:b,c:d" into pairs (a < b normalized). INVALID_ARGUMENT otherwise.
 absl::StatusOr<std::vector<std::pair<int, int>>> ParsePairs(std::string_view text);
