@@ -343,12 +343,15 @@ std::optional<ChatRequest> ParseChatRequest(std::string_view body, const Request
   std::string mode;
   if (!ReadString(root, "krul_mode", &mode, error)) return std::nullopt;
   if (!mode.empty()) {
-    auto parsed = ParseRestoreMode(mode);
-    if (!parsed.ok()) {
-      *error = BadRequest("krul_mode", std::string(parsed.status().message()));
-      return std::nullopt;
+    if (limits.check_mode) {
+      absl::StatusOr<std::string> canonical = limits.check_mode(mode);
+      if (!canonical.ok()) {
+        *error = BadRequest("krul_mode", std::string(canonical.status().message()));
+        return std::nullopt;
+      }
+      mode = *std::move(canonical);
     }
-    req.mode = *parsed;
+    req.mode = std::move(mode);
   }
   if (!ReadBool(root, "return_token_ids", &req.return_token_ids, error)) return std::nullopt;
   return req;

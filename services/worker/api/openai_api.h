@@ -12,11 +12,15 @@
 // text, n > 1) are rejected with 400; other unknown fields are ignored, as
 // OpenAI-compatible servers commonly do.
 //
+// The wire format links no engine (Abseil and nlohmann_json only), so
+// clients such as the load tester use it without the worker.
+//
 // Thread-safe (no shared state).
 #ifndef KRUL_SERVICES_WORKER_API_OPENAI_API_H_
 #define KRUL_SERVICES_WORKER_API_OPENAI_API_H_
 
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -24,8 +28,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "worker/core/chat_template.h"
-#include "worker/core/options.h"
+#include "absl/status/statusor.h"
+#include "worker/api/chat_message.h"
 
 namespace krul::worker {
 
@@ -46,11 +50,19 @@ struct ApiError {
 // UNAVAILABLE -> 503, DEADLINE_EXCEEDED -> 504, anything else -> 500.
 ApiError ApiErrorFromStatus(const absl::Status& status);
 
+// Checks a "krul_mode" name and returns its canonical spelling, or
+// INVALID_ARGUMENT with a message for the client. The worker supplies it:
+// the set of restore modes belongs to the restore library, which the wire
+// format does not link.
+using ModeNameCheck = std::function<absl::StatusOr<std::string>(std::string_view name)>;
+
 struct RequestLimits {
   int default_max_tokens = 64;
   int max_tokens_limit = 4096;
   int max_messages = 1024;
   size_t max_content_bytes = 1 << 20;  // per message
+  // Null: krul_mode is taken as sent (the worker checks it again).
+  ModeNameCheck check_mode;
 };
 
 struct ChatRequest {
@@ -64,7 +76,9 @@ struct ChatRequest {
   bool include_usage = false;  // stream_options.include_usage
   // conversation_id, else user; empty = key by the message prefix digest.
   std::string conversation_id;
-  std::optional<RestoreMode> mode;  // krul_mode
+  // krul_mode: a restore mode name (canonical when RequestLimits::check_mode
+  // is set); absent = the worker's own mode.
+  std::optional<std::string> mode;
   bool return_token_ids = false;
 };
 
@@ -73,7 +87,8 @@ struct ChatRequest {
 // body that is not an object, a field of the wrong type, empty messages, an
 // unknown role, a trailing assistant message, non-text content parts,
 // max_tokens < 1 or above the limit, temperature outside [0, 2], top_p
-// outside (0, 1], n != 1, or an unsupported feature.
+// outside (0, 1], n != 1, a krul_mode that limits.check_mode rejects, or an
+// unsupported feature.
 std::optional<ChatRequest> ParseChatRequest(std::string_view body, const RequestLimits& limits,
                                             ApiError* error);
 

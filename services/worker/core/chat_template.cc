@@ -4,18 +4,6 @@
 
 namespace krul::worker {
 
-std::string_view RoleName(Role role) {
-  switch (role) {
-    case Role::kSystem:
-      return "system";
-    case Role::kUser:
-      return "user";
-    case Role::kAssistant:
-      return "assistant";
-  }
-  return "unknown";
-}
-
 uint64_t ChainDigest(uint64_t previous, const ChatMessage& message) {
   // The role and the content length go in front so that ("ab", "c") and
   // ("a", "bc") chain to different digests.

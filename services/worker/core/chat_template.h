@@ -1,4 +1,5 @@
-// Chat messages and the template that turns them into prompt tokens.
+// The template that turns chat messages (worker/api/chat_message.h) into
+// prompt tokens.
 //
 // Every message is tokenized on its own and the pieces are concatenated after
 // one BOS, so the tokens of a conversation's first k messages never change
@@ -30,21 +31,10 @@
 #include <vector>
 
 #include "krul/model/tokenizer.h"
+#include "worker/api/chat_message.h"
 #include "worker/core/options.h"
 
 namespace krul::worker {
-
-enum class Role : uint8_t { kSystem = 0, kUser = 1, kAssistant = 2 };
-
-// "system", "user", "assistant".
-std::string_view RoleName(Role role);
-
-struct ChatMessage {
-  Role role = Role::kUser;
-  std::string content;
-
-  friend bool operator==(const ChatMessage&, const ChatMessage&) = default;
-};
 
 // Digest of the conversation up to and including `message`, chained from
 // the digest of everything before it (kEmptyDigest for the first message).

@@ -56,6 +56,12 @@ absl::StatusOr<std::vector<std::pair<int, int>>> ParsePairs(std::string_view tex
   return pairs;
 }
 
+absl::StatusOr<std::string> CanonicalRestoreModeName(std::string_view name) {
+  absl::StatusOr<RestoreMode> mode = ParseRestoreMode(name);
+  if (!mode.ok()) return mode.status();
+  return std::string(RestoreModeName(*mode));
+}
+
 absl::Status WorkerOptions::Validate() const {
   if (synthetic) {
     if (auto s = synthetic_shape.Validate(); !s.ok()) {

@@ -118,6 +118,12 @@ struct WorkerOptions {
 // Parses "a:b,c:d" into pairs (a < b normalized). INVALID_ARGUMENT otherwise.
 absl::StatusOr<std::vector<std::pair<int, int>>> ParsePairs(std::string_view text);
 
+// The canonical name of the restore mode `name` (any spelling
+// ParseRestoreMode accepts): the check the HTTP API gives the wire format
+// (RequestLimits::check_mode). INVALID_ARGUMENT listing the valid names
+// otherwise.
+absl::StatusOr<std::string> CanonicalRestoreModeName(std::string_view name);
+
 }  // namespace krul::worker
 
 #endif  // KRUL_SERVICES_WORKER_CORE_OPTIONS_H_

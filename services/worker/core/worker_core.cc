@@ -259,11 +259,16 @@ absl::StatusOr<std::unique_ptr<Session>> WorkerCore::StartChat(const ChatRequest
     return absl::NotFoundError(absl::StrCat(
         "the model '", request.model, "' does not exist; this worker serves '", model_name_, "'"));
   }
-  if (request.mode.has_value() && *request.mode != options_.mode && !options_.allow_mode_override) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("krul_mode: this worker runs mode '",
-                     ToAbslStringView(RestoreModeName(options_.mode)),
-                     "' and does not allow per-request modes"));
+  if (request.mode.has_value()) {
+    // The front ends check the name already; a caller that did not gets the same error here.
+    absl::StatusOr<RestoreMode> mode = ParseRestoreMode(*request.mode);
+    if (!mode.ok()) return mode.status();
+    if (*mode != options_.mode && !options_.allow_mode_override) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("krul_mode: this worker runs mode '",
+                       ToAbslStringView(RestoreModeName(options_.mode)),
+                       "' and does not allow per-request modes"));
+    }
   }
   metrics_.queued_requests().Increment();
   auto ticket = admission_->Acquire(options_.queue_timeout);

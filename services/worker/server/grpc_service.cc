@@ -85,7 +85,7 @@ absl::StatusOr<ChatRequest> ChatRequestFromProto(const v1::ChatRequest& in,
   if (!in.mode().empty()) {
     auto mode = ParseRestoreMode(in.mode());
     if (!mode.ok()) return mode.status();
-    r.mode = *mode;
+    r.mode = std::string(RestoreModeName(*mode));
   }
   return r;
 }

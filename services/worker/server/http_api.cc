@@ -81,6 +81,7 @@ void HttpApi::Routes() {
     limits.default_max_tokens = o.default_max_tokens;
     limits.max_tokens_limit = o.max_tokens_limit;
     limits.max_messages = o.max_messages;
+    limits.check_mode = CanonicalRestoreModeName;
     ApiError error;
     std::optional<ChatRequest> request = ParseChatRequest(req.body, limits, &error);
     if (!request.has_value()) return SendError(core, res, error);

@@ -56,7 +56,8 @@ Session::Session(WorkerCore& core, AdmissionTicket ticket, const ChatRequest& re
       ticket_(std::move(ticket)),
       slot_(core.slot(ticket_.slot())),
       request_(request),
-      mode_(request.mode.value_or(core.options().mode)) {
+      // WorkerCore::StartChat checked the name; absent = the worker's mode.
+      mode_(ParseRestoreMode(request.mode.value_or("")).value_or(core.options().mode)) {
   core_.metrics().active_requests().Increment();
 }
 

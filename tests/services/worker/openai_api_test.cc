@@ -4,6 +4,8 @@
 
 #include <string>
 
+#include "worker/core/options.h"
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -13,8 +15,16 @@ namespace {
 using nlohmann::json;
 using ::testing::HasSubstr;
 
+// The worker's limits check krul_mode against its restore modes (as
+// http_api.cc does); the wire format alone takes any name.
+RequestLimits WorkerLimits() {
+  RequestLimits limits;
+  limits.check_mode = CanonicalRestoreModeName;
+  return limits;
+}
+
 std::optional<ChatRequest> Parse(const std::string& body, ApiError* error,
-                                 RequestLimits limits = {}) {
+                                 RequestLimits limits = WorkerLimits()) {
   return ParseChatRequest(body, limits, error);
 }
 
@@ -75,8 +85,21 @@ TEST(ParseChatRequestTest, ReadsEveryField) {
   EXPECT_TRUE(r->stream);
   EXPECT_TRUE(r->include_usage);
   EXPECT_EQ(r->conversation_id, "u-1");  // `user` stands in for conversation_id
-  EXPECT_EQ(r->mode, RestoreMode::kCake);
+  EXPECT_EQ(r->mode, "cake");
   EXPECT_TRUE(r->return_token_ids);
+}
+
+TEST(ParseChatRequestTest, KrulModeIsCanonicalOnlyWithTheWorkersCheck) {
+  const std::string body = R"({"messages":[{"role":"user","content":"x"}],"krul_mode":"krul_fixed"})";
+  ApiError error;
+  auto checked = Parse(body, &error);
+  ASSERT_TRUE(checked.has_value()) << error.message;
+  EXPECT_EQ(checked->mode, "krul-fixed");
+  // The wire format alone takes the name as sent; the worker core checks it.
+  auto unchecked = Parse(R"({"messages":[{"role":"user","content":"x"}],"krul_mode":"fast"})",
+                         &error, RequestLimits{});
+  ASSERT_TRUE(unchecked.has_value()) << error.message;
+  EXPECT_EQ(unchecked->mode, "fast");
 }
 
 TEST(ParseChatRequestTest, ConversationIdWinsOverUser) {

@@ -88,7 +88,7 @@ inline absl::StatusOr<TurnResult> RunTurn(WorkerCore& core, const std::vector<Ch
   r.max_tokens = max_tokens;
   r.temperature = 0;
   r.conversation_id = conversation_id;
-  r.mode = mode;
+  if (mode.has_value()) r.mode = std::string(RestoreModeName(*mode));
   auto session = core.StartChat(r, absl::Now());
   if (!session.ok()) return session.status();
   while (!(*session)->done()) {
