@@ -9,10 +9,12 @@
 
 #include <cerrno>
 #include <cstring>
+#include <regex>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "test_support/wait.h"
 
 namespace krul::testing {
 
@@ -110,18 +112,21 @@ void ChildProcess::Kill() {
 int ChildProcess::Terminate(absl::Duration timeout) {
   if (pid_ <= 0) return -1;
   kill(pid_, SIGTERM);
-  const absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    int status = 0;
-    const pid_t r = waitpid(pid_, &status, WNOHANG);
-    if (r == pid_) {
-      pid_ = -1;
-      return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    }
-    absl::SleepFor(absl::Milliseconds(10));
+  int status = 0;
+  if (!WaitFor([&] { return waitpid(pid_, &status, WNOHANG) == pid_; }, timeout,
+               "the child to exit after SIGTERM")) {
+    Kill();
+    return -1;
   }
-  Kill();
-  return -1;
+  pid_ = -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+int PortFromLine(const std::string& line) {
+  static const std::regex re(R"(listening on [^ ]*:(\d+))");
+  std::smatch m;
+  if (!std::regex_search(line, m, re)) return 0;
+  return std::stoi(m[1].str());
 }
 
 }  // namespace krul::testing

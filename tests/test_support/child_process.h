@@ -60,6 +60,10 @@ class ChildProcess {
   std::vector<std::string> lines_;
 };
 
+// The port at the end of "... listening on HOST:PORT" (the line the Krul
+// servers print once bound), or 0 when the line has none.
+int PortFromLine(const std::string& line);
+
 }  // namespace krul::testing
 
 #endif  // KRUL_TESTS_TEST_SUPPORT_CHILD_PROCESS_H_

@@ -11,12 +11,13 @@
 #include <thread>
 
 #include "chat_client.h"
-#include "child_process.h"
 #include "gtest/gtest.h"
 #include "krul/model/model.h"
 #include "krul/model/tokenizer.h"
 #include "krul/v1/worker.grpc.pb.h"
+#include "test_support/child_process.h"
 #include "test_support/test_data.h"
+#include "test_support/wait.h"
 #include "worker_test_util.h"
 
 namespace krul::worker {
@@ -24,6 +25,7 @@ namespace {
 
 using krul::testing::ChildProcess;
 using krul::testing::PortFromLine;
+using krul::testing::WaitFor;
 using nlohmann::json;
 
 constexpr char kModelName[] = "krul-test";
@@ -56,6 +58,24 @@ struct Worker {
   std::unique_ptr<ChatClient> client;
   std::string Metrics() { return client->Get("/metrics").second; }
 };
+
+// Waits until `w` has finished `n` background persists (a turn's KV is in
+// the kvstore once its persist counts as ok), then expects all of them to
+// have succeeded. Replies go out before the persist, so the next turn may
+// only count on the store once this holds.
+void WaitForPersists(Worker& w, int n) {
+  std::string m;
+  auto finished = [&] {
+    m = w.Metrics();
+    return MetricValue(m, "krul_worker_persists_total", "result=\"ok\"") +
+               MetricValue(m, "krul_worker_persists_total", "result=\"error\"") >=
+           n;
+  };
+  ASSERT_TRUE(WaitFor(finished, absl::Seconds(60),
+                      "krul_worker_persists_total{ok+error} to reach " + std::to_string(n)))
+      << m;
+  EXPECT_EQ(MetricValue(m, "krul_worker_persists_total", "result=\"ok\""), n) << m;
+}
 
 // Starts krul-worker with the common test flags plus `extra`. Costs are
 // fixed (no probe, no live refresh) so the restore split is the same on
@@ -152,6 +172,7 @@ TEST_F(ClusterTest, ThreeTurnsThroughTwoWorkersEqualOneUninterruptedRun) {
 
   json messages = json::array();
   Worker* route[] = {&a_, &b_, &a_};
+  int persisted[] = {1, 1, 2};  // by the turn's worker, once the turn is stored
   double recomputed = 0, loaded = 0;
   for (size_t turn = 0; turn < kUserTurns.size(); ++turn) {
     messages.push_back({{"role", "user"}, {"content", kUserTurns[turn]}});
@@ -165,8 +186,7 @@ TEST_F(ClusterTest, ThreeTurnsThroughTwoWorkersEqualOneUninterruptedRun) {
       loaded += k["loaded_tokens"].get<double>();
     }
     messages.push_back({{"role", "assistant"}, {"content", reply.content}});
-    // Let the turn's background persist land (the client's think time).
-    absl::SleepFor(absl::Milliseconds(100));
+    ASSERT_NO_FATAL_FAILURE(WaitForPersists(*route[turn], persisted[turn])) << "turn " << turn + 1;
   }
   // Both halves of the restore ran: some history recomputed, some loaded.
   EXPECT_GT(recomputed, 0);
@@ -180,7 +200,7 @@ TEST_F(ClusterTest, WithSharingTurnTwoLoadsFromTheKvstore) {
   ASSERT_EQ(first.http_status, 200) << first.error;
   messages.push_back({{"role", "assistant"}, {"content", first.content}});
   messages.push_back({{"role", "user"}, {"content", kUserTurns[1]}});
-  absl::SleepFor(absl::Milliseconds(100));
+  ASSERT_NO_FATAL_FAILURE(WaitForPersists(a_, 1));
   ChatReply second = b_.client->Chat(Request(messages, 8));
   ASSERT_EQ(second.http_status, 200) << second.error;
   EXPECT_EQ(second.body["krul"]["restore"], "hit");
@@ -205,7 +225,7 @@ TEST_F(ClusterTest, KillingTheKvstoreFallsBackToRecompute) {
   ASSERT_EQ(first.http_status, 200) << first.error;
   messages.push_back({{"role", "assistant"}, {"content", first.content}});
   messages.push_back({{"role", "user"}, {"content", kUserTurns[1]}});
-  absl::SleepFor(absl::Milliseconds(100));
+  ASSERT_NO_FATAL_FAILURE(WaitForPersists(a_, 1));
   kvstore_->Kill();
   kvstore_.reset();
 
