@@ -7,16 +7,20 @@
 set -euo pipefail
 (($#)) || { echo "usage: runtime-packages.sh BINARY..." >&2; exit 2; }
 
-libs=$(ldd "$@" | awk '/=> \// { print $3 }' | sort -u)
-if ldd "$@" | grep -q 'not found'; then
-  ldd "$@" | grep 'not found' >&2
+deps=$(ldd "$@")
+if grep -q 'not found' <<<"$deps"; then
+  grep 'not found' <<<"$deps" >&2
   echo "runtime-packages: some libraries are missing in this image" >&2
   exit 1
 fi
-for lib in $libs; do
-  # dpkg knows files by the path the package installed; with merged /usr that may be
-  # /lib/... or /usr/lib/..., so try the resolved path under both.
-  real=$(readlink -f "$lib")
-  dpkg -S "$real" 2>/dev/null || dpkg -S "${real#/usr}" 2>/dev/null || dpkg -S "/usr$real" 2>/dev/null \
-    || { echo "runtime-packages: no package owns $real" >&2; exit 1; }
-done | cut -d: -f1 | sort -u
+# dpkg knows a file by the path its package installed; with merged /usr that is /lib/... for
+# some packages and /usr/lib/... for others, so ask for both spellings in one dpkg call.
+mapfile -t libs < <(awk '/=> \// { print $3 }' <<<"$deps" | xargs -r readlink -f | sort -u)
+queries=()
+for lib in "${libs[@]}"; do queries+=("$lib" "${lib#/usr}"); done
+owners=$(dpkg -S "${queries[@]}" 2>/dev/null || true)   # exits 1 for the spellings it lacks
+for lib in "${libs[@]}"; do
+  grep -q -e ": $lib\$" -e ": ${lib#/usr}\$" <<<"$owners" \
+    || { echo "runtime-packages: no package owns $lib" >&2; exit 1; }
+done
+cut -d: -f1 <<<"$owners" | sort -u

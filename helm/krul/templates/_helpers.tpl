@@ -124,13 +124,13 @@ app.kubernetes.io/component: {{ index . 1 }}
 --sensitivity_threshold={{ $w.sensitivityThreshold }}
 --tenant={{ $w.tenant }}
 --kvstore={{ include "krul.kvstore.addresses" . }}
---kvstore_deadline_ms={{ $w.kvstoreDeadlineMs }}
---persist_deadline_ms={{ $w.persistDeadlineMs }}
+--kvstore_deadline={{ $w.kvstoreDeadlineMs }}ms
+--persist_deadline={{ $w.persistDeadlineMs }}ms
 --kvstore_replication={{ $w.kvstoreReplication }}
 --kvstore_ucx={{ $w.ucx }}
 --max_active={{ $w.maxActive }}
 --max_queue={{ $w.maxQueue }}
---queue_timeout_ms={{ $w.queueTimeoutMs }}
+--queue_timeout={{ $w.queueTimeoutMs }}ms
 --threads={{ $w.threads }}
 --default_max_tokens={{ $w.defaultMaxTokens }}
 --max_tokens_limit={{ $w.maxTokensLimit }}
