@@ -20,6 +20,8 @@ KRUL_DEB_PACKAGES=(
   # deployment tests (tests/deploy): promtool and a real Prometheus server, and headless
   # Chromium for screenshots of its graphs
   prometheus chromium
+  # krul-loadtest's PNG plots
+  gnuplot-nox
 )
 
 log() { echo "install-deps: $*"; }
