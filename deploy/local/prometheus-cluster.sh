@@ -34,7 +34,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "$here/../.." && pwd)"
-# shellcheck source=lib/http.sh
+# shellcheck source=deploy/local/lib/http.sh
 source "$here/lib/http.sh"
 
 state="${TMPDIR:-/tmp}/krul-prometheus-cluster"
@@ -112,7 +112,7 @@ stop_cluster() {
   local deadline=$((SECONDS + 15))
   for pid in "${pids[@]}"; do
     while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
   done
   rm -rf "$state"
 }
@@ -308,6 +308,7 @@ EOF
 # With --watch-pid or --ttl, a small watcher in its own session stops the cluster when the
 # watched process is gone or the time is up, so a crashed test leaves nothing behind.
 if [[ -n $watch_pid || $ttl -gt 0 ]]; then
+  # shellcheck disable=SC2016  # the watcher's own script, expanded by the bash it runs in
   start watcher bash -c '
     watch=$1 ttl=$2 script=$3 state=$4
     end=$((SECONDS + (ttl > 0 ? ttl : 1 << 30)))

@@ -12,7 +12,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=lib/http.sh
+# shellcheck source=deploy/local/lib/http.sh
 source "$here/lib/http.sh"
 
 die() { echo "prometheus-screenshot: error: $*" >&2; exit 1; }

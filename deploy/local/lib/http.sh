@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Bash helpers for the local-cluster scripts: plain HTTP GETs over bash's /dev/tcp (no curl
 # needed) and a bounded wait on a condition. Source this file; it defines functions only.
 
