@@ -43,7 +43,7 @@ app.kubernetes.io/part-of: krul
 
 {{/* Selector labels of one component ("worker" or "kvstore"): pass (list $ "worker"). */}}
 {{- define "krul.selectorLabels" -}}
-{{- $root := index . 0 }}
+{{- $root := index . 0 -}}
 app.kubernetes.io/name: {{ include "krul.name" $root }}
 app.kubernetes.io/instance: {{ $root.Release.Name }}
 app.kubernetes.io/component: {{ index . 1 }}
