@@ -26,7 +26,6 @@
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -35,11 +34,12 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "chat_client.h"
+#include "endpoint.h"
+#include "trace.h"
 
 ABSL_FLAG(std::string, workers, "", "Comma-separated worker HTTP addresses host:port (required)");
 ABSL_FLAG(std::string, conversations, "",
@@ -95,46 +95,31 @@ std::vector<Conversation> BuiltInConversations() {
   };
 }
 
+// The conversation files krul-loadtest reads (trace.h): ShareGPT-style and
+// multi-turn JSON, MT-bench JSONL. Bad records are skipped with a warning.
 absl::StatusOr<std::vector<Conversation>> LoadConversations(const std::string& path) {
   if (path.empty()) return BuiltInConversations();
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError("cannot open " + path);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  const std::string text = buffer.str();
+  krul::loadtest::TraceOptions options;
+  options.on_bad_record = krul::loadtest::BadRecordPolicy::kSkip;
+  auto trace = krul::loadtest::LoadTrace(path, krul::loadtest::TraceFormat::kAuto, options);
+  if (!trace.ok()) return trace.status();
+  for (const std::string& m : trace->skip_messages) {
+    std::cerr << "krul-replay: skipped " << m << "\n";
+  }
   std::vector<Conversation> out;
-  json root = json::parse(text, nullptr, false);
-  if (!root.is_discarded() && root.is_array()) {  // ShareGPT
-    for (const json& c : root) {
-      if (!c.is_object() || !c.contains("conversations") || !c["conversations"].is_array())
-        continue;
-      Conversation conv;
-      conv.id = c.contains("id") && c["id"].is_string() ? c["id"].get<std::string>()
-                                                        : std::to_string(out.size());
-      for (const json& m : c["conversations"]) {
-        if (m.is_object() && m.value("from", "") == "human" && m.contains("value") &&
-            m["value"].is_string()) {
-          conv.user_turns.push_back(m["value"].get<std::string>());
-        }
-      }
-      if (!conv.user_turns.empty()) out.push_back(std::move(conv));
-    }
-    return out;
-  }
-  // JSONL (MT-bench questions: {"question_id", "turns": [...]}).
-  std::istringstream lines(text);
-  std::string line;
-  while (std::getline(lines, line)) {
-    json q = json::parse(line, nullptr, false);
-    if (q.is_discarded() || !q.is_object() || !q.contains("turns")) continue;
+  for (const krul::loadtest::Conversation& c : trace->conversations) {
     Conversation conv;
-    conv.id = q.contains("question_id") ? q["question_id"].dump() : std::to_string(out.size());
-    for (const json& t : q["turns"]) {
-      if (t.is_string()) conv.user_turns.push_back(t.get<std::string>());
+    conv.id = c.id;
+    for (const krul::loadtest::Turn& t : c.turns) {
+      if (t.synthesized()) {
+        return absl::InvalidArgumentError(
+            path + " has no text (a request trace); krul-replay replays conversations, "
+                   "krul-loadtest replays request traces");
+      }
+      conv.user_turns.push_back(t.text);
     }
-    if (!conv.user_turns.empty()) out.push_back(std::move(conv));
+    out.push_back(std::move(conv));
   }
-  if (out.empty()) return absl::InvalidArgumentError(path + " holds no conversations");
   return out;
 }
 
@@ -271,21 +256,18 @@ int main(int argc, char** argv) {
       "prints TTFT, storage and agreement per mode.\n"
       "  krul-replay --workers HOST:PORT[,HOST:PORT...] [--conversations FILE]");
   absl::ParseCommandLine(argc, argv);
-  std::vector<std::string> addresses =
-      absl::StrSplit(absl::GetFlag(FLAGS_workers), ',', absl::SkipWhitespace());
-  if (addresses.empty()) {
+  if (absl::GetFlag(FLAGS_workers).empty()) {
     std::cerr << "krul-replay: --workers is required\n";
     return 1;
   }
+  auto endpoints = krul::loadtest::ParseEndpoints(absl::GetFlag(FLAGS_workers));
+  if (!endpoints.ok()) {
+    std::cerr << "krul-replay: --workers: " << endpoints.status().message() << "\n";
+    return 1;
+  }
   std::vector<std::unique_ptr<ChatClient>> clients;
-  for (const std::string& a : addresses) {
-    const size_t colon = a.rfind(':');
-    int port = 0;
-    if (colon == std::string::npos || !absl::SimpleAtoi(a.substr(colon + 1), &port)) {
-      std::cerr << "krul-replay: bad worker address '" << a << "'\n";
-      return 1;
-    }
-    clients.push_back(std::make_unique<ChatClient>(a.substr(0, colon), port));
+  for (const krul::loadtest::Endpoint& e : *endpoints) {
+    clients.push_back(std::make_unique<ChatClient>(e.host, e.port));
   }
   auto loaded = LoadConversations(absl::GetFlag(FLAGS_conversations));
   if (!loaded.ok()) {
