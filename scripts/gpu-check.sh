@@ -119,6 +119,7 @@ step "CUDA tests"
 suites=(
   "kernels:krul_engine_cuda_tests:AllDTypes/KernelDTypeTest.*:KernelTest.*"
   "engine:krul_engine_cuda_tests:DTypesAndAttention/CudaEngineParityTest.*:CudaEngineTest.*"
+  "kv_cache:krul_engine_cuda_tests:DTypes/CudaKvCacheTest.*"
   "estimator:krul_compress_cuda_tests:HeadStrides/DecodeStrideTest.*:CudaEstimatorTest.*"
   "restore:krul_restore_cuda_tests:CudaRestoreTest.*"
   "tp:krul_engine_cuda_tests:CudaTpTest.*"

@@ -10,12 +10,15 @@
 //       [--attention auto|fused|gemm] [--decode_context 4096] [--decode_tokens 64]
 //
 // Setting: the paper's, KV in host DRAM. The history's KV waits in pinned
-// host memory (filled with a seeded pattern: timing does not depend on the
-// values); a restore loads over PCIe / C2C with cudaMemcpyAsync on one
-// stream while the engine recomputes on another (krul/cuda_restore.h). The
-// cost model is calibrated on the device at start-up (ProbeCudaCompute,
-// ProbeCudaLoad); every mode plans with PlanForMode from the same costs, as
-// krul-bench-restore does. Pairs: minicache = StaticMidDepthPlan; krul-fixed
+// host memory (CudaHostKvStore, filled with a seeded pattern: timing does
+// not depend on the values); the one Restorer (krul/restore/restorer.h)
+// drives the CUDA backend: its load thread copies each step over PCIe / C2C
+// into the cache's transfer stream (a DMA per plain step, a copy and an
+// expand kernel per shared pair) while the engine recomputes on its compute
+// stream, and each layer's prefill waits for that layer's copies (an event).
+// The cost model is calibrated on the device at start-up (ProbeCompute
+// between device events, ProbeCudaLoad); every mode plans with PlanForMode
+// from the same costs, as krul-bench-restore does. Pairs: minicache = StaticMidDepthPlan; krul-fixed
 // = the selector on the merged estimate of --calibration_conversations
 // synthetic turns; krul = the selector on the estimate of the conversation's
 // own last turn (CudaSimilarityEstimator: prefill on the host, decode on the
@@ -53,9 +56,11 @@
 #include "krul/engine/cuda/engine_cuda.h"
 #include "krul/compress/cuda/estimator_cuda.h"
 #include "krul/engine/cuda/cuda_memory.h"
-#include "krul/restore/cuda/restore_cuda.h"
+#include "krul/restore/cuda/host_kv_store_cuda.h"
+#include "krul/restore/cuda/load_probe_cuda.h"
 #include "krul/restore/restore_mode.h"
 #include "krul/restore/restore_plan.h"
+#include "krul/restore/restorer.h"
 #include "krul/compress/selector.h"
 #include "krul/compress/similarity_estimator.h"
 #include "algorithms/restore_bench_common.h"
@@ -228,7 +233,7 @@ krul::SimilarityEstimate EstimateTurn(krul::CudaEngine& engine, int context, int
     CheckOk(engine.Forward(cache, std::span(tokens).first(context - observed), 0, {}),
             "turn prefill");
   }
-  CheckOk(engine.SetObserver(estimator.get()), "observer");
+  CheckOk(engine.SetAttentionObserver(estimator.get()), "observer");
   CheckOk(
       engine.Forward(cache, std::span(tokens).subspan(context - observed), context - observed, {}),
       "turn prefill");
@@ -237,7 +242,7 @@ krul::SimilarityEstimate EstimateTurn(krul::CudaEngine& engine, int context, int
     token = ValueOrDie(engine.ForwardNext(cache, std::span<const int>(&token, 1), context + i),
                        "turn decode");
   }
-  CheckOk(engine.SetObserver(nullptr), "observer");
+  CheckOk(engine.SetAttentionObserver(nullptr), "observer");
   return ValueOrDie(estimator->Finish(), "estimate");
 }
 
@@ -275,13 +280,13 @@ EstimatorResult MeasureEstimatorOverhead(krul::CudaEngine& engine, int context, 
       ValueOrDie(krul::CudaSimilarityEstimator::Create(engine, context + tokens), "estimator");
   auto run = [&](bool with_estimator) {
     const auto t0 = Clock::now();
-    if (with_estimator) CheckOk(engine.SetObserver(estimator.get()), "observer");
+    if (with_estimator) CheckOk(engine.SetAttentionObserver(estimator.get()), "observer");
     for (int i = 0; i < tokens; ++i) {
       ValueOrDie(engine.ForwardNext(cache, std::span<const int>(&inputs[i], 1), context + i),
                  "decode");
     }
     if (with_estimator) {
-      CheckOk(engine.SetObserver(nullptr), "observer");
+      CheckOk(engine.SetAttentionObserver(nullptr), "observer");
       ValueOrDie(estimator->Finish(), "estimate");
     }
     return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -369,7 +374,7 @@ int main(int argc, char** argv) {
   // ---- the cost model, calibrated on the device ----
   const auto t_probe = Clock::now();
   const krul::ComputeCoefficients compute = ValueOrDie(
-      krul::ProbeCudaCompute(*engine, krul::bench::RestoreComputeProbeOptions(seq_len)),
+      krul::ProbeCompute(*engine, krul::bench::RestoreComputeProbeOptions(seq_len)),
       "compute probe");
   krul::LoadProbeOptions lpo;
   lpo.small_tokens = 1;
@@ -432,8 +437,10 @@ int main(int argc, char** argv) {
   Say("store: %.2f GB pinned in %.1fs\n", store->pinned_bytes() / 1e9,
       std::chrono::duration<double>(Clock::now() - t_store).count());
 
-  auto restorer = ValueOrDie(krul::CudaRestorer::Create(*engine), "restorer");
-  auto cache = ValueOrDie(krul::CudaKvCache::Create(*engine, max_history + new_tokens), "cache");
+  // No cost model: every mode executes its plan as made (no re-plan).
+  auto restorer = ValueOrDie(krul::Restorer::Create(*engine), "restorer");
+  auto cache = ValueOrDie(engine->CreateKvCache(max_history + new_tokens), "cache");
+  const std::unique_ptr<krul::KvSource> source = store->NewSource();
   std::vector<float> logits(config.vocab_size);
 
   Say("%s\n", krul::bench::ModeTableHeader());
@@ -449,10 +456,11 @@ int main(int argc, char** argv) {
       r.pairs = plan_pairs[{history, mode}];
       r.split = plan.recompute_tokens;
       std::vector<double> ttft;
-      krul::CudaRestoreResult last;
+      krul::RestoreStats last;
       for (int round = 0; round <= rounds; ++round) {  // round 0: warm-up
-        last = ValueOrDie(restorer->Restore(plan, tokens, input, *store, cache, logits), "restore");
-        if (round > 0) ttft.push_back(last.ttft_seconds);
+        last = ValueOrDie(restorer->Restore(plan, tokens, input, source.get(), *cache, logits),
+                          "restore");
+        if (round > 0) ttft.push_back(last.total_seconds);
       }
       for (float x : logits) r.finite_logits = r.finite_logits && std::isfinite(x);
       r.ttft_s = Median(ttft);
@@ -461,7 +469,7 @@ int main(int argc, char** argv) {
       r.efficiency = r.lower_bound_s / r.ttft_s;
       r.recompute_s = last.recompute_seconds;
       r.load_s = last.load_seconds;
-      r.loaded_bytes = last.loaded_bytes;
+      r.loaded_bytes = static_cast<int64_t>(last.loaded_bytes);
       r.recomputed_token_layers = last.recomputed_token_layers;
       results[mode] = r;
     }

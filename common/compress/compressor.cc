@@ -230,7 +230,7 @@ absl::Status ValidateSegment(const KvSegment& segment, const KvShape& shape) {
 }
 
 absl::Status DecodeSegment(const KvSegment& segment, const KvShape& shape, int layer, int begin,
-                           int end, KvCache& cache) {
+                           int end, BackendKvCache& cache) {
   if (auto s = ValidateSegment(segment, shape); !s.ok()) return s;
   if (!segment.Covers(layer)) {
     return absl::InvalidArgumentError(absl::StrCat("segment does not hold layer ", layer));
@@ -247,10 +247,14 @@ absl::Status DecodeSegment(const KvSegment& segment, const KvShape& shape, int l
   const size_t kv = shape.kv_dim(), s = DTypeSize(segment.dtype);
   const size_t n = segment.num_tokens(), off = begin - segment.begin, count = end - begin;
   const uint8_t* p = segment.payload.data();
+  // Decoded straight into the cache's staged rows (the CPU cache's own rows).
+  auto staged = cache.StageRows(layer, begin, static_cast<int>(count));
+  if (!staged.ok()) return staged.status();
+  const KvLayerView& rows = *staged;
   if (segment.kind == SegmentKind::kPlain) {
-    ConvertToFp32(segment.dtype, p + off * kv * s, cache.key(layer, begin), count * kv);
-    ConvertToFp32(segment.dtype, p + (n + off) * kv * s, cache.value(layer, begin), count * kv);
-    return absl::OkStatus();
+    ConvertToFp32(segment.dtype, p + off * kv * s, rows.keys, count * kv);
+    ConvertToFp32(segment.dtype, p + (n + off) * kv * s, rows.values, count * kv);
+    return cache.CommitRows(rows);
   }
   const int heads = shape.n_kv_heads, d = shape.head_dim;
   const int which = layer == segment.layer ? 0 : 1;
@@ -275,8 +279,8 @@ absl::Status DecodeSegment(const KvSegment& segment, const KvShape& shape, int l
   }
   int64_t next = lo;
   for (size_t t = off; t < off + count; ++t) {
-    const int pos = segment.begin + static_cast<int>(t);
-    float* outs[2] = {cache.key(layer, pos), cache.value(layer, pos)};
+    const int row = static_cast<int>(t - off);  // in the staged rows
+    float* outs[2] = {rows.key(row), rows.value(row)};
     for (int h = 0; h < heads; ++h) {
       float norms[kNormsPerUnitPair];
       std::memcpy(norms, p + m.norms_offset + (t * heads + h) * sizeof(norms), sizeof(norms));
@@ -298,7 +302,7 @@ absl::Status DecodeSegment(const KvSegment& segment, const KvShape& shape, int l
       }
     }
   }
-  return absl::OkStatus();
+  return cache.CommitRows(rows);
 }
 
 absl::Status CompressorOptions::Validate() const {
@@ -345,7 +349,8 @@ std::vector<size_t> CompressedKv::SegmentsFor(int layer) const {
   return out;
 }
 
-absl::Status CompressedKv::DecompressLayer(int layer, int begin, int end, KvCache& cache) const {
+absl::Status CompressedKv::DecompressLayer(int layer, int begin, int end,
+                                           BackendKvCache& cache) const {
   if (layer < 0 || layer >= shape.n_layers || static_cast<size_t>(layer) >= stored_begin.size()) {
     return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is out of range"));
   }
@@ -370,7 +375,7 @@ absl::Status CompressedKv::DecompressLayer(int layer, int begin, int end, KvCach
   return absl::OkStatus();
 }
 
-absl::Status CompressedKv::DecompressAll(KvCache& cache) const {
+absl::Status CompressedKv::DecompressAll(BackendKvCache& cache) const {
   for (int l = 0; l < shape.n_layers && static_cast<size_t>(l) < stored_begin.size(); ++l) {
     if (stored_begin[l] >= num_tokens) continue;
     if (auto s = DecompressLayer(l, stored_begin[l], num_tokens, cache); !s.ok()) return s;

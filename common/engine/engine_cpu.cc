@@ -2,14 +2,17 @@
 // whole block in one readable file, each buffer's shape written down. Unlike
 // run.c, tokens move through a layer in blocks (prefill = matrix-matrix
 // products) and attention probabilities can be handed to an observer.
+#include "krul/engine/engine_cpu.h"
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "krul/engine/engine_cpu.h"
 #include "cpu_ops.h"
+#include "krul/base/status_macros.h"
 #include "matmul.h"
 
 namespace krul {
@@ -44,6 +47,24 @@ void AttendOne(const float* q, const float* keys, const float* values, int kv_di
     internal::Axpy(out, probs[j], values + static_cast<size_t>(j) * kv_dim, hs);
   }
 }
+
+// Activations in host memory.
+class CpuActivations final : public ActivationBuffer {
+ public:
+  CpuActivations(int rows, int dim) : rows_(rows), data_(static_cast<size_t>(rows) * dim) {}
+  float* data() override { return data_.data(); }
+  int rows() const override { return rows_; }
+
+ private:
+  const int rows_;
+  AlignedBuffer<float> data_;
+};
+
+// The CPU's work is done when a call returns: a mark is the time it was taken.
+class CpuMark final : public BackendMark {
+ public:
+  std::chrono::steady_clock::time_point time = std::chrono::steady_clock::now();
+};
 
 }  // namespace
 
@@ -98,25 +119,71 @@ void Engine::EnsureScratch(int num_tokens) {
   scratch_tokens_ = num_tokens;
 }
 
-absl::Status Engine::CheckRange(const KvCache& cache, int start_pos, int num_tokens) const {
+absl::StatusOr<KvCache*> Engine::CheckRange(BackendKvCache& backend_cache, int start_pos,
+                                            int num_tokens) const {
   const ModelConfig& c = model_.config();
-  if (cache.n_layers() != c.n_layers || cache.kv_dim() != c.kv_dim()) {
+  auto* cache = dynamic_cast<KvCache*>(&backend_cache);
+  if (cache == nullptr) {
+    return absl::InvalidArgumentError("the KV cache belongs to another backend (not a KvCache)");
+  }
+  if (cache->n_layers() != c.n_layers || cache->kv_dim() != c.kv_dim()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "KV cache shape (layers=", cache.n_layers(), ", kv_dim=", cache.kv_dim(),
+        "KV cache shape (layers=", cache->n_layers(), ", kv_dim=", cache->kv_dim(),
         ") does not match the model (layers=", c.n_layers, ", kv_dim=", c.kv_dim(), ")"));
   }
   if (num_tokens < 1) return absl::InvalidArgumentError("no tokens to process");
-  if (start_pos < 0 || static_cast<int64_t>(start_pos) + num_tokens > cache.capacity()) {
+  if (start_pos < 0 || static_cast<int64_t>(start_pos) + num_tokens > cache->capacity()) {
     return absl::InvalidArgumentError(absl::StrCat("positions [", start_pos, ", ",
                                                    static_cast<int64_t>(start_pos) + num_tokens,
                                                    ") exceed the KV cache capacity of ",
-                                                   cache.capacity(), " tokens"));
+                                                   cache->capacity(), " tokens"));
+  }
+  return cache;
+}
+
+absl::StatusOr<std::unique_ptr<BackendKvCache>> Engine::CreateKvCache(int capacity_tokens) {
+  KRUL_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(model_.config(), capacity_tokens));
+  return std::make_unique<KvCache>(std::move(cache));
+}
+
+absl::StatusOr<std::unique_ptr<ActivationBuffer>> Engine::CreateActivations(int rows) {
+  if (rows < 1) return absl::InvalidArgumentError("activations need at least one row");
+  return std::make_unique<CpuActivations>(rows, model_.config().dim);
+}
+
+absl::Status Engine::SetAttentionObserver(AttentionObserver* observer) {
+  observer_ = observer;
+  return absl::OkStatus();
+}
+
+absl::Status Engine::AwaitWrites(BackendKvCache& cache, int layer) {
+  // Writes into a KvCache are done when they return: nothing to order.
+  if (dynamic_cast<KvCache*>(&cache) == nullptr) {
+    return absl::InvalidArgumentError("the KV cache belongs to another backend (not a KvCache)");
+  }
+  if (layer < 0 || layer >= cache.n_layers()) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is outside the cache"));
   }
   return absl::OkStatus();
 }
 
-absl::Status Engine::Embed(std::span<const int> tokens, float* hidden) const {
+absl::StatusOr<std::unique_ptr<BackendMark>> Engine::RecordMark() {
+  return std::make_unique<CpuMark>();
+}
+
+absl::StatusOr<double> Engine::SecondsBetween(const BackendMark& from, const BackendMark& to) {
+  const auto* a = dynamic_cast<const CpuMark*>(&from);
+  const auto* b = dynamic_cast<const CpuMark*>(&to);
+  if (a == nullptr || b == nullptr) {
+    return absl::InvalidArgumentError("SecondsBetween: a mark of another backend");
+  }
+  return std::chrono::duration<double>(b->time - a->time).count();
+}
+
+absl::Status Engine::Embed(std::span<const int> tokens, float* hidden) {
   const ModelConfig& c = model_.config();
+  if (tokens.empty()) return absl::InvalidArgumentError("no tokens to embed");
+  if (hidden == nullptr) return absl::InvalidArgumentError("hidden is null");
   for (size_t t = 0; t < tokens.size(); ++t) {
     if (tokens[t] < 0 || tokens[t] >= c.vocab_size) {
       return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[t], " at index ", t,
@@ -216,14 +283,16 @@ void Engine::Attention(int layer, const KvCache& cache, int start_pos, int num_t
   }
 }
 
-absl::Status Engine::ComputeLayer(int layer, KvCache& cache, int start_pos, int num_tokens,
-                                  float* hidden) {
+absl::Status Engine::ComputeLayer(int layer, BackendKvCache& backend_cache, int start_pos,
+                                  int num_tokens, float* hidden) {
   const ModelConfig& c = model_.config();
   if (layer < 0 || layer >= c.n_layers) {
     return absl::InvalidArgumentError(
         absl::StrCat("layer ", layer, " is outside [0, ", c.n_layers, ")"));
   }
-  if (auto s = CheckRange(cache, start_pos, num_tokens); !s.ok()) return s;
+  KRUL_ASSIGN_OR_RETURN(KvCache * checked, CheckRange(backend_cache, start_pos, num_tokens));
+  if (hidden == nullptr) return absl::InvalidArgumentError("hidden is null");
+  KvCache& cache = *checked;
   const LayerWeights& w = model_.layer(layer);
   const int dim = c.dim, kv_dim = c.kv_dim(), hidden_dim = c.hidden_dim, hs = c.head_size();
   const int half = c.rotary_dim() / 2;
@@ -263,18 +332,33 @@ absl::Status Engine::ComputeLayer(int layer, KvCache& cache, int start_pos, int 
   return absl::OkStatus();
 }
 
-void Engine::ComputeLogits(const float* hidden_row, float* logits) {
+void Engine::LogitsOfRow(const float* hidden_row, float* logits) {
   const ModelConfig& c = model_.config();
   EnsureScratch(1);
   RmsNorm(xb_.data(), hidden_row, model_.rms_final(), c.dim, c.norm_eps);
   internal::MatMul(*pool_, xb_.data(), 1, c.dim, model_.classifier(), c.vocab_size, logits);
 }
 
-absl::Status Engine::Forward(KvCache& cache, std::span<const int> tokens, int start_pos,
+absl::Status Engine::ComputeLogits(const float* hidden, int num_rows, std::span<float> logits) {
+  const ModelConfig& c = model_.config();
+  if (hidden == nullptr || num_rows < 1 ||
+      logits.size() != static_cast<size_t>(num_rows) * c.vocab_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ComputeLogits needs rows and num_rows * vocab_size (", c.vocab_size,
+                     ") logits; got ", num_rows, " rows and ", logits.size(), " floats"));
+  }
+  for (int r = 0; r < num_rows; ++r) {
+    LogitsOfRow(hidden + static_cast<size_t>(r) * c.dim,
+                logits.data() + static_cast<size_t>(r) * c.vocab_size);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Forward(BackendKvCache& cache, std::span<const int> tokens, int start_pos,
                              std::span<float> logits) {
   const ModelConfig& c = model_.config();
   const int n = static_cast<int>(tokens.size());
-  if (auto s = CheckRange(cache, start_pos, n); !s.ok()) return s;
+  if (auto s = CheckRange(cache, start_pos, n).status(); !s.ok()) return s;
   const size_t vocab = c.vocab_size;
   const bool all_logits = logits.size() == static_cast<size_t>(n) * vocab && n > 1;
   if (!logits.empty() && logits.size() != vocab && !all_logits) {
@@ -294,10 +378,10 @@ absl::Status Engine::Forward(KvCache& cache, std::span<const int> tokens, int st
       if (auto s = ComputeLayer(l, cache, start_pos + b0, nb, hidden); !s.ok()) return s;
     }
     if (all_logits) {
-      for (int t = 0; t < nb; ++t) ComputeLogits(hidden + static_cast<size_t>(t) * c.dim,
-                                                 logits.data() + (b0 + t) * vocab);
+      for (int t = 0; t < nb; ++t) LogitsOfRow(hidden + static_cast<size_t>(t) * c.dim,
+                                               logits.data() + (b0 + t) * vocab);
     } else if (!logits.empty() && b0 + nb == n) {
-      ComputeLogits(hidden + static_cast<size_t>(nb - 1) * c.dim, logits.data());
+      LogitsOfRow(hidden + static_cast<size_t>(nb - 1) * c.dim, logits.data());
     }
   }
   return absl::OkStatus();

@@ -6,9 +6,12 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <random>
+#include <span>
 
 #include "absl/strings/str_cat.h"
-#include "krul/engine/kv_cache.h"
+#include "krul/base/status_macros.h"
 
 namespace krul {
 namespace {
@@ -216,9 +219,9 @@ absl::StatusOr<ComputeCoefficients> FitComputeCoefficients(
   return c;
 }
 
-absl::StatusOr<ComputeCoefficients> ProbeCompute(Engine& engine,
+absl::StatusOr<ComputeCoefficients> ProbeCompute(ComputeBackend& backend,
                                                  const ComputeProbeOptions& options) {
-  const ModelConfig& config = engine.config();
+  const ModelConfig& config = backend.config();
   if (options.repeats < 1) return absl::InvalidArgumentError("ComputeProbeOptions.repeats < 1");
   if (options.layer < 0 || options.layer >= config.n_layers) {
     return absl::InvalidArgumentError("ComputeProbeOptions.layer outside the model");
@@ -244,32 +247,33 @@ absl::StatusOr<ComputeCoefficients> ProbeCompute(Engine& engine,
         absl::StrCat("ComputeProbeOptions.token_counts do not fit seq_len=", capacity));
   }
   const int max_tokens = std::max(fitting.back(), late_start + late_tokens);
-  auto cache = KvCache::Create(config, std::min(capacity, max_tokens));
-  if (!cache.ok()) return cache.status();
-  AlignedBuffer<float> input(static_cast<size_t>(max_tokens) * config.dim);
-  AlignedBuffer<float> hidden(input.size());
+  KRUL_ASSIGN_OR_RETURN(std::unique_ptr<BackendKvCache> cache,
+                        backend.CreateKvCache(std::min(capacity, max_tokens)));
+  KRUL_ASSIGN_OR_RETURN(std::unique_ptr<ActivationBuffer> hidden,
+                        backend.CreateActivations(max_tokens));
   // Any finite input does: the cost does not depend on the values. It is
-  // restored before every call so repeated layers cannot drift to inf/NaN
-  // (slow paths on some CPUs).
-  for (size_t i = 0; i < input.size(); ++i) input[i] = 0.01f * static_cast<float>(i % 97) - 0.48f;
+  // embedded again before every call so repeated layers cannot drift to
+  // inf/NaN (slow paths on some CPUs).
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int> token(0, config.vocab_size - 1);
+  std::vector<int> tokens(max_tokens);
+  for (int& t : tokens) t = token(rng);
 
   int calls = 0;
   auto time_once = [&](int start, int n) -> absl::StatusOr<double> {
-    std::memcpy(hidden.data(), input.data(), sizeof(float) * static_cast<size_t>(n) * config.dim);
+    KRUL_RETURN_IF_ERROR(backend.Embed(std::span<const int>(tokens).first(n), hidden->data()));
     const int layer = (options.layer + calls++) % config.n_layers;
-    const auto t0 = Clock::now();
-    if (auto s = engine.ComputeLayer(layer, *cache, start, n, hidden.data()); !s.ok()) {
-      return s;
-    }
-    return std::chrono::duration<double>(Clock::now() - t0).count();
+    KRUL_ASSIGN_OR_RETURN(std::unique_ptr<BackendMark> before, backend.RecordMark());
+    KRUL_RETURN_IF_ERROR(backend.ComputeLayer(layer, *cache, start, n, hidden->data()));
+    KRUL_ASSIGN_OR_RETURN(std::unique_ptr<BackendMark> after, backend.RecordMark());
+    return backend.SecondsBetween(*before, *after);
   };
   std::vector<ComputeSample> samples;
   auto measure = [&](int start, int n) -> absl::Status {
     std::vector<double> times;
     for (int r = 0; r < options.repeats; ++r) {
-      auto t = time_once(start, n);
-      if (!t.ok()) return t.status();
-      times.push_back(*t);
+      KRUL_ASSIGN_OR_RETURN(const double t, time_once(start, n));
+      times.push_back(t);
     }
     samples.push_back({start, n, std::max(1e-9, Fastest(times))});
     return absl::OkStatus();
@@ -277,12 +281,12 @@ absl::StatusOr<ComputeCoefficients> ProbeCompute(Engine& engine,
   // Warm-up: the first call touches the layer's weights and allocates scratch.
   if (auto t = time_once(0, fitting.front()); !t.ok()) return t.status();
   for (int n : fitting) {
-    if (auto s = measure(0, n); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(measure(0, n));
   }
   if (late_tokens >= 1 && late_start >= 1) {
     // The prefix [0, late_start) must hold valid K/V for the late block's
     // attention to read; its values do not matter for timing.
-    if (auto s = measure(late_start, late_tokens); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(measure(late_start, late_tokens));
   }
   return FitComputeCoefficients(samples);
 }

@@ -53,7 +53,7 @@ class InProcessKvSource final : public KvSource {
   explicit InProcessKvSource(std::shared_ptr<const CompressedKv> kv) : kv_(std::move(kv)) {}
 
   absl::StatusOr<size_t> Fetch(std::span<const int> layers, int begin, int end,
-                               KvCache& cache) override {
+                               BackendKvCache& cache) override {
     auto bytes = BytesRead(*kv_, layers, begin, end);
     if (!bytes.ok()) return bytes.status();
     for (int layer : layers) {
@@ -72,7 +72,7 @@ class LinkPacedKvSource final : public KvSource {
       : inner_(std::move(inner)), link_(link), stats_(stats) {}
 
   absl::StatusOr<size_t> Fetch(std::span<const int> layers, int begin, int end,
-                               KvCache& cache) override {
+                               BackendKvCache& cache) override {
     const auto start = Clock::now();
     auto bytes = inner_->Fetch(layers, begin, end, cache);
     if (!bytes.ok()) return bytes;

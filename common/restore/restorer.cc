@@ -3,13 +3,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <thread>
 #include <utility>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "krul/base/status_macros.h"
+#include "load_stream.h"
 
 namespace krul {
 namespace {
@@ -19,20 +18,6 @@ using Clock = std::chrono::steady_clock;
 double Since(Clock::time_point t0, Clock::time_point t1 = Clock::now()) {
   return std::chrono::duration<double>(t1 - t0).count();
 }
-
-// Progress of the load stream, shared with the recompute stream.
-struct LoadProgress {
-  absl::Mutex mu;
-  // Every load step of layers <= loaded_through is done.
-  int loaded_through ABSL_GUARDED_BY(mu) = -1;
-  absl::Status error ABSL_GUARDED_BY(mu);
-  bool cancelled ABSL_GUARDED_BY(mu) = false;
-  // Written by the load thread only; read after join.
-  double busy_seconds = 0;
-  size_t bytes = 0;
-  int requests = 0;
-  Clock::time_point finished;
-};
 
 absl::Status CheckPlan(const RestorePlan& plan, const ModelConfig& config) {
   if (plan.n_layers != config.n_layers ||
@@ -95,21 +80,77 @@ absl::Status CheckPlan(const RestorePlan& plan, const ModelConfig& config) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Restorer>> Restorer::Create(Engine& engine,
+// Marks on the backend's compute queue around each piece of the restore's
+// compute work, turned into seconds once the logits are on the host (on a
+// device the work runs after the calls that enqueue it return).
+struct Restorer::Timeline {
+  // One ComputeLayer call: [begin, end) on the compute queue.
+  struct Span {
+    std::unique_ptr<BackendMark> begin, end;
+    int64_t start_pos = 0;
+    int64_t num_tokens = 0;
+  };
+  Clock::time_point start;                      // host: the restore began
+  std::unique_ptr<BackendMark> started;         // queue: the restore began
+  std::vector<Span> recompute;                  // per recomputed layer
+  std::unique_ptr<BackendMark> recomputed;      // every history layer recomputed
+  std::unique_ptr<BackendMark> prefill_start;   // before the new input's Embed
+  std::unique_ptr<BackendMark> embedded;        // after it
+  std::vector<Span> prefill;                    // per layer
+  std::unique_ptr<BackendMark> end;             // logits computed
+  Clock::time_point logits_on_host;             // host: logits in the caller's span
+  LoadStream::Totals loads;
+};
+
+Restorer::~Restorer() = default;
+
+absl::StatusOr<std::unique_ptr<Restorer>> Restorer::Create(ComputeBackend& backend,
                                                            const RestorerOptions& options) {
   if (!(options.replan_threshold >= 0)) {
     return absl::InvalidArgumentError("RestorerOptions.replan_threshold must be >= 0");
   }
-  return std::unique_ptr<Restorer>(new Restorer(engine, options));
+  return std::unique_ptr<Restorer>(new Restorer(backend, options));
+}
+
+absl::Status Restorer::Reserve(std::unique_ptr<ActivationBuffer>& buffer, int rows) {
+  if (buffer != nullptr && buffer->rows() >= rows) return absl::OkStatus();
+  // Work still enqueued may read the old buffer (a device backend).
+  if (buffer != nullptr) KRUL_RETURN_IF_ERROR(backend_.Synchronize());
+  buffer.reset();  // free first: lower peak memory
+  KRUL_ASSIGN_OR_RETURN(buffer, backend_.CreateActivations(rows));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<RestoreStats> Restorer::Restore(const RestorePlan& stored_plan,
                                                std::span<const int> history,
                                                std::span<const int> new_input, KvSource* source,
-                                               KvCache& cache, std::span<float> logits) {
-  const ModelConfig& config = engine_.config();
-  if (auto s = CheckPlan(stored_plan, config); !s.ok()) return s;
-  const int N = stored_plan.history_tokens;
+                                               BackendKvCache& cache, std::span<float> logits) {
+  KRUL_RETURN_IF_ERROR(CheckRequest(stored_plan, history, new_input, cache, logits));
+  Timeline timeline;
+  timeline.start = Clock::now();
+  KRUL_ASSIGN_OR_RETURN(timeline.started, backend_.RecordMark());
+  KRUL_ASSIGN_OR_RETURN(RestoreStats stats,
+                        ReplanIfCostsMoved(stored_plan, static_cast<int>(new_input.size())));
+  const RestorePlan& plan = stats.plan;
+  if (!plan.loads.empty() && source == nullptr) {
+    return absl::InvalidArgumentError("the plan loads KV but no source was given");
+  }
+  // Whatever happens below, the load thread is stopped and joined before
+  // the cache goes out of reach (LoadStream's destructor).
+  LoadStream loads(plan, source, cache, options_.cost_model, timeline.start);
+  KRUL_RETURN_IF_ERROR(RecomputeHistory(plan, history, cache, timeline));
+  KRUL_RETURN_IF_ERROR(PrefillAsLayersRestore(plan, new_input, cache, loads, logits, timeline));
+  timeline.loads = loads.Join();  // finished: every layer's loads were awaited
+  KRUL_RETURN_IF_ERROR(FinishStats(stored_plan, timeline, stats));
+  return stats;
+}
+
+absl::Status Restorer::CheckRequest(const RestorePlan& plan, std::span<const int> history,
+                                    std::span<const int> new_input, const BackendKvCache& cache,
+                                    std::span<float> logits) const {
+  const ModelConfig& config = backend_.config();
+  KRUL_RETURN_IF_ERROR(CheckPlan(plan, config));
+  const int N = plan.history_tokens;
   const int m = static_cast<int>(new_input.size());
   if (static_cast<int>(history.size()) != N) {
     return absl::InvalidArgumentError(
@@ -126,129 +167,119 @@ absl::StatusOr<RestoreStats> Restorer::Restore(const RestorePlan& stored_plan,
     return absl::InvalidArgumentError(
         absl::StrCat("logits span holds ", logits.size(), " floats; expected ", config.vocab_size));
   }
+  return absl::OkStatus();
+}
 
+absl::StatusOr<RestoreStats> Restorer::ReplanIfCostsMoved(const RestorePlan& stored_plan,
+                                                          int new_tokens) const {
   RestoreStats stats;
   stats.plan = stored_plan;
   // The plan was made for the expected input length; this is the real one.
-  stats.plan.new_tokens = m;
-  CostCoefficients costs_now;
-  const auto start = Clock::now();
-  if (options_.cost_model != nullptr) {
-    costs_now = options_.cost_model->Snapshot();
-    const double predicted =
-        PredictMakespan(ProblemOf(stats.plan), costs_now, stored_plan.recompute_tokens);
-    if (std::abs(predicted - stored_plan.predicted_seconds) >
-        options_.replan_threshold * stored_plan.predicted_seconds) {
-      auto replanned = Replan(stats.plan, costs_now);
-      if (!replanned.ok()) return replanned.status();
-      stats.plan = *std::move(replanned);
-      stats.replanned = true;
-    } else {
-      stats.plan.predicted_seconds = predicted;
-    }
+  stats.plan.new_tokens = new_tokens;
+  if (options_.cost_model == nullptr) return stats;
+  const CostCoefficients costs_now = options_.cost_model->Snapshot();
+  const double predicted =
+      PredictMakespan(ProblemOf(stats.plan), costs_now, stored_plan.recompute_tokens);
+  if (std::abs(predicted - stored_plan.predicted_seconds) >
+      options_.replan_threshold * stored_plan.predicted_seconds) {
+    KRUL_ASSIGN_OR_RETURN(stats.plan, Replan(stats.plan, costs_now));
+    stats.replanned = true;
+  } else {
+    stats.plan.predicted_seconds = predicted;
   }
-  const RestorePlan& plan = stats.plan;
-  if (!plan.loads.empty() && source == nullptr) {
-    return absl::InvalidArgumentError("the plan loads KV but no source was given");
-  }
+  return stats;
+}
 
-  // ---- load stream ----
-  LoadProgress progress;
-  {
-    absl::MutexLock lock(&progress.mu);
-    progress.loaded_through = plan.loads.empty() ? config.n_layers - 1 : plan.loads[0].layer - 1;
-  }
-  progress.finished = start;
-  CostModel* cost_model = options_.cost_model;
-  std::thread loader([&] {
-    for (size_t i = 0; i < plan.loads.size(); ++i) {
-      const LoadStep& step = plan.loads[i];
-      {
-        absl::MutexLock lock(&progress.mu);
-        if (progress.cancelled) return;
-      }
-      const auto t0 = Clock::now();
-      absl::StatusOr<size_t> bytes = source->Fetch(step.write_layers, step.begin, step.end, cache);
-      const double seconds = Since(t0);
-      if (!bytes.ok()) {
-        absl::MutexLock lock(&progress.mu);
-        progress.error = bytes.status();
-        return;
-      }
-      progress.busy_seconds += seconds;
-      progress.bytes += *bytes;
-      progress.requests++;
-      progress.finished = Clock::now();
-      if (cost_model != nullptr) cost_model->ObserveLoad(*bytes, seconds);
-      absl::MutexLock lock(&progress.mu);
-      progress.loaded_through =
-          i + 1 < plan.loads.size() ? plan.loads[i + 1].layer - 1 : config.n_layers - 1;
-    }
-  });
-  // Whatever happens below, the load thread is stopped and joined before the
-  // cache (and `progress`) go out of reach.
-  struct Joiner {
-    LoadProgress& progress;
-    std::thread& thread;
-    ~Joiner() {
-      {
-        absl::MutexLock lock(&progress.mu);
-        progress.cancelled = true;
-      }
-      if (thread.joinable()) thread.join();
-    }
-  } joiner{progress, loader};
-
-  // ---- recompute stream ----
-  const int dim = config.dim;
+absl::Status Restorer::RecomputeHistory(const RestorePlan& plan, std::span<const int> history,
+                                        BackendKvCache& cache, Timeline& timeline) {
+  const int N = plan.history_tokens;
   const int n0 = N > 0 ? plan.recompute_tokens[0] : 0;
-  if (hidden_.size() < static_cast<size_t>(n0) * dim) hidden_.Resize(static_cast<size_t>(n0) * dim);
   if (n0 > 0) {
-    if (auto s = engine_.Embed(history.subspan(0, n0), hidden_.data()); !s.ok()) return s;
+    KRUL_RETURN_IF_ERROR(Reserve(hidden_, n0));
+    KRUL_RETURN_IF_ERROR(backend_.Embed(history.subspan(0, n0), hidden_->data()));
   }
-  for (int l = 0; l < config.n_layers && N > 0; ++l) {
+  for (int l = 0; l < plan.n_layers && N > 0; ++l) {
     const int n = plan.recompute_tokens[l];
     if (n == 0) break;  // a pyramid: no later layer recomputes either
-    const auto t0 = Clock::now();
+    Timeline::Span span;
+    span.start_pos = 0;
+    span.num_tokens = n;
+    KRUL_ASSIGN_OR_RETURN(span.begin, backend_.RecordMark());
     // Rows [0, n) of hidden_ are layer l-1's output for tokens [0, n):
     // layer l-1 computed n_{l-1} >= n rows.
-    if (auto s = engine_.ComputeLayer(l, cache, 0, n, hidden_.data()); !s.ok()) return s;
-    const double seconds = Since(t0);
-    stats.recompute_seconds += seconds;
-    stats.recomputed_token_layers += n;
-    if (cost_model != nullptr) cost_model->ObserveCompute(0, n, seconds);
+    KRUL_RETURN_IF_ERROR(backend_.ComputeLayer(l, cache, 0, n, hidden_->data()));
+    KRUL_ASSIGN_OR_RETURN(span.end, backend_.RecordMark());
+    timeline.recompute.push_back(std::move(span));
   }
-  const auto recompute_done = Clock::now();
+  KRUL_ASSIGN_OR_RETURN(timeline.recomputed, backend_.RecordMark());
+  return absl::OkStatus();
+}
 
-  // ---- new-input prefill, layer by layer as layers become restored ----
-  const auto prefill_start = Clock::now();
-  if (input_.size() < static_cast<size_t>(m) * dim) input_.Resize(static_cast<size_t>(m) * dim);
-  if (auto s = engine_.Embed(new_input, input_.data()); !s.ok()) return s;
-  for (int l = 0; l < config.n_layers; ++l) {
-    const auto wait_start = Clock::now();
-    {
-      absl::MutexLock lock(&progress.mu);
-      auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(progress.mu) {
-        return progress.loaded_through >= l || !progress.error.ok();
-      };
-      progress.mu.Await(absl::Condition(&ready));
-      if (!progress.error.ok()) return progress.error;
-    }
-    stats.prefill_wait_seconds += Since(wait_start);
-    const auto t0 = Clock::now();
-    if (auto s = engine_.ComputeLayer(l, cache, N, m, input_.data()); !s.ok()) return s;
-    if (cost_model != nullptr) cost_model->ObserveCompute(N, m, Since(t0));
+absl::Status Restorer::PrefillAsLayersRestore(const RestorePlan& plan,
+                                              std::span<const int> new_input,
+                                              BackendKvCache& cache, LoadStream& loads,
+                                              std::span<float> logits, Timeline& timeline) {
+  const int N = plan.history_tokens;
+  const int m = static_cast<int>(new_input.size());
+  const int dim = backend_.config().dim;
+  KRUL_ASSIGN_OR_RETURN(timeline.prefill_start, backend_.RecordMark());
+  KRUL_RETURN_IF_ERROR(Reserve(input_, m));
+  KRUL_RETURN_IF_ERROR(backend_.Embed(new_input, input_->data()));
+  KRUL_ASSIGN_OR_RETURN(timeline.embedded, backend_.RecordMark());
+  for (int l = 0; l < plan.n_layers; ++l) {
+    // Layer l's history is in the cache once its load steps are done (the
+    // host waits here) and their writes are ordered before this layer's
+    // compute (the device waits, on CUDA).
+    KRUL_RETURN_IF_ERROR(loads.WaitForLayer(l));
+    KRUL_RETURN_IF_ERROR(backend_.AwaitWrites(cache, l));
+    Timeline::Span span;
+    span.start_pos = N;
+    span.num_tokens = m;
+    KRUL_ASSIGN_OR_RETURN(span.begin, backend_.RecordMark());
+    KRUL_RETURN_IF_ERROR(backend_.ComputeLayer(l, cache, N, m, input_->data()));
+    KRUL_ASSIGN_OR_RETURN(span.end, backend_.RecordMark());
+    timeline.prefill.push_back(std::move(span));
   }
-  engine_.ComputeLogits(input_.data() + static_cast<size_t>(m - 1) * dim, logits.data());
-  const auto end = Clock::now();
+  KRUL_RETURN_IF_ERROR(
+      backend_.ComputeLogits(input_->data() + static_cast<size_t>(m - 1) * dim, 1, logits));
+  KRUL_ASSIGN_OR_RETURN(timeline.end, backend_.RecordMark());
+  timeline.logits_on_host = Clock::now();
+  return absl::OkStatus();
+}
 
-  loader.join();  // finished: every layer's loads were awaited above
-  stats.total_seconds = Since(start, end);
-  stats.prefill_seconds = Since(prefill_start, end);
-  stats.restore_seconds = Since(start, std::max(recompute_done, progress.finished));
-  stats.load_seconds = progress.busy_seconds;
-  stats.loaded_bytes = progress.bytes;
-  stats.load_requests = progress.requests;
+absl::Status Restorer::FinishStats(const RestorePlan& stored_plan, Timeline& timeline,
+                                   RestoreStats& stats) {
+  const RestorePlan& plan = stats.plan;
+  CostModel* cost_model = options_.cost_model;
+  auto seconds = [&](const BackendMark& from, const BackendMark& to) {
+    return backend_.SecondsBetween(from, to);
+  };
+  // Compute stream: each layer's time, fed to the cost model (live refresh).
+  for (const Timeline::Span& span : timeline.recompute) {
+    KRUL_ASSIGN_OR_RETURN(const double s, seconds(*span.begin, *span.end));
+    stats.recompute_seconds += s;
+    stats.recomputed_token_layers += span.num_tokens;
+    if (cost_model != nullptr) cost_model->ObserveCompute(span.start_pos, span.num_tokens, s);
+  }
+  const BackendMark* previous = timeline.embedded.get();
+  for (const Timeline::Span& span : timeline.prefill) {
+    KRUL_ASSIGN_OR_RETURN(const double wait, seconds(*previous, *span.begin));
+    KRUL_ASSIGN_OR_RETURN(const double s, seconds(*span.begin, *span.end));
+    stats.prefill_wait_seconds += wait;
+    if (cost_model != nullptr) cost_model->ObserveCompute(span.start_pos, span.num_tokens, s);
+    previous = span.end.get();
+  }
+  KRUL_ASSIGN_OR_RETURN(const double recomputed, seconds(*timeline.started, *timeline.recomputed));
+  KRUL_ASSIGN_OR_RETURN(stats.prefill_seconds, seconds(*timeline.prefill_start, *timeline.end));
+
+  // Load stream and the whole restore, on the host clock.
+  const LoadStream::Totals& loads = timeline.loads;
+  stats.total_seconds = Since(timeline.start, timeline.logits_on_host);
+  stats.restore_seconds = std::max(recomputed, Since(timeline.start, loads.finished));
+  stats.load_seconds = loads.busy_seconds;
+  stats.loaded_bytes = loads.bytes;
+  stats.load_requests = loads.requests;
+
   // The ideal is judged under the costs as refreshed by this restore's own
   // measurements (so a stale probe does not count as a scheduling loss), for
   // what was stored (the stored split is the least each layer recomputes).
@@ -263,9 +294,9 @@ absl::StatusOr<RestoreStats> Restorer::Restore(const RestorePlan& stored_plan,
       stats.total_seconds > 0 ? stats.plan.lower_bound_seconds / stats.total_seconds : 0;
   const double prefill_busy = stats.prefill_seconds - stats.prefill_wait_seconds;
   const double overlapped = std::max(stats.recompute_seconds + prefill_busy,
-                                     stats.load_seconds + prefill_busy / config.n_layers);
+                                     stats.load_seconds + prefill_busy / plan.n_layers);
   stats.stream_efficiency = stats.total_seconds > 0 ? overlapped / stats.total_seconds : 0;
-  return stats;
+  return absl::OkStatus();
 }
 
 }  // namespace krul

@@ -305,7 +305,7 @@ bool CudaSimilarityEstimator::OnDeviceAttention(const AttentionWeights& weights,
   return impl_->OnDevice(weights, stream);
 }
 
-void CudaSimilarityEstimator::OnHostAttention(const AttentionWeights& weights) {
+void CudaSimilarityEstimator::OnAttention(const AttentionWeights& weights) {
   impl_->OnHost(weights);
 }
 

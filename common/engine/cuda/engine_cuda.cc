@@ -1,4 +1,4 @@
-// The Llama forward pass on a CUDA GPU (see krul/cuda_engine.h). The layer
+// The Llama forward pass on a CUDA GPU (see krul/engine/cuda/engine_cuda.h). The layer
 // is the CPU engine's (engine_cpu.cc) with two fusions that save launches
 // and passes over memory:
 //  - q, k and v come from one GEMM against the stacked [Wq; Wk; Wv], and the
@@ -8,6 +8,8 @@
 //    (cuBLAS beta = 1), so "x += W h" is one GEMM.
 #include <cublas_v2.h>
 
+#include "krul/engine/cuda/engine_cuda.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -16,9 +18,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "krul/engine/cuda/cuda_util.h"
 #include "kernels.h"
-#include "krul/engine/cuda/engine_cuda.h"
+#include "krul/engine/cuda/cuda_util.h"
 #include "krul/engine/cuda/tensor_parallel.h"
 
 namespace krul {
@@ -27,18 +28,35 @@ namespace {
 namespace kern = cuda_kernels;
 using cuda_internal::CudaDataType;
 
-// Forwards every block to a plain AttentionObserver, in host memory.
-class HostObserverAdapter final : public CudaAttentionObserver {
+// Activations in device memory.
+class CudaActivations final : public ActivationBuffer {
  public:
-  void set(AttentionObserver* observer) { observer_ = observer; }
-  bool OnDeviceAttention(const AttentionWeights&, cudaStream_t) override { return false; }
-  void OnHostAttention(const AttentionWeights& weights) override {
-    if (observer_ != nullptr) observer_->OnAttention(weights);
-  }
+  CudaActivations(CudaDeviceBuffer buffer, int rows) : buffer_(std::move(buffer)), rows_(rows) {}
+  float* data() override { return buffer_.as<float>(); }
+  int rows() const override { return rows_; }
 
  private:
-  AttentionObserver* observer_ = nullptr;
+  CudaDeviceBuffer buffer_;
+  const int rows_;
 };
+
+// An event on the compute stream (with timing).
+class CudaMark final : public BackendMark {
+ public:
+  ~CudaMark() override {
+    if (event != nullptr) (void)cudaEventDestroy(event);
+  }
+  cudaEvent_t event = nullptr;
+};
+
+// The CudaKvCache behind `cache`; INVALID_ARGUMENT for another backend's.
+absl::StatusOr<CudaKvCache*> AsCudaCache(BackendKvCache& cache) {
+  auto* cuda = dynamic_cast<CudaKvCache*>(&cache);
+  if (cuda == nullptr) {
+    return absl::InvalidArgumentError("the KV cache belongs to another backend (not a CudaKvCache)");
+  }
+  return cuda;
+}
 
 // One rank's slice of the model.
 struct Shard {
@@ -133,84 +151,6 @@ absl::Status CudaEngineOptions::Validate() const {
   if (observer_query_block < 1) {
     return absl::InvalidArgumentError("observer_query_block must be >= 1");
   }
-  return absl::OkStatus();
-}
-
-// ---------------------------------------------------------------------------
-// CudaKvCache
-
-absl::StatusOr<CudaKvCache> CudaKvCache::Create(const CudaEngine& engine, int capacity_tokens) {
-  const ModelConfig& c = engine.config();
-  if (capacity_tokens < 1 || capacity_tokens > c.seq_len) {
-    return absl::InvalidArgumentError(absl::StrCat("KV cache capacity ", capacity_tokens,
-                                                   " is outside [1, seq_len=", c.seq_len, "]"));
-  }
-  KRUL_CUDA_RETURN_IF_ERROR(cudaSetDevice(engine.device()));
-  CudaKvCache cache;
-  cache.n_layers_ = c.n_layers;
-  cache.kv_dim_ = engine.local_kv_dim();
-  cache.capacity_ = capacity_tokens;
-  cache.dtype_ = engine.dtype();
-  cache.device_ = engine.device();
-  cache.row_bytes_ = static_cast<size_t>(cache.kv_dim_) * DTypeSize(cache.dtype_);
-  const size_t bytes = cache.row_bytes_ * capacity_tokens * 2 * c.n_layers;
-  auto storage = CudaDeviceBuffer::Allocate(bytes);
-  if (!storage.ok()) return storage.status();
-  cache.storage_ = std::move(*storage);
-  KRUL_CUDA_RETURN_IF_ERROR(cudaMemset(cache.storage_.data(), 0, bytes));
-  return cache;
-}
-
-void* CudaKvCache::key(int layer, int pos) const {
-  return static_cast<char*>(storage_.data()) +
-         (static_cast<size_t>(layer) * 2 * capacity_ + pos) * row_bytes_;
-}
-
-void* CudaKvCache::value(int layer, int pos) const {
-  return static_cast<char*>(storage_.data()) +
-         ((static_cast<size_t>(layer) * 2 + 1) * capacity_ + pos) * row_bytes_;
-}
-
-absl::Status CudaKvCache::CheckRange(int layer, int begin, int n) const {
-  if (layer < 0 || layer >= n_layers_ || begin < 0 || n < 0 ||
-      static_cast<int64_t>(begin) + n > capacity_) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("layer ", layer, " rows [", begin, ", ", static_cast<int64_t>(begin) + n,
-                     ") are outside the cache (", n_layers_, " layers, ", capacity_, " tokens)"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CudaKvCache::CopyLayerToHost(int layer, int begin, int n, void* keys,
-                                          void* values) const {
-  KRUL_RETURN_IF_ERROR(CheckRange(layer, begin, n));
-  KRUL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
-  KRUL_CUDA_RETURN_IF_ERROR(
-      cudaMemcpy(keys, key(layer, begin), n * row_bytes_, cudaMemcpyDeviceToHost));
-  KRUL_CUDA_RETURN_IF_ERROR(
-      cudaMemcpy(values, value(layer, begin), n * row_bytes_, cudaMemcpyDeviceToHost));
-  return absl::OkStatus();
-}
-
-absl::Status CudaKvCache::CopyLayerFromHost(int layer, int begin, int n, const void* keys,
-                                            const void* values) {
-  KRUL_RETURN_IF_ERROR(CheckRange(layer, begin, n));
-  KRUL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
-  KRUL_CUDA_RETURN_IF_ERROR(
-      cudaMemcpy(key(layer, begin), keys, n * row_bytes_, cudaMemcpyHostToDevice));
-  KRUL_CUDA_RETURN_IF_ERROR(
-      cudaMemcpy(value(layer, begin), values, n * row_bytes_, cudaMemcpyHostToDevice));
-  return absl::OkStatus();
-}
-
-absl::Status CudaKvCache::CopyLayerFromHostAsync(int layer, int begin, int n, const void* keys,
-                                                 const void* values, cudaStream_t stream) {
-  KRUL_RETURN_IF_ERROR(CheckRange(layer, begin, n));
-  if (n == 0) return absl::OkStatus();
-  KRUL_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(key(layer, begin), keys, n * row_bytes_, cudaMemcpyHostToDevice, stream));
-  KRUL_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(value(layer, begin), values, n * row_bytes_, cudaMemcpyHostToDevice, stream));
   return absl::OkStatus();
 }
 
@@ -574,17 +514,36 @@ class CudaEngine::Impl {
 
   // ---- observers ----
 
-  absl::Status SetObserver(CudaAttentionObserver* observer) {
+  absl::Status SetObserver(AttentionObserver* observer) {
     FlushPending();
     observer_ = observer;
+    device_observer_ = dynamic_cast<CudaAttentionObserver*>(observer);
     return TakeDeferred();
   }
 
-  absl::Status SetHostObserver(AttentionObserver* observer) {
-    FlushPending();
-    adapter_.set(observer);
-    observer_ = observer != nullptr ? &adapter_ : nullptr;
-    return TakeDeferred();
+  // Host logits (num_rows, vocab) of device rows: ComputeLogits into
+  // device scratch, then a copy into pageable host memory (which returns
+  // once the copy, and all work before it, is done).
+  absl::Status HostLogits(const float* hidden, int num_rows, std::span<float> logits) {
+    const size_t vocab = config_.vocab_size;
+    if (hidden == nullptr || num_rows < 1 || logits.size() != num_rows * vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ComputeLogits needs rows and num_rows * vocab_size (", vocab,
+                       ") logits; got ", num_rows, " rows and ", logits.size(), " floats"));
+    }
+    float* device_logits = logits_.as<float>();
+    if (num_rows > 1) {
+      KRUL_RETURN_IF_ERROR(Grow(all_logits_, num_rows * vocab * sizeof(float)));
+      device_logits = all_logits_.as<float>();
+    }
+    absl::Status s = ComputeLogits(hidden, num_rows, device_logits);
+    if (s.ok()) {
+      s = CudaStatus(cudaMemcpyAsync(logits.data(), device_logits, logits.size() * sizeof(float),
+                                     cudaMemcpyDeviceToHost, stream_),
+                     "copying logits to the host");
+    }
+    absl::Status sync = Synchronize();
+    return s.ok() ? sync : s;
   }
 
   absl::Status Synchronize() {
@@ -739,7 +698,9 @@ class CudaEngine::Impl {
   // Offers a block to the observer on the device; otherwise copies it to
   // pinned memory on the side stream and delivers the previous block.
   absl::Status Observe(AttentionWeights w, int buffer) {
-    if (observer_->OnDeviceAttention(w, stream_)) return absl::OkStatus();
+    if (device_observer_ != nullptr && device_observer_->OnDeviceAttention(w, stream_)) {
+      return absl::OkStatus();
+    }
     const size_t bytes =
         static_cast<size_t>(w.n_heads) * w.num_queries * w.context_len * sizeof(float);
     KRUL_CUDA_RETURN_IF_ERROR(cudaEventRecord(ready_[buffer], stream_));
@@ -762,7 +723,7 @@ class CudaEngine::Impl {
       if (deferred_.ok()) deferred_ = CudaStatus(e, "copying attention weights to the host");
       return;
     }
-    if (observer_ != nullptr) observer_->OnHostAttention(p.weights);
+    if (observer_ != nullptr) observer_->OnAttention(p.weights);
   }
 
   void FlushPending() {
@@ -806,8 +767,8 @@ class CudaEngine::Impl {
   CudaDeviceBuffer probs_;       // (heads, chunk, ctx) dtype (not for fp32)
 
   // Observer plumbing.
-  CudaAttentionObserver* observer_ = nullptr;
-  HostObserverAdapter adapter_;
+  AttentionObserver* observer_ = nullptr;
+  CudaAttentionObserver* device_observer_ = nullptr;  // observer_, when it is one
   CudaPinnedBuffer pinned_[2];
   cudaEvent_t ready_[2] = {nullptr, nullptr};   // block computed (compute stream)
   cudaEvent_t copied_[2] = {nullptr, nullptr};  // block in pinned memory (side stream)
@@ -861,16 +822,32 @@ size_t CudaEngine::weight_bytes() const { return impl_->WeightBytes(); }
 cudaStream_t CudaEngine::stream() const { return impl_->stream(); }
 bool CudaEngine::has_observer() const { return impl_->has_observer(); }
 
-absl::Status CudaEngine::Forward(CudaKvCache& cache, std::span<const int> tokens, int start_pos,
-                                 std::span<float> logits) {
-  KRUL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device()));
-  return impl_->Forward(cache, tokens, start_pos, logits);
+absl::StatusOr<std::unique_ptr<BackendKvCache>> CudaEngine::CreateKvCache(int capacity_tokens) {
+  KRUL_ASSIGN_OR_RETURN(CudaKvCache cache, CudaKvCache::Create(*this, capacity_tokens));
+  return std::make_unique<CudaKvCache>(std::move(cache));
 }
 
-absl::StatusOr<int> CudaEngine::ForwardNext(CudaKvCache& cache, std::span<const int> tokens,
-                                            int start_pos, const CudaSampling& sampling) {
+absl::StatusOr<std::unique_ptr<ActivationBuffer>> CudaEngine::CreateActivations(int rows) {
+  if (rows < 1) return absl::InvalidArgumentError("activations need at least one row");
   KRUL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device()));
-  return impl_->ForwardNext(cache, tokens, start_pos, sampling);
+  KRUL_ASSIGN_OR_RETURN(
+      CudaDeviceBuffer buffer,
+      CudaDeviceBuffer::Allocate(static_cast<size_t>(rows) * config().dim * sizeof(float)));
+  return std::make_unique<CudaActivations>(std::move(buffer), rows);
+}
+
+absl::Status CudaEngine::Forward(BackendKvCache& cache, std::span<const int> tokens, int start_pos,
+                                 std::span<float> logits) {
+  KRUL_ASSIGN_OR_RETURN(CudaKvCache * cuda, AsCudaCache(cache));
+  KRUL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device()));
+  return impl_->Forward(*cuda, tokens, start_pos, logits);
+}
+
+absl::StatusOr<int> CudaEngine::ForwardNext(BackendKvCache& cache, std::span<const int> tokens,
+                                            int start_pos, const CudaSampling& sampling) {
+  KRUL_ASSIGN_OR_RETURN(CudaKvCache * cuda, AsCudaCache(cache));
+  KRUL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device()));
+  return impl_->ForwardNext(*cuda, tokens, start_pos, sampling);
 }
 
 absl::Status CudaEngine::Embed(std::span<const int> tokens, float* hidden) {
@@ -878,30 +855,57 @@ absl::Status CudaEngine::Embed(std::span<const int> tokens, float* hidden) {
   return impl_->Embed(tokens, hidden);
 }
 
-absl::Status CudaEngine::ComputeLayer(int layer, CudaKvCache& cache, int start_pos, int num_tokens,
-                                      float* hidden) {
+absl::Status CudaEngine::ComputeLayer(int layer, BackendKvCache& cache, int start_pos,
+                                      int num_tokens, float* hidden) {
+  KRUL_ASSIGN_OR_RETURN(CudaKvCache * cuda, AsCudaCache(cache));
   KRUL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device()));
-  return impl_->ComputeLayer(layer, cache, start_pos, num_tokens, hidden);
+  return impl_->ComputeLayer(layer, *cuda, start_pos, num_tokens, hidden);
 }
 
-absl::Status CudaEngine::ComputeLogits(const float* hidden, int num_rows, float* logits) {
+absl::Status CudaEngine::ComputeLogits(const float* hidden, int num_rows,
+                                       std::span<float> logits) {
   KRUL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device()));
-  return impl_->ComputeLogits(hidden, num_rows, logits);
-}
-
-absl::Status CudaEngine::SetObserver(CudaAttentionObserver* observer) {
-  KRUL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device()));
-  return impl_->SetObserver(observer);
+  return impl_->HostLogits(hidden, num_rows, logits);
 }
 
 absl::Status CudaEngine::SetAttentionObserver(AttentionObserver* observer) {
   KRUL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device()));
-  return impl_->SetHostObserver(observer);
+  return impl_->SetObserver(observer);
+}
+
+absl::Status CudaEngine::AwaitWrites(BackendKvCache& cache, int layer) {
+  KRUL_ASSIGN_OR_RETURN(CudaKvCache * cuda, AsCudaCache(cache));
+  if (cuda->device() != device()) {
+    return absl::InvalidArgumentError("the KV cache is on another device");
+  }
+  KRUL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device()));
+  return cuda->OrderWritesBefore(layer, impl_->stream());
 }
 
 absl::Status CudaEngine::Synchronize() {
   KRUL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device()));
   return impl_->Synchronize();
+}
+
+absl::StatusOr<std::unique_ptr<BackendMark>> CudaEngine::RecordMark() {
+  KRUL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device()));
+  auto mark = std::make_unique<CudaMark>();
+  KRUL_CUDA_RETURN_IF_ERROR(cudaEventCreate(&mark->event));
+  KRUL_CUDA_RETURN_IF_ERROR(cudaEventRecord(mark->event, impl_->stream()));
+  return mark;
+}
+
+absl::StatusOr<double> CudaEngine::SecondsBetween(const BackendMark& from, const BackendMark& to) {
+  const auto* a = dynamic_cast<const CudaMark*>(&from);
+  const auto* b = dynamic_cast<const CudaMark*>(&to);
+  if (a == nullptr || b == nullptr) {
+    return absl::InvalidArgumentError("SecondsBetween: a mark of another backend");
+  }
+  KRUL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device()));
+  KRUL_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(b->event));
+  float ms = 0.0f;
+  KRUL_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, a->event, b->event));
+  return ms * 1e-3;
 }
 
 }  // namespace krul

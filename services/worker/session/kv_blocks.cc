@@ -60,7 +60,7 @@ class StoreKvSource final : public KvSource {
   }
 
   absl::StatusOr<size_t> Fetch(std::span<const int> layers, int begin, int end,
-                               KvCache& cache) override {
+                               BackendKvCache& cache) override {
     if (begin >= end) return size_t{0};
     std::vector<uint32_t> wanted;
     for (const v1::BlockRef& ref : manifest_.blocks()) {

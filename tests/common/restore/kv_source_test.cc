@@ -148,7 +148,8 @@ class FakeSource final : public KvSource {
   FakeSource(double seconds, size_t bytes, absl::Status status = absl::OkStatus())
       : seconds_(seconds), bytes_(bytes), status_(std::move(status)) {}
 
-  absl::StatusOr<size_t> Fetch(std::span<const int> layers, int begin, int end, KvCache&) override {
+  absl::StatusOr<size_t> Fetch(std::span<const int> layers, int begin, int end,
+                               BackendKvCache&) override {
     asked_layers = std::vector<int>(layers.begin(), layers.end());
     asked_begin = begin;
     asked_end = end;

@@ -269,7 +269,7 @@ TEST_F(RestorerTest, ReplansWhenTheLinkSlowsDownAndOnlyAddsRecompute) {
 class FailingSource final : public KvSource {
  public:
   explicit FailingSource(int ok_fetches) : left_(ok_fetches) {}
-  absl::StatusOr<size_t> Fetch(std::span<const int>, int, int, KvCache&) override {
+  absl::StatusOr<size_t> Fetch(std::span<const int>, int, int, BackendKvCache&) override {
     if (left_-- > 0) return size_t{0};
     return absl::UnavailableError("store went away");
   }

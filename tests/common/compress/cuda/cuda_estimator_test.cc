@@ -14,6 +14,7 @@
 #include "krul/engine/cuda/engine_cuda.h"
 #include "krul/engine/engine_cpu.h"
 #include "krul/engine/kv_cache.h"
+#include "krul/compress/backend_estimator.h"
 #include "krul/compress/similarity_estimator.h"
 
 namespace krul {
@@ -143,28 +144,35 @@ TEST(CudaEstimatorTest, EstimateMatchesTheCpuEstimatorOnTheCpuEngine) {
   auto gpu = CudaEngine::Create(**model, go);
   ASSERT_TRUE(cpu.ok());
   ASSERT_TRUE(gpu.ok()) << gpu.status();
-  auto cpu_estimator = SimilarityEstimator::Create(config);
-  auto gpu_estimator = CudaSimilarityEstimator::Create(**gpu, 128);
+  // Both through the one interface: each backend gets its estimator from
+  // the factory (the CPU estimator, the CUDA one).
+  ComputeBackend& cpu_backend = **cpu;
+  ComputeBackend& gpu_backend = **gpu;
+  auto cpu_estimator = CreateBackendEstimator(cpu_backend, 64);
+  auto gpu_estimator = CreateBackendEstimator(gpu_backend, 128);
   ASSERT_TRUE(cpu_estimator.ok());
   ASSERT_TRUE(gpu_estimator.ok()) << gpu_estimator.status();
-  auto cpu_cache = KvCache::Create(config, 64);
-  auto gpu_cache = CudaKvCache::Create(**gpu, 64);
+  ASSERT_NE(dynamic_cast<CudaSimilarityEstimator*>((*gpu_estimator)->observer()), nullptr);
+  auto cpu_cache = cpu_backend.CreateKvCache(64);
+  auto gpu_cache = gpu_backend.CreateKvCache(64);
   ASSERT_TRUE(cpu_cache.ok() && gpu_cache.ok());
-  (*cpu)->SetAttentionObserver(cpu_estimator->get());
-  ASSERT_TRUE((*gpu)->SetObserver(gpu_estimator->get()).ok());
+  ASSERT_TRUE(cpu_backend.SetAttentionObserver((*cpu_estimator)->observer()).ok());
+  ASSERT_TRUE(gpu_backend.SetAttentionObserver((*gpu_estimator)->observer()).ok());
 
   const auto prompt = testing::RandomTokens(40, config.vocab_size, 9);
-  ASSERT_TRUE((*cpu)->Forward(*cpu_cache, prompt, 0, {}).ok());
-  ASSERT_TRUE((*gpu)->Forward(*gpu_cache, prompt, 0, {}).ok());
+  ASSERT_TRUE(cpu_backend.Forward(**cpu_cache, prompt, 0, {}).ok());
+  ASSERT_TRUE(gpu_backend.Forward(**gpu_cache, prompt, 0, {}).ok());
   for (int step = 0; step < 6; ++step) {
     const int token = 3 + step * 11;
     const int pos = 40 + step;
-    ASSERT_TRUE((*cpu)->Forward(*cpu_cache, std::span<const int>(&token, 1), pos, {}).ok());
-    ASSERT_TRUE((*gpu)->Forward(*gpu_cache, std::span<const int>(&token, 1), pos, {}).ok());
+    ASSERT_TRUE(cpu_backend.Forward(**cpu_cache, std::span<const int>(&token, 1), pos, {}).ok());
+    ASSERT_TRUE(gpu_backend.Forward(**gpu_cache, std::span<const int>(&token, 1), pos, {}).ok());
   }
-  (*cpu)->SetAttentionObserver(nullptr);
-  ASSERT_TRUE((*gpu)->SetObserver(nullptr).ok());
-  const SimilarityEstimate want = (*cpu_estimator)->Finish();
+  ASSERT_TRUE(cpu_backend.SetAttentionObserver(nullptr).ok());
+  ASSERT_TRUE(gpu_backend.SetAttentionObserver(nullptr).ok());
+  auto cpu_estimate = (*cpu_estimator)->Finish();
+  ASSERT_TRUE(cpu_estimate.ok());
+  const SimilarityEstimate want = *std::move(cpu_estimate);
   auto got = (*gpu_estimator)->Finish();
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(got->prefill_tokens, want.prefill_tokens);

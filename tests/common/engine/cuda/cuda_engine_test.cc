@@ -1,6 +1,7 @@
 // The CUDA engine against the CPU engine (the reference), on synthetic
 // shapes in every dtype and attention implementation, and against
-// llama2.c's greedy outputs for stories260K.
+// llama2.c's greedy outputs for stories260K. Both engines are driven
+// through the one ComputeBackend interface (krul/engine/backend.h).
 #include "krul/engine/cuda/engine_cuda.h"
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "test_support/cuda_test_util.h"
 #include "gtest/gtest.h"
+#include "krul/engine/backend.h"
 #include "krul/engine/engine_cpu.h"
 #include "krul/engine/kv_cache.h"
 #include "krul/model/model.h"
@@ -67,16 +69,18 @@ TEST_P(CudaEngineParityTest, LogitsMatchTheCpuEngine) {
   go.max_block_tokens = 16;  // several blocks per prefill
   auto gpu = CudaEngine::Create(**model, go);
   ASSERT_TRUE(gpu.ok()) << gpu.status();
-  auto cpu_cache = KvCache::Create(config, 64);
-  auto gpu_cache = CudaKvCache::Create(**gpu, 64);
+  ComputeBackend& cpu_backend = **cpu;
+  ComputeBackend& gpu_backend = **gpu;
+  auto cpu_cache = cpu_backend.CreateKvCache(64);
+  auto gpu_cache = gpu_backend.CreateKvCache(64);
   ASSERT_TRUE(cpu_cache.ok());
   ASSERT_TRUE(gpu_cache.ok()) << gpu_cache.status();
 
   const std::vector<int> prompt = RandomTokens(37, config.vocab_size, 5);
   const size_t vocab = config.vocab_size;
   std::vector<float> want(prompt.size() * vocab), got(prompt.size() * vocab);
-  ASSERT_TRUE((*cpu)->Forward(*cpu_cache, prompt, 0, want).ok());
-  ASSERT_TRUE((*gpu)->Forward(*gpu_cache, prompt, 0, got).ok());
+  ASSERT_TRUE(cpu_backend.Forward(**cpu_cache, prompt, 0, want).ok());
+  ASSERT_TRUE(gpu_backend.Forward(**gpu_cache, prompt, 0, got).ok());
   EXPECT_LT(RelativeError(got, want), LogitTolerance(param.dtype));
   int agree = 0;
   for (size_t t = 0; t < prompt.size(); ++t) {
@@ -92,10 +96,11 @@ TEST_P(CudaEngineParityTest, LogitsMatchTheCpuEngine) {
   for (int step = 0; step < 5; ++step) {
     const int pos = static_cast<int>(prompt.size()) + step;
     const int token = 3 + (step * 37) % (config.vocab_size - 3);
-    ASSERT_TRUE((*cpu)->Forward(*cpu_cache, std::span<const int>(&token, 1), pos, w).ok());
-    ASSERT_TRUE((*gpu)->Forward(*gpu_cache, std::span<const int>(&token, 1), pos, g).ok());
+    ASSERT_TRUE(cpu_backend.Forward(**cpu_cache, std::span<const int>(&token, 1), pos, w).ok());
+    ASSERT_TRUE(gpu_backend.Forward(**gpu_cache, std::span<const int>(&token, 1), pos, g).ok());
     EXPECT_LT(RelativeError(g, w), LogitTolerance(param.dtype)) << "decode step " << step;
-    auto next = (*gpu)->ForwardNext(*gpu_cache, std::span<const int>(&token, 1), pos);
+    // CUDA only: the next token picked on the device.
+    auto next = (*gpu)->ForwardNext(**gpu_cache, std::span<const int>(&token, 1), pos);
     ASSERT_TRUE(next.ok()) << next.status();
     EXPECT_EQ(*next, ArgMax(g));  // same position again: same logits
   }
@@ -128,20 +133,23 @@ TEST(CudaEngineTest, ChunkedPrefillAttentionMatchesTheCpuEngine) {
   auto gpu = CudaEngine::Create(**model, go);
   ASSERT_TRUE(cpu.ok());
   ASSERT_TRUE(gpu.ok()) << gpu.status();
-  auto cpu_cache = KvCache::Create(config, 1100);
-  auto gpu_cache = CudaKvCache::Create(**gpu, 1100);
+  ComputeBackend& cpu_backend = **cpu;
+  ComputeBackend& gpu_backend = **gpu;
+  auto cpu_cache = cpu_backend.CreateKvCache(1100);
+  auto gpu_cache = gpu_backend.CreateKvCache(1100);
   ASSERT_TRUE(cpu_cache.ok() && gpu_cache.ok());
   const auto prompt = RandomTokens(1030, config.vocab_size, 6);
   std::vector<float> want(config.vocab_size), got(config.vocab_size);
-  ASSERT_TRUE((*cpu)->Forward(*cpu_cache, prompt, 0, want).ok());
-  ASSERT_TRUE((*gpu)->Forward(*gpu_cache, prompt, 0, got).ok());
+  ASSERT_TRUE(cpu_backend.Forward(**cpu_cache, prompt, 0, want).ok());
+  ASSERT_TRUE(gpu_backend.Forward(**gpu_cache, prompt, 0, got).ok());
   EXPECT_LT(RelativeError(got, want), 1e-4);
-  // The cache itself: layer 2's keys of every position.
+  // The cache itself: layer 2's keys of every position, read back to the host.
   std::vector<float> keys(1030 * config.kv_dim()), values(keys.size());
-  ASSERT_TRUE(gpu_cache->CopyLayerToHost(2, 0, 1030, keys.data(), values.data()).ok());
-  EXPECT_LT(RelativeError(keys, std::span<const float>(cpu_cache->key(2, 0), keys.size())), 1e-4);
-  EXPECT_LT(RelativeError(values, std::span<const float>(cpu_cache->value(2, 0), keys.size())),
-            1e-4);
+  std::vector<float> want_keys(keys.size()), want_values(keys.size());
+  ASSERT_TRUE((*gpu_cache)->ReadRows(2, 0, 1030, keys.data(), values.data()).ok());
+  ASSERT_TRUE((*cpu_cache)->ReadRows(2, 0, 1030, want_keys.data(), want_values.data()).ok());
+  EXPECT_LT(RelativeError(keys, want_keys), 1e-4);
+  EXPECT_LT(RelativeError(values, want_values), 1e-4);
 }
 
 // The per-layer pieces give what Forward gives.
@@ -154,27 +162,26 @@ TEST(CudaEngineTest, EmbedComputeLayerComputeLogitsEqualForward) {
   go.dtype = DType::kF32;
   auto gpu = CudaEngine::Create(**model, go);
   ASSERT_TRUE(gpu.ok()) << gpu.status();
-  auto a = CudaKvCache::Create(**gpu, 64), b = CudaKvCache::Create(**gpu, 64);
+  ComputeBackend& backend = **gpu;
+  auto a = backend.CreateKvCache(64), b = backend.CreateKvCache(64);
   ASSERT_TRUE(a.ok() && b.ok());
   const auto tokens = RandomTokens(20, config.vocab_size, 7);
   std::vector<float> want(config.vocab_size), got(config.vocab_size);
-  ASSERT_TRUE((*gpu)->Forward(*a, tokens, 0, want).ok());
+  ASSERT_TRUE(backend.Forward(**a, tokens, 0, want).ok());
 
-  auto hidden = CudaDeviceBuffer::Allocate(tokens.size() * config.dim * sizeof(float));
-  auto logits = CudaDeviceBuffer::Allocate(config.vocab_size * sizeof(float));
-  ASSERT_TRUE(hidden.ok() && logits.ok());
-  ASSERT_TRUE((*gpu)->Embed(tokens, hidden->as<float>()).ok());
+  auto hidden = backend.CreateActivations(static_cast<int>(tokens.size()));
+  ASSERT_TRUE(hidden.ok());
+  float* x = (*hidden)->data();  // device memory
+  ASSERT_TRUE(backend.Embed(tokens, x).ok());
   // Two halves: the second block's attention reads the first's cache rows.
   for (int l = 0; l < config.n_layers; ++l) {
-    ASSERT_TRUE((*gpu)->ComputeLayer(l, *b, 0, 12, hidden->as<float>()).ok());
+    ASSERT_TRUE(backend.ComputeLayer(l, **b, 0, 12, x).ok());
   }
   for (int l = 0; l < config.n_layers; ++l) {
-    ASSERT_TRUE((*gpu)->ComputeLayer(l, *b, 12, 8, hidden->as<float>() + 12 * config.dim).ok());
+    ASSERT_TRUE(backend.ComputeLayer(l, **b, 12, 8, x + 12 * config.dim).ok());
   }
-  ASSERT_TRUE(
-      (*gpu)->ComputeLogits(hidden->as<float>() + 19 * config.dim, 1, logits->as<float>()).ok());
-  ASSERT_TRUE((*gpu)->Synchronize().ok());
-  got = testing::ToHost(*logits, config.vocab_size);
+  ASSERT_TRUE(backend.ComputeLogits(x + 19 * config.dim, 1, got).ok());
+  ASSERT_TRUE(backend.Synchronize().ok());
   EXPECT_LT(RelativeError(got, want), 1e-5);
 }
 
@@ -187,35 +194,42 @@ TEST(CudaEngineTest, BadInputsAreInvalidArgument) {
   go.dtype = DType::kBF16;
   auto gpu = CudaEngine::Create(**model, go);
   ASSERT_TRUE(gpu.ok()) << gpu.status();
-  auto cache = CudaKvCache::Create(**gpu, 16);
+  ComputeBackend& backend = **gpu;
+  auto cache = backend.CreateKvCache(16);
   ASSERT_TRUE(cache.ok());
   std::vector<float> logits(config.vocab_size);
   const std::vector<int> bad = {1, config.vocab_size};
-  EXPECT_EQ((*gpu)->Forward(*cache, bad, 0, logits).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ((*gpu)->Forward(*cache, {}, 0, logits).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(backend.Forward(**cache, bad, 0, logits).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(backend.Forward(**cache, {}, 0, logits).code(), absl::StatusCode::kInvalidArgument);
   const std::vector<int> ok = {1, 2, 3};
-  EXPECT_EQ((*gpu)->Forward(*cache, ok, 14, logits).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(backend.Forward(**cache, ok, 14, logits).code(), absl::StatusCode::kInvalidArgument);
   std::vector<float> wrong(7);
-  EXPECT_EQ((*gpu)->Forward(*cache, ok, 0, wrong).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ((*gpu)->ComputeLayer(config.n_layers, *cache, 0, 1, nullptr).code(),
+  EXPECT_EQ(backend.Forward(**cache, ok, 0, wrong).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(backend.ComputeLayer(config.n_layers, **cache, 0, 1, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(CudaKvCache::Create(**gpu, config.seq_len + 1).status().code(),
+  EXPECT_EQ(backend.CreateKvCache(config.seq_len + 1).status().code(),
             absl::StatusCode::kInvalidArgument);
   CudaSampling sampling;
   sampling.temperature = 1.0f;
   sampling.uniform = 1.5f;
-  EXPECT_EQ((*gpu)->ForwardNext(*cache, ok, 0, sampling).status().code(),
+  EXPECT_EQ((*gpu)->ForwardNext(**cache, ok, 0, sampling).status().code(),
             absl::StatusCode::kInvalidArgument);
   // A cache of another dtype.
   go.dtype = DType::kF32;
   auto other = CudaEngine::Create(**model, go);
   ASSERT_TRUE(other.ok());
-  auto other_cache = CudaKvCache::Create(**other, 16);
+  auto other_cache = (*other)->CreateKvCache(16);
   ASSERT_TRUE(other_cache.ok());
-  EXPECT_EQ((*gpu)->Forward(*other_cache, ok, 0, logits).code(),
+  EXPECT_EQ(backend.Forward(**other_cache, ok, 0, logits).code(),
             absl::StatusCode::kInvalidArgument);
+  // A cache of another backend (the CPU's).
+  auto host_cache = KvCache::Create(config, 16);
+  ASSERT_TRUE(host_cache.ok());
+  EXPECT_EQ(backend.Forward(*host_cache, ok, 0, logits).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(backend.AwaitWrites(*host_cache, 0).code(), absl::StatusCode::kInvalidArgument);
   // After all that, the engine still works.
-  EXPECT_TRUE((*gpu)->Forward(*cache, ok, 0, logits).ok());
+  EXPECT_TRUE(backend.Forward(**cache, ok, 0, logits).ok());
   CudaEngineOptions bad_options;
   bad_options.max_block_tokens = 0;
   EXPECT_EQ(CudaEngine::Create(**model, bad_options).status().code(),
@@ -253,19 +267,22 @@ TEST(CudaEngineTest, HostObserverGetsTheCpuEnginesBlocks) {
   auto gpu = CudaEngine::Create(**model, go);
   ASSERT_TRUE(cpu.ok());
   ASSERT_TRUE(gpu.ok()) << gpu.status();
-  auto cpu_cache = KvCache::Create(config, 64);
-  auto gpu_cache = CudaKvCache::Create(**gpu, 64);
+  ComputeBackend& cpu_backend = **cpu;
+  ComputeBackend& gpu_backend = **gpu;
+  auto cpu_cache = cpu_backend.CreateKvCache(64);
+  auto gpu_cache = gpu_backend.CreateKvCache(64);
   ASSERT_TRUE(cpu_cache.ok() && gpu_cache.ok());
   Recorder want, got;
-  (*cpu)->SetAttentionObserver(&want);
-  ASSERT_TRUE((*gpu)->SetAttentionObserver(&got).ok());
+  ASSERT_TRUE(cpu_backend.SetAttentionObserver(&want).ok());
+  ASSERT_TRUE(gpu_backend.SetAttentionObserver(&got).ok());
   const auto prompt = RandomTokens(40, config.vocab_size, 8);  // blocks of 16, 16, 8
-  ASSERT_TRUE((*cpu)->Forward(*cpu_cache, prompt, 0, {}).ok());
-  ASSERT_TRUE((*gpu)->Forward(*gpu_cache, prompt, 0, {}).ok());
+  ASSERT_TRUE(cpu_backend.Forward(**cpu_cache, prompt, 0, {}).ok());
+  ASSERT_TRUE(gpu_backend.Forward(**gpu_cache, prompt, 0, {}).ok());
   const int token = 9;
-  ASSERT_TRUE((*cpu)->Forward(*cpu_cache, std::span<const int>(&token, 1), 40, {}).ok());
-  ASSERT_TRUE((*gpu)->Forward(*gpu_cache, std::span<const int>(&token, 1), 40, {}).ok());
-  ASSERT_TRUE((*gpu)->SetAttentionObserver(nullptr).ok());
+  ASSERT_TRUE(cpu_backend.Forward(**cpu_cache, std::span<const int>(&token, 1), 40, {}).ok());
+  ASSERT_TRUE(gpu_backend.Forward(**gpu_cache, std::span<const int>(&token, 1), 40, {}).ok());
+  ASSERT_TRUE(gpu_backend.SetAttentionObserver(nullptr).ok());
+  ASSERT_TRUE(cpu_backend.SetAttentionObserver(nullptr).ok());
   ASSERT_EQ(got.blocks.size(), want.blocks.size());
   ASSERT_EQ(want.blocks.size(), static_cast<size_t>(4 * config.n_layers));
   for (size_t i = 0; i < want.blocks.size(); ++i) {

@@ -27,9 +27,12 @@
 //   where unit = ((t - begin) * H + head) * 2 + (0 for K, 1 for V) and R, the
 //   number of retained units, follows from the payload size.
 //
+// Decoding writes into any backend's cache (backend_kv_cache.h) through its
+// staged fp32 rows: on the CPU straight into the KvCache.
+//
 // Thread safety: functions are thread-safe; CompressedKv is a value
-// (thread-compatible); decoding distinct layers into one KvCache from
-// several threads is fine.
+// (thread-compatible); decoding distinct layers into one CPU KvCache from
+// several threads is fine (a device cache takes one writing thread).
 #ifndef KRUL_COMPRESS_COMPRESSOR_H_
 #define KRUL_COMPRESS_COMPRESSOR_H_
 
@@ -42,6 +45,7 @@
 #include "absl/status/statusor.h"
 #include "krul/compress/compression_plan.h"
 #include "krul/base/dtype.h"
+#include "krul/engine/backend_kv_cache.h"
 #include "krul/engine/kv_cache.h"
 #include "krul/model/model.h"
 #include "krul/base/thread_pool.h"
@@ -100,12 +104,13 @@ absl::StatusOr<int64_t> RetainedUnits(const KvSegment& segment, const KvShape& s
 absl::Status ValidateSegment(const KvSegment& segment, const KvShape& shape);
 
 // Writes layer `layer`'s K and V for tokens [begin, end) into `cache` from
-// `segment`. [begin, end) must lie inside the segment, `layer` must be one the
-// segment covers, the cache must have the shape's layers and kv_dim and room
-// for `end`. INVALID_ARGUMENT for a bad request, errors of ValidateSegment
-// for a bad segment (validated on every call, O(retained)).
+// `segment` (StageRows, decode, CommitRows). [begin, end) must lie inside the
+// segment, `layer` must be one the segment covers, the cache must have the
+// shape's layers and kv_dim and room for `end`. INVALID_ARGUMENT for a bad
+// request, errors of ValidateSegment for a bad segment (validated on every
+// call, O(retained)); errors of the cache's StageRows / CommitRows.
 absl::Status DecodeSegment(const KvSegment& segment, const KvShape& shape, int layer, int begin,
-                           int end, KvCache& cache);
+                           int end, BackendKvCache& cache);
 
 struct CompressorOptions {
   // Storage type of plain rows and merged directions (norms are always f32).
@@ -147,9 +152,9 @@ struct CompressedKv {
   // Restores `layer` for tokens [begin, end) ⊆ [stored_begin[layer], N) into
   // `cache` (several segments as needed). INVALID_ARGUMENT for a range that
   // is not stored; errors of DecodeSegment.
-  absl::Status DecompressLayer(int layer, int begin, int end, KvCache& cache) const;
+  absl::Status DecompressLayer(int layer, int begin, int end, BackendKvCache& cache) const;
   // Every layer's whole stored range.
-  absl::Status DecompressAll(KvCache& cache) const;
+  absl::Status DecompressAll(BackendKvCache& cache) const;
 };
 
 // Compresses tokens [stored_begin[l], num_tokens) of every layer l of

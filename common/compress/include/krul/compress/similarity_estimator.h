@@ -57,7 +57,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "krul/engine/engine_cpu.h"
+#include "krul/engine/backend.h"
 #include "krul/model/model.h"
 #include "krul/base/thread_pool.h"
 

@@ -1,18 +1,13 @@
 // The Llama forward pass on the CPU (fp32): RMSNorm, RoPE, grouped-query
-// attention with a causal mask, SwiGLU.
+// attention with a causal mask, SwiGLU. The "cpu" ComputeBackend
+// (backend.h): every call computes before it returns, activations and KV
+// caches (KvCache) live in host memory, and AwaitWrites does nothing.
 //
 // Tokens are processed in blocks: a prefill of many tokens runs every
-// projection as one matrix-matrix product; decode is a block of one. The
-// pieces are exposed separately for the restore path, which recomputes one
-// layer for a token range from given hidden states:
-//
-//   Embed(tokens) -> hidden (n, dim)
-//   for each layer: ComputeLayer(layer, cache, start_pos, n, hidden)
-//   ComputeLogits(last row of hidden) -> logits (vocab)
-//
-// Forward() does exactly that. An AttentionObserver, when set, receives every
-// layer's attention probabilities (the similarity estimator); when none is
-// set, no probabilities are kept beyond one row per thread.
+// projection as one matrix-matrix product; decode is a block of one. An
+// AttentionObserver, when set, receives every layer's attention
+// probabilities (the similarity estimator); when none is set, no
+// probabilities are kept beyond one row per thread.
 //
 // An Engine borrows its Model (which must outlive it) and owns scratch
 // buffers: it is not thread-safe. Run one Engine per concurrent sequence;
@@ -22,51 +17,17 @@
 
 #include <memory>
 #include <span>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "krul/base/aligned_buffer.h"
+#include "krul/base/thread_pool.h"
+#include "krul/engine/backend.h"
 #include "krul/engine/kv_cache.h"
 #include "krul/model/model.h"
-#include "krul/base/thread_pool.h"
 
 namespace krul {
-
-// Attention probabilities of one layer for a block of consecutive queries.
-struct AttentionWeights {
-  int layer = 0;
-  int n_heads = 0;      // query heads
-  int query_begin = 0;  // absolute position of the first query
-  int num_queries = 0;
-  int context_len = 0;  // = query_begin + num_queries; keys are [0, context_len)
-  // (n_heads, num_queries, context_len) row-major. Row (h, q) sums to 1 over
-  // keys [0, query_begin + q] and is zero beyond (causal mask).
-  const float* probs = nullptr;
-
-  const float* row(int head, int query) const {
-    return probs + (static_cast<size_t>(head) * num_queries + query) * context_len;
-  }
-};
-
-// Receives attention probabilities while the engine runs. Called on the
-// thread that called the engine, after each block of queries of each layer;
-// the pointer is valid only during the call.
-class AttentionObserver {
- public:
-  virtual ~AttentionObserver() = default;
-  virtual void OnAttention(const AttentionWeights& weights) = 0;
-
-  // Optional. Called just before the engine computes a single-query block
-  // (decode) of `layer` for the query at `position` (context_len =
-  // position + 1): memory of at least n_heads * context_len floats for its
-  // probabilities, or nullptr (the default) for the engine's own buffer.
-  // The engine writes every float of it and passes it to the OnAttention
-  // call that follows as `probs`; it keeps no pointer after that call. Lets
-  // an observer that keeps the rows anyway skip copying them.
-  virtual float* DecodeBuffer(int layer, int position, int n_heads, int context_len) {
-    return nullptr;
-  }
-};
 
 struct EngineOptions {
   // Threads for the data-parallel loops when the engine owns its pool
@@ -79,47 +40,42 @@ struct EngineOptions {
   int observer_query_block = 64;
 };
 
-class Engine {
+class Engine final : public ComputeBackend {
  public:
   // INVALID_ARGUMENT if the model's config does not validate.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(const Model& model,
                                                         const EngineOptions& options = {});
-  ~Engine();
+  ~Engine() override;
 
-  const ModelConfig& config() const { return model_.config(); }
   const Model& model() const { return model_; }
 
-  // Runs `tokens` at positions [start_pos, start_pos + n) through every layer,
-  // writing their K/V into `cache`; attention sees cache positions
-  // [0, start_pos + n), so [0, start_pos) must already be filled. `logits`
-  // is empty (no logits), vocab_size floats (the last token's logits) or
-  // n * vocab_size floats (every token's). INVALID_ARGUMENT for a token id
-  // out of range, an empty token list, positions beyond the cache capacity
-  // or a logits span of another size.
-  absl::Status Forward(KvCache& cache, std::span<const int> tokens, int start_pos,
-                       std::span<float> logits);
-
-  // hidden (n, dim) = token embeddings of `tokens`.
-  absl::Status Embed(std::span<const int> tokens, float* hidden) const;
-
-  // Runs transformer block `layer` for tokens at [start_pos, start_pos + n):
-  // reads their input hidden states from `hidden` (n, dim), writes their K/V
-  // into `cache` and replaces `hidden` with the block's output. Same errors
-  // as Forward.
-  absl::Status ComputeLayer(int layer, KvCache& cache, int start_pos, int num_tokens,
-                            float* hidden);
-
-  // logits (vocab_size) of one hidden row (dim): final RMSNorm + classifier.
-  void ComputeLogits(const float* hidden_row, float* logits);
-
-  // Sets (or with nullptr clears) the observer. Not owned.
-  void SetAttentionObserver(AttentionObserver* observer) { observer_ = observer; }
+  // ComputeBackend (backend.h). Caches are KvCache (any KvCache of the
+  // model's shape, also one not made by CreateKvCache); `hidden` is host
+  // memory; ComputeLogits and the marks never fail for valid arguments.
+  std::string_view name() const override { return "cpu"; }
+  const ModelConfig& config() const override { return model_.config(); }
+  absl::StatusOr<std::unique_ptr<BackendKvCache>> CreateKvCache(int capacity_tokens) override;
+  absl::StatusOr<std::unique_ptr<ActivationBuffer>> CreateActivations(int rows) override;
+  absl::Status Forward(BackendKvCache& cache, std::span<const int> tokens, int start_pos,
+                       std::span<float> logits) override;
+  absl::Status Embed(std::span<const int> tokens, float* hidden) override;
+  absl::Status ComputeLayer(int layer, BackendKvCache& cache, int start_pos, int num_tokens,
+                            float* hidden) override;
+  absl::Status ComputeLogits(const float* hidden, int num_rows, std::span<float> logits) override;
+  absl::Status SetAttentionObserver(AttentionObserver* observer) override;
+  absl::Status AwaitWrites(BackendKvCache& cache, int layer) override;
+  absl::Status Synchronize() override { return absl::OkStatus(); }
+  absl::StatusOr<std::unique_ptr<BackendMark>> RecordMark() override;
+  absl::StatusOr<double> SecondsBetween(const BackendMark& from, const BackendMark& to) override;
 
  private:
   Engine(const Model& model, const EngineOptions& options, std::unique_ptr<ThreadPool> owned);
-  absl::Status CheckRange(const KvCache& cache, int start_pos, int num_tokens) const;
+  // The KvCache behind `cache`, checked against the model and the range.
+  absl::StatusOr<KvCache*> CheckRange(BackendKvCache& cache, int start_pos, int num_tokens) const;
   void EnsureScratch(int num_tokens);
   void Attention(int layer, const KvCache& cache, int start_pos, int num_tokens);
+  // logits (vocab_size) of one hidden row (dim): final RMSNorm + classifier.
+  void LogitsOfRow(const float* hidden_row, float* logits);
 
   const Model& model_;
   EngineOptions options_;

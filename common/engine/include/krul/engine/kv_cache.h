@@ -1,13 +1,16 @@
-// Per-layer key/value cache of one sequence (conversation), fp32 on the CPU.
+// Per-layer key/value cache of one sequence (conversation), fp32 in host
+// memory: the CPU backend's BackendKvCache (backend_kv_cache.h).
 //
 // Layout per layer: K and V are each (capacity_tokens, kv_dim) row-major, so
 // a token range of one layer is one contiguous block, which is what the
 // compressor and the KV store move around. The cache does not track which
 // positions are valid: the engine writes positions [start, start + n) and the
 // caller keeps the sequence length (the restore path fills ranges out of
-// order).
+// order). Writes through the BackendKvCache methods land before they return
+// (StageRows hands out the cache's own rows; CommitRows does nothing).
 //
-// Not thread-safe; distinct layers may be written by distinct threads.
+// A value type (movable). Not thread-safe; distinct layers may be written
+// by distinct threads.
 #ifndef KRUL_ENGINE_KV_CACHE_H_
 #define KRUL_ENGINE_KV_CACHE_H_
 
@@ -17,35 +20,27 @@
 
 #include "absl/status/statusor.h"
 #include "krul/base/aligned_buffer.h"
+#include "krul/engine/backend_kv_cache.h"
 #include "krul/model/model.h"
 
 namespace krul {
 
-// A view of one layer's K and V for tokens [begin, begin + num_tokens).
-// Row t of `keys` / `values` is token begin + t; each row has kv_dim floats.
-struct KvLayerView {
-  int layer = 0;
-  int begin = 0;
-  int num_tokens = 0;
-  int kv_dim = 0;
-  float* keys = nullptr;    // (num_tokens, kv_dim)
-  float* values = nullptr;  // (num_tokens, kv_dim)
-
-  float* key(int t) const { return keys + static_cast<size_t>(t) * kv_dim; }
-  float* value(int t) const { return values + static_cast<size_t>(t) * kv_dim; }
-  size_t bytes() const { return 2 * sizeof(float) * static_cast<size_t>(num_tokens) * kv_dim; }
-};
-
-class KvCache {
+class KvCache final : public BackendKvCache {
  public:
   // A zeroed cache for `capacity_tokens` positions of a model with n_layers
   // layers and kv_dim = config.kv_dim(). INVALID_ARGUMENT when the capacity
   // is not in [1, config.seq_len].
   static absl::StatusOr<KvCache> Create(const ModelConfig& config, int capacity_tokens);
+  // A zeroed cache of any shape (e.g. a tensor-parallel rank's rows).
+  // INVALID_ARGUMENT unless every argument is >= 1.
+  static absl::StatusOr<KvCache> Create(int n_layers, int kv_dim, int capacity_tokens);
 
-  int n_layers() const { return n_layers_; }
-  int kv_dim() const { return kv_dim_; }
-  int capacity() const { return capacity_; }
+  KvCache(KvCache&&) = default;
+  KvCache& operator=(KvCache&&) = default;
+
+  int n_layers() const override { return n_layers_; }
+  int kv_dim() const override { return kv_dim_; }
+  int capacity() const override { return capacity_; }
 
   // View of `layer` for [begin, begin + num_tokens). The range must lie in
   // [0, capacity) (checked in debug builds).
@@ -64,6 +59,16 @@ class KvCache {
   size_t LayerBytes(int num_tokens) const {
     return 2 * sizeof(float) * static_cast<size_t>(num_tokens) * kv_dim_;
   }
+
+  // BackendKvCache: see backend_kv_cache.h.
+  absl::StatusOr<KvLayerView> StageRows(int layer, int begin, int num_tokens) override;
+  absl::Status CommitRows(const KvLayerView& staged) override;
+  absl::Status WriteRows(int layer, int begin, int num_tokens, DType dtype, const void* keys,
+                         const void* values) override;
+  absl::Status WaitForWrites() override { return absl::OkStatus(); }
+  absl::Status ReadRows(int layer, int begin, int num_tokens, float* keys,
+                        float* values) const override;
+  const KvCache* host_cache() const override { return this; }
 
  private:
   KvCache() = default;

@@ -16,8 +16,9 @@
 //
 //   latency_s + bytes / bytes_per_second
 //
-// The coefficients come from a start-up probe (ProbeCompute runs the engine's
-// ComputeLayer on a few token counts; ProbeLoad times fetches of two sizes)
+// The coefficients come from a start-up probe (ProbeCompute runs a compute
+// backend's ComputeLayer on a few token counts; ProbeLoad times fetches of
+// two sizes)
 // and are refreshed from live measurements (ObserveCompute / ObserveLoad) by
 // an exponentially weighted moving average of measured / predicted time, so
 // a slower GPU clock or a congested link shifts the plan within a few
@@ -39,7 +40,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "krul/engine/engine_cpu.h"
+#include "krul/engine/backend.h"
 
 namespace krul {
 
@@ -135,12 +136,15 @@ struct ComputeProbeOptions {
   int layer = 0;
 };
 
-// Times engine.ComputeLayer on a scratch cache and fits ComputeCoefficients
-// by non-negative least squares on relative error. INVALID_ARGUMENT if the
-// options are out of range or do not fit the model's seq_len; errors from the
-// engine are passed through. Takes a few tens of milliseconds for small
-// models; the engine must not be used concurrently.
-absl::StatusOr<ComputeCoefficients> ProbeCompute(Engine& engine,
+// Times backend.ComputeLayer on a scratch cache (between two of the
+// backend's marks: the wall clock on the CPU, device events on CUDA) and
+// fits ComputeCoefficients by non-negative least squares on relative error.
+// Inputs are the embeddings of seeded random tokens, re-embedded before
+// every call. INVALID_ARGUMENT if the options are out of range or do not
+// fit the model's seq_len; errors from the backend are passed through.
+// Takes a few tens of milliseconds for small models; the backend must not be
+// used concurrently and should have no observer.
+absl::StatusOr<ComputeCoefficients> ProbeCompute(ComputeBackend& backend,
                                                  const ComputeProbeOptions& options = {});
 
 // One timed load of the probe: performs a fetch and returns the bytes moved.

@@ -2,9 +2,11 @@
 //
 // The restore executor's load thread asks a KvSource for one layer (or one
 // shared pair, stored once for both) over a token range and gets the
-// restored K/V written into the conversation's KvCache. The interface is
-// deliberately narrow so the in-process store here and the kvstore client
-// (gRPC control + UCX bulk transfer) are interchangeable.
+// restored K/V written into the conversation's cache, whichever backend's it
+// is (backend_kv_cache.h: straight into host memory on the CPU, through
+// staged rows to the device on CUDA). The interface is deliberately narrow
+// so the in-process store here, the kvstore client (gRPC control + UCX bulk
+// transfer) and a pinned host store on the GPU are interchangeable.
 //
 // InProcessKvStore keeps CompressedKv values in memory and can emulate a
 // link (per-request latency + bandwidth) so benchmarks see realistic load
@@ -27,7 +29,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "krul/compress/compressor.h"
-#include "krul/engine/kv_cache.h"
+#include "krul/engine/backend_kv_cache.h"
 
 namespace krul {
 
@@ -37,17 +39,17 @@ class KvSource {
 
   // Fetches history tokens [begin, end) of `layers` (one layer, or the two
   // layers of a shared pair, transferred once) and writes each layer's K/V
-  // into `cache` at the same positions, touching nothing else. Returns the
-  // bytes transferred.
+  // into `cache` at the same positions through its write methods, touching
+  // nothing else. The writes may still be in flight on return (the caller
+  // waits with cache.WaitForWrites()). Returns the bytes transferred.
   // INVALID_ARGUMENT: a layer or range that was not stored, or a cache of
   // the wrong shape; DATA_LOSS: stored bytes failed validation (checksum,
   // sizes); UNAVAILABLE: the store or link is down (the caller falls back to
   // recomputing); NOT_FOUND: the conversation version is gone.
   // Thread safety: one Fetch at a time per source (the load thread); it may
-  // run while other threads read or write other layers / positions of
-  // `cache`.
+  // run while the backend computes on other layers / positions of `cache`.
   virtual absl::StatusOr<size_t> Fetch(std::span<const int> layers, int begin, int end,
-                                       KvCache& cache) = 0;
+                                       BackendKvCache& cache) = 0;
 };
 
 // An emulated link between the worker and the store.

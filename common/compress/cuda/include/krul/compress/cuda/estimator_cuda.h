@@ -8,9 +8,9 @@
 //    contribution to the L x L distance matrix D (fp64, on the device) and
 //    the edge masses. Nothing comes back to the host until Finish().
 //  - Prefill blocks (more than one query): the engine copies them into
-//    pinned host memory on a side stream, and this estimator hands them to a
-//    krul::SimilarityEstimator (the CPU one), whose background thread
-//    updates the prefill part of D off the critical path.
+//    pinned host memory on a side stream (OnAttention), and this estimator
+//    hands them to a krul::SimilarityEstimator (the CPU one), whose
+//    background thread updates the prefill part of D off the critical path.
 // Finish() sums the two parts into one SimilarityEstimate.
 //
 // Options are SimilarityEstimatorOptions: decode_head_stride samples the
@@ -49,8 +49,10 @@ class CudaSimilarityEstimator final : public CudaAttentionObserver {
   CudaSimilarityEstimator(const CudaSimilarityEstimator&) = delete;
   CudaSimilarityEstimator& operator=(const CudaSimilarityEstimator&) = delete;
 
+  // CudaAttentionObserver: decode blocks on the device, prefill blocks
+  // (in pinned host memory) to the CPU estimator.
   bool OnDeviceAttention(const AttentionWeights& weights, cudaStream_t stream) override;
-  void OnHostAttention(const AttentionWeights& weights) override;
+  void OnAttention(const AttentionWeights& weights) override;
 
   // Waits for the device and the CPU estimator's background work, returns
   // everything observed since creation or the last Finish/Reset, and starts
