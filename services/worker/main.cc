@@ -21,7 +21,9 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "krul/base/byte_size.h"
@@ -52,6 +54,9 @@ ABSL_FLAG(int, max_queue, 8, "Requests that may wait for an engine; beyond: HTTP
 ABSL_FLAG(absl::Duration, queue_timeout, absl::Seconds(30),
           "Longest wait for an engine before HTTP 429");
 ABSL_FLAG(int, threads, 1, "Engine threads per active request (0 = all cores)");
+ABSL_FLAG(std::string, device, "auto",
+          "Compute device: auto (CUDA when this build has it and a GPU is usable, else the "
+          "CPU), cpu or cuda (an error when no GPU is usable)");
 ABSL_FLAG(int, default_max_tokens, 64, "max_tokens when a request gives none");
 ABSL_FLAG(int, max_tokens_limit, 4096, "Largest max_tokens a request may ask for");
 ABSL_FLAG(krul::ByteSize, max_request_bytes, krul::ByteSize(4 << 20),
@@ -131,6 +136,10 @@ absl::StatusOr<WorkerOptions> OptionsFromFlags() {
   o.max_queue = absl::GetFlag(FLAGS_max_queue);
   o.queue_timeout = absl::GetFlag(FLAGS_queue_timeout);
   o.threads = absl::GetFlag(FLAGS_threads);
+  auto device = krul::ParseDevice(absl::GetFlag(FLAGS_device));
+  if (!device.ok())
+    return absl::InvalidArgumentError(absl::StrCat("device: ", device.status().message()));
+  o.device = *device;
   o.default_max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
   o.max_tokens_limit = absl::GetFlag(FLAGS_max_tokens_limit);
   o.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes).bytes;
@@ -175,6 +184,13 @@ int main(int argc, char** argv) {
       "The Krul inference worker: OpenAI-compatible chat over HTTP, KV in the kvstore.\n"
       "  krul-worker --model FILE [--tokenizer FILE] [--kvstore HOST:PORT] [--http_port N]\n"
       "  krul-worker --synthetic --http_port 0");
+  // --help lists the flags of this file (Abseil looks for krul-worker.cc).
+  absl::FlagsUsageConfig usage;
+  usage.contains_helpshort_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "worker/main.cc");
+  };
+  usage.contains_help_flags = usage.contains_helpshort_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   krul::SetMinLogSeverity(absl::GetFlag(FLAGS_log_level));
 

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <memory>
+#include <optional>
+#include <span>
 
-#include "krul/engine/kv_cache.h"
-#include "krul/engine/sampler.h"
+#include "krul/compress/backend_estimator.h"
 #include "krul/compress/similarity_estimator.h"
+#include "krul/engine/sampler.h"
 
 namespace krul::worker {
 
@@ -19,12 +21,12 @@ const std::vector<std::string>& DefaultCalibrationPrompts() {
   return *prompts;
 }
 
-absl::StatusOr<SimilarityEstimate> CalibrationEstimate(Engine& engine,
+absl::StatusOr<SimilarityEstimate> CalibrationEstimate(ComputeBackend& backend,
                                                        const ChatTemplate& chat_template,
                                                        const std::vector<std::string>& prompts,
                                                        int decode_tokens) {
   if (prompts.empty()) return absl::InvalidArgumentError("calibration needs at least one prompt");
-  const ModelConfig& config = engine.config();
+  const ModelConfig& config = backend.config();
   std::optional<SimilarityEstimate> merged;
   std::vector<float> logits(config.vocab_size);
   for (const std::string& prompt : prompts) {
@@ -32,24 +34,28 @@ absl::StatusOr<SimilarityEstimate> CalibrationEstimate(Engine& engine,
     const int prompt_len = std::min(static_cast<int>(tokens.size()), config.seq_len - 1);
     if (prompt_len < 1) continue;
     const int steps = std::min(decode_tokens, config.seq_len - prompt_len);
-    auto cache = KvCache::Create(config, prompt_len + std::max(steps, 0));
+    const int capacity = prompt_len + std::max(steps, 0);
+    auto cache = backend.CreateKvCache(capacity);
     if (!cache.ok()) return cache.status();
-    auto estimator = SimilarityEstimator::Create(config);
+    auto estimator = CreateBackendEstimator(backend, capacity);
     if (!estimator.ok()) return estimator.status();
-    engine.SetAttentionObserver(estimator->get());
-    absl::Status status =
-        engine.Forward(*cache, std::span<const int>(tokens.data(), prompt_len), 0, logits);
+    absl::Status status = backend.SetAttentionObserver((*estimator)->observer());
+    if (status.ok()) {
+      status = backend.Forward(**cache, std::span<const int>(tokens.data(), prompt_len), 0, logits);
+    }
     int pos = prompt_len;
     for (int i = 0; status.ok() && i < steps; ++i) {
       const int next = ArgMax(logits);
-      status = engine.Forward(*cache, std::span<const int>(&next, 1), pos++, logits);
+      status = backend.Forward(**cache, std::span<const int>(&next, 1), pos++, logits);
     }
-    engine.SetAttentionObserver(nullptr);
+    const absl::Status cleared = backend.SetAttentionObserver(nullptr);
     if (!status.ok()) return status;
-    SimilarityEstimate estimate = (*estimator)->Finish();
+    if (!cleared.ok()) return cleared;
+    auto estimate = (*estimator)->Finish();
+    if (!estimate.ok()) return estimate.status();
     if (!merged.has_value()) {
-      merged = std::move(estimate);
-    } else if (auto s = merged->Merge(estimate); !s.ok()) {
+      merged = *std::move(estimate);
+    } else if (auto s = merged->Merge(*estimate); !s.ok()) {
       return s;
     }
   }

@@ -10,7 +10,7 @@
 #include "absl/status/statusor.h"
 #include "worker/core/chat_template.h"
 #include "krul/compress/compression_plan.h"
-#include "krul/engine/engine_cpu.h"
+#include "krul/engine/backend.h"
 #include "krul/compress/selector.h"
 #include "krul/compress/similarity_estimator.h"
 
@@ -20,12 +20,13 @@ namespace krul::worker {
 const std::vector<std::string>& DefaultCalibrationPrompts();
 
 // For each prompt (a one-message conversation), prefills it and decodes
-// `decode_tokens` greedy tokens with a SimilarityEstimator observing, and
-// returns the merged estimate (krul-fixed's pairs are SelectPlan of it;
-// krul may shrink each conversation's estimate toward it). The engine's
-// observer is cleared afterwards. INVALID_ARGUMENT for no prompts or none
-// that fits the model; errors of the engine and estimator.
-absl::StatusOr<SimilarityEstimate> CalibrationEstimate(Engine& engine,
+// `decode_tokens` greedy tokens on `backend` with the backend's similarity
+// estimator observing (backend_estimator.h), and returns the merged estimate
+// (krul-fixed's pairs are SelectPlan of it; krul may shrink each
+// conversation's estimate toward it). The backend's observer is cleared
+// afterwards. INVALID_ARGUMENT for no prompts or none that fits the model;
+// errors of the backend and estimator.
+absl::StatusOr<SimilarityEstimate> CalibrationEstimate(ComputeBackend& backend,
                                                        const ChatTemplate& chat_template,
                                                        const std::vector<std::string>& prompts,
                                                        int decode_tokens);

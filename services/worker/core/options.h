@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "krul/base/dtype.h"  // DType, ParseDType
+#include "krul/engine/backend_factory.h"  // Device
 #include "krul/model/model.h"
 #include "krul/model/model_shape.h"  // ParseModelShape
 #include "krul/restore/restore_mode.h"
@@ -54,6 +55,9 @@ struct WorkerOptions {
   absl::Duration queue_timeout = absl::Seconds(30);
   // Engine threads per active request (0 = all cores).
   int threads = 1;
+  // Compute device of the engines: kAuto = CUDA when the build has it and a
+  // GPU is usable, else the CPU (backend_factory.h). Default kAuto.
+  Device device = Device::kAuto;
 
   // ---- generation limits ------------------------------------------------
   int default_max_tokens = 64;

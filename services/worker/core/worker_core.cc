@@ -10,6 +10,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "worker/core/calibration.h"
+#include "krul/base/log.h"
+#include "krul/engine/backend_factory.h"
+#include "krul/engine/kv_cache.h"
 #include "krul/kvformat/kv_block.h"
 #include "krul/kvformat/manifest.h"
 #include "krul/compress/selector.h"
@@ -140,16 +143,27 @@ absl::Status WorkerCore::Init(const WorkerOptions& options,
   model_id_ = ComputeModelId(model_name_, *model_);
   shape_ = KvShape::FromConfig(config);
 
-  // Engines, one per admission slot.
-  EngineOptions engine_options;
-  engine_options.num_threads = options.threads;
+  // Engines, one per admission slot, on the configured device (each CUDA
+  // engine holds its own copy of the weights on the GPU).
+  auto device = ResolveDevice(options.device);
+  if (!device.ok()) {
+    return absl::Status(device.status().code(),
+                        absl::StrCat("device=", ToAbslStringView(DeviceName(options.device)),
+                                     ": ", device.status().message()));
+  }
+  device_ = *device;
+  BackendOptions backend_options;
+  backend_options.device = device_;
+  backend_options.cpu.num_threads = options.threads;
   for (int i = 0; i < options.max_active; ++i) {
     EngineSlot slot;
-    auto engine = Engine::Create(*model_, engine_options);
-    if (!engine.ok()) return engine.status();
-    slot.engine = *std::move(engine);
+    auto backend = CreateBackend(*model_, backend_options);
+    if (!backend.ok()) return backend.status();
+    slot.backend = *std::move(backend);
     slots_.push_back(std::move(slot));
   }
+  KRUL_LOG(INFO) << options.max_active << " engine(s) on device '" << DeviceName(device_)
+                 << "' (requested '" << DeviceName(options.device) << "')";
 
   // Cost model: compute probed on slot 0's engine unless fixed by flags.
   CostCoefficients costs;
@@ -159,7 +173,7 @@ absl::Status WorkerCore::Init(const WorkerOptions& options,
   costs.load.latency_s = options.load_latency_us * 1e-6;
   costs.load.bytes_per_second = options.load_gbps * 1e9;
   if (options.probe_compute) {
-    auto probed = ProbeCompute(*slots_[0].engine, ProbeOptionsFor(config));
+    auto probed = ProbeCompute(*slots_[0].backend, ProbeOptionsFor(config));
     if (probed.ok()) {
       costs.compute = *probed;
     } else {
@@ -193,7 +207,7 @@ absl::Status WorkerCore::Init(const WorkerOptions& options,
   RestorerOptions restorer_options;
   restorer_options.cost_model = options.freeze_costs ? nullptr : cost_model_.get();
   for (EngineSlot& slot : slots_) {
-    auto restorer = Restorer::Create(*slot.engine, restorer_options);
+    auto restorer = Restorer::Create(*slot.backend, restorer_options);
     if (!restorer.ok()) return restorer.status();
     slot.restorer = *std::move(restorer);
   }
@@ -221,7 +235,7 @@ absl::Status WorkerCore::Init(const WorkerOptions& options,
   std::optional<SimilarityEstimate> calibration;
   if (fixed_needs_it || prior_needs_it) {
     auto estimate =
-        CalibrationEstimate(*slots_[0].engine, *chat_template_, DefaultCalibrationPrompts(), 32);
+        CalibrationEstimate(*slots_[0].backend, *chat_template_, DefaultCalibrationPrompts(), 32);
     absl::StatusOr<CompressionPlan> calibrated =
         estimate.ok() ? SelectPlan(*estimate, selector) : estimate.status();
     if (estimate.ok()) calibration = *std::move(estimate);

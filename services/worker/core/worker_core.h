@@ -1,5 +1,6 @@
 // The worker's shared state, independent of the wire protocol: the model,
-// tokenizer and chat template, one engine (+ restorer) per admission slot,
+// tokenizer and chat template, one compute backend (+ restorer) per
+// admission slot on the configured device (CPU or CUDA, backend_factory.h),
 // the cost model, the conversation store, the persister and the metrics.
 // The HTTP and gRPC front ends both call StartChat.
 //
@@ -19,7 +20,7 @@
 #include "worker/session/conversation_store.h"
 #include "krul/compress/compressor.h"
 #include "krul/restore/cost_model.h"
-#include "krul/engine/engine_cpu.h"
+#include "krul/engine/backend.h"
 #include "krul/model/model.h"
 #include "krul/restore/restorer.h"
 #include "krul/model/tokenizer.h"
@@ -34,16 +35,18 @@ class Session;
 
 // One engine slot: used by one request at a time (AdmissionTicket::slot).
 struct EngineSlot {
-  std::unique_ptr<Engine> engine;
-  std::unique_ptr<Restorer> restorer;
+  std::unique_ptr<ComputeBackend> backend;
+  std::unique_ptr<Restorer> restorer;  // drives `backend`
 };
 
 class WorkerCore {
  public:
-  // Loads the model and tokenizer, creates the engines, probes the compute
-  // cost, calibrates krul-fixed's pairs and starts the persister. `store`
-  // is owned. Errors: INVALID_ARGUMENT for options that do not validate;
-  // errors of the model / tokenizer loaders.
+  // Loads the model and tokenizer, creates the engines on options.device,
+  // probes the compute cost, calibrates krul-fixed's pairs and starts the
+  // persister. `store` is owned. Errors: INVALID_ARGUMENT for options that
+  // do not validate; FAILED_PRECONDITION for device=cuda without a CUDA
+  // build or a usable GPU; errors of the model / tokenizer loaders and the
+  // backends.
   static absl::StatusOr<std::unique_ptr<WorkerCore>> Create(
       const WorkerOptions& options, std::unique_ptr<ConversationStore> store);
   ~WorkerCore();
@@ -75,6 +78,8 @@ class WorkerCore {
   CostModel& cost_model() { return *cost_model_; }
   Persister& persister() { return *persister_; }
   WorkerMetrics& metrics() { return metrics_; }
+  // The device the engines run on (options().device resolved).
+  Device device() const { return device_; }
   Admission& admission() { return *admission_; }
   EngineSlot& slot(int index) { return slots_[index]; }
 
@@ -89,6 +94,7 @@ class WorkerCore {
   std::string model_name_;
   std::string model_id_;
   std::string worker_id_;
+  Device device_ = Device::kCpu;
   KvShape shape_;
   CompressionPlan fixed_pairs_;
   std::unique_ptr<ConversationStore> store_;

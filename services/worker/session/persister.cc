@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "krul/compress/compressor.h"
+#include "krul/engine/kv_cache.h"
 #include "krul/restore/restore_mode.h"
 #include "krul/compress/selector.h"
 #include "worker/session/kv_blocks.h"
@@ -105,11 +106,13 @@ absl::Status Persister::Run(PersistJob& job) {
   const int N = record.kv_tokens;
   std::optional<SimilarityEstimate> estimate;
   if (job.estimator != nullptr) {
-    estimate = job.estimator->Finish();
-    metrics_->estimator_seconds().Increment(estimate->engine_thread_seconds);
+    absl::StatusOr<SimilarityEstimate> finished = job.estimator->Finish();
     job.estimator.reset();
+    if (!finished.ok()) return finished.status();  // a device error (CUDA)
+    estimate = *std::move(finished);
+    metrics_->estimator_seconds().Increment(estimate->engine_thread_seconds);
   }
-  if (!job.cache.has_value()) return absl::InvalidArgumentError("persist job without a KV cache");
+  if (job.cache == nullptr) return absl::InvalidArgumentError("persist job without a KV cache");
   const CompressionPlan pairs = PairsFor(record.mode, estimate);
 
   ModePlanOptions plan_options;
@@ -131,8 +134,17 @@ absl::Status Persister::Run(PersistJob& job) {
   CompressorOptions compressor;
   compressor.dtype = options_.dtype;
   compressor.chunk_tokens = options_.chunk_tokens;
-  auto kv =
-      CompressKv(*job.cache, options_.shape, record.plan, N, record.recompute_tokens, compressor);
+  // The compressor reads host rows: the CPU backend's cache as it is, a
+  // device cache copied to the host first.
+  std::optional<KvCache> host_copy;
+  const KvCache* host = job.cache->host_cache();
+  if (host == nullptr) {
+    auto copy = CopyToHost(*job.cache, N);
+    if (!copy.ok()) return copy.status();
+    host_copy = *std::move(copy);
+    host = &*host_copy;
+  }
+  auto kv = CompressKv(*host, options_.shape, record.plan, N, record.recompute_tokens, compressor);
   if (!kv.ok()) return kv.status();
 
   auto version = BuildStoredVersion(job.key, options_.model_id, EncodeSessionRecord(record), *kv);

@@ -25,9 +25,10 @@
 #include "worker/session/conversation_store.h"
 #include "krul/compress/compression_plan.h"
 #include "krul/restore/cost_model.h"
-#include "krul/engine/kv_cache.h"
+#include "krul/compress/backend_estimator.h"
 #include "krul/compress/selector.h"
 #include "krul/compress/similarity_estimator.h"
+#include "krul/engine/backend_kv_cache.h"
 #include "krul/v1/kvstore.pb.h"
 #include "worker/core/metrics.h"
 #include "worker/core/options.h"
@@ -40,10 +41,13 @@ struct PersistJob {
   // Filled by the session: model_id, chat_template, mode, message_count,
   // digest, tokens, kv_tokens. The persister fills the rest.
   SessionRecord record;
-  std::optional<KvCache> cache;  // holds [0, record.kv_tokens) of every layer
+  // Holds [0, record.kv_tokens) of every layer; the backend's cache (a
+  // device cache is copied to the host here, off the response path). The
+  // backend's enqueued work on it must be complete (its Forward was).
+  std::unique_ptr<BackendKvCache> cache;
   // The turn's estimator (krul mode only); Finish() is called here, so the
   // response never waits for its background thread.
-  std::unique_ptr<SimilarityEstimator> estimator;
+  std::unique_ptr<BackendEstimator> estimator;
 };
 
 struct PersisterOptions {

@@ -62,7 +62,8 @@ Session::Session(WorkerCore& core, AdmissionTicket ticket, const ChatRequest& re
 }
 
 Session::~Session() {
-  slot_.engine->SetAttentionObserver(nullptr);
+  // Clearing never fails to clear; an error is only about blocks delivered.
+  slot_.backend->SetAttentionObserver(nullptr).IgnoreError();
   core_.metrics().active_requests().Decrement();
 }
 
@@ -76,24 +77,44 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Begin(WorkerCore& core, Admiss
 
 absl::Status Session::PrefillAll() {
   const int n = static_cast<int>(tokens_.size());
-  if (estimator_ != nullptr) slot_.engine->SetAttentionObserver(estimator_.get());
+  absl::Status s;
+  if (estimator_ != nullptr) s = slot_.backend->SetAttentionObserver(estimator_->observer());
   const auto t0 = std::chrono::steady_clock::now();
-  absl::Status s = slot_.engine->Forward(*cache_, tokens_, 0, logits_);
+  if (s.ok()) s = slot_.backend->Forward(*cache_, tokens_, 0, logits_);
   core_.metrics().generation_seconds().Increment(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   stats_.prefilled_tokens = n;
   return s;
 }
 
+// The stored version a turn may continue from: what the lookup found and
+// validation accepted, or why not (a fallback reason; empty for a miss).
+struct Session::StoredTurn {
+  std::string lookup_id;  // empty: nothing to look up (a first turn by content)
+  std::optional<SessionRecord> record;
+  std::optional<v1::Manifest> manifest;
+  std::string fallback;
+};
+
 absl::Status Session::Start(absl::Time accepted) {
-  const ModelConfig& config = core_.model().config();
-  const WorkerOptions& options = core_.options();
-  const std::vector<ChatMessage>& messages = request_.messages;
+  if (auto s = InitTurn(); !s.ok()) return s;
+  StoredTurn stored = LookupStoredTurn();
+  std::vector<int> new_tokens;  // prefilled after the restored history
+  if (auto s = TokenizeTurn(stored, new_tokens); !s.ok()) return s;
+  if (auto s = CreateTurnState(); !s.ok()) return s;
+  const bool restored = stored.record.has_value() && RestoreStoredTurn(stored, new_tokens);
+  if (!restored) {
+    if (auto s = FallBackToPrefill(stored); !s.ok()) return s;
+  }
+  return SampleFirstToken(accepted);
+}
+
+// Stats of the turn so far and its sampler.
+absl::Status Session::InitTurn() {
   stats_.mode = std::string(RestoreModeName(mode_));
   stats_.worker_id = core_.worker_id();
   stats_.queue_ms = absl::ToDoubleMilliseconds(ticket_.waited());
-  logits_.assign(config.vocab_size, 0.0f);
-
+  logits_.assign(core_.model().config().vocab_size, 0.0f);
   SamplerOptions sampler_options;
   sampler_options.temperature = request_.temperature;
   sampler_options.top_p = request_.top_p;
@@ -101,60 +122,76 @@ absl::Status Session::Start(absl::Time accepted) {
   auto sampler = Sampler::Create(sampler_options);
   if (!sampler.ok()) return sampler.status();
   sampler_.emplace(*std::move(sampler));
+  return absl::OkStatus();
+}
 
-  if (RestoreModePairSource(mode_) == PairSource::kPerConversation) {
-    auto estimator = SimilarityEstimator::Create(config);
-    if (!estimator.ok()) return estimator.status();
-    estimator_ = *std::move(estimator);
-  }
-
-  // ---- which stored version could hold this conversation's history ----
-  std::string lookup_id;
+// Which stored version could hold this conversation's history: by its
+// conversation_id, or by the digest of the messages up to the last answer.
+Session::StoredTurn Session::LookupStoredTurn() {
+  const std::vector<ChatMessage>& messages = request_.messages;
+  StoredTurn stored;
   if (!request_.conversation_id.empty()) {
     explicit_id_ = "c:" + request_.conversation_id;
-    lookup_id = explicit_id_;
+    stored.lookup_id = explicit_id_;
   } else {
     for (size_t i = messages.size(); i-- > 0;) {
       if (messages[i].role == Role::kAssistant) {
-        lookup_id = DigestId(PrefixDigest(messages, i + 1));
+        stored.lookup_id = DigestId(PrefixDigest(messages, i + 1));
         break;
       }
     }
   }
-  std::optional<SessionRecord> record;
-  std::optional<v1::Manifest> manifest;
-  std::string fallback;
-  if (!lookup_id.empty()) {
-    auto found = core_.store().LookupLatest(options.tenant, lookup_id,
-                                            absl::Now() + options.kvstore_deadline);
-    if (found.ok()) {
-      auto decoded = DecodeSessionRecord(found->plan());
-      if (!decoded.ok()) {
-        fallback = decoded.status().code() == absl::StatusCode::kDataLoss ? kFallbackChecksum
-                                                                          : kFallbackMismatch;
-      } else if (!TokensValid(decoded->tokens, config.vocab_size, core_.tokenizer().bos_id()) ||
-                 decoded->model_id != core_.model_id() || found->model_id() != core_.model_id() ||
-                 decoded->chat_template != core_.chat_template().kind() ||
-                 messages.size() <= decoded->message_count ||
-                 PrefixDigest(messages, decoded->message_count) != decoded->digest) {
-        fallback = kFallbackMismatch;
-      } else {
-        record = *std::move(decoded);
-        manifest = *std::move(found);
-      }
-    } else if (found.status().code() != absl::StatusCode::kNotFound) {
-      fallback = FallbackReason(found.status());
+  if (stored.lookup_id.empty()) return stored;
+  const WorkerOptions& options = core_.options();
+  auto found = core_.store().LookupLatest(options.tenant, stored.lookup_id,
+                                          absl::Now() + options.kvstore_deadline);
+  if (!found.ok()) {
+    if (found.status().code() != absl::StatusCode::kNotFound) {
+      stored.fallback = FallbackReason(found.status());
     }
+    return stored;
   }
+  auto decoded = DecodeSessionRecord(found->plan());
+  if (!decoded.ok()) {
+    stored.fallback = decoded.status().code() == absl::StatusCode::kDataLoss ? kFallbackChecksum
+                                                                             : kFallbackMismatch;
+    return stored;
+  }
+  stored.fallback = ValidateStoredTurn(*decoded, *found);
+  if (stored.fallback.empty()) {
+    stored.record = *std::move(decoded);
+    stored.manifest = *std::move(found);
+  }
+  return stored;
+}
 
-  // ---- the tokens of this turn ----
-  std::vector<int> new_tokens;  // prefilled after the restored history
-  int history = 0;              // N: positions whose KV is restored
-  if (record.has_value()) {
-    history = record->kv_tokens;
-    tokens_ = record->tokens;
-    new_tokens.assign(tokens_.begin() + history, tokens_.end());
-    for (size_t i = record->message_count; i < messages.size(); ++i) {
+// Empty when `record` is this model's, this template's and a prefix of this
+// request's messages; the fallback reason otherwise.
+std::string_view Session::ValidateStoredTurn(const SessionRecord& record,
+                                             const v1::Manifest& manifest) const {
+  const std::vector<ChatMessage>& messages = request_.messages;
+  if (!TokensValid(record.tokens, core_.model().config().vocab_size,
+                   core_.tokenizer().bos_id()) ||
+      record.model_id != core_.model_id() || manifest.model_id() != core_.model_id() ||
+      record.chat_template != core_.chat_template().kind() ||
+      messages.size() <= record.message_count ||
+      PrefixDigest(messages, record.message_count) != record.digest) {
+    return kFallbackMismatch;
+  }
+  return {};
+}
+
+// tokens_ = the turn's tokens (the stored history, the new messages and the
+// generation prompt); `new_tokens` = those after the restored history.
+// INVALID_ARGUMENT when the turn does not fit the model's context.
+absl::Status Session::TokenizeTurn(const StoredTurn& stored, std::vector<int>& new_tokens) {
+  const ModelConfig& config = core_.model().config();
+  const std::vector<ChatMessage>& messages = request_.messages;
+  if (stored.record.has_value()) {
+    const SessionRecord& record = *stored.record;
+    tokens_ = record.tokens;
+    new_tokens.assign(tokens_.begin() + record.kv_tokens, tokens_.end());
+    for (size_t i = record.message_count; i < messages.size(); ++i) {
       std::vector<int> piece = core_.chat_template().MessageTokens(messages[i]);
       new_tokens.insert(new_tokens.end(), piece.begin(), piece.end());
       tokens_.insert(tokens_.end(), piece.begin(), piece.end());
@@ -180,76 +217,109 @@ absl::Status Session::Start(absl::Time accepted) {
   }
   stats_.prompt_tokens = prompt_len;
   capacity_ = prompt_len + request_.max_tokens;
-  auto cache = KvCache::Create(config, capacity_);
-  if (!cache.ok()) return cache.status();
-  cache_.emplace(*std::move(cache));
+  return absl::OkStatus();
+}
 
-  // ---- restore + prefill ----
-  bool restored = false;
-  if (record.has_value()) {
-    auto plan = RestorePlanFromRecord(*record, core_.shape(), static_cast<int>(new_tokens.size()));
-    if (!plan.ok()) {
-      fallback = kFallbackMismatch;
-    } else {
-      std::unique_ptr<KvSource> source =
-          MakeStoreKvSource(&core_.store(), *manifest, core_.shape(), options.kvstore_deadline,
-                            options.prefetch_blocks ? BlocksForLoads(*manifest, plan->loads)
-                                                    : std::vector<uint32_t>());
-      slot_.engine->SetAttentionObserver(nullptr);
-      auto rs = slot_.restorer->Restore(*plan, std::span<const int>(tokens_.data(), history),
-                                        new_tokens, source.get(), *cache_, logits_);
-      if (rs.ok()) {
-        restored = true;
-        const double L = core_.shape().n_layers;
-        stats_.restore = "hit";
-        stats_.restored_tokens = history;
-        stats_.recomputed_tokens = static_cast<double>(rs->recomputed_token_layers) / L;
-        stats_.loaded_tokens = history - stats_.recomputed_tokens;
-        stats_.loaded_bytes = rs->loaded_bytes;
-        stats_.prefilled_tokens = static_cast<int>(new_tokens.size());
-        stats_.restore_ms = rs->restore_seconds * 1e3;
-        WorkerMetrics& m = core_.metrics();
-        m.CountRestore("hit");
-        m.ObserveRestore("total", rs->restore_seconds);
-        m.ObserveRestore("recompute", rs->recompute_seconds);
-        m.ObserveRestore("load", rs->load_seconds);
-        m.restored_tokens().Increment(history);
-        m.recomputed_tokens().Increment(stats_.recomputed_tokens);
-        m.loaded_tokens().Increment(stats_.loaded_tokens);
-        m.loaded_bytes().Increment(static_cast<double>(rs->loaded_bytes));
-        if (rs->efficiency > 0) m.scheduler_efficiency().Observe(rs->efficiency);
-      } else {
-        fallback = FallbackReason(rs.status());
-        std::fprintf(stderr, "krul-worker: restore of '%s' failed (%s), recomputing: %s\n",
-                     lookup_id.c_str(), std::string(fallback).c_str(),
-                     std::string(rs.status().message()).c_str());
-      }
-    }
+// The turn's KV cache and, for krul, its similarity estimator, on the
+// slot's backend.
+absl::Status Session::CreateTurnState() {
+  auto cache = slot_.backend->CreateKvCache(capacity_);
+  if (!cache.ok()) return cache.status();
+  cache_ = *std::move(cache);
+  if (RestoreModePairSource(mode_) == PairSource::kPerConversation) {
+    auto estimator = CreateBackendEstimator(*slot_.backend, capacity_);
+    if (!estimator.ok()) return estimator.status();
+    estimator_ = *std::move(estimator);
   }
-  if (!restored) {
-    const auto t0 = std::chrono::steady_clock::now();
-    // After a failed restore the cache is partly written: PrefillAll
-    // rewrites every position the turn reads, so nothing stale survives.
-    if (auto s = PrefillAll(); !s.ok()) return absl::InternalError(s.message());
-    if (!fallback.empty()) {
-      stats_.restore = "fallback";
-      stats_.fallback_reason = fallback;
-      core_.metrics().CountFallback(fallback);
-      core_.metrics().CountRestore("fallback");
-      stats_.restore_ms =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1e3;
-    } else if (!lookup_id.empty()) {
-      stats_.restore = "miss";
-      core_.metrics().CountRestore("miss");
-    }
+  return absl::OkStatus();
+}
+
+// Restores the stored history (recompute + load per layer) while the new
+// tokens are prefilled. False, with stored.fallback set, when the plan does
+// not fit or the restore failed: the cache must then be rewritten.
+bool Session::RestoreStoredTurn(StoredTurn& stored, const std::vector<int>& new_tokens) {
+  const SessionRecord& record = *stored.record;
+  const int history = record.kv_tokens;
+  auto plan = RestorePlanFromRecord(record, core_.shape(), static_cast<int>(new_tokens.size()));
+  if (!plan.ok()) {
+    stored.fallback = kFallbackMismatch;
+    return false;
   }
-  pos_ = prompt_len;
-  slot_.engine->SetAttentionObserver(estimator_.get());
+  const WorkerOptions& options = core_.options();
+  std::unique_ptr<KvSource> source =
+      MakeStoreKvSource(&core_.store(), *stored.manifest, core_.shape(), options.kvstore_deadline,
+                        options.prefetch_blocks ? BlocksForLoads(*stored.manifest, plan->loads)
+                                                : std::vector<uint32_t>());
+  // The restore's attention is no part of the turn's estimate.
+  const absl::Status cleared = slot_.backend->SetAttentionObserver(nullptr);
+  absl::StatusOr<RestoreStats> restore =
+      cleared.ok() ? slot_.restorer->Restore(*plan, std::span<const int>(tokens_.data(), history),
+                                             new_tokens, source.get(), *cache_, logits_)
+                   : absl::StatusOr<RestoreStats>(cleared);
+  if (!restore.ok()) {
+    stored.fallback = FallbackReason(restore.status());
+    std::fprintf(stderr, "krul-worker: restore of '%s' failed (%s), recomputing: %s\n",
+                 stored.lookup_id.c_str(), stored.fallback.c_str(),
+                 std::string(restore.status().message()).c_str());
+    return false;
+  }
+  stats_.prefilled_tokens = static_cast<int>(new_tokens.size());
+  RecordRestoreHit(*restore, history);
+  return true;
+}
+
+void Session::RecordRestoreHit(const RestoreStats& restore, int history) {
+  const double L = core_.shape().n_layers;
+  stats_.restore = "hit";
+  stats_.restored_tokens = history;
+  stats_.recomputed_tokens = static_cast<double>(restore.recomputed_token_layers) / L;
+  stats_.loaded_tokens = history - stats_.recomputed_tokens;
+  stats_.loaded_bytes = restore.loaded_bytes;
+  stats_.restore_ms = restore.restore_seconds * 1e3;
+  WorkerMetrics& m = core_.metrics();
+  m.CountRestore("hit");
+  m.ObserveRestore("total", restore.restore_seconds);
+  m.ObserveRestore("recompute", restore.recompute_seconds);
+  m.ObserveRestore("load", restore.load_seconds);
+  m.restored_tokens().Increment(history);
+  m.recomputed_tokens().Increment(stats_.recomputed_tokens);
+  m.loaded_tokens().Increment(stats_.loaded_tokens);
+  m.loaded_bytes().Increment(static_cast<double>(restore.loaded_bytes));
+  if (restore.efficiency > 0) m.scheduler_efficiency().Observe(restore.efficiency);
+}
+
+// A miss, or a fallback (counted by reason): the whole prompt prefilled.
+absl::Status Session::FallBackToPrefill(const StoredTurn& stored) {
+  const auto t0 = std::chrono::steady_clock::now();
+  // After a failed restore the cache is partly written: PrefillAll
+  // rewrites every position the turn reads, so nothing stale survives.
+  if (auto s = PrefillAll(); !s.ok()) return absl::InternalError(s.message());
+  if (!stored.fallback.empty()) {
+    stats_.restore = "fallback";
+    stats_.fallback_reason = stored.fallback;
+    core_.metrics().CountFallback(stored.fallback);
+    core_.metrics().CountRestore("fallback");
+    stats_.restore_ms =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1e3;
+  } else if (!stored.lookup_id.empty()) {
+    stats_.restore = "miss";
+    core_.metrics().CountRestore("miss");
+  }
+  return absl::OkStatus();
+}
+
+// The estimator observes from here on; the first token and the TTFT metrics.
+absl::Status Session::SampleFirstToken(absl::Time accepted) {
+  pos_ = stats_.prompt_tokens;
+  if (auto s = slot_.backend->SetAttentionObserver(estimator_ ? estimator_->observer() : nullptr);
+      !s.ok()) {
+    return absl::InternalError(s.message());
+  }
   next_ = sampler_->Sample(logits_);
   stats_.ttft_ms = MsSince(accepted);
   stats_.conversation_id = explicit_id_.empty() ? std::string() : request_.conversation_id;
   core_.metrics().ObserveTtft(stats_.mode, stats_.ttft_ms / 1e3);
-  core_.metrics().prompt_tokens().Increment(prompt_len);
+  core_.metrics().prompt_tokens().Increment(stats_.prompt_tokens);
   return absl::OkStatus();
 }
 
@@ -273,7 +343,7 @@ absl::StatusOr<std::string> Session::Next() {
     } else {
       const auto t0 = std::chrono::steady_clock::now();
       absl::Status s =
-          slot_.engine->Forward(*cache_, std::span<const int>(&token, 1), pos_, logits_);
+          slot_.backend->Forward(*cache_, std::span<const int>(&token, 1), pos_, logits_);
       core_.metrics().generation_seconds().Increment(
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       if (!s.ok()) {
@@ -301,7 +371,8 @@ absl::StatusOr<std::string> Session::Next() {
 void Session::Commit() {
   if (!done_ || failed_ || committed_) return;
   committed_ = true;
-  slot_.engine->SetAttentionObserver(nullptr);
+  // The estimate is finished by the persister; clearing never fails to clear.
+  slot_.backend->SetAttentionObserver(nullptr).IgnoreError();
   PersistJob job;
   job.key.set_tenant(core_.options().tenant);
   job.key.set_conversation_id(store_id_);
@@ -319,7 +390,6 @@ void Session::Commit() {
   r.tokens = tokens_;
   r.kv_tokens = pos_;
   job.cache = std::move(cache_);
-  cache_.reset();
   job.estimator = std::move(estimator_);
   core_.persister().Submit(std::move(job));
 }

@@ -3,9 +3,10 @@
 //   Begin:  find the conversation's newest stored version (by its
 //           conversation_id, or by the digest of the message prefix up to
 //           the last assistant message) -> check it belongs to this model,
-//           template and message prefix -> restore its KV with the
-//           Restorer (recompute + load per layer) while the new messages
-//           are prefilled -> sample the first token.
+//           template and message prefix -> tokenize the turn -> restore its
+//           KV with the Restorer (recompute + load per layer) while the new
+//           messages are prefilled -> sample the first token. The slot's
+//           compute backend (CPU or CUDA) does the work.
 //           A miss prefills the whole prompt. A store that is down or slow,
 //           a missing block or a checksum failure falls back to prefilling
 //           the whole history (counted by reason): the KV used is always
@@ -28,12 +29,15 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "worker/core/admission.h"
-#include "krul/engine/kv_cache.h"
-#include "krul/restore/restore_mode.h"
+#include "krul/compress/backend_estimator.h"
+#include "krul/engine/backend_kv_cache.h"
 #include "krul/engine/sampler.h"
-#include "krul/compress/similarity_estimator.h"
+#include "krul/restore/restore_mode.h"
+#include "krul/restore/restorer.h"
 #include "worker/api/openai_api.h"
 #include "worker/core/worker_core.h"
+#include "worker/session/session_record.h"
+#include "krul/v1/kvstore.pb.h"
 
 namespace krul::worker {
 
@@ -69,8 +73,22 @@ class Session {
   void Commit();
 
  private:
+  // The stored version a turn may continue from (session.cc).
+  struct StoredTurn;
+
   Session(WorkerCore& core, AdmissionTicket ticket, const ChatRequest& request);
+  // Up to the first token, in named steps (in this order).
   absl::Status Start(absl::Time accepted);
+  absl::Status InitTurn();
+  StoredTurn LookupStoredTurn();
+  std::string_view ValidateStoredTurn(const SessionRecord& record,
+                                      const v1::Manifest& manifest) const;
+  absl::Status TokenizeTurn(const StoredTurn& stored, std::vector<int>& new_tokens);
+  absl::Status CreateTurnState();
+  bool RestoreStoredTurn(StoredTurn& stored, const std::vector<int>& new_tokens);
+  void RecordRestoreHit(const RestoreStats& restore, int history);
+  absl::Status FallBackToPrefill(const StoredTurn& stored);
+  absl::Status SampleFirstToken(absl::Time accepted);
   // Prefills tokens_[0, n) from scratch (a miss or a fallback).
   absl::Status PrefillAll();
 
@@ -82,8 +100,8 @@ class Session {
   std::string explicit_id_;  // "c:" + conversation_id, or empty
   std::string store_id_;
 
-  std::optional<KvCache> cache_;
-  std::unique_ptr<SimilarityEstimator> estimator_;
+  std::unique_ptr<BackendKvCache> cache_;      // the slot backend's
+  std::unique_ptr<BackendEstimator> estimator_;  // krul mode only
   std::optional<Sampler> sampler_;
   std::vector<float> logits_;
   std::vector<int> tokens_;  // history + prompt + generated
