@@ -2,13 +2,29 @@
 #include "worker/core/admission.h"
 
 #include <atomic>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "test_support/wait.h"
 
 namespace krul::worker {
 namespace {
+
+using krul::testing::kDefaultWaitTimeout;
+using krul::testing::WaitFor;
+
+// Waits until `a` has `n` queued waiters. A fine poll: the queue-full test's
+// waiter only stays queued for 300 ms. On timeout the failure is recorded
+// and the caller goes on, so that its threads can still be joined.
+bool WaitForQueued(Admission& a, int n) {
+  const ::testing::AssertionResult r =
+      WaitFor([&] { return a.queued() == n; }, kDefaultWaitTimeout,
+              std::to_string(n) + " queued waiter(s)", absl::Milliseconds(1));
+  EXPECT_TRUE(r);
+  return r;
+}
 
 TEST(AdmissionTest, HandsOutDistinctSlotsUpToTheLimit) {
   Admission a(2, 0);
@@ -35,7 +51,7 @@ TEST(AdmissionTest, QueueFullIsRejectedAndWaitersTimeOut) {
     auto t = a.Acquire(absl::Milliseconds(300));
     outcome = static_cast<int>(t.status().code());
   });
-  while (a.queued() == 0) std::this_thread::yield();
+  WaitForQueued(a, 1);
   // The one queue place is taken: rejected at once.
   const absl::Time t0 = absl::Now();
   auto rejected = a.Acquire(absl::Seconds(5));
@@ -60,7 +76,7 @@ TEST(AdmissionTest, ReleaseWakesWaitersInOrder) {
       std::lock_guard<std::mutex> lock(mu);
       order.push_back(i);
     });
-    while (a.queued() != i + 1) std::this_thread::yield();
+    if (!WaitForQueued(a, i + 1)) break;
   }
   held->Release();
   for (auto& t : threads) t.join();
@@ -74,7 +90,7 @@ TEST(AdmissionTest, ShutdownCancelsWaiters) {
   std::atomic<int> code{-1};
   std::thread waiter(
       [&] { code = static_cast<int>(a.Acquire(absl::Seconds(10)).status().code()); });
-  while (a.queued() == 0) std::this_thread::yield();
+  WaitForQueued(a, 1);
   a.Shutdown();
   waiter.join();
   EXPECT_EQ(code.load(), static_cast<int>(absl::StatusCode::kCancelled));
