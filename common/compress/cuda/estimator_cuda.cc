@@ -1,4 +1,4 @@
-// The similarity estimator on a CUDA engine (see krul/cuda_estimator.h).
+// The similarity estimator on a CUDA engine (see krul/compress/cuda/estimator_cuda.h).
 //
 // Decode bookkeeping mirrors the CPU estimator: a token is "open" from its
 // first reporting layer until every layer has reported (or the same layer
