@@ -32,7 +32,7 @@ constexpr uint8_t kFrameAddress = 1;
 constexpr uint8_t kFrameGrant = 2;
 constexpr size_t kHeaderBytes = 12;
 constexpr size_t kTrailerBytes = 8;
-constexpr size_t kGrantFixedBytes = 40;
+constexpr size_t kGrantFixedBytes = 48;
 // Frames are small (a UCX worker address is a few hundred bytes); the cap
 // keeps a mangled length from asking for a huge allocation.
 constexpr uint32_t kMaxPayloadBytes = 1 << 20;
@@ -108,6 +108,7 @@ std::string EncodeGrant(WireKind kind, const Grant& grant) {
   Append64(payload, static_cast<uint64_t>(expires_ns));
   Append64(payload, grant.owner_id);
   Append64(payload, grant.region_id);
+  Append64(payload, grant.grant_id);
   payload.append(grant.rkey);
   return EncodeFrame(kind, kFrameGrant, payload);
 }
@@ -128,6 +129,7 @@ absl::StatusOr<Grant> DecodeGrant(WireKind kind, std::string_view bytes) {
                       : absl::FromUnixNanos(expires_ns);
   grant.owner_id = Get64(p + 24);
   grant.region_id = Get64(p + 32);
+  grant.grant_id = Get64(p + 40);
   grant.rkey.assign(payload->substr(kGrantFixedBytes));
   if (grant.length == 0 || grant.base_address + grant.length < grant.base_address) {
     return absl::InvalidArgumentError("transport descriptor: empty or wrapping range");

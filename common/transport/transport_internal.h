@@ -8,7 +8,7 @@
 //   | payload_len u32 | payload | XXH64(all preceding bytes, seed 0) u64
 // A grant payload is
 //   base_address u64 | length u64 | expires_unix_ns i64 (INT64_MAX: never)
-//   | owner_id u64 | region_id u64 | rkey bytes (the rest)
+//   | owner_id u64 | region_id u64 | grant_id u64 | rkey bytes (the rest)
 // An address payload is the implementation's own bytes (UCX worker address).
 #ifndef KRUL_COMMON_TRANSPORT_TRANSPORT_INTERNAL_H_
 #define KRUL_COMMON_TRANSPORT_TRANSPORT_INTERNAL_H_
@@ -37,6 +37,9 @@ struct Grant {
   absl::Time expires = absl::InfiniteFuture();
   uint64_t owner_id = 0;   // implementation-defined (the fake: transport id)
   uint64_t region_id = 0;  // implementation-defined (the fake: region id)
+  // UCX: the serving side's record of this grant (range, expiry), which
+  // messages-protocol requests name; random, 0 = none. The fake: unused.
+  uint64_t grant_id = 0;
   std::string rkey;        // packed UCX remote key; empty for the fake
 };
 

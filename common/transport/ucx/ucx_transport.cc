@@ -203,18 +203,50 @@ void UcxCore::RemoveServedRegion(uint64_t region_id) {
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
   while (served_[region_id].in_flight > 0 && absl::Now() < deadline) ProgressLocked();
   served_.erase(region_id);
+  absl::erase_if(grants_, [region_id](const auto& g) { return g.second.region_id == region_id; });
 }
 
-absl::StatusCode UcxCore::CheckServed(uint64_t region_id, uint64_t address, uint64_t length,
-                                      uint8_t** target) {
+uint64_t UcxCore::AddServedGrant(uint64_t region_id, uint64_t begin, uint64_t length,
+                                 absl::Time expires) {
+  // Expired grants are refused anyway; drop them whenever the table has
+  // doubled since the last sweep, so it stays proportional to live grants.
+  if (grants_.size() >= 2 * grants_after_sweep_ + 64) {
+    const absl::Time now = absl::Now();
+    absl::erase_if(grants_, [now](const auto& g) { return g.second.expires <= now; });
+    grants_after_sweep_ = grants_.size();
+  }
+  // The id is the capability a messages-protocol request presents: random,
+  // so a client cannot name a grant it was not given.
+  static thread_local std::random_device random;
+  uint64_t id = 0;
+  do {
+    id = (static_cast<uint64_t>(random()) << 32) ^ random();
+  } while (id == 0 || grants_.contains(id));
+  grants_[id] = ServedGrant{region_id, begin, length, expires};
+  return id;
+}
+
+void UcxCore::RevokeServedGrant(uint64_t grant_id) { grants_.erase(grant_id); }
+
+absl::StatusCode UcxCore::CheckServed(uint64_t region_id, uint64_t grant_id, uint64_t address,
+                                      uint64_t length, uint8_t** target) {
+  auto g = grants_.find(grant_id);
+  if (g == grants_.end() || g->second.region_id != region_id) return absl::StatusCode::kAborted;
   auto it = served_.find(region_id);
   if (it == served_.end() || it->second.revoked) return absl::StatusCode::kAborted;
-  const auto begin = reinterpret_cast<uint64_t>(it->second.data);
-  if (length == 0 || address < begin || address - begin > it->second.size ||
-      length > it->second.size - (address - begin)) {
+  if (g->second.expires <= absl::Now()) return absl::StatusCode::kPermissionDenied;
+  const uint64_t begin = g->second.begin;
+  if (length == 0 || address < begin || address - begin > g->second.length ||
+      length > g->second.length - (address - begin)) {
     return absl::StatusCode::kOutOfRange;
   }
-  *target = it->second.data + (address - begin);
+  // Describe only grants ranges inside the region; check anyway.
+  const auto region_begin = reinterpret_cast<uint64_t>(it->second.data);
+  if (address < region_begin || address - region_begin > it->second.size ||
+      length > it->second.size - (address - region_begin)) {
+    return absl::StatusCode::kOutOfRange;
+  }
+  *target = it->second.data + (address - region_begin);
   return absl::StatusCode::kOk;
 }
 
@@ -403,8 +435,20 @@ absl::StatusOr<std::string> UcxRegion::Describe(uint64_t offset, uint64_t length
   grant.expires = expires;
   grant.owner_id = core_->id();
   grant.region_id = served_id_;
+  {
+    absl::MutexLock lock(&core_->mu());
+    grant.grant_id =
+        core_->AddServedGrant(served_id_, grant.base_address, grant.length, grant.expires);
+  }
   grant.rkey.assign(static_cast<const char*>(rkey_buffer_), rkey_size_);
   return transport_internal::EncodeGrant(WireKind::kUcx, grant);
+}
+
+void UcxRegion::Revoke(std::string_view descriptor) const {
+  absl::StatusOr<Grant> grant = transport_internal::DecodeGrant(WireKind::kUcx, descriptor);
+  if (!grant.ok() || grant->owner_id != core_->id()) return;
+  absl::MutexLock lock(&core_->mu());
+  core_->RevokeServedGrant(grant->grant_id);
 }
 
 UcxRemoteRegion::~UcxRemoteRegion() {

@@ -74,6 +74,7 @@ struct AmRequest {
   uint64_t region_id;   // from the grant
   uint64_t address;     // absolute address in the server's region
   uint64_t length;
+  uint64_t grant_id;    // from the grant: the server's record it must stay in
 };
 struct AmReply {
   uint64_t request_id;
@@ -81,7 +82,7 @@ struct AmReply {
   uint32_t reserved;
   uint64_t length;  // payload bytes that follow (reads)
 };
-static_assert(sizeof(AmRequest) == 32 && sizeof(AmReply) == 24);
+static_assert(sizeof(AmRequest) == 40 && sizeof(AmReply) == 24);
 
 class UcxCore;
 class UcxEpState;
@@ -118,6 +119,17 @@ struct ServedRegion {
   size_t size = 0;
   int in_flight = 0;     // server-side sends/receives touching the memory
   bool revoked = false;  // being destroyed: refuse new requests
+};
+
+// A grant this side handed out (UcxRegion::Describe). Requests of the
+// messages protocol name it by its id (the descriptor's grant_id, an
+// unguessable random number) and must stay inside [begin, begin + length)
+// before `expires`; Revoke or the region's destruction withdraws it.
+struct ServedGrant {
+  uint64_t region_id = 0;  // the served region it lies in
+  uint64_t begin = 0;      // absolute address of the first granted byte
+  uint64_t length = 0;
+  absl::Time expires = absl::InfiniteFuture();
 };
 
 // One ucp context + worker, shared by the Transport object and all handles.
@@ -160,10 +172,20 @@ class UcxCore {
   // Stops serving the region, waits (progressing) until no UCX operation
   // touches its memory any more, and forgets it.
   void RemoveServedRegion(uint64_t region_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Finds a live region containing [address, address + length); sets
-  // `*target`. ABORTED when revoked or unknown, OUT_OF_RANGE when outside.
-  absl::StatusCode CheckServed(uint64_t region_id, uint64_t address, uint64_t length,
-                               uint8_t** target) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records a grant of [begin, begin + length) of served region
+  // `region_id` until `expires`; returns its id (random, never 0).
+  uint64_t AddServedGrant(uint64_t region_id, uint64_t begin, uint64_t length,
+                          absl::Time expires) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Withdraws grant `grant_id` (no-op when unknown).
+  void RevokeServedGrant(uint64_t grant_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Checks a request for [address, address + length) of region
+  // `region_id` under grant `grant_id`: ABORTED when the region or the
+  // grant is revoked or unknown (or the grant is of another region),
+  // PERMISSION_DENIED when the grant has expired, OUT_OF_RANGE when the
+  // range leaves the grant. On OK sets `*target`.
+  absl::StatusCode CheckServed(uint64_t region_id, uint64_t grant_id, uint64_t address,
+                               uint64_t length, uint8_t** target)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ServedOpStarted(uint64_t region_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ServedOpDone(uint64_t region_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -196,6 +218,8 @@ class UcxCore {
 
   uint64_t next_region_id_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<uint64_t, ServedRegion> served_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, ServedGrant> grants_ ABSL_GUARDED_BY(mu_);
+  size_t grants_after_sweep_ ABSL_GUARDED_BY(mu_) = 0;  // expired ones dropped then
   uint64_t next_request_id_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<uint64_t, PendingRequest> pending_ ABSL_GUARDED_BY(mu_);
 
@@ -252,8 +276,10 @@ class UcxRegion final : public MemoryRegion {
   uint8_t* data() const override { return data_; }
   size_t size() const override { return size_; }
   MemoryKind kind() const override { return MemoryKind::kHost; }
+  // Each descriptor names a grant of its own (UcxCore::AddServedGrant).
   absl::StatusOr<std::string> Describe(uint64_t offset, uint64_t length_bytes,
                                        absl::Time expires) const override;
+  void Revoke(std::string_view descriptor) const override;
 
   const UcxCore* core() const { return core_.get(); }
   ucp_mem_h memh() const { return memh_; }
@@ -284,6 +310,7 @@ class UcxRemoteRegion final : public RemoteRegion {
   uint8_t* mapped() const { return mapped_; }
   uint64_t base_address() const { return grant_.base_address; }
   uint64_t region_id() const { return grant_.region_id; }
+  uint64_t grant_id() const { return grant_.grant_id; }
 
  private:
   std::shared_ptr<UcxEpState> ep_;

@@ -86,8 +86,8 @@ ucs_status_t OnReadRequest(void* arg, const void* header, size_t header_length, 
   // nobody to answer. (Returning OK also drops any rendezvous payload.)
   if (!ParseRequest(header, header_length, param, &request)) return UCS_OK;
   uint8_t* source = nullptr;
-  const absl::StatusCode code =
-      core.CheckServed(request.region_id, request.address, request.length, &source);
+  const absl::StatusCode code = core.CheckServed(request.region_id, request.grant_id,
+                                                 request.address, request.length, &source);
   const bool ok = code == absl::StatusCode::kOk;
   const AmReply reply{request.request_id, static_cast<int32_t>(code), 0, ok ? request.length : 0};
   SendReplyLocked(core, param->reply_ep, kAmReadReply, reply, ok ? source : nullptr,
@@ -116,8 +116,8 @@ ucs_status_t OnWriteRequest(void* arg, const void* header, size_t header_length,
   AmRequest request;
   if (!ParseRequest(header, header_length, param, &request)) return UCS_OK;
   uint8_t* target = nullptr;
-  absl::StatusCode code =
-      core.CheckServed(request.region_id, request.address, request.length, &target);
+  absl::StatusCode code = core.CheckServed(request.region_id, request.grant_id, request.address,
+                                           request.length, &target);
   if (code == absl::StatusCode::kOk && length != request.length) {
     code = absl::StatusCode::kInvalidArgument;
   }

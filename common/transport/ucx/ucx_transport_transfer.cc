@@ -233,7 +233,7 @@ class UcxTransfer final : public Transfer, public OpSink {
 
   absl::Status PostMessageLocked(Op& o, uint8_t* local, uint64_t remote, ucp_mem_h memh)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(core_.mu()) {
-    o.am.header = AmRequest{0, remote_.region_id(), remote, o.length};
+    o.am.header = AmRequest{0, remote_.region_id(), remote, o.length, remote_.grant_id()};
     absl::StatusOr<int> completions = SendRequestLocked(core_, *ep_, op_, &o.am, local, memh);
     if (!completions.ok()) return completions.status();
     pending_ += *completions;

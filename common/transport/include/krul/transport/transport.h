@@ -136,6 +136,14 @@ class MemoryRegion {
       uint64_t offset, uint64_t length_bytes,
       absl::Time expires = absl::InfiniteFuture()) const = 0;
 
+  // Withdraws a descriptor this region handed out, before its expiry.
+  // Implementations that vet every request on the serving side (UCX's
+  // messages protocol) refuse later requests under it with ABORTED; the
+  // one-sided protocols (a mapped region, RMA) cannot be stopped this way,
+  // only by destroying the region. Unknown or malformed descriptors are
+  // ignored. Default: does nothing.
+  virtual void Revoke(std::string_view descriptor) const {}
+
  protected:
   MemoryRegion() = default;
 };

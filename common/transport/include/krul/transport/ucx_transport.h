@@ -12,8 +12,11 @@
 //    region from AllocateRegion; ucp_rkey_ptr succeeds), a transfer is a
 //    plain memcpy by the posting thread, done when Post returns. One-sided.
 //  - messages: active messages served by the peer's worker, which checks
-//    each request against its live regions (so a revoked grant is ABORTED
-//    and a forged range OUT_OF_RANGE, even from a buggy client). Payloads
+//    each request against the grant it names: every Describe records a grant
+//    (byte range, expiry) under a random id that the descriptor carries, so
+//    a revoked grant (MemoryRegion::Revoke, or its region destroyed) is
+//    ABORTED, an expired one PERMISSION_DENIED and a range outside it
+//    OUT_OF_RANGE, checked by the server whatever the client does. Payloads
 //    above UCX's rendezvous threshold move zero-copy (TCP put_zcopy, cma,
 //    RDMA). Writes are acknowledged once the bytes are in the peer's memory.
 //  - rma: ucp_get_nbx / ucp_put_nbx + ucp_ep_flush_nbx. One-sided, but the
