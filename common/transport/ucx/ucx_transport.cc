@@ -381,7 +381,50 @@ absl::Status UcxEpState::status() const {
       absl::StrCat("UCX endpoint failed: ", ucs_status_string(error)));
 }
 
+absl::StatusOr<std::shared_ptr<UcxRemoteKey>> UcxEpState::ImportKey(uint64_t region_id,
+                                                                      std::string_view packed,
+                                                                      bool* unpacked) {
+  *unpacked = false;
+  std::string cache_key;
+  ::krul::internal::Append64(cache_key, region_id);
+  cache_key.append(packed);
+  KeyList evicted;  // Released after keys_mu_: ~UcxRemoteKey takes core mu.
+  absl::MutexLock lock(&keys_mu_);
+  if (auto it = key_index_.find(cache_key); it != key_index_.end()) {
+    keys_.splice(keys_.begin(), keys_, it->second);
+    return it->second->second;
+  }
+  ucp_rkey_h rkey = nullptr;
+  {
+    absl::MutexLock core_lock(&core_->mu());
+    ucs_status_t st = ucp_ep_rkey_unpack(ep_, packed.data(), &rkey);
+    if (st != UCS_OK) return FromUcs(st, "ucp_ep_rkey_unpack");
+  }
+  *unpacked = true;
+  auto key = std::make_shared<UcxRemoteKey>(core_, rkey);
+  keys_.emplace_front(cache_key, key);
+  key_index_[std::move(cache_key)] = keys_.begin();
+  while (keys_.size() > kRemoteKeyCacheCapacity) {
+    key_index_.erase(keys_.back().first);
+    evicted.splice(evicted.begin(), keys_, std::prev(keys_.end()));
+  }
+  return key;
+}
+
+UcxRemoteKey::~UcxRemoteKey() {
+  absl::MutexLock lock(&core_->mu());
+  ucp_rkey_destroy(rkey_);
+}
+
 UcxEpState::~UcxEpState() {
+  {
+    // Remote keys go before the endpoint they were unpacked on. Nothing else
+    // holds them now: every grant holds this state.
+    KeyList keys;
+    absl::MutexLock lock(&keys_mu_);
+    key_index_.clear();
+    keys.swap(keys_);
+  }
   if (ep_ == nullptr) return;
   absl::MutexLock lock(&core_->mu());
   ucp_request_param_t param{};
@@ -451,11 +494,6 @@ void UcxRegion::Revoke(std::string_view descriptor) const {
   core_->RevokeServedGrant(grant->grant_id);
 }
 
-UcxRemoteRegion::~UcxRemoteRegion() {
-  absl::MutexLock lock(&ep_->core().mu());
-  ucp_rkey_destroy(rkey_);
-}
-
 namespace {
 
 class UcxEndpoint final : public Endpoint {
@@ -473,23 +511,28 @@ class UcxEndpoint final : public Endpoint {
     if (grant->rkey.empty()) return absl::InvalidArgumentError("descriptor has no remote key");
     if (absl::Status s = transport_internal::CheckNotExpired(grant->expires); !s.ok()) return s;
     if (absl::Status s = state_->status(); !s.ok()) return s;
-    ucp_rkey_h rkey = nullptr;
+    // The region's key is unpacked (and, same host, its memory mapped) once
+    // per endpoint; this grant only narrows it to [base, base + length)
+    // until expiry, which every transfer checks.
+    bool unpacked = false;
+    absl::StatusOr<std::shared_ptr<UcxRemoteKey>> key =
+        state_->ImportKey(grant->region_id, grant->rkey, &unpacked);
+    if (!key.ok()) return key.status();
     void* mapped = nullptr;
     {
       absl::MutexLock lock(&state_->core().mu());
-      ucs_status_t st = ucp_ep_rkey_unpack(state_->ep(), grant->rkey.data(), &rkey);
-      if (st != UCS_OK) return FromUcs(st, "ucp_ep_rkey_unpack");
       // Same host and UCX-allocated memory: the peer's region is mapped here
       // and transfers can copy directly. Check both ends of the grant.
       void* last = nullptr;
-      if (ucp_rkey_ptr(rkey, grant->base_address, &mapped) != UCS_OK ||
-          ucp_rkey_ptr(rkey, grant->base_address + grant->length - 1, &last) != UCS_OK ||
+      if (ucp_rkey_ptr((*key)->get(), grant->base_address, &mapped) != UCS_OK ||
+          ucp_rkey_ptr((*key)->get(), grant->base_address + grant->length - 1, &last) != UCS_OK ||
           static_cast<uint8_t*>(last) != static_cast<uint8_t*>(mapped) + grant->length - 1) {
         mapped = nullptr;
       }
     }
+    state_->core().CountImport(unpacked);
     return std::unique_ptr<RemoteRegion>(new UcxRemoteRegion(
-        state_, rkey, static_cast<uint8_t*>(mapped), *std::move(grant)));
+        state_, *std::move(key), static_cast<uint8_t*>(mapped), *std::move(grant)));
   }
 
   absl::Status status() const override { return state_->status(); }
@@ -585,6 +628,8 @@ class UcxTransport final : public Transport {
   }
 
   void SetTamperHookForTesting(TamperHook hook) override { core_->set_hook(std::move(hook)); }
+
+  TransportStats stats() const override { return core_->stats(); }
 
  private:
   absl::StatusOr<std::unique_ptr<MemoryRegion>> Map(const ucp_mem_map_params_t& params) {

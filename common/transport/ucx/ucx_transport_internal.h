@@ -15,6 +15,7 @@
 #include <atomic>
 #include <bit>
 #include <cstdint>
+#include <list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -150,6 +151,16 @@ class UcxCore {
   TamperHook hook() const;
   void set_hook(TamperHook hook);
 
+  // Transport::stats() counters.
+  void CountImport(bool region_imported) {
+    grants_imported_.fetch_add(1, std::memory_order_relaxed);
+    if (region_imported) regions_imported_.fetch_add(1, std::memory_order_relaxed);
+  }
+  TransportStats stats() const {
+    return TransportStats{grants_imported_.load(std::memory_order_relaxed),
+                          regions_imported_.load(std::memory_order_relaxed)};
+  }
+
   // One ucp_worker_progress call; returns whether anything happened.
   bool ProgressLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return ucp_worker_progress(worker_.get()) != 0;
@@ -215,6 +226,8 @@ class UcxCore {
   std::thread progress_thread_;
   std::atomic<bool> stop_{false};
   std::atomic<int> waiters_{0};
+  std::atomic<uint64_t> grants_imported_{0};
+  std::atomic<uint64_t> regions_imported_{0};
 
   uint64_t next_region_id_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<uint64_t, ServedRegion> served_ ABSL_GUARDED_BY(mu_);
@@ -240,8 +253,30 @@ absl::StatusOr<int> SendRequestLocked(UcxCore& core, UcxEpState& ep, TransferOp 
                                       AmOp* op, uint8_t* local, ucp_mem_h memh)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(core.mu());
 
-// A ucp endpoint plus its failure state; shared by the Endpoint handle and
-// the remote regions imported through it.
+// A peer's region imported through one endpoint: its unpacked remote key,
+// which on the same host also maps the peer's shared memory here (UCX's
+// posix/sysv transports attach the segment in ucp_ep_rkey_unpack and detach
+// it in ucp_rkey_destroy). Shared by every grant of that region imported
+// through the endpoint, so the mapping and its page faults happen once per
+// client-server pair instead of once per request.
+class UcxRemoteKey {
+ public:
+  UcxRemoteKey(std::shared_ptr<UcxCore> core, ucp_rkey_h rkey)
+      : core_(std::move(core)), rkey_(rkey) {}
+  ~UcxRemoteKey();
+  UcxRemoteKey(const UcxRemoteKey&) = delete;
+  UcxRemoteKey& operator=(const UcxRemoteKey&) = delete;
+
+  ucp_rkey_h get() const { return rkey_; }
+
+ private:
+  std::shared_ptr<UcxCore> core_;
+  const ucp_rkey_h rkey_;
+};
+
+// A ucp endpoint plus its failure state and the peer regions imported
+// through it; shared by the Endpoint handle and the remote regions imported
+// through it.
 class UcxEpState {
  public:
   UcxEpState(std::shared_ptr<UcxCore> core, uint64_t peer_id)
@@ -256,13 +291,36 @@ class UcxEpState {
   uint64_t peer_id() const { return peer_id_; }
   absl::Status status() const;
 
+  // The remote key of the peer's region `region_id` packed as `packed`,
+  // unpacked on first use and then cached (LRU, kRemoteKeyCacheCapacity
+  // regions). Keyed by region id and key bytes, never by the grant: grants
+  // (range, expiry) stay per request and are checked by the caller. Sets
+  // `*unpacked` when this call unpacked the key. UNAVAILABLE/INVALID_ARGUMENT
+  // when UCX rejects the key.
+  absl::StatusOr<std::shared_ptr<UcxRemoteKey>> ImportKey(uint64_t region_id,
+                                                          std::string_view packed,
+                                                          bool* unpacked)
+      ABSL_LOCKS_EXCLUDED(keys_mu_);
+
+  // Regions cached per endpoint. Arena chunks of a kvstore are 256 MiB, so
+  // this covers 64 GiB of store memory; a cached region stays mapped here
+  // (virtual address space only, while the peer keeps it) until evicted or
+  // the endpoint goes.
+  static constexpr size_t kRemoteKeyCacheCapacity = 256;
+
  private:
   static void OnError(void* arg, ucp_ep_h ep, ucs_status_t status);
+
+  using KeyList = std::list<std::pair<std::string, std::shared_ptr<UcxRemoteKey>>>;
 
   std::shared_ptr<UcxCore> core_;
   const uint64_t peer_id_;
   ucp_ep_h ep_ = nullptr;
   std::atomic<int> error_{UCS_OK};  // ucs_status_t set by OnError
+  // Taken before core_->mu() (never the other way round).
+  absl::Mutex keys_mu_;
+  KeyList keys_ ABSL_GUARDED_BY(keys_mu_);  // most recently used first
+  absl::flat_hash_map<std::string, KeyList::iterator> key_index_ ABSL_GUARDED_BY(keys_mu_);
 };
 
 class UcxRegion final : public MemoryRegion {
@@ -294,18 +352,18 @@ class UcxRegion final : public MemoryRegion {
   const uint64_t served_id_;
 };
 
+// One grant: a window (range, expiry) onto a region imported through `ep`.
 class UcxRemoteRegion final : public RemoteRegion {
  public:
-  UcxRemoteRegion(std::shared_ptr<UcxEpState> ep, ucp_rkey_h rkey, uint8_t* mapped,
-                  transport_internal::Grant grant)
-      : ep_(std::move(ep)), rkey_(rkey), mapped_(mapped), grant_(std::move(grant)) {}
-  ~UcxRemoteRegion() override;
+  UcxRemoteRegion(std::shared_ptr<UcxEpState> ep, std::shared_ptr<UcxRemoteKey> key,
+                  uint8_t* mapped, transport_internal::Grant grant)
+      : ep_(std::move(ep)), key_(std::move(key)), mapped_(mapped), grant_(std::move(grant)) {}
 
   uint64_t size() const override { return grant_.length; }
   absl::Time expires() const override { return grant_.expires; }
 
   const std::shared_ptr<UcxEpState>& ep() const { return ep_; }
-  ucp_rkey_h rkey() const { return rkey_; }
+  ucp_rkey_h rkey() const { return key_->get(); }
   // The granted bytes mapped into this process, or nullptr.
   uint8_t* mapped() const { return mapped_; }
   uint64_t base_address() const { return grant_.base_address; }
@@ -313,8 +371,10 @@ class UcxRemoteRegion final : public RemoteRegion {
   uint64_t grant_id() const { return grant_.grant_id; }
 
  private:
+  // Declared before key_: the key is released (ucp_rkey_destroy) before the
+  // endpoint it was unpacked on can go.
   std::shared_ptr<UcxEpState> ep_;
-  ucp_rkey_h rkey_;
+  std::shared_ptr<UcxRemoteKey> key_;
   uint8_t* const mapped_;
   const transport_internal::Grant grant_;
 };

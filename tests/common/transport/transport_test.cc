@@ -200,6 +200,57 @@ TEST_P(TransportTest, SegmentsAndSubGrantsLandAtTheirOffsets) {
   EXPECT_EQ(client_buffer_[64 * kKiB - 1001], 0);
 }
 
+// Per-request grants of one region reuse the endpoint's import of the region
+// (UCX: one remote key unpack / shared-memory mapping per client-server
+// pair), while each grant's own range and expiry are still enforced.
+TEST_P(TransportTest, GrantsOfOneRegionShareOneImportButKeepTheirLimits) {
+  if (GetParam() == Backend::kFake) GTEST_SKIP() << "the fake keeps no import counters";
+  ASSERT_NO_FATAL_FAILURE(SetUpPair(256 * kKiB, 64 * kKiB));
+  EXPECT_EQ(client_->stats().grants_imported, 1u);
+  EXPECT_EQ(client_->stats().regions_imported, 1u);
+  FillPattern(server_region_->data(), 256 * kKiB, 11);
+  const std::vector<uint8_t> server_bytes = Pattern(256 * kKiB, 11);
+
+  // Request after request, each with its own short-lived grant.
+  for (uint64_t offset : {0u, 64u * 1024u, 100000u, 192u * 1024u}) {
+    SCOPED_TRACE(::testing::Message() << "offset=" << offset);
+    std::unique_ptr<RemoteRegion> grant = Import(offset, 16 * kKiB, absl::Now() + absl::Minutes(1));
+    ASSERT_NE(grant, nullptr);
+    std::memset(client_buffer_.data(), 0, client_buffer_.size());
+    ASSERT_TRUE(Move(TransferOp::kRead, {{0, 0, 16 * kKiB}}, grant.get()).ok());
+    EXPECT_EQ(FirstMismatch(client_buffer_.data(), &server_bytes[offset], 16 * kKiB), -1);
+    // The grant reaches only its own 16 KiB, although the region is imported.
+    EXPECT_EQ(Move(TransferOp::kRead, {{0, 0, 16 * kKiB + 1}}, grant.get()).code(),
+              absl::StatusCode::kOutOfRange);
+    EXPECT_EQ(Move(TransferOp::kRead, {{0, 16 * kKiB, 1}}, grant.get()).code(),
+              absl::StatusCode::kOutOfRange);
+  }
+  EXPECT_EQ(client_->stats().grants_imported, 5u);
+  EXPECT_EQ(client_->stats().regions_imported, 1u);
+
+  // An expired grant of the imported region is refused as before.
+  auto expired = server_region_->Describe(0, 4096, absl::Now() - absl::Seconds(1));
+  ASSERT_TRUE(expired.ok());
+  EXPECT_EQ(endpoint_->ImportRegion(*expired).status().code(),
+            absl::StatusCode::kPermissionDenied);
+
+  // Another region is imported anew, and so is the same region through a
+  // second endpoint (the import belongs to one client-server pair).
+  auto other = server_->AllocateRegion(64 * kKiB);
+  ASSERT_TRUE(other.ok()) << other.status();
+  auto other_grant = endpoint_->ImportRegion(*(*other)->Describe(0, 4096));
+  ASSERT_TRUE(other_grant.ok()) << other_grant.status();
+  EXPECT_EQ(client_->stats().regions_imported, 2u);
+  auto second_endpoint = client_->Connect(server_->address());
+  ASSERT_TRUE(second_endpoint.ok()) << second_endpoint.status();
+  auto again = (*second_endpoint)->ImportRegion(*server_region_->Describe(0, 4096));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(client_->stats().regions_imported, 3u);
+  ASSERT_TRUE(Move(TransferOp::kRead, {{0, 0, 4096}}, again->get()).ok());
+  EXPECT_EQ(FirstMismatch(client_buffer_.data(), server_bytes.data(), 4096), -1);
+  EXPECT_EQ(server_->stats().grants_imported, 0u);  // counters are per importing side
+}
+
 TEST_P(TransportTest, PipelinedLayersPostedTogetherCompleteInOrder) {
   constexpr int kLayers = 32;
   constexpr size_t kBlock = 256 * kKiB;

@@ -224,6 +224,18 @@ class Transfer {
   Transfer() = default;
 };
 
+// Counters of one Transport's imports (Transport::stats). Monotonic.
+struct TransportStats {
+  // Grants imported through this Transport's endpoints (successful
+  // Endpoint::ImportRegion calls).
+  uint64_t grants_imported = 0;
+  // Of those, the ones that had to import the peer's region itself: for UCX,
+  // unpack its remote key and, on the same host, map its memory here. Later
+  // grants of a region imported through the same Endpoint reuse that import,
+  // so per-request grants cost no mapping after the first.
+  uint64_t regions_imported = 0;
+};
+
 class Transport {
  public:
   virtual ~Transport() = default;
@@ -265,6 +277,9 @@ class Transport {
   // Installs (or, with nullptr, removes) the fault-injection hook for
   // transfers posted afterwards. Testing only.
   virtual void SetTamperHookForTesting(TamperHook hook) = 0;
+
+  // Import counters, for tests and metrics. The fake reports zeros.
+  virtual TransportStats stats() const { return {}; }
 
  protected:
   Transport() = default;
