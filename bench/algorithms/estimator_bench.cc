@@ -92,7 +92,7 @@ Turn RunTurn(krul::Engine& engine, krul::SimilarityEstimator* estimator, int pro
   tokens[0] = 1;
   for (size_t i = 1; i < tokens.size(); ++i) tokens[i] = 3 + (i * 7919) % (c.vocab_size - 3);
   std::vector<float> logits(c.vocab_size);
-  engine.SetAttentionObserver(estimator != nullptr ? estimator : observer);
+  if (!engine.SetAttentionObserver(estimator != nullptr ? estimator : observer).ok()) std::abort();
   Turn t;
   const auto t0 = Clock::now();
   if (!engine.Forward(*cache, std::span<const int>(tokens).first(prompt), 0, logits).ok())
@@ -111,7 +111,7 @@ Turn RunTurn(krul::Engine& engine, krul::SimilarityEstimator* estimator, int pro
   t.decode_cpu_s = ThreadCpuSeconds() - c1;
   if (estimator != nullptr) t.estimate = estimator->Finish();
   const auto t3 = Clock::now();
-  engine.SetAttentionObserver(nullptr);
+  if (!engine.SetAttentionObserver(nullptr).ok()) std::abort();
   t.prefill_s = Seconds(t0, t1);
   t.decode_s = Seconds(t1, t2);
   t.finish_s = Seconds(t2, t3);
@@ -136,14 +136,14 @@ Paired RunPaired(krul::Engine& engine, krul::SimilarityEstimator& estimator,
   tokens[0] = 1;
   for (size_t i = 1; i < tokens.size(); ++i) tokens[i] = 3 + (i * 7919) % (c.vocab_size - 3);
   std::vector<float> logits(c.vocab_size);
-  engine.SetAttentionObserver(nullptr);
+  if (!engine.SetAttentionObserver(nullptr).ok()) std::abort();
   if (!engine.Forward(*cache, std::span<const int>(tokens).first(prompt), 0, logits).ok()) {
     std::abort();
   }
   Paired p;
   for (int i = 0; i < decode; ++i) {
     krul::AttentionObserver* observers[3] = {nullptr, &estimator, &null_observer};
-    engine.SetAttentionObserver(observers[i % 3]);
+    if (!engine.SetAttentionObserver(observers[i % 3]).ok()) std::abort();
     const auto t0 = Clock::now();
     if (!engine
              .Forward(*cache, std::span<const int>(tokens).subspan(prompt + i, 1), prompt + i,
@@ -154,7 +154,7 @@ Paired RunPaired(krul::Engine& engine, krul::SimilarityEstimator& estimator,
     const double dt = Seconds(t0, Clock::now());
     (i % 3 == 0 ? p.off : i % 3 == 1 ? p.on : p.null).push_back(dt);
   }
-  engine.SetAttentionObserver(nullptr);
+  if (!engine.SetAttentionObserver(nullptr).ok()) std::abort();
   estimator.Finish();
   return p;
 }

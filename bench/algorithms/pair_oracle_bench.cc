@@ -198,7 +198,7 @@ int main(int argc, char** argv) {
     }
     Case c(ValueOrDie(krul::KvCache::Create(config, config.seq_len), "cache"));
     auto estimator = ValueOrDie(krul::SimilarityEstimator::Create(config), "estimator");
-    engine->SetAttentionObserver(estimator.get());
+    CheckOk(engine->SetAttentionObserver(estimator.get()), "observer");
     auto logits = RunTurn(*engine, c.cache, turn_tokens[0], prompt_len[0], 0);
     if (conv.turns[0].answer.empty()) {  // greedy answer, fed back as in a live turn
       std::vector<float> one(config.vocab_size);
@@ -208,7 +208,7 @@ int main(int argc, char** argv) {
         logits = RunTurn(*engine, c.cache, {turn_tokens[0].back()}, 0, pos++);
       }
     }
-    engine->SetAttentionObserver(nullptr);
+    CheckOk(engine->SetAttentionObserver(nullptr), "observer");
     const krul::SimilarityEstimate estimate = estimator->Finish();
     c.history = static_cast<int>(turn_tokens[0].size());
     // Turn 2 on a copy of the uncompressed cache: the reference.

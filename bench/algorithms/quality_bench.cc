@@ -124,7 +124,7 @@ void Block(krul::Engine& engine, krul::KvCache& cache, std::span<const int> toke
 // token) with `estimator` observing. Returns the positions consumed.
 void RestOfTurn(krul::Engine& engine, krul::KvCache& cache, const Turn& turn, int offset, int pos,
                 krul::SimilarityEstimator* estimator, TurnLogits& out) {
-  engine.SetAttentionObserver(estimator);
+  CheckOk(engine.SetAttentionObserver(estimator), "observer");
   const int np = static_cast<int>(turn.prompt_tokens.size());
   if (offset < np) {
     Block(engine, cache, std::span(turn.prompt_tokens).subspan(offset), pos, out);
@@ -134,7 +134,7 @@ void RestOfTurn(krul::Engine& engine, krul::KvCache& cache, const Turn& turn, in
   for (size_t i = offset - np; i < turn.answer_tokens.size(); ++i) {
     Block(engine, cache, std::span(turn.answer_tokens).subspan(i, 1), pos++, out);
   }
-  engine.SetAttentionObserver(nullptr);
+  CheckOk(engine.SetAttentionObserver(nullptr), "observer");
 }
 
 
@@ -313,7 +313,7 @@ int main(int argc, char** argv) {
         if (pos + static_cast<int>(turn.prompt_tokens.size()) + answer_len + 1 > config.seq_len)
           break;
         TurnLogits logits;
-        engine->SetAttentionObserver(estimator.get());
+        CheckOk(engine->SetAttentionObserver(estimator.get()), "observer");
         Block(*engine, cache, turn.prompt_tokens, pos, logits);
         pos += static_cast<int>(turn.prompt_tokens.size());
         if (generate) {
@@ -328,7 +328,7 @@ int main(int argc, char** argv) {
             Block(*engine, cache, std::span(turn.answer_tokens).subspan(i, 1), pos++, logits);
           }
         }
-        engine->SetAttentionObserver(nullptr);
+        CheckOk(engine->SetAttentionObserver(nullptr), "observer");
         r.turn_estimates[c].push_back(estimator->Finish());
         const std::vector<int> tokens = TurnTokens(turn);
         if (t > 0) {

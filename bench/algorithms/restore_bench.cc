@@ -141,9 +141,9 @@ krul::SimilarityEstimate PrefillWithEstimate(krul::Engine& engine, krul::KvCache
   }
   krul::SimilarityEstimatorOptions eo;
   auto estimator = ValueOrDie(krul::SimilarityEstimator::Create(engine.config(), eo), "estimator");
-  engine.SetAttentionObserver(estimator.get());
+  krul::bench::CheckOk(engine.SetAttentionObserver(estimator.get()), "observer");
   CHECK_OK(engine.Forward(cache, std::span(tokens).subspan(n - turn), n - turn, {}));
-  engine.SetAttentionObserver(nullptr);
+  krul::bench::CheckOk(engine.SetAttentionObserver(nullptr), "observer");
   return estimator->Finish();
 }
 

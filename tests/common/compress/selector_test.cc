@@ -406,7 +406,7 @@ TEST(SelectorTest, RealModelEndToEnd) {
   ASSERT_TRUE(engine.ok());
   auto est = SimilarityEstimator::Create((*model)->config());
   ASSERT_TRUE(est.ok());
-  (*engine)->SetAttentionObserver(est->get());
+  EXPECT_TRUE((*engine)->SetAttentionObserver(est->get()).ok());
   auto cache = KvCache::Create((*model)->config(), 96);
   ASSERT_TRUE(cache.ok());
   std::vector<int> tokens(96);

@@ -150,7 +150,7 @@ TEST(SimilarityEstimatorTest, DistanceEqualsNaiveOverEngineWeights) {
   // 300 prompt tokens: two engine blocks (256 + 44), observer blocks of 48.
   Rig s = MakeRig(config, {}, /*query_block=*/48);
   Recorder recorder(s.estimator.get());
-  s.engine->SetAttentionObserver(&recorder);
+  EXPECT_TRUE(s.engine->SetAttentionObserver(&recorder).ok());
   auto cache = KvCache::Create(config, 320);
   ASSERT_TRUE(cache.ok());
   RunTurn(*s.engine, *cache, 300, 12);
@@ -191,7 +191,7 @@ TEST(SimilarityEstimatorTest, DecodeDistanceMatchesNaiveLlama) {
   ModelConfig config = SmallConfig();
   config.seq_len = 64;
   Rig s = MakeRig(config);
-  s.engine->SetAttentionObserver(s.estimator.get());
+  EXPECT_TRUE(s.engine->SetAttentionObserver(s.estimator.get()).ok());
   testing::NaiveLlama naive(*s.model);
   auto cache = KvCache::Create(config, 40);
   ASSERT_TRUE(cache.ok());
@@ -464,7 +464,7 @@ TEST(SimilarityEstimatorTest, QueryAndHeadSamplingIsWeightedAndReported) {
   options.prefill_head_stride = 2;
   Rig s = MakeRig(config, options, /*query_block=*/40);
   Recorder recorder(s.estimator.get());
-  s.engine->SetAttentionObserver(&recorder);
+  EXPECT_TRUE(s.engine->SetAttentionObserver(&recorder).ok());
   auto cache = KvCache::Create(config, 100);
   ASSERT_TRUE(cache.ok());
   RunTurn(*s.engine, *cache, 100, 0);
@@ -508,7 +508,7 @@ TEST(SimilarityEstimatorTest, DecodeHeadSamplingIsWeighted) {
     options.decode_head_stride = stride;
     Rig s = MakeRig(config, options);
     Recorder recorder(s.estimator.get());
-    s.engine->SetAttentionObserver(&recorder);
+    EXPECT_TRUE(s.engine->SetAttentionObserver(&recorder).ok());
     auto cache = KvCache::Create(config, 80);
     ASSERT_TRUE(cache.ok());
     const auto tokens = Tokens(70, config.vocab_size);
@@ -532,7 +532,7 @@ TEST(SimilarityEstimatorTest, DecodeTokenSamplingIsWeighted) {
   options.decode_token_stride = 2;
   Rig s = MakeRig(config, options);
   Recorder recorder(s.estimator.get());
-  s.engine->SetAttentionObserver(&recorder);
+  EXPECT_TRUE(s.engine->SetAttentionObserver(&recorder).ok());
   auto cache = KvCache::Create(config, 80);
   ASSERT_TRUE(cache.ok());
   const auto tokens = Tokens(41, config.vocab_size);
@@ -564,7 +564,7 @@ TEST(SimilarityEstimatorTest, SlotBudgetForcesDeterministicSampling) {
   double first_d01 = -1;
   for (int run = 0; run < 2; ++run) {
     Rig s = MakeRig(config, options);
-    s.engine->SetAttentionObserver(s.estimator.get());
+    EXPECT_TRUE(s.engine->SetAttentionObserver(s.estimator.get()).ok());
     auto cache = KvCache::Create(config, 210);
     ASSERT_TRUE(cache.ok());
     RunTurn(*s.engine, *cache, 200, 4);
@@ -588,7 +588,7 @@ TEST(SimilarityEstimatorTest, DecodePoolGivesTheSameResult) {
   std::vector<double> results[2];
   for (int run = 0; run < 2; ++run) {
     Rig s = MakeRig(config, run == 0 ? SimilarityEstimatorOptions{} : with_pool);
-    s.engine->SetAttentionObserver(s.estimator.get());
+    EXPECT_TRUE(s.engine->SetAttentionObserver(s.estimator.get()).ok());
     auto cache = KvCache::Create(config, 600);
     ASSERT_TRUE(cache.ok());
     // Long enough that a decode token crosses the parallel threshold.

@@ -59,7 +59,9 @@ TEST(BackendFactoryTest, CpuStaysCpuAndAutoPicksWhatIsThere) {
   // Auto is CUDA exactly when an explicit request for CUDA succeeds.
   auto cuda = ResolveDevice(Device::kCuda);
   EXPECT_EQ(*resolved == Device::kCuda, cuda.ok());
-  if (!BuildHasCuda()) EXPECT_EQ(*resolved, Device::kCpu);
+  if (!BuildHasCuda()) {
+    EXPECT_EQ(*resolved, Device::kCpu);
+  }
 }
 
 TEST(BackendFactoryTest, CudaWithoutAUsableGpuIsAClearError) {

@@ -159,7 +159,7 @@ TEST(EngineTest, ObserverSeesCausalProbabilitiesThatMatchNaiveAttention) {
   auto engine = Engine::Create(*f.model, options);
   ASSERT_TRUE(engine.ok());
   RecordingObserver observer;
-  (*engine)->SetAttentionObserver(&observer);
+  EXPECT_TRUE((*engine)->SetAttentionObserver(&observer).ok());
   auto cache = KvCache::Create(config, n);
   std::vector<float> observed_logits(config.vocab_size), plain_logits(config.vocab_size);
   ASSERT_TRUE((*engine)->Forward(*cache, tokens, 0, observed_logits).ok());
@@ -186,7 +186,7 @@ TEST(EngineTest, ObserverSeesCausalProbabilitiesThatMatchNaiveAttention) {
     }
   }
   // Observing does not change the result.
-  (*engine)->SetAttentionObserver(nullptr);
+  EXPECT_TRUE((*engine)->SetAttentionObserver(nullptr).ok());
   auto cache2 = KvCache::Create(config, n);
   ASSERT_TRUE((*engine)->Forward(*cache2, tokens, 0, plain_logits).ok());
   EXPECT_EQ(observed_logits, plain_logits);
@@ -230,7 +230,7 @@ TEST(EngineTest, DecodeBlocksGoIntoTheObserversBuffer) {
     naive_probs.push_back(naive.last_attention());
   }
   BufferObserver observer;
-  f.engine->SetAttentionObserver(&observer);
+  EXPECT_TRUE(f.engine->SetAttentionObserver(&observer).ok());
   auto cache = KvCache::Create(config, n);
   ASSERT_TRUE(cache.ok());
   std::vector<float> logits(config.vocab_size);
