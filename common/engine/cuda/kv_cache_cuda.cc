@@ -38,7 +38,11 @@ struct CudaKvCache::Transfer {
   ~Transfer() {
     (void)cudaSetDevice(device);
     if (stream != nullptr) (void)cudaStreamSynchronize(stream);
-    for (cudaEvent_t e : written) (void)cudaEventDestroy(e);
+    // Never a null handle: a failed call would linger as the runtime's last
+    // error and be taken for a later kernel launch's.
+    for (cudaEvent_t e : written) {
+      if (e != nullptr) (void)cudaEventDestroy(e);
+    }
     if (staging_read != nullptr) (void)cudaEventDestroy(staging_read);
     if (stream != nullptr) (void)cudaStreamDestroy(stream);
   }
