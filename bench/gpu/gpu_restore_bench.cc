@@ -18,11 +18,13 @@
 // stream, and each layer's prefill waits for that layer's copies (an event).
 // The cost model is calibrated on the device at start-up (ProbeCompute
 // between device events, ProbeCudaLoad); every mode plans with PlanForMode
-// from the same costs, as krul-bench-restore does. Pairs: minicache = StaticMidDepthPlan; krul-fixed
-// = the selector on the merged estimate of --calibration_conversations
-// synthetic turns; krul = the selector on the estimate of the conversation's
-// own last turn (CudaSimilarityEstimator: prefill on the host, decode on the
-// device). TTFT is the median of --rounds restores after a warm-up.
+// from the same costs, as krul-bench-restore does. Pairs: minicache =
+// StaticMidDepthPlan; krul-fixed = the selector on the merged estimate of
+// --calibration_conversations synthetic turns; krul = the selector on the
+// estimate of the conversation's own last turn (CudaSimilarityEstimator:
+// prefill on the host, decode on the device). TTFT (the restore's
+// total_seconds: start to logits on the host) is the median of --rounds
+// restores after a warm-up.
 //
 // JSON keys follow krul-bench-restore's ("results"[i].modes.<mode>.ttft_s,
 // ratio_vs_*, efficiency, ...), with GPU additions: "device", "peak",

@@ -109,7 +109,8 @@ absl::StatusOr<KvCache> CopyToHost(const BackendKvCache& cache, int num_tokens) 
                                                    " tokens of a KV cache of capacity ",
                                                    cache.capacity()));
   }
-  KRUL_ASSIGN_OR_RETURN(KvCache host, KvCache::Create(cache.n_layers(), cache.kv_dim(), num_tokens));
+  KRUL_ASSIGN_OR_RETURN(KvCache host,
+                        KvCache::Create(cache.n_layers(), cache.kv_dim(), num_tokens));
   for (int l = 0; l < cache.n_layers(); ++l) {
     KRUL_RETURN_IF_ERROR(cache.ReadRows(l, 0, num_tokens, host.key(l, 0), host.value(l, 0)));
   }

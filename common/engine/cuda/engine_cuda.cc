@@ -53,7 +53,8 @@ class CudaMark final : public BackendMark {
 absl::StatusOr<CudaKvCache*> AsCudaCache(BackendKvCache& cache) {
   auto* cuda = dynamic_cast<CudaKvCache*>(&cache);
   if (cuda == nullptr) {
-    return absl::InvalidArgumentError("the KV cache belongs to another backend (not a CudaKvCache)");
+    return absl::InvalidArgumentError(
+        "the KV cache belongs to another backend (not a CudaKvCache)");
   }
   return cuda;
 }

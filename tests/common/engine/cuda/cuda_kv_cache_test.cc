@@ -64,7 +64,8 @@ TEST_P(CudaKvCacheTest, WrittenRowsReadBackAsTheCpuCacheHoldsThem) {
     ASSERT_TRUE(cache->CommitRows(*staged).ok());
   }
   // Rows of layer 2, [0, 10), given in bf16 (converted by the cache).
-  const std::vector<float> k2 = RandomVector(10 * kv, -1, 1, 3), v2 = RandomVector(10 * kv, -1, 1, 4);
+  const std::vector<float> k2 = RandomVector(10 * kv, -1, 1, 3);
+  const std::vector<float> v2 = RandomVector(10 * kv, -1, 1, 4);
   std::vector<uint16_t> k2b(k2.size()), v2b(v2.size());
   ConvertFromFp32(k2.data(), DType::kBF16, k2b.data(), k2.size());
   ConvertFromFp32(v2.data(), DType::kBF16, v2b.data(), v2.size());
