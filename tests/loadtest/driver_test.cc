@@ -12,6 +12,7 @@
 #include <mutex>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "test_support/wait.h"
@@ -83,7 +84,7 @@ class FakeWorker {
               worker::MakeChunkJson("id", 0, "m", std::string("assistant"), std::string(), {})));
           for (int i = 0; i < tokens; ++i) {
             send(worker::SseEvent(
-                worker::MakeChunkJson("id", 0, "m", {}, "w" + std::to_string(i) + " ", {})));
+                worker::MakeChunkJson("id", 0, "m", {}, absl::StrCat("w", i, " "), {})));
           }
           worker::CompletionStats stats;
           stats.mode = mode;
@@ -119,7 +120,7 @@ Trace TextTrace(const std::vector<std::vector<std::string>>& conversations) {
   trace.format = TraceFormat::kShareGpt;
   for (size_t c = 0; c < conversations.size(); ++c) {
     Conversation conversation;
-    conversation.id = "c" + std::to_string(c);
+    conversation.id = absl::StrCat("c", c);
     for (const std::string& text : conversations[c]) {
       Turn t;
       t.text = text;
@@ -271,7 +272,7 @@ TEST(DriverTest, OpenLoopKeepsTraceTimesScaledBySpeedup) {
   std::map<std::string, const RequestRecord*> by_text;
   for (const RequestRecord& rec : r.records) {
     EXPECT_GE(rec.sent_s + 1e-9, rec.scheduled_s);
-    by_text[rec.conversation + "/" + std::to_string(rec.turn)] = &rec;
+    by_text[absl::StrCat(rec.conversation, "/", rec.turn)] = &rec;
   }
   EXPECT_DOUBLE_EQ(by_text["c1/1"]->scheduled_s, 0.1);
   EXPECT_DOUBLE_EQ(by_text["c2/1"]->scheduled_s, 0.2);
