@@ -12,7 +12,6 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
-#include <list>
 #include <memory>
 #include <thread>
 #include <utility>
@@ -31,57 +30,28 @@ absl::Duration Until(absl::Time deadline) {
   return std::max(absl::ZeroDuration(), deadline - absl::Now());
 }
 
-// Imported grants, shared by requests. The store gives adjacent blocks one
-// descriptor, and with --ucx_grant_scope=chunk the same descriptor for a
-// whole memory chunk across requests: importing it once saves mapping the
-// store's memory again (and faulting its pages in) on every Get.
-class ImportCache {
+// The grants of one request, imported once each: the store gives adjacent
+// blocks one descriptor. Importing is cheap after the first request: the
+// transport keeps the store's regions imported per endpoint (UCX remote key
+// unpacked, shared memory mapped; Transport::stats), so a per-request grant
+// only adds its range and expiry, which every transfer checks.
+class RequestImports {
  public:
-  absl::StatusOr<std::shared_ptr<RemoteRegion>> Import(const std::string& address, Endpoint& ep,
-                                                       const std::string& descriptor) {
-    std::string key = absl::StrCat(address, "|", descriptor);
-    {
-      absl::MutexLock lock(&mu_);
-      auto it = index_.find(key);
-      if (it != index_.end()) {
-        lru_.splice(lru_.begin(), lru_, it->second);
-        return it->second->second;
-      }
-    }
-    absl::StatusOr<std::unique_ptr<RemoteRegion>> r = ep.ImportRegion(descriptor);
-    if (!r.ok()) return r.status();
-    std::shared_ptr<RemoteRegion> shared = *std::move(r);
-    absl::MutexLock lock(&mu_);
-    if (index_.contains(key)) return shared;  // Raced with another import.
-    lru_.emplace_front(key, shared);
-    index_[key] = lru_.begin();
-    while (lru_.size() > kCapacity) {
-      index_.erase(lru_.back().first);
-      lru_.pop_back();
-    }
-    return shared;
-  }
+  explicit RequestImports(Endpoint& ep) : ep_(ep) {}
 
-  void DropAddress(const std::string& address) {
-    absl::MutexLock lock(&mu_);
-    std::string prefix = address + "|";
-    for (auto it = lru_.begin(); it != lru_.end();) {
-      if (it->first.compare(0, prefix.size(), prefix) == 0) {
-        index_.erase(it->first);
-        it = lru_.erase(it);
-      } else {
-        ++it;
-      }
-    }
+  absl::StatusOr<RemoteRegion*> Import(const std::string& descriptor) {
+    auto it = imported_.find(descriptor);
+    if (it != imported_.end()) return it->second.get();
+    absl::StatusOr<std::unique_ptr<RemoteRegion>> r = ep_.ImportRegion(descriptor);
+    if (!r.ok()) return r.status();
+    RemoteRegion* raw = r->get();
+    imported_.emplace(descriptor, *std::move(r));
+    return raw;
   }
 
  private:
-  static constexpr size_t kCapacity = 64;
-  absl::Mutex mu_;
-  std::list<std::pair<std::string, std::shared_ptr<RemoteRegion>>> lru_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string,
-                      std::list<std::pair<std::string, std::shared_ptr<RemoteRegion>>>::iterator>
-      index_ ABSL_GUARDED_BY(mu_);
+  Endpoint& ep_;
+  absl::flat_hash_map<std::string, std::unique_ptr<RemoteRegion>> imported_;
 };
 
 class UcxBlockTransport final : public BlockTransport {
@@ -101,7 +71,7 @@ class UcxBlockTransport final : public BlockTransport {
     // Everything a transfer refers to must outlive it: keep them together
     // and destroy transfers first.
     std::vector<std::unique_ptr<MemoryRegion>> locals;
-    std::vector<std::shared_ptr<RemoteRegion>> remotes;
+    RequestImports remotes(**ep);
     std::vector<std::unique_ptr<Transfer>> transfers;
     absl::Status status;
     for (size_t i = 0; i < blocks.size() && status.ok(); ++i) {
@@ -117,13 +87,11 @@ class UcxBlockTransport final : public BlockTransport {
         status = local.status();
         break;
       }
-      absl::StatusOr<std::shared_ptr<RemoteRegion>> remote =
-          imports_.Import(address, **ep, target.transport_descriptor());
+      absl::StatusOr<RemoteRegion*> remote = remotes.Import(target.transport_descriptor());
       if (!remote.ok()) {
         status = remote.status();
         break;
       }
-      remotes.push_back(*remote);
       TransferSegment seg{0, target.remote_offset(), blocks[i].size()};
       absl::StatusOr<std::unique_ptr<Transfer>> t = transport_->PrepareTransfer(
           TransferOp::kWrite, **local, **remote, std::span<const TransferSegment>(&seg, 1));
@@ -158,7 +126,7 @@ class UcxBlockTransport final : public BlockTransport {
       ctx.set_deadline(absl::ToChronoTime(deadline));
       KRUL_RETURN_IF_ERROR(FromGrpcStatus(stub.GrantRead(&ctx, req, &grant)));
     }
-    absl::Status status = ReadGranted(address, **ep, manifest, indices, grant, on_block, deadline);
+    absl::Status status = ReadGranted(**ep, manifest, indices, grant, on_block, deadline);
     {
       grpc::ClientContext ctx;
       ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
@@ -172,7 +140,7 @@ class UcxBlockTransport final : public BlockTransport {
   }
 
  private:
-  absl::Status ReadGranted(const std::string& address, Endpoint& ep, const v1::Manifest& manifest,
+  absl::Status ReadGranted(Endpoint& ep, const v1::Manifest& manifest,
                            std::span<const uint32_t> indices, const v1::GrantReadResponse& grant,
                            const RawBlockCallback& on_block, absl::Time deadline) {
     if (static_cast<size_t>(grant.targets_size()) != indices.size()) {
@@ -196,18 +164,16 @@ class UcxBlockTransport final : public BlockTransport {
       if (!r.ok()) return r.status();
       scratch = *std::move(r);
     }
-    std::vector<std::shared_ptr<RemoteRegion>> remotes;
+    RequestImports remotes(ep);
     std::vector<std::unique_ptr<Transfer>> transfers;
     absl::Status status;
     for (size_t k = 0; k < indices.size(); ++k) {
       const v1::TransferTarget& t = grant.targets(static_cast<int>(k));
-      absl::StatusOr<std::shared_ptr<RemoteRegion>> remote =
-          imports_.Import(address, ep, t.transport_descriptor());
+      absl::StatusOr<RemoteRegion*> remote = remotes.Import(t.transport_descriptor());
       if (!remote.ok()) {
         status = remote.status();
         break;
       }
-      remotes.push_back(*remote);
       TransferSegment seg{offsets[k], t.remote_offset(), t.size_bytes()};
       absl::StatusOr<std::unique_ptr<Transfer>> tr = transport_->PrepareTransfer(
           TransferOp::kRead, *scratch, **remote, std::span<const TransferSegment>(&seg, 1));
@@ -313,7 +279,6 @@ class UcxBlockTransport final : public BlockTransport {
   }
 
   void ForgetEndpoint(const std::string& address) {
-    imports_.DropAddress(address);
     absl::MutexLock lock(&mu_);
     endpoints_.erase(address);
   }
@@ -342,7 +307,6 @@ class UcxBlockTransport final : public BlockTransport {
   }
 
   Transport* const transport_;
-  ImportCache imports_;
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Endpoint>> endpoints_ ABSL_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<MemoryRegion>> scratch_ ABSL_GUARDED_BY(mu_);

@@ -1,8 +1,11 @@
 // Integration tests of the UCX data plane: krul-kvstore --ucx processes and
 // a client whose blocks move over UCX (shared memory, or TCP on loopback).
+#include <grpcpp/grpcpp.h>
+
 #include <span>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "krul/kvclient/kvstore_client.h"
 #include "krul/transport/ucx_transport.h"
@@ -104,6 +107,115 @@ TEST(KvStoreUcxTest, RoundTripsOverTcp) {
 TEST(KvStoreUcxTest, RoundTripsWithChunkGrants) {
   KRUL_REQUIRE_UCX();
   RoundTripsAllSizes(/*force_tcp=*/false, "chunk");
+}
+
+// Every Get asks for its own short-lived grant, but the store's memory is
+// imported (mapped) once per client-server pair: later Gets map nothing.
+TEST(KvStoreUcxTest, LaterGetsReuseTheImportedStoreMemory) {
+  KRUL_REQUIRE_UCX();
+  TempDir dir;
+  UcxSetup s = Start(dir, /*force_tcp=*/false);
+  ASSERT_NE(s.client, nullptr);
+  TestVersion a = MakeVersion(Key("acme", "reuse-a", 1), 8, 256 << 10, 31);
+  TestVersion b = MakeVersion(Key("acme", "reuse-b", 1), 3, 1 << 20, 32);
+  for (const TestVersion* v : {&a, &b}) {
+    std::vector<std::string_view> blocks(v->blocks.begin(), v->blocks.end());
+    ASSERT_TRUE(s.client->Put(v->manifest, blocks).ok());
+  }
+  absl::StatusOr<v1::Manifest> ma = s.client->Lookup(a.manifest.key());
+  absl::StatusOr<v1::Manifest> mb = s.client->Lookup(b.manifest.key());
+  ASSERT_TRUE(ma.ok() && mb.ok());
+  absl::StatusOr<std::vector<std::string>> data = s.client->ReadAll(*ma);
+  ASSERT_TRUE(data.ok()) << data.status();
+  EXPECT_TRUE(*data == a.blocks);
+  const TransportStats first = s.transport->stats();
+  EXPECT_GE(first.regions_imported, 1u);
+  for (int i = 0; i < 3; ++i) {
+    for (const auto& [m, v] : {std::pair(&*ma, &a), std::pair(&*mb, &b)}) {
+      data = s.client->ReadAll(*m);
+      ASSERT_TRUE(data.ok()) << data.status();
+      EXPECT_TRUE(*data == v->blocks);
+    }
+  }
+  const TransportStats later = s.transport->stats();
+  EXPECT_EQ(later.regions_imported, first.regions_imported);
+  EXPECT_GE(later.grants_imported, first.grants_imported + 6);  // a grant per Get
+  EXPECT_EQ(s.server->Terminate(), 0);
+}
+
+// A store grant reaches only the blocks it names and only until it expires,
+// even though the client has the store's memory mapped.
+TEST(KvStoreUcxTest, GrantsReachOnlyTheirBlocksUntilTheyExpire) {
+  KRUL_REQUIRE_UCX();
+  TempDir dir;
+  UcxSetup s = Start(dir, /*force_tcp=*/false);
+  ASSERT_NE(s.client, nullptr);
+  TestVersion v = MakeVersion(Key("acme", "limits", 1), 4, 64 << 10, 41);
+  std::vector<std::string_view> blocks(v.blocks.begin(), v.blocks.end());
+  ASSERT_TRUE(s.client->Put(v.manifest, blocks).ok());
+  ASSERT_TRUE(s.client->ReadAll(v.manifest).ok());  // The client has imported the memory.
+
+  v1::KvStore::StubInterface& stub = s.client->StubFor(s.server->address());
+  v1::ExchangeEndpointsRequest xreq;
+  xreq.add_transports("ucx");
+  xreq.set_client_worker_address(s.transport->address());
+  v1::ExchangeEndpointsResponse xresp;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub.ExchangeEndpoints(&ctx, xreq, &xresp).ok());
+  }
+  absl::StatusOr<std::unique_ptr<Endpoint>> ep = s.transport->Connect(xresp.server_worker_address());
+  ASSERT_TRUE(ep.ok()) << ep.status();
+  v1::GrantReadRequest greq;
+  *greq.mutable_key() = v.manifest.key();
+  greq.add_block_indices(1);
+  greq.set_lease_seconds(1);
+  v1::GrantReadResponse grant;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub.GrantRead(&ctx, greq, &grant).ok());
+  }
+  const absl::Time expires = absl::FromUnixMicros(grant.expires_unix_micros());
+  ASSERT_EQ(grant.targets_size(), 1);
+  const v1::TransferTarget& t = grant.targets(0);
+  absl::StatusOr<std::unique_ptr<RemoteRegion>> remote =
+      (*ep)->ImportRegion(t.transport_descriptor());
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  std::vector<uint8_t> buffer(2 * t.size_bytes());
+  absl::StatusOr<std::unique_ptr<MemoryRegion>> local =
+      s.transport->RegisterRegion(buffer.data(), buffer.size());
+  ASSERT_TRUE(local.ok()) << local.status();
+  const TransferSegment block{0, t.remote_offset(), t.size_bytes()};
+  ASSERT_TRUE(TransferSync(*s.transport, TransferOp::kRead, **local, **remote,
+                           std::span(&block, 1), absl::Seconds(30))
+                  .ok());
+  EXPECT_EQ(std::string_view(reinterpret_cast<const char*>(buffer.data()), t.size_bytes()),
+            v.blocks[1]);
+  // The neighbouring blocks are in the same mapped memory, not in the grant.
+  const TransferSegment beyond{0, t.remote_offset(), t.size_bytes() + 1};
+  EXPECT_EQ(s.transport
+                ->PrepareTransfer(TransferOp::kRead, **local, **remote, std::span(&beyond, 1))
+                .status()
+                .code(),
+            absl::StatusCode::kOutOfRange);
+  const TransferSegment next{0, t.remote_offset() + t.size_bytes(), 1};
+  EXPECT_EQ(s.transport
+                ->PrepareTransfer(TransferOp::kRead, **local, **remote, std::span(&next, 1))
+                .status()
+                .code(),
+            absl::StatusCode::kOutOfRange);
+  // Wait for the expiry itself (the transport reads the wall clock).
+  while (absl::Now() < expires) absl::SleepFor(expires - absl::Now() + absl::Milliseconds(1));
+  EXPECT_EQ(TransferSync(*s.transport, TransferOp::kRead, **local, **remote,
+                         std::span(&block, 1), absl::Seconds(30))
+                .code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ((*ep)->ImportRegion(t.transport_descriptor()).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  remote->reset();
+  local->reset();
+  ep->reset();
+  EXPECT_EQ(s.server->Terminate(), 0);
 }
 
 TEST(KvStoreUcxTest, CorruptionInTransitIsDataLoss) {
