@@ -178,9 +178,9 @@ ChatResult StreamingChat::Send(json request, const std::atomic<bool>& cancel) {
       result.error_kind = "cancelled";
     } else if (timed_out || result.e2e_ms >= timeout_ms * 0.99) {
       result.error_kind = "timeout";
-    } else if (status == 0 && (error == httplib::Error::Connection ||
-                               error == httplib::Error::ConnectionTimeout ||
-                               error == httplib::Error::BindIPAddress)) {
+    } else if (status == 0 &&
+               (error == httplib::Error::Connection || error == httplib::Error::ConnectionTimeout ||
+                error == httplib::Error::BindIPAddress)) {
       result.error_kind = "connection";
     } else if (status == 0) {
       result.error_kind = "connection";  // reset before any answer

@@ -34,7 +34,7 @@ struct ChatResult {
   // context), "timeout", "connection", "stream" (a broken or in-band error
   // stream), "cancelled" (Ctrl-C).
   std::string error_kind;
-  std::string error;  // the message
+  std::string error;    // the message
   double ttft_ms = -1;  // -1: no token came
   double e2e_ms = 0;
   double tpot_ms = -1;  // -1: fewer than two tokens

@@ -109,8 +109,8 @@ class Driver::Worker {
  public:
   Worker(const std::vector<Endpoint>& endpoints, const DriverOptions& options) {
     for (const Endpoint& e : endpoints) {
-      chats_.push_back(std::make_unique<StreamingChat>(
-          e, absl::Seconds(options.connect_timeout_s), absl::Seconds(options.request_timeout_s)));
+      chats_.push_back(std::make_unique<StreamingChat>(e, absl::Seconds(options.connect_timeout_s),
+                                                       absl::Seconds(options.request_timeout_s)));
     }
   }
   StreamingChat& chat(int endpoint) { return *chats_[endpoint]; }
@@ -189,8 +189,8 @@ bool Driver::PrepareTurn(int conversation, json* request, RequestRecord* record,
   ConversationState& s = conversations_[conversation];
   const Conversation& c = trace_.conversations[conversation];
   const Turn& turn = c.turns[s.next_turn];
-  int max_tokens = turn.output_tokens > 0 ? synth_.ScaledTokens(turn.output_tokens)
-                                          : options_.output_tokens;
+  int max_tokens =
+      turn.output_tokens > 0 ? synth_.ScaledTokens(turn.output_tokens) : options_.output_tokens;
   if (options_.max_output_tokens > 0) max_tokens = std::min(max_tokens, options_.max_output_tokens);
   max_tokens = std::max(max_tokens, 1);
   std::string text;
@@ -268,8 +268,8 @@ void Driver::Finish(int conversation, RequestRecord record) {
   result_.records.push_back(std::move(record));
   if (!ok) {
     ++s.next_turn;  // the failed turn was sent; the rest of the conversation is not
-    EndConversation(conversation, record_cancelled ? &result_.not_sent.stopped
-                                                   : &result_.not_sent.after_error);
+    EndConversation(conversation,
+                    record_cancelled ? &result_.not_sent.stopped : &result_.not_sent.after_error);
     return;
   }
   if (s.next_turn >= c.turns.size()) {
@@ -384,8 +384,8 @@ RunResult Driver::Run() {
       case LoadShape::kTrace:
         for (size_t c = 0; c < n; ++c) {
           const auto& arrival = trace_.conversations[c].turns.front().arrival_ms;
-          const double at = arrival.has_value() ? std::max(0.0, *arrival) / 1e3 / options_.speedup
-                                                : 0.0;
+          const double at =
+              arrival.has_value() ? std::max(0.0, *arrival) / 1e3 / options_.speedup : 0.0;
           queue_.push_back({at, sequence_++, static_cast<int>(c)});
         }
         std::make_heap(queue_.begin(), queue_.end());
@@ -436,10 +436,11 @@ absl::StatusOr<double> MeasureTokensPerWord(const Endpoint& endpoint, const std:
   int tokens[2] = {0, 0};
   for (int i = 0; i < 2; ++i) {
     const int words = i == 0 ? kShort : kLong;
-    json request = {{"messages", {{{"role", "user"}, {"content", synth.BlockText(0xCA11B, words)}}}},
-                    {"max_tokens", 1},
-                    {"temperature", 0},
-                    {"conversation_id", absl::StrCat(run_id, "/probe-", words)}};
+    json request = {
+        {"messages", {{{"role", "user"}, {"content", synth.BlockText(0xCA11B, words)}}}},
+        {"max_tokens", 1},
+        {"temperature", 0},
+        {"conversation_id", absl::StrCat(run_id, "/probe-", words)}};
     if (!model.empty()) request["model"] = model;
     ChatResult r = chat.Send(request, never);
     if (!r.ok()) {
@@ -447,16 +448,16 @@ absl::StatusOr<double> MeasureTokensPerWord(const Endpoint& endpoint, const std:
                                                  r.error_kind, "): ", r.error));
     }
     if (r.prompt_tokens <= 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          endpoint.Name(), " reports no usage.prompt_tokens; pass --tokens_per_word"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(endpoint.Name(), " reports no usage.prompt_tokens; pass --tokens_per_word"));
     }
     tokens[i] = r.prompt_tokens;
   }
   const double per_word = static_cast<double>(tokens[1] - tokens[0]) / (kLong - kShort);
   if (per_word <= 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("the token probes gave ", tokens[0], " and ", tokens[1],
-                     " prompt tokens; pass --tokens_per_word"));
+    return absl::FailedPreconditionError(absl::StrCat("the token probes gave ", tokens[0], " and ",
+                                                      tokens[1],
+                                                      " prompt tokens; pass --tokens_per_word"));
   }
   return per_word;
 }

@@ -160,8 +160,8 @@ class Driver {
   void WorkerLoop(int thread_index);
   // Builds the request of the conversation's next turn, or ends the
   // conversation (false). Called with mu_ held.
-  bool PrepareTurn(int conversation, nlohmann::json* request, RequestRecord* record,
-                   int* endpoint) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool PrepareTurn(int conversation, nlohmann::json* request, RequestRecord* record, int* endpoint)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Finish(int conversation, RequestRecord record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EndConversation(int conversation, int* reason_counter) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AdmitNext(double now_s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -72,8 +72,9 @@ std::string SelfBinDir() {
 absl::StatusOr<LocalCluster::Process> LocalCluster::Spawn(const std::string& name,
                                                           const std::vector<std::string>& argv) {
   if (access(argv[0].c_str(), X_OK) != 0) {
-    return absl::NotFoundError(absl::StrCat(argv[0], " not found or not executable (build it, or "
-                                                     "point --bin_dir at it)"));
+    return absl::NotFoundError(absl::StrCat(argv[0],
+                                            " not found or not executable (build it, or "
+                                            "point --bin_dir at it)"));
   }
   Process p;
   p.name = name;
@@ -125,13 +126,15 @@ absl::StatusOr<std::string> LocalCluster::WaitForLine(const Process& p, const st
       for (Process& q : processes_) {
         if (q.pid == p.pid) q.pid = -1;  // reaped
       }
-      return absl::UnavailableError(absl::StrCat(p.name, " exited before it was ready; the end "
-                                                          "of ",
+      return absl::UnavailableError(absl::StrCat(p.name,
+                                                 " exited before it was ready; the end "
+                                                 "of ",
                                                  p.log, ":\n", Tail(text, 15)));
     }
     if (absl::Now() >= deadline) {
-      return absl::UnavailableError(absl::StrCat(p.name, " printed no '", marker, "' in time; the "
-                                                                                  "end of ",
+      return absl::UnavailableError(absl::StrCat(p.name, " printed no '", marker,
+                                                 "' in time; the "
+                                                 "end of ",
                                                  p.log, ":\n", Tail(text, 15)));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -168,10 +171,10 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(
   for (int w = 1; w <= options.workers; ++w) {
     std::vector<std::string> argv = {worker_bin};
     argv.insert(argv.end(), options.model_args.begin(), options.model_args.end());
-    for (const std::string& a : {std::string("--host"), std::string("127.0.0.1"),
-                                 std::string("--http_port"), std::string("0"),
-                                 std::string("--threads"), std::string("1"),
-                                 std::string("--kvstore"), c->kvstore_.Name()}) {
+    for (const std::string& a :
+         {std::string("--host"), std::string("127.0.0.1"), std::string("--http_port"),
+          std::string("0"), std::string("--threads"), std::string("1"), std::string("--kvstore"),
+          c->kvstore_.Name()}) {
       argv.push_back(a);
     }
     argv.insert(argv.end(), options.extra_worker_args.begin(), options.extra_worker_args.end());
@@ -213,9 +216,8 @@ absl::Status LocalCluster::Stop() {
   std::error_code ec;
   fs::remove_all(db_dir_, ec);
   if (!unclean.empty()) {
-    return absl::InternalError(
-        absl::StrCat("did not stop cleanly: ", absl::StrJoin(unclean, ", "), "; logs in ",
-                     options_.log_dir));
+    return absl::InternalError(absl::StrCat("did not stop cleanly: ", absl::StrJoin(unclean, ", "),
+                                            "; logs in ", options_.log_dir));
   }
   return absl::OkStatus();
 }

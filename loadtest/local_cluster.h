@@ -27,8 +27,8 @@ struct LocalClusterOptions {
   int workers = 1;
   // Model flags of every worker (--model/--tokenizer, or --synthetic ...).
   std::vector<std::string> model_args;
-  std::vector<std::string> extra_worker_args;   // appended to each worker's flags
-  std::string log_dir;                          // logs and the RocksDB directory
+  std::vector<std::string> extra_worker_args;  // appended to each worker's flags
+  std::string log_dir;                         // logs and the RocksDB directory
   absl::Duration start_timeout = absl::Seconds(120);
 };
 
@@ -43,7 +43,7 @@ class LocalCluster {
   ~LocalCluster();  // Stop()s
 
   const std::vector<Endpoint>& workers() const { return workers_; }
-  const Endpoint& kvstore() const { return kvstore_; }           // gRPC
+  const Endpoint& kvstore() const { return kvstore_; }  // gRPC
   const Endpoint& kvstore_metrics() const { return kvstore_metrics_; }
 
   // SIGTERM to every worker, then the kvstore; each gets 30 s to exit

@@ -111,10 +111,10 @@ void OnSignal(int sig) {
   signal(sig, SIG_DFL);  // a second Ctrl-C ends the program at once
 }
 
-#define RETURN_IF_ERROR_STATUS(expr)    \
-  do {                                  \
-    absl::Status _s = (expr);           \
-    if (!_s.ok()) return _s;            \
+#define RETURN_IF_ERROR_STATUS(expr) \
+  do {                               \
+    absl::Status _s = (expr);        \
+    if (!_s.ok()) return _s;         \
   } while (0)
 
 // The persists the workers finished so far (all results).
@@ -218,8 +218,8 @@ absl::Status Run(bool compare) {
   bool synthesized = false;
   for (const Conversation& c : trace.conversations) synthesized |= c.turns.front().synthesized();
   std::printf("krul-loadtest: %s (%s): %d records, %d skipped, %zu conversations, %d turns\n",
-              trace_path.c_str(), std::string(TraceFormatName(trace.format)).c_str(),
-              trace.records, trace.skipped, trace.conversations.size(), trace.turns());
+              trace_path.c_str(), std::string(TraceFormatName(trace.format)).c_str(), trace.records,
+              trace.skipped, trace.conversations.size(), trace.turns());
   for (const std::string& m : trace.skip_messages) std::printf("  skipped: %s\n", m.c_str());
 
   std::string shape_name = absl::GetFlag(FLAGS_load);
@@ -285,10 +285,10 @@ absl::Status Run(bool compare) {
   for (const Endpoint& e : endpoints) names.push_back(e.Name());
   std::printf("krul-loadtest: workers %s\n", absl::StrJoin(names, ",").c_str());
 
-  const std::string run_prefix = absl::StrFormat(
-      "lt-%d", std::chrono::duration_cast<std::chrono::milliseconds>(
-                   std::chrono::system_clock::now().time_since_epoch())
-                   .count());
+  const std::string run_prefix =
+      absl::StrFormat("lt-%d", std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
   options.synth.tokens_per_word = absl::GetFlag(FLAGS_tokens_per_word);
   if (synthesized && options.synth.tokens_per_word <= 0) {
     auto measured = MeasureTokensPerWord(endpoints.front(), options.model, run_prefix);

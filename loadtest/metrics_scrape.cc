@@ -84,7 +84,8 @@ absl::StatusOr<std::vector<Sample>> ParseExposition(std::string_view text) {
     }
     std::string_view rest = SV(absl::StripAsciiWhitespace(AV(line.substr(i))));
     // A timestamp may follow the value.
-    if (size_t space = rest.find(' '); space != std::string_view::npos) rest = rest.substr(0, space);
+    if (size_t space = rest.find(' '); space != std::string_view::npos)
+      rest = rest.substr(0, space);
     if (s.name.empty() || !absl::SimpleAtod(AV(rest), &s.value)) {
       return absl::InvalidArgumentError(
           absl::StrCat("metrics line ", line_number, ": not 'name value': ", std::string(line)));
@@ -94,8 +95,8 @@ absl::StatusOr<std::vector<Sample>> ParseExposition(std::string_view text) {
   return out;
 }
 
-double SumSamples(const std::vector<Sample>& samples, std::string_view name,
-                  std::string_view label, std::string_view value) {
+double SumSamples(const std::vector<Sample>& samples, std::string_view name, std::string_view label,
+                  std::string_view value) {
   double total = 0;
   for (const Sample& s : samples) {
     if (s.name != name) continue;
@@ -108,8 +109,8 @@ double SumSamples(const std::vector<Sample>& samples, std::string_view name,
   return total;
 }
 
-std::map<std::string, double> SumByLabel(const std::vector<Sample>& samples,
-                                         std::string_view name, std::string_view label) {
+std::map<std::string, double> SumByLabel(const std::vector<Sample>& samples, std::string_view name,
+                                         std::string_view label) {
   std::map<std::string, double> out;
   for (const Sample& s : samples) {
     if (s.name != name) continue;
@@ -125,8 +126,8 @@ absl::StatusOr<std::vector<Sample>> Scrape(const Endpoint& endpoint) {
   client.set_read_timeout(10, 0);
   auto res = client.Get("/metrics");
   if (!res) {
-    return absl::UnavailableError(absl::StrCat("GET ", endpoint.Name(),
-                                               "/metrics: ", httplib::to_string(res.error())));
+    return absl::UnavailableError(
+        absl::StrCat("GET ", endpoint.Name(), "/metrics: ", httplib::to_string(res.error())));
   }
   if (res->status != 200) {
     return absl::UnavailableError(

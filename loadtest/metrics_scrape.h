@@ -34,8 +34,8 @@ absl::StatusOr<std::vector<Sample>> ParseExposition(std::string_view text);
 double SumSamples(const std::vector<Sample>& samples, std::string_view name,
                   std::string_view label = "", std::string_view value = "");
 // Sum of `name` per value of `label`.
-std::map<std::string, double> SumByLabel(const std::vector<Sample>& samples,
-                                         std::string_view name, std::string_view label);
+std::map<std::string, double> SumByLabel(const std::vector<Sample>& samples, std::string_view name,
+                                         std::string_view label);
 
 // GET http://endpoint/metrics. UNAVAILABLE when it cannot be fetched,
 // INVALID_ARGUMENT when it does not parse.

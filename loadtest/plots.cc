@@ -45,8 +45,7 @@ int RunGnuplot(const std::string& script, const std::string& log) {
 }  // namespace
 
 std::vector<std::string> PlotFileNames() {
-  return {"ttft_cdf.png", "ttft_over_time.png", "ttft_vs_history.png",
-          "throughput_over_time.png"};
+  return {"ttft_cdf.png", "ttft_over_time.png", "ttft_vs_history.png", "throughput_over_time.png"};
 }
 
 absl::Status RenderPlots(const std::string& dir, const std::vector<PlotSeries>& series) {
@@ -83,8 +82,8 @@ absl::Status RenderPlots(const std::string& dir, const std::vector<PlotSeries>& 
     std::sort(ttft.begin(), ttft.end());
     std::string cdf = "# ttft_ms\tfraction\n";
     for (size_t k = 0; k < ttft.size(); ++k) {
-      absl::StrAppend(&cdf, absl::StrFormat("%.3f\t%.5f\n", ttft[k],
-                                            static_cast<double>(k + 1) / ttft.size()));
+      absl::StrAppend(
+          &cdf, absl::StrFormat("%.3f\t%.5f\n", ttft[k], static_cast<double>(k + 1) / ttft.size()));
     }
     // Completions per bin of about a fiftieth of the run (at least 0.5 s).
     const double bin = std::max(0.5, wall / 50);
@@ -120,8 +119,8 @@ absl::Status RenderPlots(const std::string& dir, const std::vector<PlotSeries>& 
       const std::string& file = std::string(which) == "cdf"          ? w.cdf
                                 : std::string(which) == "throughput" ? w.throughput
                                                                      : w.points;
-      absl::StrAppend(&cmd, i ? ", " : "", Quoted(file), " using ", columns, " ", style,
-                      " title ", Quoted(w.name));
+      absl::StrAppend(&cmd, i ? ", " : "", Quoted(file), " using ", columns, " ", style, " title ",
+                      Quoted(w.name));
     }
     return cmd + "\n";
   };

@@ -20,8 +20,8 @@
 namespace krul::loadtest {
 
 struct PlotSeries {
-  std::string name;                            // the mode
-  const std::vector<RequestRecord>* records;   // borrowed
+  std::string name;                           // the mode
+  const std::vector<RequestRecord>* records;  // borrowed
 };
 
 // The PNG file names RenderPlots writes.

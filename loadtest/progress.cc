@@ -24,9 +24,9 @@ std::string ProgressLine(const Snapshot& s, int width) {
   const int filled = std::min(width, static_cast<int>(fraction * width + 0.5));
   std::string bar = std::string(filled, '#') + std::string(width - filled, '.');
   return absl::StrFormat(
-      "[%s] %d/%d done (%d ok, %d failed), %d in flight, %.1f req/s, TTFT p50 %.1f ms, %.0f s",
-      bar, done, s.planned, s.ok, s.failed, s.in_flight,
-      s.elapsed_s > 0 ? done / s.elapsed_s : 0.0, s.recent_ttft_p50_ms, s.elapsed_s);
+      "[%s] %d/%d done (%d ok, %d failed), %d in flight, %.1f req/s, TTFT p50 %.1f ms, %.0f s", bar,
+      done, s.planned, s.ok, s.failed, s.in_flight, s.elapsed_s > 0 ? done / s.elapsed_s : 0.0,
+      s.recent_ttft_p50_ms, s.elapsed_s);
 }
 
 Progress::Progress(const Driver& driver, std::string label, ProgressStyle style, FILE* out)

@@ -13,9 +13,9 @@ namespace {
 // tokenizers a word is a token and a message's length holds word by word,
 // not only on average. Never reorder: the text of every block depends on it.
 constexpr std::array<std::string_view, 32> kWords = {
-    "the", "a",   "and",  "to",    "of",     "in",   "it",    "was",    "he",  "she", "they",
-    "we",  "you", "said", "big",   "day",    "time", "happy", "little", "play", "saw", "had",
-    "mom", "friend", "up", "very", "on",     "with", "his",   "her",    "that", "for"};
+    "the", "a",      "and",  "to",   "of",  "in",   "it",    "was",    "he",   "she", "they",
+    "we",  "you",    "said", "big",  "day", "time", "happy", "little", "play", "saw", "had",
+    "mom", "friend", "up",   "very", "on",  "with", "his",   "her",    "that", "for"};
 
 // splitmix64: a small, well-mixed generator; the text must be the same on
 // every machine and in every version.

@@ -1,7 +1,7 @@
 // Text for prompts that a trace gives only as lengths and block ids
 // (Mooncake, Azure). Every block is a deterministic run of common English
-// words (each one token even in a 512-token vocabulary) drawn from its id, so equal ids give equal text, and fewer words of
-// a block are a prefix of more: requests sharing a hash_ids prefix send
+// words (each one token even in a 512-token vocabulary) drawn from its id, so equal ids give equal
+// text, and fewer words of a block are a prefix of more: requests sharing a hash_ids prefix send
 // identical text for it, which the worker tokenizes to identical tokens
 // (each message is tokenized on its own and the words are whole).
 //

@@ -113,8 +113,9 @@ absl::StatusOr<std::vector<Conversation>> LoadConversations(const std::string& p
     for (const krul::loadtest::Turn& t : c.turns) {
       if (t.synthesized()) {
         return absl::InvalidArgumentError(
-            path + " has no text (a request trace); krul-replay replays conversations, "
-                   "krul-loadtest replays request traces");
+            path +
+            " has no text (a request trace); krul-replay replays conversations, "
+            "krul-loadtest replays request traces");
       }
       conv.user_turns.push_back(t.text);
     }

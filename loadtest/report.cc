@@ -53,26 +53,26 @@ json Group(const std::vector<const RequestRecord*>& records, double wall_s, doub
     recomputed += r->recomputed_tokens;
   }
   auto rate = [&](double x) { return wall_s > 0 ? x / wall_s : 0.0; };
-  json j = {{"count", records.size()},
-            {"ok", ok},
-            {"errors", errors},
-            {"ttft_ms", Distribution(ttft)},
-            {"ttft_restored_ms", Distribution(ttft_restored)},
-            {"tpot_ms", Distribution(tpot)},
-            {"e2e_ms", Distribution(e2e)},
-            {"lateness_ms", Distribution(lateness)},
-            {"throughput_rps", rate(ok)},
-            {"output_tokens_per_s", rate(out_tokens)},
-            {"input_tokens_per_s", rate(in_tokens)},
-            {"goodput_rps", rate(good)},
-            {"goodput_fraction", ok > 0 ? static_cast<double>(good) / records.size() : 0.0},
-            {"restore", restore},
-            {"history_hit_rate",
-             later_turns > 0 ? static_cast<double>(later_hits) / later_turns : 0.0},
-            {"fallbacks_by_reason", fallbacks},
-            {"restored_tokens", restored},
-            {"loaded_tokens", loaded},
-            {"recomputed_tokens", recomputed}};
+  json j = {
+      {"count", records.size()},
+      {"ok", ok},
+      {"errors", errors},
+      {"ttft_ms", Distribution(ttft)},
+      {"ttft_restored_ms", Distribution(ttft_restored)},
+      {"tpot_ms", Distribution(tpot)},
+      {"e2e_ms", Distribution(e2e)},
+      {"lateness_ms", Distribution(lateness)},
+      {"throughput_rps", rate(ok)},
+      {"output_tokens_per_s", rate(out_tokens)},
+      {"input_tokens_per_s", rate(in_tokens)},
+      {"goodput_rps", rate(good)},
+      {"goodput_fraction", ok > 0 ? static_cast<double>(good) / records.size() : 0.0},
+      {"restore", restore},
+      {"history_hit_rate", later_turns > 0 ? static_cast<double>(later_hits) / later_turns : 0.0},
+      {"fallbacks_by_reason", fallbacks},
+      {"restored_tokens", restored},
+      {"loaded_tokens", loaded},
+      {"recomputed_tokens", recomputed}};
   return j;
 }
 
@@ -146,12 +146,10 @@ json SummarizeRun(const RunResult& run, const ReportOptions& options) {
     ok += r.result.ok();
   }
   const int sent = static_cast<int>(run.records.size());
-  json not_sent = {{"max_requests", run.not_sent.max_requests},
-                   {"duration", run.not_sent.duration},
-                   {"stopped", run.not_sent.stopped},
-                   {"after_error", run.not_sent.after_error},
-                   {"context_full", run.not_sent.context_full},
-                   {"total", run.not_sent.total()}};
+  json not_sent = {
+      {"max_requests", run.not_sent.max_requests}, {"duration", run.not_sent.duration},
+      {"stopped", run.not_sent.stopped},           {"after_error", run.not_sent.after_error},
+      {"context_full", run.not_sent.context_full}, {"total", run.not_sent.total()}};
   json j;
   j["requests"] = {{"planned", run.planned},
                    {"sent", sent},
@@ -189,13 +187,12 @@ std::string RequestsCsv(const std::vector<RequestRecord>& records) {
                     ",", CsvField(r.restore), ",", CsvField(r.fallback_reason), ",",
                     CsvField(r.worker_id), ",", Num(r.scheduled_s), ",", Num(r.sent_s), ",",
                     Num(r.lateness_ms), ",", x.http_status, ",", CsvField(x.error_kind), ",",
-                    CsvField(x.error), ",", Num(x.ttft_ms), ",", Num(x.tpot_ms), ",",
-                    Num(x.e2e_ms), ",", x.prompt_tokens, ",", x.completion_tokens, ",");
+                    CsvField(x.error), ",", Num(x.ttft_ms), ",", Num(x.tpot_ms), ",", Num(x.e2e_ms),
+                    ",", x.prompt_tokens, ",", x.completion_tokens, ",");
     absl::StrAppend(&out, r.history_tokens, ",", r.max_tokens, ",", r.restored_tokens, ",",
                     Num(r.loaded_tokens), ",", Num(r.recomputed_tokens), ",",
                     absl::StrFormat("%.0f", r.loaded_bytes), ",", Num(r.server_ttft_ms), ",",
-                    Num(r.restore_ms), ",", Num(r.queue_ms), ",", CsvField(x.finish_reason),
-                    "\n");
+                    Num(r.restore_ms), ",", Num(r.queue_ms), ",", CsvField(x.finish_reason), "\n");
   }
   return out;
 }
@@ -207,10 +204,10 @@ std::string FormatSummaryTable(const json& summary) {
       req["planned"].get<int>(), req["sent"].get<int>(), req["ok"].get<int>(),
       req["failed"].get<int>(), req["not_sent"]["total"].get<int>(), req["not_sent"].dump(),
       summary["wall_s"].get<double>(), summary["stopped"].get<bool>() ? " (stopped)" : "");
-  absl::StrAppend(&out, absl::StrFormat("%-24s %6s %6s %9s %9s %9s %8s %9s %8s %8s %7s %6s\n",
-                                        "group", "sent", "errors", "TTFTp50ms", "TTFTp90ms",
-                                        "TTFTp99ms", "TPOTp50", "E2Ep50ms", "req/s", "tok/s",
-                                        "goodput", "hit"));
+  absl::StrAppend(
+      &out, absl::StrFormat("%-24s %6s %6s %9s %9s %9s %8s %9s %8s %8s %7s %6s\n", "group", "sent",
+                            "errors", "TTFTp50ms", "TTFTp90ms", "TTFTp99ms", "TPOTp50", "E2Ep50ms",
+                            "req/s", "tok/s", "goodput", "hit"));
   out += TableRow("all", summary["all"]);
   for (const auto& [mode, g] : summary["by_mode"].items()) out += TableRow("mode " + mode, g);
   if (summary["by_endpoint"].size() > 1) {
@@ -251,10 +248,10 @@ json CompareModes(const std::vector<std::pair<std::string, json>>& runs) {
     for (const auto& [name, base] : {std::pair<const char*, const json*>{"recompute", recompute},
                                      std::pair<const char*, const json*>{"load", load}}) {
       row[absl::StrCat("vs_", name)] = {
-          {"restored_ttft_p50", RatioOrNull(p(base, "ttft_restored_ms", "p50"),
-                                            At(g, "ttft_restored_ms", "p50"))},
-          {"restored_ttft_p99", RatioOrNull(p(base, "ttft_restored_ms", "p99"),
-                                            At(g, "ttft_restored_ms", "p99"))},
+          {"restored_ttft_p50",
+           RatioOrNull(p(base, "ttft_restored_ms", "p50"), At(g, "ttft_restored_ms", "p50"))},
+          {"restored_ttft_p99",
+           RatioOrNull(p(base, "ttft_restored_ms", "p99"), At(g, "ttft_restored_ms", "p99"))},
           {"ttft_p50", RatioOrNull(p(base, "ttft_ms", "p50"), At(g, "ttft_ms", "p50"))},
           {"e2e_p50", RatioOrNull(p(base, "e2e_ms", "p50"), At(g, "e2e_ms", "p50"))}};
     }
@@ -264,10 +261,9 @@ json CompareModes(const std::vector<std::pair<std::string, json>>& runs) {
 }
 
 std::string FormatCompareTable(const json& compare) {
-  std::string out = absl::StrFormat(
-      "%-11s %7s %9s %9s %9s %9s %9s %9s %9s %9s %7s %6s\n", "mode", "ok/sent", "TTFTp50",
-      "restTTFT50", "restTTFT99", "xrec p50", "xrec p99", "xload p50", "xload p99", "E2Ep50",
-      "req/s", "hit");
+  std::string out = absl::StrFormat("%-11s %7s %9s %9s %9s %9s %9s %9s %9s %9s %7s %6s\n", "mode",
+                                    "ok/sent", "TTFTp50", "restTTFT50", "restTTFT99", "xrec p50",
+                                    "xrec p99", "xload p50", "xload p99", "E2Ep50", "req/s", "hit");
   for (const json& row : compare) {
     out += absl::StrFormat(
         "%-11s %3d/%-3d %9.1f %9.1f %9.1f %9s %9s %9s %9s %9.1f %7.2f %6s\n",

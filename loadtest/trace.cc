@@ -1,5 +1,6 @@
 #include "trace.h"
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -33,9 +34,9 @@ absl::StatusOr<TraceFormat> ParseTraceFormat(std::string_view name) {
                         TraceFormat::kMtBench, TraceFormat::kAzure}) {
     if (name == TraceFormatName(f)) return f;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown trace format '", std::string(name), "'; expected auto, mooncake, sharegpt, mtbench "
-                                                   "or azure"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown trace format '", std::string(name),
+                                                 "'; expected auto, mooncake, sharegpt, mtbench "
+                                                 "or azure"));
 }
 
 absl::StatusOr<BadRecordPolicy> ParseBadRecordPolicy(std::string_view name) {
@@ -78,9 +79,10 @@ absl::StatusOr<TraceFormat> DetectTraceFormat(std::string_view text, const std::
     if (first.is_object() && first.contains("turns")) return TraceFormat::kMtBench;
   }
   if (text.substr(start).rfind("TIMESTAMP", 0) == 0) return TraceFormat::kAzure;
-  return absl::InvalidArgumentError(absl::StrCat(
-      path, ": cannot tell the trace format (expected a .csv file, a JSON array of "
-            "conversations, or JSONL with hash_ids or turns); pass --format"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(path,
+                   ": cannot tell the trace format (expected a .csv file, a JSON array of "
+                   "conversations, or JSONL with hash_ids or turns); pass --format"));
 }
 
 absl::StatusOr<Trace> LoadTrace(const std::string& path, TraceFormat format,
@@ -159,7 +161,7 @@ std::vector<int> ArrayElementLines(std::string_view text) {
   skip_space();
   if (i >= text.size() || text[i] != '[') return lines;
   ++i;
-  int depth = 0;          // nesting inside the current element
+  int depth = 0;  // nesting inside the current element
   bool expect_element = true;
   while (i < text.size()) {
     const char c = text[i];
@@ -197,16 +199,24 @@ json ParseJson(std::string_view text, std::string* error, size_t* error_offset) 
     *error = absl::StrCat("not valid JSON: ", what);
     if (error_offset != nullptr) *error_offset = e.byte > 0 ? e.byte - 1 : 0;
     return json(json::value_t::discarded);
+  } catch (const json::exception& e) {
+    // Not a syntax error but a value the parser cannot hold (out_of_range
+    // 406: a number such as 1e400 beyond a double). It carries no byte
+    // position; the message names the number.
+    std::string what = e.what();
+    if (size_t p = what.find("] "); p != std::string::npos) what = what.substr(p + 2);
+    *error = absl::StrCat("not valid JSON: ", what);
+    if (error_offset != nullptr) *error_offset = 0;
+    return json(json::value_t::discarded);
   }
 }
 
 std::string BadRecords::Where(int line) const { return absl::StrCat(path_, ":", line); }
 
 absl::Status BadRecords::Bad(int line, std::string_view field, std::string_view message) {
-  std::string text = field.empty()
-                         ? absl::StrCat(Where(line), ": ", std::string(message))
-                         : absl::StrCat(Where(line), ": field '", std::string(field),
-                                        "': ", std::string(message));
+  std::string text = field.empty() ? absl::StrCat(Where(line), ": ", std::string(message))
+                                   : absl::StrCat(Where(line), ": field '", std::string(field),
+                                                  "': ", std::string(message));
   if (options_.on_bad_record == BadRecordPolicy::kFail) {
     return absl::InvalidArgumentError(text);
   }
@@ -239,7 +249,8 @@ bool ReadCount(const json& object, const char* field, int64_t* out, std::string*
   }
   if (it->is_number_float()) {
     const double v = it->get<double>();
-    if (v >= 0 && v == static_cast<double>(static_cast<int64_t>(v))) {
+    // Range first: converting a double beyond int64 (3e22) is undefined.
+    if (v >= 0 && v < 0x1p63 && v == std::floor(v)) {
       *out = static_cast<int64_t>(v);
       return true;
     }

@@ -74,8 +74,8 @@ struct Turn {
   int output_tokens = 0;
   // When the trace sends it, relative to the trace's first request.
   std::optional<double> arrival_ms;
-  int line = 0;        // 1-based line of the record in the file
-  int record = -1;     // 0-based record index (mooncake, azure), else -1
+  int line = 0;     // 1-based line of the record in the file
+  int record = -1;  // 0-based record index (mooncake, azure), else -1
 
   bool synthesized() const { return !blocks.empty(); }
 };
@@ -91,8 +91,8 @@ struct Trace {
   std::string path;
   // In order of first arrival for timed traces, else in file order.
   std::vector<Conversation> conversations;
-  int records = 0;  // records read, skipped ones included
-  int skipped = 0;  // bad records left out (BadRecordPolicy::kSkip)
+  int records = 0;                         // records read, skipped ones included
+  int skipped = 0;                         // bad records left out (BadRecordPolicy::kSkip)
   std::vector<std::string> skip_messages;  // the first kMaxSkipMessages
 
   static constexpr int kMaxSkipMessages = 20;

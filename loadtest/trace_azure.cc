@@ -31,9 +31,10 @@ absl::StatusOr<Trace> ParseAzure(std::string_view text, const std::string& path,
   internal::BadRecords bad(path, options, &trace);
   const std::vector<internal::Line> lines = internal::SplitLines(text);
   if (lines.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(bad.Where(1), ": empty file; expected the "
-                                                                 "header TIMESTAMP,ContextTokens,"
-                                                                 "GeneratedTokens"));
+    return absl::InvalidArgumentError(absl::StrCat(bad.Where(1),
+                                                   ": empty file; expected the "
+                                                   "header TIMESTAMP,ContextTokens,"
+                                                   "GeneratedTokens"));
   }
   // The header names the columns; their order is free.
   std::vector<std::string> header = absl::StrSplit(AV(lines[0].text), ',');
@@ -64,9 +65,9 @@ absl::StatusOr<Trace> ParseAzure(std::string_view text, const std::string& path,
     const int record = trace.records++;
     std::vector<absl::string_view> cells = absl::StrSplit(AV(line.text), ',');
     if (cells.size() != header.size()) {
-      if (auto s = bad.Bad(line.number, "",
-                           absl::StrCat("has ", cells.size(), " fields; the header has ",
-                                        header.size()));
+      if (auto s = bad.Bad(
+              line.number, "",
+              absl::StrCat("has ", cells.size(), " fields; the header has ", header.size()));
           !s.ok()) {
         return s;
       }
@@ -78,9 +79,9 @@ absl::StatusOr<Trace> ParseAzure(std::string_view text, const std::string& path,
     const std::string stamp(absl::StripAsciiWhitespace(cells[col_time]));
     std::string error;
     if (!absl::ParseTime("%Y-%m-%d %H:%M:%E*S", stamp, absl::UTCTimeZone(), &row.time, &error)) {
-      if (auto s = bad.Bad(line.number, "TIMESTAMP",
-                           absl::StrCat("'", stamp, "' is not YYYY-MM-DD HH:MM:SS[.fraction] (",
-                                        error, ")"));
+      if (auto s = bad.Bad(
+              line.number, "TIMESTAMP",
+              absl::StrCat("'", stamp, "' is not YYYY-MM-DD HH:MM:SS[.fraction] (", error, ")"));
           !s.ok()) {
         return s;
       }
@@ -108,9 +109,8 @@ absl::StatusOr<Trace> ParseAzure(std::string_view text, const std::string& path,
     Turn turn;
     const int64_t n_blocks = (r.context + kMooncakeBlockTokens - 1) / kMooncakeBlockTokens;
     for (int64_t k = 0; k < n_blocks; ++k) {
-      const int tokens = k + 1 < n_blocks
-                             ? kMooncakeBlockTokens
-                             : static_cast<int>(r.context - kMooncakeBlockTokens * k);
+      const int tokens = k + 1 < n_blocks ? kMooncakeBlockTokens
+                                          : static_cast<int>(r.context - kMooncakeBlockTokens * k);
       turn.blocks.push_back(
           {kAzureBlockIdBase + (static_cast<uint64_t>(r.record) << 16) + static_cast<uint64_t>(k),
            tokens});

@@ -30,9 +30,9 @@ std::vector<int> ArrayElementLines(std::string_view text);
 
 // Parses `text` as one JSON value without throwing. On failure returns a
 // discarded value, sets *error to "not valid JSON: <the parser's message>"
-// and *error_offset (when given) to the byte where parsing failed.
-nlohmann::json ParseJson(std::string_view text, std::string* error,
-                         size_t* error_offset = nullptr);
+// and *error_offset (when given) to the byte where parsing failed (0 for a
+// number beyond a double, e.g. 1e400, which the parser reports without one).
+nlohmann::json ParseJson(std::string_view text, std::string* error, size_t* error_offset = nullptr);
 
 // The bad-record policy: Bad() fails under kFail and counts and remembers
 // the record under kSkip.
@@ -58,8 +58,7 @@ std::string TypeOf(const nlohmann::json& v);
 
 // A non-negative integer field; false when absent, not an integer or negative
 // (then *problem says which).
-bool ReadCount(const nlohmann::json& object, const char* field, int64_t* out,
-               std::string* problem);
+bool ReadCount(const nlohmann::json& object, const char* field, int64_t* out, std::string* problem);
 
 }  // namespace krul::loadtest::internal
 

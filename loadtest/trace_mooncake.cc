@@ -85,8 +85,8 @@ absl::StatusOr<std::optional<Record>> ReadRecord(const internal::Line& line, int
     return std::nullopt;
   }
   if (!j.is_object()) {
-    if (auto s = bad.Bad(line.number, "", "a record must be a JSON object, got " +
-                                              internal::TypeOf(j));
+    if (auto s =
+            bad.Bad(line.number, "", "a record must be a JSON object, got " + internal::TypeOf(j));
         !s.ok()) {
       return s;
     }
@@ -96,8 +96,8 @@ absl::StatusOr<std::optional<Record>> ReadRecord(const internal::Line& line, int
   r.line = line.number;
   r.index = index;
   std::string problem;
-  auto fail = [&](const char* field, const std::string& message)
-      -> absl::StatusOr<std::optional<Record>> {
+  auto fail = [&](const char* field,
+                  const std::string& message) -> absl::StatusOr<std::optional<Record>> {
     if (auto s = bad.Bad(line.number, field, message); !s.ok()) return s;
     return std::nullopt;
   };
@@ -121,10 +121,10 @@ absl::StatusOr<std::optional<Record>> ReadRecord(const internal::Line& line, int
   if (!ids->is_array()) return fail("hash_ids", "must be an array, got " + internal::TypeOf(*ids));
   for (size_t k = 0; k < ids->size(); ++k) {
     const json& id = (*ids)[k];
-    if (!id.is_number_integer() || (id.is_number_integer() && !id.is_number_unsigned() &&
-                                    id.get<int64_t>() < 0)) {
-      return fail("hash_ids", absl::StrCat("element ", k, " must be a non-negative integer, got ",
-                                           id.dump()));
+    if (!id.is_number_integer() ||
+        (id.is_number_integer() && !id.is_number_unsigned() && id.get<int64_t>() < 0)) {
+      return fail("hash_ids",
+                  absl::StrCat("element ", k, " must be a non-negative integer, got ", id.dump()));
     }
     r.ids.push_back(id.get<uint64_t>());
   }

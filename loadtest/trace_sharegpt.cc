@@ -35,8 +35,8 @@ absl::StatusOr<bool> ReadConversation(const json& c, int index, int line, BadRec
     }
     return false;
   };
-  if (!c.is_object()) return fail("", "a conversation must be a JSON object, got " +
-                                          internal::TypeOf(c));
+  if (!c.is_object())
+    return fail("", "a conversation must be a JSON object, got " + internal::TypeOf(c));
   if (auto it = c.find("id"); it != c.end() && !it->is_null()) {
     if (it->is_string()) {
       out->id = it->get<std::string>();

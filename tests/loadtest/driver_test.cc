@@ -31,8 +31,8 @@ using nlohmann::json;
 class FakeWorker {
  public:
   explicit FakeWorker(int tokens = 3) : tokens_(tokens) {
-    server_.Post("/v1/chat/completions", [this](const httplib::Request& req,
-                                                httplib::Response& res) { Handle(req, res); });
+    server_.Post("/v1/chat/completions",
+                 [this](const httplib::Request& req, httplib::Response& res) { Handle(req, res); });
     port_ = server_.bind_to_any_port("127.0.0.1");
     // Bound already: connections wait in the backlog until it accepts.
     thread_ = std::thread([this] { server_.listen_after_bind(); });
@@ -77,32 +77,31 @@ class FakeWorker {
     const int turn = static_cast<int>(messages.size() / 2) + 1;
     const int prompt_tokens = static_cast<int>(messages.size()) * 10;
     const int tokens = std::min<int>(tokens_, body["max_tokens"].get<int>());
-    res.set_chunked_content_provider(
-        "text/event-stream", [=](size_t, httplib::DataSink& sink) {
-          auto send = [&](const std::string& s) { sink.write(s.data(), s.size()); };
-          send(worker::SseEvent(
-              worker::MakeChunkJson("id", 0, "m", std::string("assistant"), std::string(), {})));
-          for (int i = 0; i < tokens; ++i) {
-            send(worker::SseEvent(
-                worker::MakeChunkJson("id", 0, "m", {}, absl::StrCat("w", i, " "), {})));
-          }
-          worker::CompletionStats stats;
-          stats.mode = mode;
-          stats.restore = turn > 1 ? "hit" : "none";
-          stats.restored_tokens = turn > 1 ? prompt_tokens - 10 : 0;
-          stats.prompt_tokens = prompt_tokens;
-          stats.completion_tokens = tokens;
-          json last = worker::MakeChunkJson("id", 0, "m", {}, {}, std::string("length"));
-          last["krul"] = worker::MakeKrulJson(stats);
-          send(worker::SseEvent(last));
-          json usage = worker::MakeChunkJson("id", 0, "m", {}, {}, {});
-          usage["choices"] = json::array();
-          usage["usage"] = worker::MakeUsageJson(stats);
-          send(worker::SseEvent(usage));
-          send(worker::SseDone());
-          sink.done();
-          return true;
-        });
+    res.set_chunked_content_provider("text/event-stream", [=](size_t, httplib::DataSink& sink) {
+      auto send = [&](const std::string& s) { sink.write(s.data(), s.size()); };
+      send(worker::SseEvent(
+          worker::MakeChunkJson("id", 0, "m", std::string("assistant"), std::string(), {})));
+      for (int i = 0; i < tokens; ++i) {
+        send(worker::SseEvent(
+            worker::MakeChunkJson("id", 0, "m", {}, absl::StrCat("w", i, " "), {})));
+      }
+      worker::CompletionStats stats;
+      stats.mode = mode;
+      stats.restore = turn > 1 ? "hit" : "none";
+      stats.restored_tokens = turn > 1 ? prompt_tokens - 10 : 0;
+      stats.prompt_tokens = prompt_tokens;
+      stats.completion_tokens = tokens;
+      json last = worker::MakeChunkJson("id", 0, "m", {}, {}, std::string("length"));
+      last["krul"] = worker::MakeKrulJson(stats);
+      send(worker::SseEvent(last));
+      json usage = worker::MakeChunkJson("id", 0, "m", {}, {}, {});
+      usage["choices"] = json::array();
+      usage["usage"] = worker::MakeUsageJson(stats);
+      send(worker::SseEvent(usage));
+      send(worker::SseDone());
+      sink.done();
+      return true;
+    });
   }
 
   const int tokens_;
@@ -204,8 +203,7 @@ TEST(DriverTest, RequestCapAndModeField) {
 
 TEST(DriverTest, ErrorsEndTheirConversationAndAreClassified) {
   FakeWorker worker;
-  const Trace trace =
-      TextTrace({{"FAIL 503", "never"}, {"FAIL 400", "never"}, {"ok", "fine"}});
+  const Trace trace = TextTrace({{"FAIL 503", "never"}, {"FAIL 400", "never"}, {"ok", "fine"}});
   Driver driver(trace, {worker.endpoint(), {"127.0.0.1", 1}}, Closed(1));
   const RunResult r = driver.Run();
   ExpectAccounted(r);
@@ -289,7 +287,8 @@ TEST(DriverTest, SynthesizedMessagesAreCutToTheContext) {
   c.id = "m";
   for (int t = 0; t < 3; ++t) {
     Turn turn;
-    turn.blocks = {{static_cast<uint64_t>(t * 10 + 1), 512}, {static_cast<uint64_t>(t * 10 + 2), 512}};
+    turn.blocks = {{static_cast<uint64_t>(t * 10 + 1), 512},
+                   {static_cast<uint64_t>(t * 10 + 2), 512}};
     turn.message_tokens = 1024;
     turn.output_tokens = 4;
     turn.input_tokens = 1024;

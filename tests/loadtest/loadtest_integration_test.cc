@@ -46,7 +46,8 @@ constexpr int kTurns = 9;
 
 // Runs argv with stdout+stderr to `log`; the exit code, or -1 when it did
 // not end within `timeout` (it is killed then).
-int RunProcess(const std::vector<std::string>& argv, const std::string& log, absl::Duration timeout) {
+int RunProcess(const std::vector<std::string>& argv, const std::string& log,
+               absl::Duration timeout) {
   std::vector<char*> args;
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
@@ -95,18 +96,18 @@ TEST(LoadtestIntegrationTest, LocalClusterReplaysAConversationFile) {
   const std::string log = dir + "/loadtest.log";
   // A small synthetic model keeps the run short; the start-up probes are
   // skipped for the same reason (they calibrate costs, not answers).
-  const int rc = RunProcess({KRUL_LOADTEST_BIN, "--trace", trace, "--local_cluster", "2", "--out", out,
-                      "--concurrency", "2", "--output_tokens", "8", "--progress", "lines",
-                      "--worker_args", "--probe_compute=false --probe_load=false"},
-                     log, absl::Seconds(120));
+  const int rc = RunProcess({KRUL_LOADTEST_BIN, "--trace", trace, "--local_cluster", "2", "--out",
+                             out, "--concurrency", "2", "--output_tokens", "8", "--progress",
+                             "lines", "--worker_args", "--probe_compute=false --probe_load=false"},
+                            log, absl::Seconds(120));
   const std::string output = krul::testing::ReadFileOrDie(log);
   ASSERT_EQ(rc, 0) << output;
 
   for (const char* name : {"summary.json", "requests.csv"}) {
     EXPECT_TRUE(fs::exists(fs::path(out) / name)) << name;
   }
-  for (const char* name : {"ttft_cdf.png", "ttft_over_time.png", "ttft_vs_history.png",
-                                  "throughput_over_time.png"}) {
+  for (const char* name :
+       {"ttft_cdf.png", "ttft_over_time.png", "ttft_vs_history.png", "throughput_over_time.png"}) {
     EXPECT_TRUE(IsPng(fs::path(out) / name)) << name << "\n" << output;
   }
 

@@ -41,8 +41,8 @@ TEST(PromptSynthTest, MessageTextFillsBlocksInOrderUpToTheLimit) {
   Turn turn;
   turn.blocks = {{100, 4}, {200, 4}, {300, 2}};
   turn.message_tokens = 10;
-  EXPECT_EQ(synth.MessageText(turn), synth.BlockText(100, 4) + " " + synth.BlockText(200, 4) +
-                                         " " + synth.BlockText(300, 2));
+  EXPECT_EQ(synth.MessageText(turn), synth.BlockText(100, 4) + " " + synth.BlockText(200, 4) + " " +
+                                         synth.BlockText(300, 2));
   turn.message_tokens = 6;  // the second block is cut
   EXPECT_EQ(synth.MessageText(turn), synth.BlockText(100, 4) + " " + synth.BlockText(200, 2));
   turn.message_tokens = 10;

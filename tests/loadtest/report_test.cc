@@ -10,8 +10,8 @@
 namespace krul::loadtest {
 namespace {
 
-using ::testing::HasSubstr;
 using nlohmann::json;
+using ::testing::HasSubstr;
 
 TEST(QuantileTest, LinearBetweenClosestRanks) {
   EXPECT_EQ(Quantile({}, 0.5), 0);
@@ -100,8 +100,8 @@ TEST(CompareModesTest, RatiosAgainstRecomputeAndLoad) {
     run.wall_s = 1;
     return SummarizeRun(run, {});
   };
-  const json c = CompareModes({{"recompute", summary(400)}, {"load", summary(200)},
-                               {"krul", summary(100)}});
+  const json c =
+      CompareModes({{"recompute", summary(400)}, {"load", summary(200)}, {"krul", summary(100)}});
   ASSERT_EQ(c.size(), 3u);
   EXPECT_DOUBLE_EQ(c[2]["vs_recompute"]["restored_ttft_p50"].get<double>(), 4.0);  // 400 / 100
   EXPECT_DOUBLE_EQ(c[2]["vs_load"]["restored_ttft_p50"].get<double>(), 2.0);       // 200 / 100

@@ -199,7 +199,8 @@ TEST(MooncakeTraceTest, SyntheticTraceRecordsAndConversations) {
 }
 
 TEST(MooncakeTraceTest, BadRecordsNameTheLineAndField) {
-  const std::string good = R"({"timestamp": 0, "input_length": 600, "output_length": 5, "hash_ids": [1, 2]})";
+  const std::string good =
+      R"({"timestamp": 0, "input_length": 600, "output_length": 5, "hash_ids": [1, 2]})";
   struct Case {
     std::string line;
     std::string expected;
@@ -345,13 +346,13 @@ TEST(MtBenchTraceTest, QuestionFile) {
 }
 
 TEST(MtBenchTraceTest, BadRecordsNameTheLineAndField) {
-  const std::string path = WriteScratch(
-      "bad_mtbench.jsonl", "{\"question_id\": 1, \"turns\": [\"a\", \"b\"]}\n"
-                           "\n"
-                           "{\"question_id\": 2, \"turns\": [\"a\", 5]}\n"
-                           "{\"question_id\": 3, \"turns\": []}\n"
-                           "{\"question_id\": 1, \"turns\": [\"x\"]}\n"
-                           "not json\n");
+  const std::string path = WriteScratch("bad_mtbench.jsonl",
+                                        "{\"question_id\": 1, \"turns\": [\"a\", \"b\"]}\n"
+                                        "\n"
+                                        "{\"question_id\": 2, \"turns\": [\"a\", 5]}\n"
+                                        "{\"question_id\": 3, \"turns\": []}\n"
+                                        "{\"question_id\": 1, \"turns\": [\"x\"]}\n"
+                                        "not json\n");
   auto failed = LoadTrace(path, TraceFormat::kMtBench, {});
   ASSERT_FALSE(failed.ok());
   EXPECT_THAT(std::string(failed.status().message()), HasSubstr(path + ":3: field 'turns[1]'"));
@@ -410,13 +411,13 @@ TEST(AzureTraceTest, CodeTrace) {
 }
 
 TEST(AzureTraceTest, BadRowsNameTheLineAndField) {
-  const std::string path = WriteScratch(
-      "bad.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\r\n"
-                 "2023-11-16 18:15:46.6805900,374,44\r\n"
-                 "2023-11-16 18:15:47.0000000,abc,44\r\n"
-                 "2023-11-16 25:15:47.0000000,10,44\r\n"
-                 "2023-11-16 18:15:48.0000000,10\r\n"
-                 "2023-11-16 18:15:49.5000000,10,-1");
+  const std::string path = WriteScratch("bad.csv",
+                                        "TIMESTAMP,ContextTokens,GeneratedTokens\r\n"
+                                        "2023-11-16 18:15:46.6805900,374,44\r\n"
+                                        "2023-11-16 18:15:47.0000000,abc,44\r\n"
+                                        "2023-11-16 25:15:47.0000000,10,44\r\n"
+                                        "2023-11-16 18:15:48.0000000,10\r\n"
+                                        "2023-11-16 18:15:49.5000000,10,-1");
   auto failed = LoadTrace(path, TraceFormat::kAuto, {});
   ASSERT_FALSE(failed.ok());
   EXPECT_THAT(std::string(failed.status().message()),
