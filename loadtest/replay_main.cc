@@ -270,12 +270,12 @@ int main(int argc, char** argv) {
   for (const krul::loadtest::Endpoint& e : *endpoints) {
     clients.push_back(std::make_unique<ChatClient>(e.host, e.port));
   }
-  auto loaded = LoadConversations(absl::GetFlag(FLAGS_conversations));
-  if (!loaded.ok()) {
-    std::cerr << "krul-replay: " << loaded.status() << "\n";
+  auto read = LoadConversations(absl::GetFlag(FLAGS_conversations));
+  if (!read.ok()) {
+    std::cerr << "krul-replay: " << read.status() << "\n";
     return 1;
   }
-  std::vector<Conversation> conversations = *std::move(loaded);
+  std::vector<Conversation> conversations = *std::move(read);
   if (static_cast<int>(conversations.size()) > absl::GetFlag(FLAGS_max_conversations)) {
     conversations.resize(absl::GetFlag(FLAGS_max_conversations));
   }
