@@ -115,7 +115,7 @@ std::string StringField(const json& object, const char* field, const std::string
 }
 
 StreamingChat::StreamingChat(const Endpoint& endpoint, absl::Duration connect_timeout,
-                             absl::Duration request_timeout)
+                             absl::Duration request_timeout, bool keep_alive)
     : request_timeout_(request_timeout),
       client_(std::make_unique<httplib::Client>(endpoint.host, endpoint.port)) {
   const int64_t connect_us = absl::ToInt64Microseconds(connect_timeout);
@@ -123,7 +123,7 @@ StreamingChat::StreamingChat(const Endpoint& endpoint, absl::Duration connect_ti
   client_->set_connection_timeout(connect_us / 1000000, connect_us % 1000000);
   client_->set_read_timeout(read_us / 1000000, read_us % 1000000);
   client_->set_write_timeout(read_us / 1000000, read_us % 1000000);
-  client_->set_keep_alive(true);
+  client_->set_keep_alive(keep_alive);
   client_->set_tcp_nodelay(true);
 }
 

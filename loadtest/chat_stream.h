@@ -56,9 +56,10 @@ std::string StringField(const nlohmann::json& object, const char* field,
 class StreamingChat {
  public:
   // Times out a request after `request_timeout` in all, a connect after
-  // `connect_timeout`.
+  // `connect_timeout`. With `keep_alive` the connection is reused for the
+  // next request; without, each request has its own ("Connection: close").
   StreamingChat(const Endpoint& endpoint, absl::Duration connect_timeout,
-                absl::Duration request_timeout);
+                absl::Duration request_timeout, bool keep_alive = false);
   ~StreamingChat();
 
   // Sends `request` (stream and stream_options.include_usage are set here).

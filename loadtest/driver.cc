@@ -110,7 +110,8 @@ class Driver::Worker {
   Worker(const std::vector<Endpoint>& endpoints, const DriverOptions& options) {
     for (const Endpoint& e : endpoints) {
       chats_.push_back(std::make_unique<StreamingChat>(e, absl::Seconds(options.connect_timeout_s),
-                                                       absl::Seconds(options.request_timeout_s)));
+                                                       absl::Seconds(options.request_timeout_s),
+                                                       options.keep_alive));
     }
   }
   StreamingChat& chat(int endpoint) { return *chats_[endpoint]; }

@@ -76,6 +76,11 @@ struct DriverOptions {
   uint64_t seed = 1;       // Poisson arrivals and random routing
   double request_timeout_s = 120;
   double connect_timeout_s = 5;
+  // Reuse one connection per sending thread. Off by default: an idle
+  // keep-alive connection holds one of the worker's HTTP threads (it has
+  // max_active + max_queue + 4) until its keep-alive timeout, so a client
+  // with more sending threads than that would stall new requests.
+  bool keep_alive = false;
   SynthOptions synth;
 };
 

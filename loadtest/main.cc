@@ -90,6 +90,9 @@ ABSL_FLAG(int, max_context_tokens, 0,
 ABSL_FLAG(double, temperature, 0, "Sampling temperature (0: greedy)");
 ABSL_FLAG(double, request_timeout_s, 120, "A request that takes longer is a timeout");
 ABSL_FLAG(uint64_t, seed, 1, "Seed of Poisson arrivals and random routing");
+ABSL_FLAG(bool, keep_alive, false,
+          "Reuse a connection per sending thread (idle ones hold a worker HTTP thread; "
+          "docs/loadtest.md)");
 // ---- output -------------------------------------------------------------
 ABSL_FLAG(std::string, out, "", "Output directory (required)");
 ABSL_FLAG(double, slo_ttft_ms, 1000, "Goodput counts answers with TTFT at most this");
@@ -192,6 +195,7 @@ absl::Status Run(bool compare) {
   options.temperature = absl::GetFlag(FLAGS_temperature);
   options.seed = absl::GetFlag(FLAGS_seed);
   options.request_timeout_s = absl::GetFlag(FLAGS_request_timeout_s);
+  options.keep_alive = absl::GetFlag(FLAGS_keep_alive);
   options.synth.length_scale = absl::GetFlag(FLAGS_length_scale);
   if (!(options.speedup > 0)) return absl::InvalidArgumentError("--speedup must be > 0");
   if (!(options.rate > 0)) return absl::InvalidArgumentError("--rate must be > 0");
@@ -368,6 +372,7 @@ absl::Status Run(bool compare) {
                       {"output_tokens", o.output_tokens},
                       {"max_output_tokens", o.max_output_tokens},
                       {"temperature", o.temperature},
+                      {"keep_alive", o.keep_alive},
                       {"run_id", o.run_id}};
     RETURN_IF_ERROR_STATUS(
         WriteTextFile((fs::path(dir) / "summary.json").string(), summary.dump(2) + "\n"));

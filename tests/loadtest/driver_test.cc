@@ -48,6 +48,10 @@ class FakeWorker {
     std::lock_guard<std::mutex> lock(mu_);
     return requests_;
   }
+  std::vector<std::string> connection_headers() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return connection_headers_;
+  }
   int held() const { return held_.load(); }
   void Release() { released_.store(true); }
 
@@ -57,6 +61,7 @@ class FakeWorker {
     {
       std::lock_guard<std::mutex> lock(mu_);
       requests_.push_back(body);
+      connection_headers_.push_back(req.get_header_value("Connection"));
     }
     const json& messages = body["messages"];
     const std::string user = messages.back()["content"];
@@ -110,6 +115,7 @@ class FakeWorker {
   std::thread thread_;
   std::mutex mu_;
   std::vector<json> requests_;
+  std::vector<std::string> connection_headers_;
   std::atomic<int> held_{0};
   std::atomic<bool> released_{false};
 };
@@ -177,6 +183,8 @@ TEST(DriverTest, ClosedLoopSendsEveryTurnWithItsHistory) {
   EXPECT_TRUE(third["stream"].get<bool>());
   EXPECT_TRUE(third["stream_options"]["include_usage"].get<bool>());
   EXPECT_FALSE(third.contains("krul_mode"));  // the worker's own mode
+  // No idle connection is left holding a server thread.
+  for (const std::string& c : worker.connection_headers()) EXPECT_EQ(c, "close");
   // The history tokens are the worker's count for the turns before.
   for (const RequestRecord& rec : r.records) {
     if (rec.conversation == "c0" && rec.turn == 3) {
