@@ -17,6 +17,9 @@ KRUL_DEB_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev libucx-dev ucx-utils prometheus-cpp-dev
   nlohmann-json3-dev libcpp-httplib-dev libxxhash-dev
+  # TLS and bearer-token hashing (libcrypto), and the openssl CLI the security tests use to
+  # make throwaway certificates
+  libssl-dev openssl
   # deployment tests (tests/deploy): promtool and a real Prometheus server, and headless
   # Chromium for screenshots of its graphs
   prometheus chromium
