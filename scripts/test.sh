@@ -4,6 +4,7 @@
 # fails, times out, or no tests were found.
 #
 # Usage: scripts/test.sh [extra ctest args...]   e.g. scripts/test.sh -R proto
+#                                                  or scripts/test.sh -L fuzz
 #   KRUL_DATA_DIR    shared data folder with the real models and traces
 #                    (default: ../shared/data next to the repo, when it exists;
 #                    tests that need it skip with a message otherwise)
@@ -40,6 +41,9 @@ else
 fi
 
 scripts/build.sh "${build_args[@]}"
+# The libFuzzer targets, built with clang in build/fuzz; the CTest tests
+# labelled "fuzz" run each for 30 s (and skip when clang is missing).
+scripts/build-fuzz.sh build/fuzz
 
 ctest --test-dir build --output-on-failure --no-tests=error \
   -j "$(nproc)" --timeout "${KRUL_TEST_TIMEOUT:-600}" "$@"
