@@ -217,6 +217,13 @@ TEST(MooncakeTraceTest, BadRecordsNameTheLineAndField) {
       {R"({"timestamp": 1, "input_length": 600, "output_length": 5, "hash_ids": [1, -2]})",
        ":3: field 'hash_ids': element 1"},
       {R"({"timestamp": 1, "input_length": 600, "output_len)", ":3: not valid JSON"},
+      // Found by tests/fuzz: a number beyond a double made the JSON parser
+      // throw past ParseJson, and one beyond int64 was converted regardless.
+      {R"({"timestamp": 1e400, "input_length": 600, "output_length": 5, "hash_ids": [1, 2]})",
+       ":3: not valid JSON: number overflow parsing '1e400'"},
+      {R"({"timestamp": 1, "input_length": 31018446744073709551616, "output_length": 5, )"
+       R"("hash_ids": [1, 2]})",
+       ":3: field 'input_length': must be a non-negative integer"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.line);
@@ -319,6 +326,16 @@ TEST(ShareGptTraceTest, BadRecordsNameTheLine) {
   auto not_json = LoadTrace(broken, TraceFormat::kShareGpt, {});
   ASSERT_FALSE(not_json.ok());
   EXPECT_THAT(std::string(not_json.status().message()), HasSubstr(broken + ":3: not valid JSON"));
+
+  // A number beyond a double is refused, not thrown (found by tests/fuzz).
+  const std::string huge = WriteScratch(
+      "huge.json",
+      R"([{"id": "a", "conversations": [{"from": "human", "value": "hi"}], "n": 1e999}])");
+  auto overflow = LoadTrace(huge, TraceFormat::kShareGpt, {});
+  ASSERT_FALSE(overflow.ok());
+  EXPECT_EQ(overflow.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(overflow.status().message()),
+              HasSubstr("not valid JSON: number overflow parsing '1e999'"));
 }
 
 // ---- MT-bench -----------------------------------------------------------
