@@ -101,7 +101,7 @@ class GrpcBlockTransport final : public BlockTransport {
                                                 whole.size(), " bytes, manifest says ", expected));
         break;
       }
-      stop = on_block(indices[pos], whole);
+      stop = on_block(indices[pos], whole, std::nullopt);
       buf.clear();
       ++pos;
     }
@@ -422,9 +422,10 @@ absl::Status KvStoreClient::Read(const v1::Manifest& manifest, std::span<const u
   absl::Status last = absl::UnavailableError("no replica tried");
   bool saw_data_loss = false;
   absl::Status data_loss;
-  const RawBlockCallback verify = [&](uint32_t index, std::string_view encoded) -> absl::Status {
+  const RawBlockCallback verify = [&](uint32_t index, std::string_view encoded,
+                                      std::optional<uint64_t> payload_xxh3) -> absl::Status {
     absl::StatusOr<DecodedBlock> block =
-        VerifyBlock(manifest.blocks(static_cast<int>(index)), encoded);
+        VerifyBlock(manifest.blocks(static_cast<int>(index)), encoded, payload_xxh3);
     if (!block.ok()) return block.status();
     absl::Status s = on_block(index, encoded, *block);
     if (!s.ok()) {

@@ -6,8 +6,10 @@
 //       the client registers its block bytes and posts one RMA write per
 //       block, waits for all (remote completion), then commits.
 //  Get: GrantRead returns one descriptor per committed block; the client
-//       posts one RMA read per block into a registered scratch region and
-//       hands block i to the caller as soon as its read completes (per-layer
+//       posts one read per block into a registered scratch region, hashes
+//       each block's payload as it lands (over shared memory piece by piece
+//       right behind the copy, while the bytes are in cache) and hands block
+//       i to the caller as soon as its read completes (per-layer
 //       pipelining), then releases the grant.
 #include <grpcpp/grpcpp.h>
 
@@ -20,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "krul/base/status_macros.h"
 #include "krul/kvclient/kvstore_client.h"
+#include "krul/kvformat/kv_block.h"
 #include "krul/rpc/grpc_status.h"
 #include "krul/transport/transport.h"
 
@@ -29,6 +32,26 @@ namespace {
 absl::Duration Until(absl::Time deadline) {
   return std::max(absl::ZeroDuration(), deadline - absl::Now());
 }
+
+// Pieces in which a landing block is hashed: small enough that a piece the
+// copy just wrote is still in L2 when the hash reads it.
+constexpr uint64_t kHashPieceBytes = 256 << 10;
+
+// The checksum of one block's payload (the bytes after its header), fed by
+// the transfer's landing observer with the block's bytes in order.
+class PayloadHash {
+ public:
+  void Add(uint64_t offset, std::span<const uint8_t> bytes) {
+    if (offset + bytes.size() <= kBlockHeaderBytes) return;
+    const uint64_t skip = offset < kBlockHeaderBytes ? kBlockHeaderBytes - offset : 0;
+    stream_.Update(std::string_view(reinterpret_cast<const char*>(bytes.data()) + skip,
+                                    bytes.size() - skip));
+  }
+  uint64_t Digest() const { return stream_.Digest(); }
+
+ private:
+  BlockChecksumStream stream_;
+};
 
 // The grants of one request, imported once each: the store gives adjacent
 // blocks one descriptor. Importing is cheap after the first request: the
@@ -166,6 +189,7 @@ class UcxBlockTransport final : public BlockTransport {
     }
     RequestImports remotes(ep);
     std::vector<std::unique_ptr<Transfer>> transfers;
+    std::vector<PayloadHash> hashes(indices.size());  // Outlives the transfers.
     absl::Status status;
     for (size_t k = 0; k < indices.size(); ++k) {
       const v1::TransferTarget& t = grant.targets(static_cast<int>(k));
@@ -181,10 +205,19 @@ class UcxBlockTransport final : public BlockTransport {
         status = tr.status();
         break;
       }
+      PayloadHash* hash = &hashes[k];
+      status = (*tr)->ObserveLanding(
+          [hash](size_t, uint64_t offset, std::span<const uint8_t> bytes) {
+            hash->Add(offset, bytes);
+          },
+          kHashPieceBytes);
+      if (!status.ok()) break;
       transfers.push_back(*std::move(tr));
     }
-    if (status.ok())
-      status = PostAndDeliver(transfers, *scratch, offsets, indices, grant, on_block, deadline);
+    if (status.ok()) {
+      status = PostAndDeliver(transfers, hashes, *scratch, offsets, indices, grant, on_block,
+                              deadline);
+    }
     transfers.clear();  // Waits for any still in flight.
     ReturnScratch(std::move(scratch));
     return status;
@@ -196,7 +229,7 @@ class UcxBlockTransport final : public BlockTransport {
   // thread: block 0 is verified and used while later blocks are still being
   // copied, which is the per-layer pipelining a restore relies on.
   absl::Status PostAndDeliver(std::vector<std::unique_ptr<Transfer>>& transfers,
-                              MemoryRegion& scratch, const std::vector<uint64_t>& offsets,
+                              const std::vector<PayloadHash>& hashes, MemoryRegion& scratch, const std::vector<uint64_t>& offsets,
                               std::span<const uint32_t> indices, const v1::GrantReadResponse& grant,
                               const RawBlockCallback& on_block, absl::Time deadline) {
     absl::Mutex mu;
@@ -239,7 +272,8 @@ class UcxBlockTransport final : public BlockTransport {
       if (!status.ok()) break;
       status = on_block(indices[k],
                         std::string_view(reinterpret_cast<const char*>(scratch.data()) + offsets[k],
-                                         grant.targets(static_cast<int>(k)).size_bytes()));
+                                         grant.targets(static_cast<int>(k)).size_bytes()),
+                        hashes[k].Digest());
       if (!status.ok()) break;
     }
     {

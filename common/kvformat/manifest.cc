@@ -119,12 +119,13 @@ absl::StatusOr<v1::BlockRef> MakeBlockRef(uint32_t index, std::string_view encod
   return ref;
 }
 
-absl::StatusOr<DecodedBlock> VerifyBlock(const v1::BlockRef& ref, std::string_view encoded) {
+absl::StatusOr<DecodedBlock> VerifyBlock(const v1::BlockRef& ref, std::string_view encoded,
+                                         std::optional<uint64_t> payload_xxh3) {
   if (encoded.size() != ref.encoded_bytes()) {
     return absl::DataLossError(absl::StrCat("block ", ref.index(), ": ", encoded.size(),
                                             " bytes, manifest says ", ref.encoded_bytes()));
   }
-  absl::StatusOr<DecodedBlock> block = DecodeBlock(encoded);
+  absl::StatusOr<DecodedBlock> block = DecodeBlock(encoded, payload_xxh3);
   if (!block.ok()) {
     return absl::Status(block.status().code(),
                         absl::StrCat("block ", ref.index(), ": ", block.status().message()));

@@ -213,6 +213,13 @@ class FakeTransfer final : public Transfer {
           hook(op_, std::span<uint8_t>(local_.data() + s.local_offset, s.length_bytes));
         }
       }
+      if (result_.ok() && observer_) {
+        for (size_t i = 0; i < segments_.size(); ++i) {
+          const TransferSegment& s = segments_[i];
+          transport_internal::ObservePieces(observer_, i, local_.data() + s.local_offset, 0,
+                                            s.length_bytes, piece_bytes_);
+        }
+      }
     }
     // Like UCX, the outcome is reported by Poll/Wait, so callers that forget
     // to wait are caught by tests against the fake as well.
@@ -234,6 +241,16 @@ class FakeTransfer final : public Transfer {
     }
     Poll();
     return status_;
+  }
+
+  absl::Status ObserveLanding(LandingObserver observer, uint64_t piece_bytes) override {
+    if (absl::Status s = transport_internal::CheckObserveLanding(op_, state_, piece_bytes);
+        !s.ok()) {
+      return s;
+    }
+    observer_ = std::move(observer);
+    piece_bytes_ = piece_bytes;
+    return absl::OkStatus();
   }
 
   absl::Status status() const override {
@@ -301,6 +318,8 @@ class FakeTransfer final : public Transfer {
   TransferState state_ = TransferState::kPrepared;
   absl::Status status_;
   absl::Status result_;  // of the copy done in Post, reported by Poll/Wait
+  LandingObserver observer_;
+  uint64_t piece_bytes_ = 0;
 };
 
 class FakeTransportImpl final : public FakeTransport {

@@ -1,5 +1,6 @@
 #include "krul/transport/transport.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -169,6 +170,26 @@ absl::Status ValidateTransfer(std::span<const TransferSegment> segments, const M
     }
   }
   return CheckNotExpired(remote.expires());
+}
+
+absl::Status CheckObserveLanding(TransferOp op, TransferState state, uint64_t piece_bytes) {
+  if (op != TransferOp::kRead) {
+    return absl::InvalidArgumentError("ObserveLanding: only reads land bytes here");
+  }
+  if (piece_bytes == 0) return absl::InvalidArgumentError("ObserveLanding: zero piece size");
+  if (state == TransferState::kInFlight) {
+    return absl::FailedPreconditionError("ObserveLanding on a transfer in flight");
+  }
+  return absl::OkStatus();
+}
+
+void ObservePieces(const LandingObserver& observer, size_t segment, const uint8_t* data,
+                   uint64_t begin, uint64_t length, uint64_t piece_bytes) {
+  for (uint64_t done = 0; done < length;) {
+    const uint64_t n = std::min(piece_bytes, length - done);
+    observer(segment, begin + done, std::span<const uint8_t>(data + done, n));
+    done += n;
+  }
 }
 
 absl::Status CheckNotExpired(absl::Time expires) {

@@ -61,6 +61,14 @@ absl::Status ValidateTransfer(std::span<const TransferSegment> segments, const M
 // PERMISSION_DENIED once `expires` has passed.
 absl::Status CheckNotExpired(absl::Time expires);
 
+// The argument checks of Transfer::ObserveLanding.
+absl::Status CheckObserveLanding(TransferOp op, TransferState state, uint64_t piece_bytes);
+
+// Calls `observer` for [begin, begin + length) of `segment`, whose first
+// byte is at `data`, in pieces of at most `piece_bytes`.
+void ObservePieces(const LandingObserver& observer, size_t segment, const uint8_t* data,
+                   uint64_t begin, uint64_t length, uint64_t piece_bytes);
+
 }  // namespace krul::transport_internal
 
 #endif  // KRUL_COMMON_TRANSPORT_TRANSPORT_INTERNAL_H_

@@ -80,15 +80,28 @@ class UcxTransfer final : public Transfer, public OpSink {
         hook_(op_, std::span<uint8_t>(staging_[i]));
       }
     }
+    // A read's observer sees pieces right as they are copied, unless a
+    // tamper hook must see (and corrupt) them first: then in Finish.
+    observed_in_post_ = mode_ == Mode::kDirect && observer_ && !hook_;
     if (mode_ == Mode::kDirect) {
       // The mapping stays valid while remote_ holds the rkey; no UCX call.
       for (size_t i = 0; i < segments_.size(); ++i) {
         const TransferSegment& s = segments_[i];
         uint8_t* remote = remote_.mapped() + s.remote_offset;
-        if (op_ == TransferOp::kRead) {
-          std::memcpy(local_.data() + s.local_offset, remote, s.length_bytes);
-        } else {
+        uint8_t* local = local_.data() + s.local_offset;
+        if (op_ == TransferOp::kWrite) {
           std::memcpy(remote, Source(i), s.length_bytes);
+        } else if (!observed_in_post_) {
+          std::memcpy(local, remote, s.length_bytes);
+        } else {
+          // Copy and observe piece by piece: the observer reads each piece
+          // from cache right after the copy wrote it.
+          for (uint64_t done = 0; done < s.length_bytes;) {
+            const uint64_t n = std::min(piece_bytes_, s.length_bytes - done);
+            std::memcpy(local + done, remote + done, n);
+            observer_(i, done, std::span<const uint8_t>(local + done, n));
+            done += n;
+          }
         }
       }
     }
@@ -172,6 +185,16 @@ class UcxTransfer final : public Transfer, public OpSink {
       }
     }
     return status_;
+  }
+
+  absl::Status ObserveLanding(LandingObserver observer, uint64_t piece_bytes) override {
+    if (absl::Status s = transport_internal::CheckObserveLanding(op_, state_, piece_bytes);
+        !s.ok()) {
+      return s;
+    }
+    observer_ = std::move(observer);
+    piece_bytes_ = piece_bytes;
+    return absl::OkStatus();
   }
 
   absl::Status status() const override {
@@ -272,6 +295,13 @@ class UcxTransfer final : public Transfer, public OpSink {
         hook_(op_, std::span<uint8_t>(local_.data() + s.local_offset, s.length_bytes));
       }
     }
+    if (observer_ && !observed_in_post_) {
+      for (size_t i = 0; i < segments_.size(); ++i) {
+        const TransferSegment& s = segments_[i];
+        transport_internal::ObservePieces(observer_, i, local_.data() + s.local_offset, 0,
+                                          s.length_bytes, piece_bytes_);
+      }
+    }
     status_ = absl::OkStatus();
     state_ = TransferState::kDone;
   }
@@ -291,6 +321,9 @@ class UcxTransfer final : public Transfer, public OpSink {
   TransferState state_ = TransferState::kPrepared;
   absl::Status status_;
   TamperHook hook_;
+  LandingObserver observer_;   // kRead only
+  uint64_t piece_bytes_ = 0;
+  bool observed_in_post_ = false;  // this Post already showed the pieces
   std::vector<std::vector<uint8_t>> staging_;  // kWrite with a hook: what is sent
   int pending_ ABSL_GUARDED_BY(core_.mu()) = 0;
   absl::Status error_ ABSL_GUARDED_BY(core_.mu());

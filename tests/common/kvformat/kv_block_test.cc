@@ -205,6 +205,35 @@ TEST(KvBlockTest, EveryPayloadByteFlipIsDataLoss) {
   }
 }
 
+TEST(KvBlockTest, ChecksumStreamEqualsTheChecksumOfTheWhole) {
+  const std::string data = RandomBytes(1 << 20, 11);
+  for (size_t piece : {size_t{1}, size_t{63}, size_t{4096}, size_t{256} << 10, size_t{1} << 20}) {
+    BlockChecksumStream stream;
+    for (size_t off = 0; off < data.size(); off += piece) {
+      stream.Update(std::string_view(data).substr(off, piece));
+    }
+    EXPECT_EQ(stream.Digest(), XXH3_64bits(data.data(), data.size())) << "piece " << piece;
+  }
+  EXPECT_EQ(BlockChecksumStream().Digest(), 0x2D06800538D394C2ull);  // empty input
+}
+
+// A checksum the caller computed while the bytes arrived stands in for
+// hashing them again: it must match the header, whatever the bytes.
+TEST(KvBlockTest, PrecomputedPayloadChecksumIsChecked) {
+  const std::string payload = RandomBytes(4096, 12);
+  absl::StatusOr<std::string> enc = EncodeRawBlock(payload);
+  ASSERT_TRUE(enc.ok());
+  const uint64_t right = XXH3_64bits(payload.data(), payload.size());
+  absl::StatusOr<DecodedBlock> dec = DecodeBlock(*enc, right);
+  ASSERT_TRUE(dec.ok()) << dec.status();
+  EXPECT_EQ(dec->payload, payload);
+  EXPECT_EQ(DecodeBlock(*enc, right ^ 1).status().code(), absl::StatusCode::kDataLoss);
+  // The header is still checked in full.
+  std::string bad_header = *enc;
+  bad_header[20] ^= 0x01;
+  EXPECT_EQ(DecodeBlock(bad_header, right).status().code(), absl::StatusCode::kDataLoss);
+}
+
 TEST(KvBlockTest, TruncatedOrExtendedIsDataLoss) {
   absl::StatusOr<std::string> enc = EncodeRawBlock(RandomBytes(300, 7));
   ASSERT_TRUE(enc.ok());

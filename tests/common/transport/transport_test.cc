@@ -251,6 +251,77 @@ TEST_P(TransportTest, GrantsOfOneRegionShareOneImportButKeepTheirLimits) {
   EXPECT_EQ(server_->stats().grants_imported, 0u);  // counters are per importing side
 }
 
+// A read's observer sees every landed byte once, in order per segment, in
+// pieces of at most the requested size, after the tamper hook.
+TEST_P(TransportTest, LandingObserverSeesEveryPieceInOrderAfterTheHook) {
+  constexpr size_t kServer = kMiB + 100;
+  ASSERT_NO_FATAL_FAILURE(SetUpPair(kServer, kMiB));
+  FillPattern(server_region_->data(), kServer, 21);
+  const std::vector<uint8_t> server_bytes = Pattern(kServer, 21);
+  const std::vector<TransferSegment> segments = {{0, 0, 300000}, {400000, 500001, 123457}};
+  auto transfer = client_->PrepareTransfer(TransferOp::kRead, *client_region_, *remote_, segments);
+  ASSERT_TRUE(transfer.ok()) << transfer.status();
+
+  struct Seen {
+    uint64_t next = 0;  // expected offset of the next piece
+    std::vector<uint8_t> bytes;
+  };
+  std::vector<Seen> seen(segments.size());
+  bool too_big = false;
+  ASSERT_TRUE((*transfer)
+                  ->ObserveLanding(
+                      [&](size_t segment, uint64_t offset, std::span<const uint8_t> piece) {
+                        ASSERT_LT(segment, seen.size());
+                        EXPECT_EQ(offset, seen[segment].next) << "segment " << segment;
+                        too_big |= piece.size() > 64 * kKiB || piece.empty();
+                        seen[segment].next = offset + piece.size();
+                        seen[segment].bytes.insert(seen[segment].bytes.end(), piece.begin(),
+                                                   piece.end());
+                      },
+                      64 * kKiB)
+                  .ok());
+  for (int round = 0; round < 2; ++round) {  // every Post shows the pieces again
+    SCOPED_TRACE(::testing::Message() << "round " << round);
+    for (Seen& s : seen) s = Seen{};
+    ASSERT_TRUE((*transfer)->Post().ok());
+    if (GetParam() == Backend::kUcxDefault) {
+      // Over shared memory Post copies, and shows each piece as it goes.
+      EXPECT_EQ(seen[1].bytes.size(), segments[1].length_bytes);
+    }
+    ASSERT_TRUE((*transfer)->Wait(absl::Seconds(30)).ok());
+    EXPECT_FALSE(too_big);
+    for (size_t i = 0; i < segments.size(); ++i) {
+      ASSERT_EQ(seen[i].bytes.size(), segments[i].length_bytes) << "segment " << i;
+      EXPECT_EQ(FirstMismatch(seen[i].bytes.data(), &server_bytes[segments[i].remote_offset],
+                              segments[i].length_bytes),
+                -1)
+          << "segment " << i;
+    }
+  }
+
+  // With a tamper hook the observer sees the corrupted bytes, as landed.
+  client_->SetTamperHookForTesting([](TransferOp, std::span<uint8_t> bytes) { bytes[7] ^= 0x40; });
+  for (Seen& s : seen) s = Seen{};
+  ASSERT_TRUE((*transfer)->Post().ok());
+  ASSERT_TRUE((*transfer)->Wait(absl::Seconds(30)).ok());
+  client_->SetTamperHookForTesting(nullptr);
+  for (size_t i = 0; i < segments.size(); ++i) {
+    ASSERT_EQ(seen[i].bytes.size(), segments[i].length_bytes);
+    EXPECT_EQ(seen[i].bytes[7], server_bytes[segments[i].remote_offset + 7] ^ 0x40);
+    EXPECT_EQ(seen[i].bytes[7], client_buffer_[segments[i].local_offset + 7]);
+  }
+
+  EXPECT_EQ((*transfer)->ObserveLanding(nullptr, 0).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE((*transfer)->ObserveLanding(nullptr, 1).ok());
+  const TransferSegment one{0, 0, 4096};
+  auto write = client_->PrepareTransfer(TransferOp::kWrite, *client_region_, *remote_,
+                                        std::span(&one, 1));
+  ASSERT_TRUE(write.ok());
+  EXPECT_EQ((*write)->ObserveLanding([](size_t, uint64_t, std::span<const uint8_t>) {}, 4096)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_P(TransportTest, PipelinedLayersPostedTogetherCompleteInOrder) {
   constexpr int kLayers = 32;
   constexpr size_t kBlock = 256 * kKiB;

@@ -403,10 +403,10 @@ class CorruptingTransport : public BlockTransport {
                     const RawBlockCallback& on_block, absl::Time deadline) override {
     return inner_->Read(
         stub, address, manifest, indices,
-        [&](uint32_t index, std::string_view encoded) {
+        [&](uint32_t index, std::string_view encoded, std::optional<uint64_t>) {
           std::string copy(encoded);
           if (budget_-- > 0) copy[copy.size() - 1] ^= 0x80;
-          return on_block(index, copy);
+          return on_block(index, copy, std::nullopt);  // The bytes changed: no hash.
         },
         deadline);
   }

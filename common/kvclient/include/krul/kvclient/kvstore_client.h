@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -57,8 +58,13 @@ class Transport;
 using BlockCallback = std::function<absl::Status(uint32_t index, std::string_view encoded,
                                                  const DecodedBlock& block)>;
 
-// Raw (unverified) bytes of one block as a transport delivers them.
-using RawBlockCallback = std::function<absl::Status(uint32_t index, std::string_view encoded)>;
+// Raw (unverified) bytes of one block as a transport delivers them, and,
+// when the transport hashed the payload (the bytes after the 64-byte
+// header) as it landed, that BlockChecksum: the client then checks it
+// instead of reading the bytes a second time. It must be the hash of exactly
+// `encoded`'s payload (a wrapper that changes the bytes passes nullopt).
+using RawBlockCallback = std::function<absl::Status(
+    uint32_t index, std::string_view encoded, std::optional<uint64_t> payload_xxh3)>;
 
 // The data plane seam: moves encoded block bytes between the client and one
 // shard. Implementations: inline gRPC (NewGrpcBlockTransport) and UCX

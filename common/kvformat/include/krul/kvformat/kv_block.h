@@ -21,6 +21,8 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -93,6 +95,25 @@ struct DecodedBlock {
 // XXH3-64 (seed 0) of `bytes`: the checksum used in headers and manifests.
 uint64_t BlockChecksum(std::string_view bytes);
 
+// BlockChecksum of bytes given piece by piece, in order (e.g. as they land
+// from a transport), so nobody reads them a second time to check them.
+// Not thread-safe; movable.
+class BlockChecksumStream {
+ public:
+  BlockChecksumStream();
+  ~BlockChecksumStream();
+  BlockChecksumStream(BlockChecksumStream&&) noexcept;
+  BlockChecksumStream& operator=(BlockChecksumStream&&) noexcept;
+
+  void Update(std::string_view bytes);
+  // BlockChecksum of everything given so far.
+  uint64_t Digest() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
 // Size of the encoding of a block with `payload_bytes` payload bytes.
 inline size_t EncodedBlockSize(size_t payload_bytes) { return kBlockHeaderBytes + payload_bytes; }
 
@@ -123,7 +144,11 @@ absl::StatusOr<BlockHeader> DecodeBlockHeader(std::string_view encoded);
 // then that exactly payload_bytes follow and that they hash to payload_xxh3.
 // DATA_LOSS on any mismatch (truncated, trailing bytes, flipped bit);
 // UNIMPLEMENTED for a newer format version. Never returns unverified bytes.
-absl::StatusOr<DecodedBlock> DecodeBlock(std::string_view encoded);
+// `payload_xxh3`: BlockChecksum of the payload when the caller already
+// computed it over exactly these bytes (e.g. while they were copied in);
+// then it is compared instead of reading the payload again.
+absl::StatusOr<DecodedBlock> DecodeBlock(std::string_view encoded,
+                                         std::optional<uint64_t> payload_xxh3 = std::nullopt);
 
 }  // namespace krul
 

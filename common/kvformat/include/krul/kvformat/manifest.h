@@ -15,6 +15,7 @@
 #define KRUL_KVFORMAT_MANIFEST_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -59,8 +60,9 @@ absl::StatusOr<v1::BlockRef> MakeBlockRef(uint32_t index, std::string_view encod
 // Decodes `encoded` and checks that it is the block `ref` describes (size,
 // payload checksum, layer, pair and token range). DATA_LOSS on any mismatch
 // or decode failure, UNIMPLEMENTED for a newer block format. The returned
-// payload views `encoded`.
-absl::StatusOr<DecodedBlock> VerifyBlock(const v1::BlockRef& ref, std::string_view encoded);
+// payload views `encoded`. `payload_xxh3` as in DecodeBlock.
+absl::StatusOr<DecodedBlock> VerifyBlock(const v1::BlockRef& ref, std::string_view encoded,
+                                         std::optional<uint64_t> payload_xxh3 = std::nullopt);
 
 // Serializes `manifest` with a 24-byte checksummed frame for storage.
 std::string EncodeStoredManifest(const v1::Manifest& manifest);

@@ -116,6 +116,13 @@ struct TransferSegment {
 // thread that calls Post (kWrite) or Poll/Wait (kRead).
 using TamperHook = std::function<void(TransferOp op, std::span<uint8_t> bytes)>;
 
+// Sees a kRead's bytes as they land (Transfer::ObserveLanding): piece
+// `bytes` of segment `segment` (an index into the transfer's segments),
+// starting `offset` bytes into that segment. A segment's pieces come in
+// order, after the tamper hook, before the transfer reports kDone.
+using LandingObserver =
+    std::function<void(size_t segment, uint64_t offset, std::span<const uint8_t> bytes)>;
+
 // Local memory registered with the transport. Destroying it deregisters the
 // memory (and, for AllocateRegion, frees it) and revokes every descriptor
 // handed out for it.
@@ -212,6 +219,18 @@ class Transfer {
   // is still in flight (Wait again later). FAILED_PRECONDITION if it was
   // never posted.
   virtual absl::Status Wait(absl::Duration timeout = absl::InfiniteDuration()) = 0;
+
+  // For a kRead: calls `observer` with every piece (at most `piece_bytes`)
+  // of the destination once it has landed, on the thread that completes the
+  // transfer. Where the transport itself copies (UCX over shared memory:
+  // Post copies) it copies piece by piece and calls the observer in between,
+  // so work on the bytes (a checksum) finds them in cache instead of reading
+  // memory a second time; otherwise the pieces come when the transfer
+  // completes (Poll or Wait). Pieces of a failed transfer may have been
+  // observed. Applies to every later Post; nullptr removes it. The observer
+  // must not use this transfer. INVALID_ARGUMENT for a kWrite or a zero
+  // piece size; FAILED_PRECONDITION while in flight.
+  virtual absl::Status ObserveLanding(LandingObserver observer, uint64_t piece_bytes) = 0;
 
   // OK when kDone; the error when kFailed; UNKNOWN before completion.
   virtual absl::Status status() const = 0;
