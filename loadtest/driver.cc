@@ -157,7 +157,9 @@ void Driver::Stop() {
 Snapshot Driver::Snap() const {
   absl::MutexLock lock(&mu_);
   Snapshot s;
-  s.planned = result_.planned;
+  // The bar's end: the request cap when there is one.
+  s.planned = options_.max_requests > 0 ? std::min(result_.planned, options_.max_requests)
+                                        : result_.planned;
   s.sent = sent_;
   s.in_flight = in_flight_;
   for (const RequestRecord& r : result_.records) (r.result.ok() ? s.ok : s.failed) += 1;

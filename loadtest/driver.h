@@ -137,7 +137,7 @@ struct RunResult {
 
 // A live view for progress display.
 struct Snapshot {
-  int planned = 0;
+  int planned = 0;  // turns in the trace, or max_requests when smaller
   int sent = 0;
   int ok = 0;
   int failed = 0;
