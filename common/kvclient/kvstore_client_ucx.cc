@@ -77,6 +77,46 @@ class RequestImports {
   absl::flat_hash_map<std::string, std::unique_ptr<RemoteRegion>> imported_;
 };
 
+// Blocks of one Get, back to back in the scratch region.
+struct Blocks {
+  std::vector<uint64_t> begin;  // scratch offset of each block
+  uint64_t total = 0;
+  std::vector<PayloadHash> hashes;
+
+  uint64_t End(size_t k) const { return k + 1 < begin.size() ? begin[k + 1] : total; }
+};
+
+// Blocks [first, end) moving in one transfer; `next` is the block whose
+// bytes land next (pieces of a transfer land in order).
+struct Run {
+  size_t first = 0;
+  size_t end = 0;
+  size_t next = 0;
+};
+
+// Feeds landed bytes at scratch offset `at` to the checksums of the blocks
+// of `run` they belong to.
+void HashLanded(Blocks& blocks, Run& run, uint64_t at, std::span<const uint8_t> bytes) {
+  while (!bytes.empty() && run.next < run.end) {
+    const uint64_t end = blocks.End(run.next);
+    if (at >= end) {
+      ++run.next;
+      continue;
+    }
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(bytes.size(), end - at));
+    blocks.hashes[run.next].Add(at - blocks.begin[run.next], bytes.first(n));
+    at += n;
+    bytes = bytes.subspan(n);
+  }
+}
+
+// Longest transfer that adjacent blocks are merged into, the UCX transport's
+// largest single operation: fewer requests over TCP (each costs about four
+// UCX messages; 64 KiB blocks went from 0.5 to 0.7 of a raw socket) and fewer
+// handoffs over shared memory, while blocks still reach the caller one run
+// (about a millisecond of copying) at a time.
+constexpr uint64_t kRunBytes = 4 << 20;
+
 class UcxBlockTransport final : public BlockTransport {
  public:
   explicit UcxBlockTransport(Transport* transport) : transport_(transport) {}
@@ -169,8 +209,7 @@ class UcxBlockTransport final : public BlockTransport {
     if (static_cast<size_t>(grant.targets_size()) != indices.size()) {
       return absl::DataLossError("GrantRead returned a target count other than requested");
     }
-    std::vector<uint64_t> offsets;
-    uint64_t total = 0;
+    Blocks blocks;
     for (size_t k = 0; k < indices.size(); ++k) {
       const v1::TransferTarget& t = grant.targets(static_cast<int>(k));
       const uint64_t expected = manifest.blocks(static_cast<int>(indices[k])).encoded_bytes();
@@ -178,77 +217,93 @@ class UcxBlockTransport final : public BlockTransport {
         return absl::DataLossError(absl::StrCat("GrantRead target ", k, " is not block ",
                                                 indices[k], " as the manifest has it"));
       }
-      offsets.push_back(total);
-      total += expected;
+      blocks.begin.push_back(blocks.total);
+      blocks.total += expected;
     }
-    std::unique_ptr<MemoryRegion> scratch = TakeScratch(total);
+    blocks.hashes.resize(indices.size());
+    std::unique_ptr<MemoryRegion> scratch = TakeScratch(blocks.total);
     if (scratch == nullptr) {
-      absl::StatusOr<std::unique_ptr<MemoryRegion>> r = transport_->AllocateRegion(total);
+      absl::StatusOr<std::unique_ptr<MemoryRegion>> r = transport_->AllocateRegion(blocks.total);
       if (!r.ok()) return r.status();
       scratch = *std::move(r);
     }
-    RequestImports remotes(ep);
-    std::vector<std::unique_ptr<Transfer>> transfers;
-    std::vector<PayloadHash> hashes(indices.size());  // Outlives the transfers.
-    absl::Status status;
+    // Runs of blocks that lie back to back in the store's memory under one
+    // descriptor move as one transfer of up to kRunBytes (blocks [first, end)).
+    std::vector<Run> runs;
     for (size_t k = 0; k < indices.size(); ++k) {
       const v1::TransferTarget& t = grant.targets(static_cast<int>(k));
+      if (!runs.empty()) {
+        Run& r = runs.back();
+        const v1::TransferTarget& prev = grant.targets(static_cast<int>(k - 1));
+        if (t.transport_descriptor() == prev.transport_descriptor() &&
+            t.remote_offset() == prev.remote_offset() + prev.size_bytes() &&
+            blocks.End(k) - blocks.begin[r.first] <= kRunBytes) {
+          r.end = k + 1;
+          continue;
+        }
+      }
+      runs.push_back(Run{k, k + 1, k});
+    }
+    RequestImports remotes(ep);
+    std::vector<std::unique_ptr<Transfer>> transfers;  // One per run.
+    absl::Status status;
+    for (Run& run : runs) {
+      const v1::TransferTarget& t = grant.targets(static_cast<int>(run.first));
       absl::StatusOr<RemoteRegion*> remote = remotes.Import(t.transport_descriptor());
       if (!remote.ok()) {
         status = remote.status();
         break;
       }
-      TransferSegment seg{offsets[k], t.remote_offset(), t.size_bytes()};
+      const uint64_t local = blocks.begin[run.first];
+      TransferSegment seg{local, t.remote_offset(), blocks.End(run.end - 1) - local};
       absl::StatusOr<std::unique_ptr<Transfer>> tr = transport_->PrepareTransfer(
           TransferOp::kRead, *scratch, **remote, std::span<const TransferSegment>(&seg, 1));
       if (!tr.ok()) {
         status = tr.status();
         break;
       }
-      PayloadHash* hash = &hashes[k];
       status = (*tr)->ObserveLanding(
-          [hash](size_t, uint64_t offset, std::span<const uint8_t> bytes) {
-            hash->Add(offset, bytes);
+          [&blocks, &run, local](size_t, uint64_t offset, std::span<const uint8_t> bytes) {
+            HashLanded(blocks, run, local + offset, bytes);
           },
           kHashPieceBytes);
       if (!status.ok()) break;
       transfers.push_back(*std::move(tr));
     }
     if (status.ok()) {
-      status = PostAndDeliver(transfers, hashes, *scratch, offsets, indices, grant, on_block,
-                              deadline);
+      status = PostAndDeliver(transfers, runs, blocks, *scratch, indices, on_block, deadline);
     }
     transfers.clear();  // Waits for any still in flight.
     ReturnScratch(std::move(scratch));
     return status;
   }
 
-  // Posts every transfer and hands block k to `on_block` as soon as its read
-  // completes, in order. A same-host transfer may complete inside Post (UCX
-  // maps the store's memory and Post copies), so posting runs on a helper
-  // thread: block 0 is verified and used while later blocks are still being
-  // copied, which is the per-layer pipelining a restore relies on.
+  // Posts every transfer and hands each block to `on_block` as soon as the
+  // read of its run completes, in order. A same-host transfer may complete
+  // inside Post (UCX maps the store's memory and Post copies), so posting
+  // runs on a helper thread: block 0 is used while later blocks are still
+  // being copied, which is the per-layer pipelining a restore relies on.
   absl::Status PostAndDeliver(std::vector<std::unique_ptr<Transfer>>& transfers,
-                              const std::vector<PayloadHash>& hashes, MemoryRegion& scratch, const std::vector<uint64_t>& offsets,
-                              std::span<const uint32_t> indices, const v1::GrantReadResponse& grant,
+                              const std::vector<Run>& runs, const Blocks& blocks,
+                              MemoryRegion& scratch, std::span<const uint32_t> indices,
                               const RawBlockCallback& on_block, absl::Time deadline) {
     absl::Mutex mu;
     size_t posted = 0;        // Transfers [0, posted) were posted.
     absl::Status post_error;  // Why posting stopped early.
     bool cancelled = false;   // The reader gave up; stop posting.
     auto post_all = [&] {
-      for (size_t k = 0; k < transfers.size(); ++k) {
+      for (size_t g = 0; g < transfers.size(); ++g) {
         {
           absl::MutexLock lock(&mu);
           if (cancelled) return;
         }
-        absl::Status s = transfers[k]->Post();
+        absl::Status s = transfers[g]->Post();
         absl::MutexLock lock(&mu);
         if (!s.ok()) {
           post_error = s;
           return;
         }
-        posted = k + 1;
+        posted = g + 1;
       }
     };
     std::thread poster;
@@ -258,23 +313,24 @@ class UcxBlockTransport final : public BlockTransport {
       post_all();
     }
     absl::Status status;
-    for (size_t k = 0; k < transfers.size(); ++k) {
+    for (size_t g = 0; g < transfers.size() && status.ok(); ++g) {
       {
         absl::MutexLock lock(&mu);
-        auto ready = [&]() { return posted > k || !post_error.ok(); };
+        auto ready = [&]() { return posted > g || !post_error.ok(); };
         mu.Await(absl::Condition(&ready));
-        if (posted <= k) {
+        if (posted <= g) {
           status = post_error;
           break;
         }
       }
-      status = transfers[k]->Wait(Until(deadline));
-      if (!status.ok()) break;
-      status = on_block(indices[k],
-                        std::string_view(reinterpret_cast<const char*>(scratch.data()) + offsets[k],
-                                         grant.targets(static_cast<int>(k)).size_bytes()),
-                        hashes[k].Digest());
-      if (!status.ok()) break;
+      status = transfers[g]->Wait(Until(deadline));
+      for (size_t k = runs[g].first; k < runs[g].end && status.ok(); ++k) {
+        status = on_block(
+            indices[k],
+            std::string_view(reinterpret_cast<const char*>(scratch.data()) + blocks.begin[k],
+                             blocks.End(k) - blocks.begin[k]),
+            blocks.hashes[k].Digest());
+      }
     }
     {
       absl::MutexLock lock(&mu);
