@@ -146,6 +146,29 @@ void CostModel::ObserveLoad(size_t bytes, double seconds) {
   if (inv > 0) load.bytes_per_second = 1 / inv;
 }
 
+void CostModel::ObserveLoadStream(const LoadStreamSample& s) {
+  if (!(s.bytes > 0) || !(s.seconds >= options_.min_observed_seconds) ||
+      !std::isfinite(s.seconds) || !(s.first_seconds >= 0) || s.first_seconds > s.seconds ||
+      !(s.first_bytes >= 0) || s.first_bytes > s.bytes) {
+    return;
+  }
+  absl::MutexLock lock(&mu_);
+  LoadCoefficients& load = coefficients_.load;
+  const double a = options_.ewma_alpha;
+  // The first step waited for the request's round trip and its own bytes.
+  if (s.first_seconds >= options_.min_observed_seconds) {
+    const double latency = std::max(0.0, s.first_seconds - s.first_bytes / load.bytes_per_second);
+    load.latency_s += a * (latency - load.latency_s);
+  }
+  const double transfer = s.seconds - load.latency_s;
+  // A stream that finished within the latency estimate says nothing
+  // reliable about bandwidth.
+  if (transfer <= 0.1 * s.seconds) return;
+  const double bw = s.bytes / transfer;
+  const double inv = 1 / load.bytes_per_second + a * (1 / bw - 1 / load.bytes_per_second);
+  if (inv > 0) load.bytes_per_second = 1 / inv;
+}
+
 absl::StatusOr<ComputeCoefficients> FitComputeCoefficients(
     const std::vector<ComputeSample>& samples) {
   if (samples.size() < 2) {

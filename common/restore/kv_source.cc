@@ -74,17 +74,23 @@ class LinkPacedKvSource final : public KvSource {
   absl::StatusOr<size_t> Fetch(std::span<const int> layers, int begin, int end,
                                BackendKvCache& cache) override {
     const auto start = Clock::now();
+    if (!started_) {
+      started_ = true;
+      stream_start_ = start;
+    }
     auto bytes = inner_->Fetch(layers, begin, end, cache);
     if (!bytes.ok()) return bytes;
     const auto fetched = Clock::now();
-    // The request completes no earlier than latency + transfer time after
-    // it started: the real work above overlaps the emulated transfer, as
-    // decompression would overlap a real transfer's tail.
+    // One stream: its bytes flow from the first fetch on, so this fetch
+    // completes no earlier than latency + (bytes so far) / bandwidth after
+    // the stream started. The real work above overlaps the emulated
+    // transfer, as decoding would overlap a real transfer's tail.
+    streamed_bytes_ += static_cast<double>(*bytes);
     double seconds = link_.latency_s;
-    if (link_.bytes_per_second > 0) seconds += static_cast<double>(*bytes) / link_.bytes_per_second;
+    if (link_.bytes_per_second > 0) seconds += streamed_bytes_ / link_.bytes_per_second;
     if (seconds > 0) {
-      std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(
-                                                std::chrono::duration<double>(seconds)));
+      std::this_thread::sleep_until(stream_start_ + std::chrono::duration_cast<Clock::duration>(
+                                                        std::chrono::duration<double>(seconds)));
     }
     if (stats_ != nullptr) {
       stats_->fetches += 1;
@@ -99,6 +105,9 @@ class LinkPacedKvSource final : public KvSource {
   const std::unique_ptr<KvSource> inner_;
   const LinkModel link_;
   LinkPacingStats* const stats_;
+  bool started_ = false;
+  Clock::time_point stream_start_;
+  double streamed_bytes_ = 0;
 };
 
 }  // namespace

@@ -12,8 +12,8 @@ double Since(LoadStream::Clock::time_point t0) {
 }  // namespace
 
 LoadStream::LoadStream(const RestorePlan& plan, KvSource* source, BackendKvCache& cache,
-                       CostModel* cost_model, Clock::time_point start)
-    : plan_(plan), source_(source), cache_(cache), cost_model_(cost_model) {
+                       Clock::time_point start)
+    : plan_(plan), source_(source), cache_(cache) {
   {
     absl::MutexLock lock(&mu_);
     loaded_through_ = plan.loads.empty() ? plan.n_layers - 1 : plan.loads[0].layer - 1;
@@ -47,11 +47,15 @@ void LoadStream::Run() {
       error_ = std::move(landed);
       return;
     }
+    if (totals_.requests == 0) {
+      totals_.first_seconds = seconds;
+      totals_.first_bytes = *bytes;
+    }
     totals_.busy_seconds += seconds;
     totals_.bytes += *bytes;
+    totals_.planned_bytes += step.bytes;
     totals_.requests++;
     totals_.finished = Clock::now();
-    if (cost_model_ != nullptr) cost_model_->ObserveLoad(*bytes, seconds);
     absl::MutexLock lock(&mu_);
     loaded_through_ =
         i + 1 < plan_.loads.size() ? plan_.loads[i + 1].layer - 1 : plan_.n_layers - 1;

@@ -2,7 +2,9 @@
 // LoadSteps in order, each a KvSource::Fetch into the cache followed by
 // cache.WaitForWrites() (so a step counts as done, and is timed, when its
 // rows have landed, also on a device), and publishes up to which layer
-// every load step is done. Internal to krul_restore.
+// every load step is done. The steps are one streamed request (the source
+// reads ahead), so the stream is measured as a whole: the restorer reports
+// it to the cost model once. Internal to krul_restore.
 //
 // Thread safety: WaitForLayer and Join are called by the restore's compute
 // thread; the load thread is internal. Destroying the stream cancels the
@@ -19,7 +21,6 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "krul/engine/backend_kv_cache.h"
-#include "krul/restore/cost_model.h"
 #include "krul/restore/kv_source.h"
 #include "krul/restore/restore_plan.h"
 
@@ -33,16 +34,20 @@ class LoadStream {
   struct Totals {
     double busy_seconds = 0;  // summed over steps: fetch + writes landed
     size_t bytes = 0;         // as the source reported
-    int requests = 0;
+    double planned_bytes = 0;  // the plan's bytes of the steps done
+    int requests = 0;          // load steps done
+    // The first step: seconds to it (the stream's latency + its own bytes)
+    // and its bytes as the source reported.
+    double first_seconds = 0;
+    size_t first_bytes = 0;
     Clock::time_point finished;  // the last step done (`start` when none)
   };
 
   // Starts the thread over `plan`'s loads (none: every layer is loaded
   // from the start). `source` may be null only when the plan loads nothing.
-  // Each step's bytes and seconds go to `cost_model` (nullable). `plan`,
-  // `source`, `cache` and `cost_model` must outlive the stream.
+  // `plan`, `source` and `cache` must outlive the stream.
   LoadStream(const RestorePlan& plan, KvSource* source, BackendKvCache& cache,
-             CostModel* cost_model, Clock::time_point start);
+             Clock::time_point start);
   ~LoadStream();
   LoadStream(const LoadStream&) = delete;
   LoadStream& operator=(const LoadStream&) = delete;
@@ -61,7 +66,6 @@ class LoadStream {
   const RestorePlan& plan_;
   KvSource* const source_;
   BackendKvCache& cache_;
-  CostModel* const cost_model_;
 
   absl::Mutex mu_;
   // Every load step of layers <= loaded_through_ is done.

@@ -67,6 +67,14 @@ int LoadTokens(const LayerInfo& info, int history, const std::vector<int>& n, in
   return 0;
 }
 
+// Seconds one load step adds to the stream: its bytes, plus the stream's
+// latency when it is the first step that loads anything (one streamed
+// request per restore).
+double StreamStepSeconds(const LoadCoefficients& load, double bytes, bool stream_started) {
+  if (bytes <= 0) return 0;
+  return (stream_started ? 0 : load.latency_s) + bytes / load.bytes_per_second;
+}
+
 // The splits the lower bounds range over: every token for usual lengths
 // (a bound should not depend on the planner's grid), a fine grid beyond,
 // plus N and every layer's minimum; with each split's recompute time.
@@ -275,7 +283,7 @@ double PredictMakespan(const RestoreProblem& p, const CostCoefficients& costs,
   for (int l = 0; l < L; ++l) {
     recompute += costs.compute.LayerSeconds(0, n[l]);
     const int tokens = LoadTokens(info[l], p.history_tokens, n, l);
-    load += costs.load.RequestSeconds(tokens * info[l].bytes_per_token);
+    load += StreamStepSeconds(costs.load, tokens * info[l].bytes_per_token, load > 0);
     worst = std::max(worst, load + (L - l) * prefill);
   }
   return std::max(recompute + L * prefill, worst);
@@ -293,8 +301,9 @@ double RelaxedRestoreLowerBound(const RestoreProblem& p, const CostCoefficients&
 
   // dual(lambda) = min over splits of lambda * A + (1 - lambda) * B with
   // A = T_R + L*P and B = (all loads) + P, which is separable per group once
-  // the pyramid and the ordering are dropped. A group's loads take at least
-  // one request (one latency) when anything is loaded.
+  // the pyramid and the ordering are dropped, apart from the stream's one
+  // latency: the minimum is taken over the splits that load nothing (no
+  // latency) and those that may load (latency charged once).
   //  - one layer, split m >= lb: lambda R(m) + (1-lambda) Req(w (N - m))
   //  - a pair with splits M >= m (M >= max lb, m >= min lb): bytes are
   //    w (N - M) + t (M - m) (w merged, t tail), so for fixed m the best M
@@ -302,16 +311,16 @@ double RelaxedRestoreLowerBound(const RestoreProblem& p, const CostCoefficients&
   //    a suffix minimum.
   std::vector<double> h(V), suffix(V + 1);
   auto dual = [&](double lambda) {
-    double total = lambda * L * prefill + (1 - lambda) * prefill;
+    double total = lambda * L * prefill + (1 - lambda) * (prefill + load.latency_s);
+    double none_loaded = lambda * L * prefill + (1 - lambda) * prefill;
     for (const KvGroup& g : p.layout.groups) {
       double best = kInf;
       if (g.layers.size() == 1) {
         const int lo = lb[g.layers[0]];
         for (size_t i = 0; i < V; ++i) {
           if (values[i] < lo) continue;
-          best = std::min(
-              best, lambda * r[i] +
-                        (1 - lambda) * load.RequestSeconds((N - values[i]) * g.bytes_per_token));
+          best = std::min(best, lambda * r[i] + (1 - lambda) * (N - values[i]) *
+                                                    g.bytes_per_token / load.bytes_per_second);
         }
       } else {
         const int lo = std::min(lb[g.layers[0]], lb[g.layers[1]]);
@@ -333,13 +342,13 @@ double RelaxedRestoreLowerBound(const RestoreProblem& p, const CostCoefficients&
           }
           if (!std::isfinite(suffix[i])) continue;
           const double bytes_part = (t * (N - m) + (w - t) * N) / load.bytes_per_second;
-          best = std::min(best,
-                          lambda * r[i] + suffix[i] + (1 - lambda) * (load.latency_s + bytes_part));
+          best = std::min(best, lambda * r[i] + suffix[i] + (1 - lambda) * bytes_part);
         }
       }
       total += best;
+      none_loaded += lambda * static_cast<double>(g.layers.size()) * r[V - 1];
     }
-    return total;
+    return std::min(total, none_loaded);
   };
   return MaximizeConcave(dual);
 }
@@ -358,8 +367,11 @@ struct Entry {
   absl::InlinedVector<int, 4> open;  // n_head of pairs open after layer l
 };
 
-bool Dominates(const Entry& a, const Entry& b, double eps) {
+// `latency`: the load stream's, still to be paid by a partial plan that has
+// loaded nothing (f == 0) once it loads.
+bool Dominates(const Entry& a, const Entry& b, double eps, double latency) {
   if (a.tr > b.tr + eps || a.f > b.f + eps || a.g > b.g + eps) return false;
+  if (a.f == 0 && b.f > 0 && latency > b.f + eps) return false;
   for (size_t i = 0; i < a.open.size(); ++i) {
     if (a.open[i] > b.open[i]) return false;
   }
@@ -503,7 +515,8 @@ class PyramidSearch {
       tokens = N_ - nl;
     }
     e.tr = (prev ? prev->tr : 0) + r_[e.j];
-    e.f = (prev ? prev->f : 0) + costs_.load.RequestSeconds(tokens * li.bytes_per_token);
+    const double f = prev ? prev->f : 0;
+    e.f = f + StreamStepSeconds(costs_.load, tokens * li.bytes_per_token, f > 0);
     e.g = std::max(prev ? prev->g : 0.0, e.f + (L_ - l) * prefill_);
     // Open values in the order of open_[l].
     e.open.clear();
@@ -524,15 +537,15 @@ class PyramidSearch {
   // head is done loads at least [n_l, n_head).
   bool Pruned(int l, const Entry& e) const {
     const int nl = values_[e.j];
-    double future_load = 0;
+    double future_bytes = 0;
     if (nl < N_ && future_requests_[l + 1] > 0) {
-      future_load = future_requests_[l + 1] * costs_.load.latency_s +
-                    future_bytes_per_token_[l + 1] * (N_ - nl) / costs_.load.bytes_per_second;
+      future_bytes = future_bytes_per_token_[l + 1] * (N_ - nl);
     }
     const std::vector<int>& open = open_[l];
     for (size_t i = 0; i < open.size(); ++i) {
-      future_load += costs_.load.RequestSeconds((e.open[i] - nl) * tail_bytes_[open[i]]);
+      future_bytes += (e.open[i] - nl) * tail_bytes_[open[i]];
     }
+    const double future_load = StreamStepSeconds(costs_.load, future_bytes, e.f > 0);
     const double optimistic =
         std::max({e.tr + min_future_r_[l + 1] + L_ * prefill_, e.g, e.f + future_load + prefill_});
     return optimistic > ub_ + eps_;
@@ -557,7 +570,7 @@ class PyramidSearch {
     for (int c : cand) {
       bool dominated = false;
       for (int k : kept) {
-        if (Dominates(a[k], a[c], eps_)) {
+        if (Dominates(a[k], a[c], eps_, costs_.load.latency_s)) {
           dominated = true;
           break;
         }
@@ -652,39 +665,54 @@ RestorePlan Finish(const RestoreProblem& p, const CostCoefficients& costs, std::
 
 }  // namespace
 
-double RestoreLowerBound(const RestoreProblem& p, const CostCoefficients& costs) {
-  if (!p.Validate().ok()) return 0;
-  const int L = p.n_layers, N = p.history_tokens;
-  const double prefill = costs.compute.LayerSeconds(N, p.new_tokens);
-  if (N == 0) return L * prefill;
-  const std::vector<int> lb = PyramidMinimums(p);
-  const std::vector<LayerInfo> info = LayerInfos(p.layout, L);
-  const LoadCoefficients& load = costs.load;
-  const BoundSplits splits = MakeBoundSplits(N, lb, costs.compute);
-  const std::vector<int>& values = splits.values;
-  const std::vector<double>& r = splits.recompute_s;
-  const size_t V = values.size();
+namespace {
 
-  // dual(lambda) = min over pyramids of lambda * A + (1 - lambda) * B with
-  // A = T_R + L*P and B = (all loads) + P. A pair's tail loads
-  // t (n_a - n_b) / bw plus a latency when n_b < n_a: the linear part is
-  // charged +t n_a at the head and -t n_b at the tail (so each layer's cost
-  // depends on its own split only), the tail's latency is dropped (a
-  // relaxation). Then the minimum is a chain DP over n_l with n_l <= n_{l-1}.
+// The pyramid bound's inputs: per layer, the recompute seconds of every
+// split value; the load stream's seconds per byte and latency; and the
+// constant parts of the two streams.
+struct DualInputs {
+  std::vector<int> values;                     // split values, ascending
+  std::vector<std::vector<double>> recompute;  // [layer][value index]
+  double seconds_per_byte = 0;
+  double latency_s = 0;
+  double compute_constant = 0;  // A's part that does not depend on the split
+  double load_constant = 0;     // B's part that does not depend on the split
+};
+
+// max over lambda of min over pyramids n >= lb of lambda A(n) + (1-lambda) B(n),
+// A = sum_l R_l(n_l) + compute_constant, B = latency [anything loaded] +
+// bytes(n) * seconds_per_byte + load_constant. Every dual value is a lower
+// bound on min over pyramids of max(A, B). A pair's tail loads
+// t (n_a - n_b): charged +t n_a at the head and -t n_b at the tail (so each
+// layer's cost depends on its own split only). The stream's latency is paid
+// iff anything is loaded, i.e. iff the last layer loads (n_{L-1} < N: a
+// pyramid recomputes everything above it otherwise). That on/off cost
+// would loosen the dual, so the one split that loads nothing (n = N
+// everywhere) is evaluated exactly and the dual runs over the splits that
+// load (n_{L-1} < N, latency charged). The minimum inside the dual is a
+// chain DP over n_l with n_l <= n_{l-1}.
+double PyramidDualBound(const RestoreProblem& p, const std::vector<int>& lb,
+                        const DualInputs& in) {
+  const int L = p.n_layers, N = p.history_tokens;
+  const std::vector<LayerInfo> info = LayerInfos(p.layout, L);
+  const std::vector<int>& values = in.values;
+  const size_t V = values.size();
   std::vector<double> best(V), cost(V);
   auto dual = [&](double lambda) {
     // best[i]: cheapest layers [0, l] with n_l >= values[i] (suffix minimum).
     std::fill(best.begin(), best.end(), 0.0);
     for (int l = 0; l < L; ++l) {
       const LayerInfo& li = info[l];
-      const double w = li.bytes_per_token / load.bytes_per_second;
+      const double w = li.bytes_per_token * in.seconds_per_byte;
       double tail = 0;  // per token, charged at a pair's head
       if (li.role == Role::kPairHead) {
         for (const KvGroup& g : p.layout.groups) {
-          if (g.layers.size() == 2 && g.layers[0] == l)
-            tail = g.TailBytesPerToken() / load.bytes_per_second;
+          if (g.layers.size() == 2 && g.layers[0] == l) {
+            tail = g.TailBytesPerToken() * in.seconds_per_byte;
+          }
         }
       }
+      const std::vector<double>& r = in.recompute[l];
       for (size_t i = 0; i < V; ++i) {
         const int n = values[i];
         if (n < lb[l]) {
@@ -694,14 +722,21 @@ double RestoreLowerBound(const RestoreProblem& p, const CostCoefficients& costs)
         double ld = 0;
         switch (li.role) {
           case Role::kSingle:
-            ld = load.RequestSeconds((N - n) * li.bytes_per_token);
+            ld = w * (N - n);
             break;
           case Role::kPairHead:
-            ld = load.RequestSeconds((N - n) * li.bytes_per_token) + tail * n;
+            ld = w * (N - n) + tail * n;
             break;
           case Role::kPairTail:
             ld = -w * n;
             break;
+        }
+        if (l == L - 1) {
+          if (n == N) {  // loads nothing: evaluated apart, below
+            cost[i] = kInf;
+            continue;
+          }
+          ld += in.latency_s;
         }
         cost[i] = lambda * r[i] + (1 - lambda) * ld + best[i];
       }
@@ -712,9 +747,97 @@ double RestoreLowerBound(const RestoreProblem& p, const CostCoefficients& costs)
         best[i] = running;
       }
     }
-    return lambda * L * prefill + (1 - lambda) * prefill + best[0];
+    return lambda * in.compute_constant + (1 - lambda) * in.load_constant + best[0];
   };
-  return MaximizeConcave(dual);
+  const double loading = MaximizeConcave(dual);  // +inf when no split may load
+  double none = in.compute_constant;
+  for (int l = 0; l < L; ++l) none += in.recompute[l].back();  // values.back() == N
+  return std::min(loading, std::max(none, in.load_constant));
+}
+
+}  // namespace
+
+double RestoreLowerBound(const RestoreProblem& p, const CostCoefficients& costs) {
+  if (!p.Validate().ok()) return 0;
+  const int L = p.n_layers, N = p.history_tokens;
+  const double prefill = costs.compute.LayerSeconds(N, p.new_tokens);
+  if (N == 0) return L * prefill;
+  const std::vector<int> lb = PyramidMinimums(p);
+  BoundSplits splits = MakeBoundSplits(N, lb, costs.compute);
+  DualInputs in;
+  in.values = std::move(splits.values);
+  in.recompute.assign(L, splits.recompute_s);
+  in.seconds_per_byte = 1 / costs.load.bytes_per_second;
+  in.latency_s = costs.load.latency_s;
+  in.compute_constant = L * prefill;
+  in.load_constant = prefill;
+  return PyramidDualBound(p, lb, in);
+}
+
+double MeasuredRestoreBound(const RestorePlan& executed,
+                            const std::vector<int>& min_recompute_tokens,
+                            const CostCoefficients& shape, const RestoreMeasurement& m) {
+  RestoreProblem p = ProblemOf(executed);
+  p.min_recompute_tokens = min_recompute_tokens;
+  const int L = p.n_layers, N = p.history_tokens;
+  if (!p.Validate().ok() || static_cast<int>(m.recompute_seconds.size()) != L ||
+      static_cast<int>(m.prefill_seconds.size()) != L ||
+      static_cast<int>(executed.recompute_tokens.size()) != L) {
+    return 0;
+  }
+  double prefill_total = 0;
+  for (double s : m.prefill_seconds) prefill_total += s;
+  const double compute_constant = prefill_total + m.other_compute_seconds;
+  const double load_constant = m.prefill_seconds[L - 1] + m.tail_seconds;
+  if (N == 0) return std::max(compute_constant, load_constant);
+
+  // Recompute: each layer's measured time, carried to other splits by the
+  // cost model's curve; layers that recomputed nothing use the measured
+  // layers' average speed relative to the model (the model itself when no
+  // layer recomputed).
+  double measured = 0, modelled = 0;
+  for (int l = 0; l < L; ++l) {
+    const int n = executed.recompute_tokens[l];
+    if (n > 0 && m.recompute_seconds[l] > 0) {
+      measured += m.recompute_seconds[l];
+      modelled += shape.compute.LayerSeconds(0, n);
+    }
+  }
+  const double average_scale = modelled > 0 ? measured / modelled : 1.0;
+  const std::vector<int> lb = PyramidMinimums(p);
+  // The executed split is among the candidates, so the bound is at most
+  // the streams' measured times at that split.
+  std::vector<int> must_have = lb;
+  must_have.insert(must_have.end(), executed.recompute_tokens.begin(),
+                   executed.recompute_tokens.end());
+  BoundSplits splits = MakeBoundSplits(N, must_have, shape.compute);
+  DualInputs in;
+  in.values = std::move(splits.values);
+  in.recompute.resize(L);
+  for (int l = 0; l < L; ++l) {
+    const int n = executed.recompute_tokens[l];
+    const double model_n = shape.compute.LayerSeconds(0, n);
+    const double scale = n > 0 && model_n > 0 ? m.recompute_seconds[l] / model_n : average_scale;
+    in.recompute[l].resize(in.values.size());
+    for (size_t i = 0; i < in.values.size(); ++i) {
+      in.recompute[l][i] = scale * splits.recompute_s[i];
+    }
+  }
+  // Load: one stream; its measured time less its latency spread over the
+  // bytes it brought (a streamed read has no meaningful per-step time: a
+  // step that finds its blocks already arrived costs only their decoding).
+  double planned = 0;
+  for (const LoadStep& step : executed.loads) planned += step.bytes;
+  if (planned > 0 && m.load_seconds > 0) {
+    in.latency_s = std::clamp(m.load_latency_seconds, 0.0, m.load_seconds);
+    in.seconds_per_byte = (m.load_seconds - in.latency_s) / planned;
+  } else {
+    in.latency_s = shape.load.latency_s;
+    in.seconds_per_byte = 1 / shape.load.bytes_per_second;
+  }
+  in.compute_constant = compute_constant;
+  in.load_constant = load_constant;
+  return PyramidDualBound(p, lb, in);
 }
 
 int64_t RestorePlan::RecomputedTokenLayers() const {

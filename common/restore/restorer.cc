@@ -137,7 +137,7 @@ absl::StatusOr<RestoreStats> Restorer::Restore(const RestorePlan& stored_plan,
   }
   // Whatever happens below, the load thread is stopped and joined before
   // the cache goes out of reach (LoadStream's destructor).
-  LoadStream loads(plan, source, cache, options_.cost_model, timeline.start);
+  LoadStream loads(plan, source, cache, timeline.start);
   KRUL_RETURN_IF_ERROR(RecomputeHistory(plan, history, cache, timeline));
   KRUL_RETURN_IF_ERROR(PrefillAsLayersRestore(plan, new_input, cache, loads, logits, timeline));
   timeline.loads = loads.Join();  // finished: every layer's loads were awaited
@@ -250,27 +250,41 @@ absl::Status Restorer::PrefillAsLayersRestore(const RestorePlan& plan,
 absl::Status Restorer::FinishStats(const RestorePlan& stored_plan, Timeline& timeline,
                                    RestoreStats& stats) {
   const RestorePlan& plan = stats.plan;
+  const int L = plan.n_layers;
   CostModel* cost_model = options_.cost_model;
+  // The curve the measured layer times are carried along, as the plan saw it.
+  const CostCoefficients shape = cost_model != nullptr ? cost_model->Snapshot() : CostCoefficients{};
   auto seconds = [&](const BackendMark& from, const BackendMark& to) {
     return backend_.SecondsBetween(from, to);
   };
+  RestoreMeasurement measured;
+  measured.recompute_seconds.assign(L, 0);
+  measured.prefill_seconds.assign(L, 0);
   // Compute stream: each layer's time, fed to the cost model (live refresh).
-  for (const Timeline::Span& span : timeline.recompute) {
+  for (size_t l = 0; l < timeline.recompute.size(); ++l) {
+    const Timeline::Span& span = timeline.recompute[l];
     KRUL_ASSIGN_OR_RETURN(const double s, seconds(*span.begin, *span.end));
+    measured.recompute_seconds[l] = s;
     stats.recompute_seconds += s;
     stats.recomputed_token_layers += span.num_tokens;
     if (cost_model != nullptr) cost_model->ObserveCompute(span.start_pos, span.num_tokens, s);
   }
   const BackendMark* previous = timeline.embedded.get();
-  for (const Timeline::Span& span : timeline.prefill) {
+  for (size_t l = 0; l < timeline.prefill.size(); ++l) {
+    const Timeline::Span& span = timeline.prefill[l];
     KRUL_ASSIGN_OR_RETURN(const double wait, seconds(*previous, *span.begin));
     KRUL_ASSIGN_OR_RETURN(const double s, seconds(*span.begin, *span.end));
+    measured.prefill_seconds[l] = s;
     stats.prefill_wait_seconds += wait;
     if (cost_model != nullptr) cost_model->ObserveCompute(span.start_pos, span.num_tokens, s);
     previous = span.end.get();
   }
+  KRUL_ASSIGN_OR_RETURN(const double embed, seconds(*timeline.prefill_start, *timeline.embedded));
+  KRUL_ASSIGN_OR_RETURN(const double logits, seconds(*previous, *timeline.end));
   KRUL_ASSIGN_OR_RETURN(const double recomputed, seconds(*timeline.started, *timeline.recomputed));
   KRUL_ASSIGN_OR_RETURN(stats.prefill_seconds, seconds(*timeline.prefill_start, *timeline.end));
+  measured.other_compute_seconds = embed + logits;
+  measured.tail_seconds = logits;
 
   // Load stream and the whole restore, on the host clock.
   const LoadStream::Totals& loads = timeline.loads;
@@ -279,22 +293,48 @@ absl::Status Restorer::FinishStats(const RestorePlan& stored_plan, Timeline& tim
   stats.load_seconds = loads.busy_seconds;
   stats.loaded_bytes = loads.bytes;
   stats.load_requests = loads.requests;
+  measured.load_seconds = loads.busy_seconds;
+  // The stream's latency: the first step's time less its bytes at the rate
+  // the rest of the stream ran (one step: the model's latency, at most
+  // that step's time).
+  if (loads.requests > 1 && loads.busy_seconds > loads.first_seconds &&
+      loads.bytes > loads.first_bytes) {
+    const double rate = static_cast<double>(loads.bytes - loads.first_bytes) /
+                        (loads.busy_seconds - loads.first_seconds);
+    measured.load_latency_seconds =
+        std::max(0.0, loads.first_seconds - static_cast<double>(loads.first_bytes) / rate);
+  } else {
+    measured.load_latency_seconds = std::min(loads.first_seconds, shape.load.latency_s);
+  }
+  stats.load_latency_seconds = measured.load_latency_seconds;
+  if (cost_model != nullptr && loads.requests > 0) {
+    LoadStreamSample sample;
+    sample.bytes = static_cast<double>(loads.bytes);
+    sample.seconds = loads.busy_seconds;
+    sample.first_bytes = static_cast<double>(loads.first_bytes);
+    sample.first_seconds = loads.first_seconds;
+    cost_model->ObserveLoadStream(sample);
+  }
 
-  // The ideal is judged under the costs as refreshed by this restore's own
-  // measurements (so a stale probe does not count as a scheduling loss), for
-  // what was stored (the stored split is the least each layer recomputes).
+  // The true bound: this restore's own measured costs, best split of what
+  // was stored (the stored split is the least each layer recomputes).
+  stats.lower_bound_seconds =
+      MeasuredRestoreBound(plan, stored_plan.recompute_tokens, shape, measured);
+  stats.plan.lower_bound_seconds = stats.lower_bound_seconds;
   if (cost_model != nullptr) {
-    const CostCoefficients measured = cost_model->Snapshot();
     RestoreProblem executed = ProblemOf(plan);
     executed.min_recompute_tokens = stored_plan.recompute_tokens;
-    stats.plan.lower_bound_seconds = RestoreLowerBound(executed, measured);
-    stats.plan.relaxed_lower_bound_seconds = RelaxedRestoreLowerBound(executed, measured);
+    stats.plan.relaxed_lower_bound_seconds =
+        RelaxedRestoreLowerBound(executed, cost_model->Snapshot());
   }
   stats.efficiency =
-      stats.total_seconds > 0 ? stats.plan.lower_bound_seconds / stats.total_seconds : 0;
+      stats.total_seconds > 0 ? stats.lower_bound_seconds / stats.total_seconds : 0;
+  // The two streams' own work at the executed split (the bound's A and B
+  // there): how well they overlapped, whatever the split.
   const double prefill_busy = stats.prefill_seconds - stats.prefill_wait_seconds;
-  const double overlapped = std::max(stats.recompute_seconds + prefill_busy,
-                                     stats.load_seconds + prefill_busy / plan.n_layers);
+  const double overlapped =
+      std::max(stats.recompute_seconds + prefill_busy,
+               stats.load_seconds + measured.prefill_seconds[L - 1] + measured.tail_seconds);
   stats.stream_efficiency = stats.total_seconds > 0 ? overlapped / stats.total_seconds : 0;
   return absl::OkStatus();
 }

@@ -110,6 +110,38 @@ TEST(CostModelTest, ObserveLoadTracksBandwidthAndLatency) {
   EXPECT_NEAR(now.latency_s, 2e-3, 0.1e-3);
 }
 
+TEST(CostModelTest, ObserveLoadStreamLearnsOneLatencyPerStream) {
+  CostCoefficients c;
+  c.compute = {0, 1e-6, 0};
+  c.load = {1e-3, 1e9};
+  auto model = CostModel::Create(c);
+  ASSERT_TRUE(model.ok());
+  // Restores whose one stream has 2 ms of latency and runs at 250 MB/s:
+  // the first step (100 KB) lands after 2 ms + 0.4 ms, the whole 20 MB
+  // after 2 ms + 80 ms. Charging a latency per step would see none of this.
+  for (int i = 0; i < 80; ++i) {
+    LoadStreamSample s;
+    s.bytes = 20e6;
+    s.seconds = 2e-3 + 20e6 / 250e6;
+    s.first_bytes = 100e3;
+    s.first_seconds = 2e-3 + 100e3 / 250e6;
+    (*model)->ObserveLoadStream(s);
+  }
+  const LoadCoefficients now = (*model)->Snapshot().load;
+  EXPECT_NEAR(now.bytes_per_second, 250e6, 0.02 * 250e6);
+  EXPECT_NEAR(now.latency_s, 2e-3, 0.1e-3);
+  EXPECT_NEAR(now.RequestSeconds(20e6), 82e-3, 2e-3);
+  // Nonsense samples change nothing.
+  LoadStreamSample bad;
+  bad.bytes = 1e6;
+  bad.seconds = 1e-3;
+  bad.first_bytes = 2e6;  // more than the whole stream
+  bad.first_seconds = 1e-4;
+  (*model)->ObserveLoadStream(bad);
+  EXPECT_EQ((*model)->Snapshot().load.bytes_per_second, now.bytes_per_second);
+  EXPECT_EQ((*model)->Snapshot().load.latency_s, now.latency_s);
+}
+
 TEST(CostModelTest, ProbeLoadFitsLatencyAndBandwidth) {
   // A fake fetch that takes 3 ms + bytes / (100 MB/s), 64 KiB per token.
   constexpr double kLatency = 3e-3, kBandwidth = 100e6;
@@ -125,7 +157,8 @@ TEST(CostModelTest, ProbeLoadFitsLatencyAndBandwidth) {
   LoadProbeOptions options;
   options.small_tokens = 1;
   options.large_tokens = 160;  // ~105 ms
-  options.repeats = 2;
+  // The fastest of a few: a busy machine preempts some of the spins.
+  options.repeats = 4;
   auto fit = ProbeLoad(fetch, options);
   ASSERT_TRUE(fit.ok()) << fit.status();
   EXPECT_NEAR(fit->bytes_per_second, kBandwidth, 0.1 * kBandwidth);

@@ -18,7 +18,7 @@ namespace {
 
 struct SimCosts {
   double fixed = 0, per_token = 0, per_pair = 0;  // one layer's compute
-  double latency = 0, bandwidth = 1;              // one load request
+  double latency = 0, bandwidth = 1;              // the one load stream
 };
 
 // Compute seconds of one layer over queries at positions [start, start + n):
@@ -77,9 +77,11 @@ std::vector<SimRequest> SimLoads(const std::vector<SimGroup>& groups, int L, int
 double SimulateOrder(const SimCosts& c, const std::vector<SimGroup>& groups, int L, int N, int m,
                      const std::vector<int>& n, const std::vector<std::pair<int, int>>& order) {
   std::vector<double> load_done(L, 0);
-  double t = 0;
-  for (const SimRequest& r : SimLoads(groups, L, N, n)) {
-    t += c.latency + r.bytes / c.bandwidth;
+  // One streamed request: the latency once, before the first bytes.
+  const std::vector<SimRequest> requests = SimLoads(groups, L, N, n);
+  double t = requests.empty() ? 0 : c.latency;
+  for (const SimRequest& r : requests) {
+    t += r.bytes / c.bandwidth;
     load_done[r.layer] = t;
   }
   // A layer with no request of its own is loaded once every earlier
@@ -257,11 +259,14 @@ TEST(RestorePlanTest, HandComputedMakespan) {
   // 4 + 2.
   p.new_tokens = 1;
   EXPECT_DOUBLE_EQ(PredictMakespan(p, c, {2, 2}), 6.0);
-  // 0.5 s of latency per request delays the loads to 5: 5 + 1 = 6 still.
-  c.load.latency_s = 0.5;
-  EXPECT_DOUBLE_EQ(PredictMakespan(p, c, {2, 2}), 6.0);
-  c.load.latency_s = 1.5;  // loads done at 7 -> 8
-  EXPECT_DOUBLE_EQ(PredictMakespan(p, c, {2, 2}), 8.0);
+  // The stream's latency is paid once: 1.5 s delays the loads to 5.5, so
+  // the last prefill ends at 6.5 (per request it would be 7 -> 8).
+  c.load.latency_s = 1.5;
+  EXPECT_DOUBLE_EQ(PredictMakespan(p, c, {2, 2}), 6.5);
+  c.load.latency_s = 2.5;  // loads done at 6.5 -> 7.5
+  EXPECT_DOUBLE_EQ(PredictMakespan(p, c, {2, 2}), 7.5);
+  // Nothing loaded: no latency at all.
+  EXPECT_DOUBLE_EQ(PredictMakespan(p, c, {4, 4}), 10.0);
 }
 
 TEST(RestorePlanTest, HandComputedStorage) {
@@ -358,9 +363,9 @@ TEST(RestorePlanTest, PyramidPlanIsOptimalByBruteForce) {
       if (!IsPyramid(n)) return;
       double compute = c.L * SimCompute(c.costs, c.N, c.m), load = SimCompute(c.costs, c.N, c.m);
       for (int l = 0; l < c.L; ++l) compute += SimCompute(c.costs, 0, n[l]);
-      for (const SimRequest& r : SimLoads(c.groups, c.L, c.N, n)) {
-        load += c.costs.latency + r.bytes / c.costs.bandwidth;
-      }
+      const std::vector<SimRequest> requests = SimLoads(c.groups, c.L, c.N, n);
+      if (!requests.empty()) load += c.costs.latency;
+      for (const SimRequest& r : requests) load += r.bytes / c.costs.bandwidth;
       best_overlap = std::min(best_overlap, std::max(compute, load));
     });
     EXPECT_LE(plan->lower_bound_seconds, best_overlap + 1e-9);
@@ -549,6 +554,129 @@ TEST(RestorePlanTest, RejectsBadProblems) {
   bad.layout = p.layout;
   bad.recompute_tokens = {1, 3};
   EXPECT_EQ(Replan(bad, c).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// MeasuredRestoreBound against brute force over every pyramid, with the
+// costs written out independently from its definition.
+TEST(RestorePlanTest, MeasuredBoundIsTheBestSplitOfTheRestoresOwnCosts) {
+  std::mt19937 rng(17);
+  auto uni = [&](double lo, double hi) {
+    return std::uniform_real_distribution<double>(lo, hi)(rng);
+  };
+  for (int trial = 0; trial < 150; ++trial) {
+    Case c = RandomCase(rng, 4, 9, /*with_pairs=*/true);
+    RestoreProblem p = ToProblem(c, SplitPolicy::kPyramid);
+    const CostCoefficients shape = ToCosts(c.costs);
+    // What was stored: a random pyramid; what ran: at least that.
+    std::vector<int> stored(c.L), ran(c.L);
+    for (int& v : stored) v = std::uniform_int_distribution<int>(0, c.N)(rng);
+    std::sort(stored.rbegin(), stored.rend());
+    for (int l = 0; l < c.L; ++l) ran[l] = std::uniform_int_distribution<int>(stored[l], c.N)(rng);
+    std::sort(ran.rbegin(), ran.rend());
+    for (int l = 0; l < c.L; ++l) ran[l] = std::max(ran[l], stored[l]);
+    RestoreProblem executed_problem = p;
+    executed_problem.policy = SplitPolicy::kRecomputeAll;
+    auto executed = PlanRestore(executed_problem, shape);
+    ASSERT_TRUE(executed.ok());
+    executed->policy = SplitPolicy::kPyramid;
+    executed->recompute_tokens = ran;
+    executed->loads = MakeLoadSteps(p.layout, c.L, c.N, ran);
+    // Measurements: each layer ran at its own speed relative to the model.
+    RestoreMeasurement m;
+    std::vector<double> scale(c.L);
+    double measured_r = 0, modelled_r = 0;
+    for (int l = 0; l < c.L; ++l) {
+      scale[l] = uni(0.5, 2.0);
+      const double model = SimCompute(c.costs, 0, ran[l]);
+      m.recompute_seconds.push_back(ran[l] > 0 ? scale[l] * model : 0);
+      if (ran[l] > 0) {
+        measured_r += scale[l] * model;
+        modelled_r += model;
+      }
+      m.prefill_seconds.push_back(uni(0.0, 0.5));
+    }
+    const double average = modelled_r > 0 ? measured_r / modelled_r : 1.0;
+    for (int l = 0; l < c.L; ++l) {
+      if (ran[l] == 0) scale[l] = average;
+    }
+    m.other_compute_seconds = uni(0, 0.2);
+    m.tail_seconds = uni(0, 0.1);
+    double ran_bytes = 0;
+    for (const LoadStep& st : executed->loads) ran_bytes += st.bytes;
+    double spb = 1 / c.costs.bandwidth, latency = c.costs.latency;
+    if (ran_bytes > 0) {
+      m.load_latency_seconds = uni(0, 0.5);
+      m.load_seconds = m.load_latency_seconds + ran_bytes * uni(0.2, 3.0) / c.costs.bandwidth;
+      latency = m.load_latency_seconds;
+      spb = (m.load_seconds - latency) / ran_bytes;
+    }
+    double prefill_sum = 0;
+    for (double v : m.prefill_seconds) prefill_sum += v;
+    auto streams = [&](const std::vector<int>& n) {
+      double a = prefill_sum + m.other_compute_seconds;
+      for (int l = 0; l < c.L; ++l) a += scale[l] * SimCompute(c.costs, 0, n[l]);
+      double b = m.prefill_seconds[c.L - 1] + m.tail_seconds;
+      const std::vector<SimRequest> requests = SimLoads(c.groups, c.L, c.N, n);
+      if (!requests.empty()) b += latency;
+      for (const SimRequest& r : requests) b += r.bytes * spb;
+      return std::pair<double, double>(a, b);
+    };
+    double best = INFINITY, min_a = INFINITY, min_b = INFINITY;
+    ForEachSplit(c.L, c.N, [&](const std::vector<int>& n) {
+      if (!IsPyramid(n)) return;
+      for (int l = 0; l < c.L; ++l) {
+        if (n[l] < stored[l]) return;
+      }
+      const auto [a, b] = streams(n);
+      best = std::min(best, std::max(a, b));
+      min_a = std::min(min_a, a);
+      min_b = std::min(min_b, b);
+    });
+    const double bound = MeasuredRestoreBound(*executed, stored, shape, m);
+    const auto [ran_a, ran_b] = streams(ran);
+    const double tol = 1e-9 * (1 + best);
+    // A lower bound on the best split, hence on what the restore achieved
+    // (each stream took at least its measured time) ...
+    EXPECT_LE(bound, best + tol) << "trial " << trial;
+    EXPECT_LE(bound, std::max(ran_a, ran_b) + tol) << "trial " << trial;
+    // ... and at least what either stream alone needs at its best split
+    // (the dual at lambda = 1 and 0).
+    EXPECT_GE(bound, std::max(min_a, min_b) - tol) << "trial " << trial;
+  }
+}
+
+TEST(RestorePlanTest, MeasuredBoundHandComputed) {
+  // Two layers, 4 tokens, 1 byte per token. The restore recomputed n = (2, 2)
+  // in 2 s per layer (1 s per token) and loaded 4 bytes in 5 s, 1 s of it
+  // latency (1 s per byte). Prefill 0.5 s per layer, nothing else.
+  // Any split n: A = n_0 + n_1 + 1, B = [loads] 1 + (8 - n_0 - n_1) + 0.5.
+  // The best pyramid balances A and B: n_0 + n_1 = 4 or 5 -> max(5, 5.5) or
+  // max(6, 4.5): 5.5.
+  RestorePlan executed;
+  executed.n_layers = 2;
+  executed.history_tokens = 4;
+  executed.layout = UncompressedLayout(2, 1.0);
+  executed.policy = SplitPolicy::kPyramid;
+  executed.recompute_tokens = {2, 2};
+  executed.loads = MakeLoadSteps(executed.layout, 2, 4, {2, 2});
+  CostCoefficients shape;
+  shape.compute.per_token_s = 3;  // only the curve's shape matters: linear
+  shape.load.bytes_per_second = 1;
+  RestoreMeasurement m;
+  m.recompute_seconds = {2, 2};
+  m.prefill_seconds = {0.5, 0.5};
+  m.load_seconds = 5;
+  m.load_latency_seconds = 1;
+  const double bound = MeasuredRestoreBound(executed, {0, 0}, shape, m);
+  // The Lagrangian dual of this integer problem sits at the continuous
+  // balance, n_0 + n_1 = 4.25: 5.25 (never above the integer 5.5).
+  EXPECT_NEAR(bound, 5.25, 1e-6);
+  // Everything stored as recompute only: the one split is n = (4, 4), A = 9.
+  EXPECT_NEAR(MeasuredRestoreBound(executed, {4, 4}, shape, m), 9.0, 1e-9);
+  // Inputs that do not fit the plan: 0.
+  RestoreMeasurement wrong = m;
+  wrong.prefill_seconds = {0.5};
+  EXPECT_EQ(MeasuredRestoreBound(executed, {0, 0}, shape, wrong), 0);
 }
 
 TEST(RestorePlanTest, EmptyHistory) {

@@ -12,16 +12,22 @@
 // Llama layers all have the same shape, so one set of coefficients serves
 // every layer.
 //
-// Loading one request (one layer or shared pair over a token range):
+// Loading: a restore streams everything it loads as ONE request (the
+// worker reads all blocks of a restore in one streamed read, layer 0's
+// first), so the load stream of a restore that loads `bytes` in total takes
 //
 //   latency_s + bytes / bytes_per_second
 //
+// with the latency (request round trip, data-plane grant, first byte)
+// charged once per restore, not once per layer or load step; the stream
+// reaches layer l after latency_s + (bytes of layers <= l) / bandwidth.
+//
 // The coefficients come from a start-up probe (ProbeCompute runs a compute
 // backend's ComputeLayer on a few token counts; ProbeLoad times fetches of
-// two sizes)
-// and are refreshed from live measurements (ObserveCompute / ObserveLoad) by
-// an exponentially weighted moving average of measured / predicted time, so
-// a slower GPU clock or a congested link shifts the plan within a few
+// two sizes through the real path) and are refreshed from live measurements
+// (ObserveCompute per layer, ObserveLoadStream once per restore) by an
+// exponentially weighted moving average of measured / predicted time, so a
+// slower GPU clock or a congested link shifts the plan within a few
 // restores without refitting the shape of the curve.
 //
 // Thread safety: CostModel is thread-safe (the restore executor's recompute
@@ -55,13 +61,22 @@ struct ComputeCoefficients {
   double LayerSeconds(int64_t start_pos, int64_t num_tokens) const;
 };
 
-// Load cost of one fetch request (seconds).
+// Load cost of one restore's load stream (seconds).
 struct LoadCoefficients {
-  double latency_s = 0;         // per request
-  double bytes_per_second = 1;  // sustained bandwidth
+  double latency_s = 0;         // once per stream (per restore that loads)
+  double bytes_per_second = 1;  // sustained bandwidth, decode included
 
-  // Seconds for one request of `bytes`; 0 when bytes == 0 (no request).
+  // Seconds for a stream (one request) of `bytes`; 0 when bytes == 0
+  // (nothing requested).
   double RequestSeconds(double bytes) const;
+};
+
+// One restore's load stream as measured: what ObserveLoadStream learns from.
+struct LoadStreamSample {
+  double bytes = 0;          // everything the stream brought
+  double seconds = 0;        // from its first request to its last step landed
+  double first_bytes = 0;    // the first load step's share
+  double first_seconds = 0;  // ... and the time to it (latency + its bytes)
 };
 
 struct CostCoefficients {
@@ -110,6 +125,12 @@ class CostModel {
   // refresh the latency, large ones the bandwidth (after subtracting the
   // current latency estimate).
   void ObserveLoad(size_t bytes, double seconds);
+
+  // Live refresh from one restore's whole load stream: the time to its
+  // first step (less that step's bytes at the current bandwidth) refreshes
+  // the latency, the rest of the stream the bandwidth. Ignored when the
+  // stream is too short to say anything.
+  void ObserveLoadStream(const LoadStreamSample& sample);
 
  private:
   CostModel(const CostCoefficients& initial, const CostModelOptions& options);

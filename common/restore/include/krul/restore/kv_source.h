@@ -9,12 +9,14 @@
 // transfer) and a pinned host store on the GPU are interchangeable.
 //
 // InProcessKvStore keeps CompressedKv values in memory and can emulate a
-// link (per-request latency + bandwidth) so benchmarks see realistic load
-// times without a network. The emulation is one wrapper,
-// MakeLinkPacedKvSource, that works over any source (also the kvstore's):
-// a fetch does the real work (transfer, verification, decompression) and
-// then waits until latency + bytes / bandwidth has passed since it started,
-// so it takes max(real, emulated).
+// link (latency + bandwidth) so benchmarks see realistic load times without
+// a network. The emulation is one wrapper, MakeLinkPacedKvSource, that
+// works over any source (also the kvstore's) and models a restore's loads
+// as ONE stream, as the worker reads them: a fetch does the real work
+// (transfer, verification, decompression) and then waits until latency +
+// (bytes fetched so far) / bandwidth has passed since the first fetch, so
+// the stream takes max(real, emulated). It is an emulation (a sleep), never
+// a measurement of a link.
 #ifndef KRUL_RESTORE_KV_SOURCE_H_
 #define KRUL_RESTORE_KV_SOURCE_H_
 
@@ -54,7 +56,7 @@ class KvSource {
 
 // An emulated link between the worker and the store.
 struct LinkModel {
-  double latency_s = 0;         // per request
+  double latency_s = 0;         // once per stream (per source)
   double bytes_per_second = 0;  // 0 = unlimited (only the real work counts)
 
   // INVALID_ARGUMENT when a value is negative or not finite.
@@ -71,9 +73,10 @@ struct LinkPacingStats {
 };
 
 // A source that fetches through `inner` and then waits until
-// link.latency_s + bytes / link.bytes_per_second has passed since the fetch
-// started (bytes = what `inner` returned), so each fetch takes
-// max(real, emulated). A failed fetch returns at once, unpaced. `stats`
+// link.latency_s + bytes / link.bytes_per_second has passed since its first
+// fetch started (bytes = what `inner` returned, summed over every fetch so
+// far): one source is one streamed request, so open one per restore. A
+// failed fetch returns at once, unpaced. `stats`
 // (may be null, not owned) accumulates every successful fetch; it must
 // outlive the source and be read only while no Fetch runs.
 // INVALID_ARGUMENT: `inner` is null or `link` does not validate.

@@ -19,8 +19,11 @@
 //     P_l = new-input prefill of layer l on m tokens at position N
 //           (needs P_{l-1} and layer l restored)
 //   load stream, in layer order: the tokens layer l needs that no earlier
-//     request brought: a single layer loads [n_l, N); a pair's first layer
+//     step brought: a single layer loads [n_l, N); a pair's first layer
 //     loads [n_a, N) for both layers, its second layer the rest [n_b, n_a).
+//     The steps are ONE streamed request (cost_model.h): the stream pays
+//     the latency once, when anything is loaded, then bytes / bandwidth per
+//     step, so F_l = latency + (bytes of steps <= l) / bandwidth.
 //   Layer l is restored when R_l and its load are both done.
 // Running every R before any P is optimal for the makespan (one machine,
 // the R's are always ready, the P's become ready over time), so
@@ -190,6 +193,44 @@ double PredictMakespan(const RestoreProblem& problem, const CostCoefficients& co
 // ignored): perfect overlap, any pyramid split. 0 for a problem that does
 // not validate.
 double RestoreLowerBound(const RestoreProblem& problem, const CostCoefficients& costs);
+
+// What one restore measured, for MeasuredRestoreBound (restorer.cc fills
+// it from the compute stream's marks and the load stream's clock).
+struct RestoreMeasurement {
+  // Per layer: seconds the recompute of [0, n_l) took (0 where n_l = 0).
+  std::vector<double> recompute_seconds;
+  // Per layer: seconds the new input's prefill took (compute busy, not
+  // the wait for the layer's loads).
+  std::vector<double> prefill_seconds;
+  // Other compute-stream work (the new input's embedding, the logits).
+  double other_compute_seconds = 0;
+  // Work after the last layer's prefill that also follows the last load
+  // (the logits).
+  double tail_seconds = 0;
+  // The load stream: its busy time (first request to last step landed)
+  // and the part of it that was latency (before any byte could arrive).
+  double load_seconds = 0;
+  double load_latency_seconds = 0;
+};
+
+// The true lower bound of one executed restore, from its OWN measured
+// costs: the minimum over pyramid splits n (each layer at least
+// `min_recompute_tokens`, i.e. what was stored) of max(A(n), B(n)), with
+//   A(n) = sum_l R_l(n_l) + sum_l prefill_l + other compute    (compute stream)
+//   B(n) = latency [anything loaded] + bytes(n) * s_per_byte
+//          + prefill_{L-1} + tail                               (load stream)
+// R_l is layer l's measured recompute time carried to other token counts
+// along `shape`'s compute curve (layers that recomputed nothing: the
+// measured layers' average speed; none: `shape` itself); s_per_byte is the
+// measured stream time less its latency over the executed plan's bytes
+// (nothing loaded: `shape`'s link). At the executed split A and B are the
+// measured busy times of the two streams, each at most the achieved time,
+// so bound / achieved <= 1. Computed as the Lagrangian dual of the min-max
+// (every dual value is a lower bound). 0 when the inputs do not fit the
+// plan.
+double MeasuredRestoreBound(const RestorePlan& executed,
+                            const std::vector<int>& min_recompute_tokens,
+                            const CostCoefficients& shape, const RestoreMeasurement& m);
 
 // The relaxed bound: perfect overlap, any split of any layer (no pyramid),
 // at token resolution.

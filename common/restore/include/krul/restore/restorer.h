@@ -23,12 +23,16 @@
 // coefficients when they moved its prediction by more than
 // `replan_threshold` (Replan only adds recompute, so nothing the store lacks
 // is ever requested). Layer compute times are taken between backend marks
-// (the wall clock on the CPU, device events on CUDA) and, with the fetch
-// times, fed back to the cost model (live refresh) once the logits are in.
+// (the wall clock on the CPU, device events on CUDA) and, with the load
+// stream's time (one sample per restore: the stream is one request), fed
+// back to the cost model (live refresh) once the logits are in.
 //
-// Efficiency = the ideal lower bound / the achieved time, the bound taken
-// under the cost model as refreshed by this restore's own measurements (with
-// no cost model: the plan's own bound).
+// Efficiency = the true lower bound / the achieved time, the bound computed
+// from this restore's OWN measured per-layer recompute times and load
+// stream (MeasuredRestoreBound, restore_plan.h: the best split of what was
+// stored under those costs, with the two streams perfectly overlapped). It
+// never exceeds 1; 1 means no split and no schedule could have been faster
+// on the costs this restore met.
 //
 // Thread safety: a Restorer drives one backend and is not thread-safe; run
 // one per backend.
@@ -67,14 +71,17 @@ struct RestoreStats {
   double prefill_seconds = 0;       // new-input prefill (+ logits), compute stream
   double prefill_wait_seconds = 0;  // compute stream idle during the prefill (bubbles)
   double load_seconds = 0;          // load stream busy (fetch + writes landed)
+  double load_latency_seconds = 0;  // of which before its first bytes (estimated)
   size_t loaded_bytes = 0;
-  int load_requests = 0;
+  int load_requests = 0;  // load steps (one streamed request in all)
   int64_t recomputed_token_layers = 0;
-  // lower bound / total_seconds (see above).
+  // The true lower bound (see above) and lower bound / total_seconds.
+  double lower_bound_seconds = 0;
   double efficiency = 0;
-  // The same against this run's own stream work, independent of the cost
-  // model: max(compute busy, load busy + one layer's prefill) /
-  // total_seconds, i.e. how well the two streams overlapped.
+  // Against this run's own stream work at the executed split (the split
+  // itself not questioned): max(compute busy, load busy + the last layer's
+  // prefill and the logits) / total_seconds, i.e. how well the two streams
+  // overlapped. At most 1, and at least efficiency.
   double stream_efficiency = 0;
 };
 
