@@ -5,19 +5,31 @@
 //   Get over UCX shared memory   vs  memcpy of the same bytes
 //   Get over UCX TCP (loopback)  vs  a raw loopback TCP socket stream
 //   Get over gRPC (inline)       vs  memcpy and the raw socket
+//   Get over UCX shared memory   vs  ucx_perftest ucp_get over posix shm
+//   Get over UCX TCP (loopback)  vs  ucx_perftest tag_bw over TCP on lo
 //   durable Put (write-through)  vs  a raw RocksDB WriteBatch of the same blocks
 //   p50 / p99 latency of a Get at 1, 8 and 32 concurrent clients
 //
 //   build/bin/krul-bench-kvstore [--json] [--sizes 64K,1M,64M] [--total 128M]
 //       [--planes grpc,shm,tcp] [--rounds 3] [--clients 1,8,32]
+//       [--ucx_perftest ucx_perftest | --ucx_perftest=]
 //
 // Each size stores one version of ceil(total / size) blocks of that size,
 // reads it back --rounds times (best round reported, as for the baselines),
 // then deletes it. The servers are two krul-kvstore processes started here
 // on 127.0.0.1 (--ucx, and --ucx --ucx_force_tcp), write-through to RocksDB
 // in a temp dir, DRAM large enough that every Get is served from DRAM.
-// JSON summary keys: shm_get_vs_memcpy, tcp_get_vs_socket, put_vs_rocksdb:
-// geometric means over block sizes >= 1 MiB of the per-size ratios.
+// ucx_perftest (ucx-utils) runs as a server and a client process per size,
+// plane and round, with as many messages of the block size as the version
+// has blocks: UCX's own bound on the same transport (UCX_TLS=posix,self for
+// shm: ucp_get, a memcpy from the mapped peer buffer, like the store's
+// direct Get; UCX_TLS=tcp on lo with Krul's 256 KiB TCP segments for tcp:
+// tag_bw, rendezvous like the store's messages protocol). It reuses one
+// buffer per message, so small messages copy from cache while a Get streams
+// distinct blocks from memory.
+// JSON summary keys: shm_get_vs_memcpy, tcp_get_vs_socket, put_vs_rocksdb,
+// shm_get_vs_ucx_perftest, tcp_get_vs_ucx_perftest: geometric means over
+// block sizes >= 1 MiB of the per-size ratios.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -54,12 +66,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "krul/base/byte_size.h"
 #include "krul/kvclient/kvstore_client.h"
 #include "krul/kvformat/kv_block.h"
 #include "krul/kvformat/manifest.h"
 #include "krul/transport/ucx_transport.h"
 #include "storage/loopback_tcp.h"
+#include "storage/ucx_perftest.h"
 
 ABSL_FLAG(bool, json, false, "Print the results as one JSON object");
 ABSL_FLAG(std::string, sizes, "64K,256K,1M,4M,16M,64M", "Block sizes (K/M suffixes)");
@@ -76,6 +90,10 @@ ABSL_FLAG(std::string, workdir, "", "Directory for RocksDB files (default: a tem
 ABSL_FLAG(std::string, grant_scope, "block",
           "The servers' --ucx_grant_scope: block (per-request grants) or chunk (cached "
           "whole-chunk grants, trusted clients)");
+ABSL_FLAG(std::string, ucx_perftest, "ucx_perftest",
+          "ucx_perftest binary for the UCX reference (path or name in PATH); empty: skip");
+ABSL_FLAG(absl::Duration, perftest_timeout, absl::Seconds(60),
+          "Time limit of one ucx_perftest run (server and client)");
 
 namespace {
 
@@ -310,6 +328,37 @@ double TimeGet(krul::KvStoreClient& client, const krul::v1::Manifest& m, uint64_
   return secs;
 }
 
+// UCX's own bandwidth on the plane's transport for `count` messages of
+// `size` bytes, or 0 (with a note on stderr) when ucx_perftest cannot run.
+double UcxPerftestGbps(const std::string& plane, uint64_t size, int count, std::string* test) {
+  const std::string binary = absl::GetFlag(FLAGS_ucx_perftest);
+  if (binary.empty()) return 0;
+  krul::bench::UcxPerftestRun run;
+  run.binary = binary;
+  run.message_bytes = size;
+  run.iterations = std::max(16, count);
+  run.warmup_iterations = std::max<uint64_t>(2, run.iterations / 8);
+  run.timeout = absl::GetFlag(FLAGS_perftest_timeout);
+  if (plane == "shm") {
+    run.test = "ucp_get";
+    run.env = {{"UCX_TLS", "posix,self"}};
+  } else {
+    run.test = "tag_bw";
+    run.env = {{"UCX_TLS", "tcp"},
+               {"UCX_NET_DEVICES", "lo"},
+               {"UCX_TCP_TX_SEG_SIZE", "256k"},
+               {"UCX_TCP_RX_SEG_SIZE", "256k"}};
+  }
+  *test = run.test;
+  absl::StatusOr<krul::bench::UcxPerftestResult> r = krul::bench::RunUcxPerftest(run);
+  if (!r.ok()) {
+    std::fprintf(stderr, "krul-bench-kvstore: ucx_perftest skipped: %s\n",
+                 r.status().ToString().c_str());
+    return 0;
+  }
+  return r->gbps;
+}
+
 double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -390,8 +439,9 @@ int main(int argc, char** argv) {
   nlohmann::json results = nlohmann::json::array();
   std::map<std::string, std::vector<double>> big_ratios;  // >= 1 MiB sizes
   if (!json_out) {
-    std::printf("%-6s %-5s %9s %9s %9s %9s %9s %9s %9s\n", "block", "plane", "put GB/s", "get GB/s",
-                "memcpy", "socket", "rocksdb", "get/base", "put/rdb");
+    std::printf("%-6s %-5s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n", "block", "plane", "put GB/s",
+                "get GB/s", "memcpy", "socket", "perftest", "rocksdb", "get/base", "get/perf",
+                "put/rdb");
   }
   uint32_t seed = 1;
   for (uint64_t size : sizes) {
@@ -402,6 +452,8 @@ int main(int argc, char** argv) {
     // Rounds interleave baselines and measurements, so a noisy neighbour on
     // this shared machine hits both alike; each figure is its best round.
     std::vector<double> put_gbps(planes.size(), 0), get_gbps(planes.size(), 0);
+    std::vector<double> perftest_gbps(planes.size(), 0);
+    std::vector<std::string> perftest_test(planes.size());
     for (int r = 0; r < rounds; ++r) {
       memcpy_gbps = std::max(memcpy_gbps, MemcpyGbps(size, v.bytes()));
       socket_gbps = std::max(socket_gbps, RawTcpGbps(size, v.bytes()));
@@ -416,6 +468,10 @@ int main(int argc, char** argv) {
           double s = TimeGet(*p.client, m, &bytes);
           get_gbps[i] = std::max(get_gbps[i], bytes / s / 1e9);
         }
+        if (p.name != "grpc") {
+          perftest_gbps[i] = std::max(perftest_gbps[i],
+                                      UcxPerftestGbps(p.name, size, count, &perftest_test[i]));
+        }
         memcpy_gbps = std::max(memcpy_gbps, MemcpyGbps(size, v.bytes()));
       }
     }
@@ -426,7 +482,9 @@ int main(int argc, char** argv) {
       double base = p.name == "tcp" ? socket_gbps : memcpy_gbps;
       double get_ratio = get_gbps_i / base;
       double put_ratio = put_gbps_i / rocksdb_gbps;
+      const double perftest_ratio = perftest_gbps[i] > 0 ? get_gbps_i / perftest_gbps[i] : 0;
       if (size >= (1 << 20)) {
+        if (perftest_ratio > 0) big_ratios[p.name + "_get_perftest"].push_back(perftest_ratio);
         big_ratios[p.name + "_get"].push_back(get_ratio);
         big_ratios[p.name + "_put"].push_back(put_ratio);
         if (p.name == "grpc") big_ratios["grpc_get_socket"].push_back(get_gbps_i / socket_gbps);
@@ -441,10 +499,16 @@ int main(int argc, char** argv) {
                          {"rocksdb_writebatch_gbps", rocksdb_gbps},
                          {"get_vs_baseline", get_ratio},
                          {"put_vs_rocksdb", put_ratio}});
+      if (perftest_gbps[i] > 0) {
+        results.back()["ucx_perftest"] = perftest_test[i];
+        results.back()["ucx_perftest_gbps"] = perftest_gbps[i];
+        results.back()["get_vs_ucx_perftest"] = perftest_ratio;
+      }
       if (!json_out) {
-        std::printf("%-6s %-5s %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f\n",
+        std::printf("%-6s %-5s %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f\n",
                     krul::FormatByteSize(size).c_str(), p.name.c_str(), put_gbps_i, get_gbps_i,
-                    memcpy_gbps, socket_gbps, rocksdb_gbps, get_ratio, put_ratio);
+                    memcpy_gbps, socket_gbps, perftest_gbps[i], rocksdb_gbps, get_ratio,
+                    perftest_ratio, put_ratio);
         std::fflush(stdout);
       }
     }
@@ -501,6 +565,12 @@ int main(int argc, char** argv) {
   auto mean = [&](const std::string& k) { return GeoMean(big_ratios[k]); };
   if (big_ratios.count("shm_get")) summary["shm_get_vs_memcpy"] = mean("shm_get");
   if (big_ratios.count("tcp_get")) summary["tcp_get_vs_socket"] = mean("tcp_get");
+  if (big_ratios.count("shm_get_perftest")) {
+    summary["shm_get_vs_ucx_perftest"] = mean("shm_get_perftest");
+  }
+  if (big_ratios.count("tcp_get_perftest")) {
+    summary["tcp_get_vs_ucx_perftest"] = mean("tcp_get_perftest");
+  }
   if (big_ratios.count("grpc_get")) {
     summary["grpc_get_vs_memcpy"] = mean("grpc_get");
     summary["grpc_get_vs_socket"] = mean("grpc_get_socket");
@@ -521,7 +591,8 @@ int main(int argc, char** argv) {
     out["grant_scope"] = absl::GetFlag(FLAGS_grant_scope);
     out["notes"] =
         "ratios are geometric means over block sizes >= 1 MiB; get includes client-side "
-        "checksum verification; put is write-through (RocksDB WAL, no fsync)";
+        "checksum verification; put is write-through (RocksDB WAL, no fsync); ucx_perftest: "
+        "ucp_get over posix shm / tag_bw over tcp on lo, same message size, one reused buffer";
     std::printf("%s\n", out.dump(2).c_str());
   } else {
     std::printf("\nsummary (block sizes >= 1 MiB): %s\n", summary.dump().c_str());
