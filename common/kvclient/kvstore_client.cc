@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "krul/base/status_macros.h"
 #include "krul/kvformat/manifest.h"
+#include "krul/rpc/bearer_token.h"
 #include "krul/rpc/grpc_status.h"
 
 namespace krul {
@@ -173,6 +174,31 @@ absl::Status KvStoreClientOptions::Validate() const {
   if (inline_put_bytes > (uint64_t{64} << 20)) {
     return absl::InvalidArgumentError("inline_put_bytes: above 64 MiB");
   }
+  if (reconnect_backoff_initial <= absl::ZeroDuration() ||
+      reconnect_backoff_max < reconnect_backoff_initial) {
+    return absl::InvalidArgumentError(
+        "reconnect_backoff_initial/max: need 0 < initial <= max");
+  }
+  if (connect_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("connect_timeout: <= 0");
+  }
+  if (!bearer_token.empty()) {
+    if (absl::Status s = rpc::ValidateToken(bearer_token); !s.ok()) return s;
+  }
+  if (tls.enabled) {
+    // Reads the files once, so a missing certificate is an error now.
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> creds =
+        rpc::MakeChannelCredentials(tls, nullptr);
+    if (!creds.ok()) return creds.status();
+  } else {
+    for (const std::string& a : addresses) {
+      absl::StatusOr<std::string> host = rpc::HostOfAddress(a);
+      if (!host.ok()) return host.status();
+      absl::StatusOr<std::string> ok =
+          rpc::CheckPlaintext(absl::StrCat("kvstore connection to ", a), *host, allow_insecure);
+      if (!ok.ok()) return ok.status();
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -191,12 +217,23 @@ v1::KvStore::StubInterface& KvStoreClient::StubFor(const std::string& address) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(256 << 20);
   args.SetMaxSendMessageSize(-1);  // The server enforces its own limit.
-  // A restarted or replaced shard should be reachable again quickly.
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  // A restarted or replaced shard should be used again soon after it is
+  // back: gRPC would wait up to 120 s between attempts. (MIN_RECONNECT is
+  // gRPC's minimum connect timeout, not a backoff.)
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+              static_cast<int>(absl::ToInt64Milliseconds(options_.reconnect_backoff_initial)));
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+              static_cast<int>(absl::ToInt64Milliseconds(options_.reconnect_backoff_max)));
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
+              static_cast<int>(absl::ToInt64Milliseconds(options_.connect_timeout)));
+  // Validate() built these once already, so only a file that vanished since
+  // fails here; then calls on this shard fail UNAVAILABLE (insecure creds
+  // against a TLS server) and the error is logged by the caller's fallback.
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> creds =
+      rpc::MakeChannelCredentials(options_.tls, &args);
+  std::shared_ptr<grpc::Channel> channel = rpc::CreateChannelWithToken(
+      address, creds.ok() ? *creds : grpc::InsecureChannelCredentials(), args,
+      options_.bearer_token);
   auto stub = v1::KvStore::NewStub(channel);
   v1::KvStore::StubInterface& ref = *stub;
   stubs_[address] = std::move(stub);

@@ -19,6 +19,8 @@ KvStoreClientOptions Options(std::vector<std::string> addresses) {
   o.rpc_timeout = absl::Milliseconds(500);
   o.initial_backoff = absl::Milliseconds(1);
   o.max_backoff = absl::Milliseconds(5);
+  // Most addresses here are names that nothing connects to.
+  o.allow_insecure = true;
   return o;
 }
 
@@ -37,6 +39,10 @@ TEST(KvStoreClientTest, OptionsErrorsNameTheField) {
       {"max_attempts", [](KvStoreClientOptions& o) { o.max_attempts = 0; }},
       {"initial_backoff", [](KvStoreClientOptions& o) { o.max_backoff = absl::Microseconds(1); }},
       {"inline_put_bytes", [](KvStoreClientOptions& o) { o.inline_put_bytes = 1ull << 40; }},
+      {"reconnect_backoff",
+       [](KvStoreClientOptions& o) { o.reconnect_backoff_max = absl::Microseconds(1); }},
+      {"connect_timeout", [](KvStoreClientOptions& o) { o.connect_timeout = absl::ZeroDuration(); }},
+      {"token", [](KvStoreClientOptions& o) { o.bearer_token = "short"; }},
   };
   for (const Case& c : cases) {
     KvStoreClientOptions o = Options({"a:1", "b:2"});
@@ -47,6 +53,21 @@ TEST(KvStoreClientTest, OptionsErrorsNameTheField) {
     EXPECT_FALSE(KvStoreClient::Create(o).ok());
   }
   EXPECT_TRUE(Options({"a:1", "b:2"}).Validate().ok());
+}
+
+TEST(KvStoreClientTest, PlaintextOffLoopbackNeedsAllowInsecure) {
+  KvStoreClientOptions o = Options({"127.0.0.1:7070", "10.0.0.1:7070"});
+  o.allow_insecure = false;
+  absl::Status s = o.Validate();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("10.0.0.1:7070"), std::string::npos) << s;
+  o.addresses = {"127.0.0.1:7070", "[::1]:7070", "localhost:7070"};
+  EXPECT_TRUE(o.Validate().ok());
+  o.addresses = {"10.0.0.1:7070"};
+  o.tls.enabled = true;  // TLS with the system's roots: fine anywhere.
+  EXPECT_TRUE(o.Validate().ok());
+  o.tls.ca_file = "/nonexistent/ca.pem";
+  EXPECT_EQ(o.Validate().code(), absl::StatusCode::kNotFound);
 }
 
 TEST(KvStoreClientTest, RankingIsAStablePermutationIndependentOfListOrder) {
