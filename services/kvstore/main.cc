@@ -2,26 +2,52 @@
 // run until SIGTERM/SIGINT, then shut down gracefully. See README.md.
 // Durations are absl::Duration flags ("30s", "24h"), sizes byte counts
 // ("4K", "1G"); diagnostics go to stderr through krul/base/log.h.
+//
+// `krul-kvstore hash-token TENANT < token-file` prints the line for
+// --tenant_tokens_file ("TENANT:<sha256 hex>") and exits.
 #include <signal.h>
 
 #include <cstdio>
+#include <iostream>
+#include <iterator>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/time/time.h"
+#include "absl/strings/ascii.h"
 #include "krul/base/byte_size.h"
+#include "krul/base/flags_usage.h"
 #include "krul/base/log.h"
 #include "krul/base/status_macros.h"
+#include "krul/rpc/bearer_token.h"
+#include "krul/rpc/credentials.h"
 #include "krul/transport/ucx_transport.h"
 #include "kvstore/options.h"
 #include "kvstore/server.h"
 
-ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on (gRPC and /metrics)");
+ABSL_FLAG(std::string, host, "127.0.0.1",
+          "Address the gRPC control plane listens on (and /metrics unless --metrics_host); "
+          "loopback by default, give e.g. 0.0.0.0 to serve other hosts");
 ABSL_FLAG(int, port, 7070, "gRPC port; 0 picks a free one (printed on start)");
+ABSL_FLAG(std::string, metrics_host, "", "Address of /metrics (plaintext HTTP); empty = --host");
 ABSL_FLAG(int, metrics_port, 9464, "Prometheus /metrics port; 0 picks a free one, -1 disables");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM certificate chain of the gRPC listener (with --tls_key_file: TLS)");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of the gRPC listener");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "PEM CA bundle: clients must present a certificate it signed (mutual TLS)");
+ABSL_FLAG(absl::Duration, tls_refresh_interval, absl::Seconds(60),
+          "How often the TLS files are re-read (rotation without restart)");
+ABSL_FLAG(std::string, tenant_tokens_file, "",
+          "Bearer tokens of the tenants, one 'tenant:sha256hex' per line (see hash-token); "
+          "empty = no authentication, single-tenant trusting mode (loopback only)");
+ABSL_FLAG(bool, insecure, false,
+          "Allow plaintext gRPC and the unauthenticated trusting mode on a non-loopback "
+          "--host (never in production)");
 ABSL_FLAG(std::string, tiers, "dram+rocksdb", "Tiers: dram, dram+rocksdb or rocksdb");
 ABSL_FLAG(std::string, write_mode, "write-through",
           "write-through (commit waits for RocksDB) or write-back (flushed in the background)");
@@ -34,6 +60,9 @@ ABSL_FLAG(bool, rocksdb_sync, false, "fsync the RocksDB WAL on every commit");
 ABSL_FLAG(krul::ByteSize, rocksdb_min_blob_size, krul::ByteSize(4 << 10),
           "Values at least this big go to blob files");
 ABSL_FLAG(krul::ByteSize, rocksdb_write_buffer, krul::ByteSize(128 << 20), "RocksDB memtable size");
+ABSL_FLAG(bool, rocksdb_recover, true,
+          "On a corrupt RocksDB at start-up, quarantine it and salvage the intact versions "
+          "(false: refuse to start)");
 ABSL_FLAG(krul::ByteSize, max_staging, krul::ByteSize(uint64_t{1} << 30),
           "Memory reserved for open puts, at most");
 ABSL_FLAG(krul::ByteSize, max_block_size, krul::ByteSize(256 << 20),
@@ -41,6 +70,9 @@ ABSL_FLAG(krul::ByteSize, max_block_size, krul::ByteSize(256 << 20),
 ABSL_FLAG(absl::Duration, put_timeout, absl::Seconds(60), "Uncommitted puts are aborted after");
 ABSL_FLAG(absl::Duration, default_ttl, absl::Hours(24),
           "Idle versions are deleted after this (0 = never)");
+ABSL_FLAG(uint32_t, keep_versions, 2,
+          "Versions kept per conversation: older turns are deleted when a newer one commits "
+          "(0 = keep all)");
 ABSL_FLAG(absl::Duration, max_ttl, absl::Hours(24 * 30), "Largest TTL a put may ask for");
 ABSL_FLAG(absl::Duration, default_lease, absl::Seconds(30), "Pin lease when none is asked for");
 ABSL_FLAG(absl::Duration, max_lease, absl::Minutes(10), "Longest pin lease");
@@ -58,6 +90,9 @@ ABSL_FLAG(absl::Duration, maintenance_interval, absl::Seconds(1),
 ABSL_FLAG(bool, ucx, false, "Offer the UCX data plane (shared memory / TCP / RDMA)");
 ABSL_FLAG(bool, ucx_force_tcp, false, "Restrict UCX to TCP (UCX_TLS=tcp unless set)");
 ABSL_FLAG(std::string, ucx_tcp_device, "lo", "Network device for --ucx_force_tcp");
+ABSL_FLAG(std::string, ucx_net_devices, "",
+          "UCX network devices (UCX_NET_DEVICES unless set); empty = lo when --host is "
+          "loopback, else every device UCX finds");
 ABSL_FLAG(std::string, ucx_grant_scope, "block",
           "UCX grants cover exactly the requested blocks (block) or whole memory chunks that "
           "clients cache (chunk: faster same-host reads, for trusted clients only)");
@@ -72,7 +107,14 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   ServerOptions o;
   o.host = absl::GetFlag(FLAGS_host);
   o.port = absl::GetFlag(FLAGS_port);
+  o.metrics_host = absl::GetFlag(FLAGS_metrics_host);
   o.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  o.tls.cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  o.tls.key_file = absl::GetFlag(FLAGS_tls_key_file);
+  o.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  o.tls.refresh_interval = absl::GetFlag(FLAGS_tls_refresh_interval);
+  o.tenant_tokens_file = absl::GetFlag(FLAGS_tenant_tokens_file);
+  o.allow_insecure = absl::GetFlag(FLAGS_insecure);
   StoreOptions& s = o.store;
   auto tiers = ParseTierMode(absl::GetFlag(FLAGS_tiers));
   if (!tiers.ok()) return tiers.status();
@@ -92,8 +134,10 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   s.low_watermark = absl::GetFlag(FLAGS_low_watermark);
   s.rocksdb_path = absl::GetFlag(FLAGS_rocksdb_path);
   s.rocksdb_sync = absl::GetFlag(FLAGS_rocksdb_sync);
+  s.rocksdb_recover = absl::GetFlag(FLAGS_rocksdb_recover);
   s.put_timeout = absl::GetFlag(FLAGS_put_timeout);
   s.default_ttl = absl::GetFlag(FLAGS_default_ttl);
+  s.keep_versions = absl::GetFlag(FLAGS_keep_versions);
   s.max_ttl = absl::GetFlag(FLAGS_max_ttl);
   s.default_lease = absl::GetFlag(FLAGS_default_lease);
   s.max_lease = absl::GetFlag(FLAGS_max_lease);
@@ -129,6 +173,11 @@ int Run() {
     UcxTransportOptions uo;
     uo.force_tcp = absl::GetFlag(FLAGS_ucx_force_tcp);
     uo.tcp_device = absl::GetFlag(FLAGS_ucx_tcp_device);
+    // UCX opens its TCP interfaces on every device it finds unless told;
+    // a loopback store keeps its data plane on loopback too.
+    std::string devices = absl::GetFlag(FLAGS_ucx_net_devices);
+    if (devices.empty() && rpc::IsLoopbackHost(options->host)) devices = "lo";
+    if (!devices.empty()) uo.ucx_settings.emplace_back("NET_DEVICES", devices);
     absl::StatusOr<std::unique_ptr<Transport>> t = NewUcxTransport(uo);
     if (!t.ok()) {
       KRUL_LOG(ERROR) << "krul-kvstore: UCX: " << t.status().message();
@@ -163,11 +212,32 @@ int Run() {
 }  // namespace
 }  // namespace krul::kvstore
 
+// `hash-token TENANT`: reads a token on stdin, prints its tokens-file line.
+int HashToken(int argc, char** argv) {
+  if (argc != 3 || std::string_view(argv[2]).empty()) {
+    std::fprintf(stderr, "usage: krul-kvstore hash-token TENANT < token-file\n");
+    return 2;
+  }
+  std::string token(std::istreambuf_iterator<char>(std::cin), {});
+  token = std::string(absl::StripAsciiWhitespace(token));
+  if (absl::Status s = krul::rpc::ValidateToken(token); !s.ok()) {
+    std::fprintf(stderr, "krul-kvstore hash-token: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  std::printf("%s:%s\n", argv[2], krul::rpc::Sha256Hex(token).c_str());
+  return 0;
+}
+
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  if (argc >= 2 && std::string_view(argv[1]) == "hash-token") return HashToken(argc, argv);
+  krul::InitFlagsUsage(
       "KV store for Krul conversation caches.\n"
-      "  krul-kvstore --port=7070 --metrics_port=9464 --rocksdb_path=/var/lib/krul/kv "
-      "--dram_capacity=8G");
+      "  krul-kvstore --rocksdb_path=/var/lib/krul/kv --dram_capacity=8G  (loopback)\n"
+      "  krul-kvstore --host=0.0.0.0 --tls_cert_file=C --tls_key_file=K "
+      "--tls_client_ca_file=CA --tenant_tokens_file=T --rocksdb_path=DIR\n"
+      "  krul-kvstore hash-token TENANT < token-file   (prints a --tenant_tokens_file line)\n"
+      "--help lists these flags, --helpfull every flag.",
+      "kvstore/main.cc");
   absl::ParseCommandLine(argc, argv);
   krul::SetMinLogSeverity(absl::GetFlag(FLAGS_log_level));
   return krul::kvstore::Run();

@@ -60,7 +60,29 @@ KvStoreMetrics::KvStoreMetrics()
       quota_rejections_(prometheus::BuildCounter()
                             .Name("krul_kvstore_quota_rejections_total")
                             .Help("Puts refused because the tenant's quota was full")
-                            .Register(*registry_)) {
+                            .Register(*registry_)),
+      version_gc_(prometheus::BuildCounter()
+                      .Name("krul_kvstore_version_gc_total")
+                      .Help("Older versions deleted because a newer one committed "
+                            "(--keep_versions)")
+                      .Register(*registry_)
+                      .Add({})),
+      quarantined_(prometheus::BuildCounter()
+                       .Name("krul_kvstore_quarantined_total")
+                       .Help("Corrupt RocksDB directories moved aside at start-up")
+                       .Register(*registry_)
+                       .Add({})),
+      recovered_versions_(prometheus::BuildCounter()
+                              .Name("krul_kvstore_recovered_versions_total")
+                              .Help("Versions salvaged from a quarantined RocksDB directory")
+                              .Register(*registry_)
+                              .Add({})),
+      lost_versions_(prometheus::BuildCounter()
+                         .Name("krul_kvstore_lost_versions_total")
+                         .Help("Versions of a quarantined RocksDB directory that could not "
+                               "be salvaged")
+                         .Register(*registry_)
+                         .Add({})) {
   // Export the tier gauges from the start, so dashboards see zeros rather
   // than gaps.
   for (const char* tier : {"dram", "rocksdb"}) {
@@ -83,6 +105,14 @@ void KvStoreMetrics::Eviction(absl::string_view tier) {
 }
 
 void KvStoreMetrics::ChecksumFailure() { checksum_failures_.Increment(); }
+
+void KvStoreMetrics::VersionCollected() { version_gc_.Increment(); }
+
+void KvStoreMetrics::Recovery(uint64_t recovered_versions, uint64_t lost_versions) {
+  quarantined_.Increment();
+  recovered_versions_.Increment(static_cast<double>(recovered_versions));
+  lost_versions_.Increment(static_cast<double>(lost_versions));
+}
 
 void KvStoreMetrics::QuotaRejection(absl::string_view tenant) {
   quota_rejections_.Add({{"tenant", S(tenant)}}).Increment();

@@ -7,6 +7,10 @@
 //   krul_kvstore_evictions_total{tier}                             counter
 //   krul_kvstore_checksum_failures_total                           counter
 //   krul_kvstore_quota_rejections_total{tenant}                    counter
+//   krul_kvstore_version_gc_total     versions deleted by --keep_versions
+//   krul_kvstore_quarantined_total    corrupt RocksDB directories moved aside
+//   krul_kvstore_recovered_versions_total / _lost_versions_total
+//                                     versions salvaged from / lost with them
 // The registry is served on /metrics by the server (prometheus::Exposer).
 //
 // Thread-safe.
@@ -41,6 +45,9 @@ class KvStoreMetrics {
   void Eviction(absl::string_view tier);
   void ChecksumFailure();
   void QuotaRejection(absl::string_view tenant);
+  void VersionCollected();
+  // One corrupt database quarantined at start-up, with what was salvaged.
+  void Recovery(uint64_t recovered_versions, uint64_t lost_versions);
   // op: the RPC name ("BeginPut", ...); code: the status it returned.
   void Request(absl::string_view op, absl::StatusCode code, double seconds);
   // transport: "grpc" or "ucx"; dir: "in" (puts) or "out" (gets).
@@ -58,6 +65,10 @@ class KvStoreMetrics {
   prometheus::Family<prometheus::Counter>& evictions_;
   prometheus::Counter& checksum_failures_;
   prometheus::Family<prometheus::Counter>& quota_rejections_;
+  prometheus::Counter& version_gc_;
+  prometheus::Counter& quarantined_;
+  prometheus::Counter& recovered_versions_;
+  prometheus::Counter& lost_versions_;
 };
 
 }  // namespace krul::kvstore

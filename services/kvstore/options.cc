@@ -100,6 +100,7 @@ absl::Status StoreOptions::Validate() const {
   if (put_timeout <= absl::ZeroDuration()) return Bad("put_timeout", "must be > 0");
   if (default_ttl < absl::ZeroDuration()) return Bad("default_ttl", "must be >= 0");
   if (max_ttl < default_ttl) return Bad("max_ttl", "must be >= default_ttl");
+  if (keep_versions > 1000000) return Bad("keep_versions", "above 1000000");
   if (default_lease <= absl::ZeroDuration()) return Bad("default_lease", "must be > 0");
   if (max_lease < default_lease) return Bad("max_lease", "must be >= default_lease");
   if (!allow_unknown_tenants && tenant_quota_bytes.empty()) {
@@ -113,6 +114,13 @@ absl::Status StoreOptions::Validate() const {
 
 absl::Status ServerOptions::Validate() const {
   if (host.empty()) return Bad("host", "empty");
+  if (tls.cert_file.empty() != tls.key_file.empty()) {
+    return Bad("tls", "give both tls_cert_file and tls_key_file, or neither");
+  }
+  if (!tls.client_ca_file.empty() && !tls.enabled()) {
+    return Bad("tls_client_ca_file", "mutual TLS needs tls_cert_file and tls_key_file");
+  }
+  if (tls.refresh_interval < absl::Seconds(1)) return Bad("tls_refresh_interval", "below 1s");
   if (port < 0 || port > 65535) return Bad("port", absl::StrCat(port, " not in [0, 65535]"));
   if (metrics_port < -1 || metrics_port > 65535) {
     return Bad("metrics_port", absl::StrCat(metrics_port, " not in [-1, 65535]"));

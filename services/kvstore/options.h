@@ -13,6 +13,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "krul/base/byte_size.h"  // ParseByteSize, for sizes in options and flags
+#include "krul/rpc/credentials.h"
 
 namespace krul::kvstore {
 
@@ -76,6 +77,10 @@ struct StoreOptions {
   // Default: 128 MiB (must exceed the largest version written in one batch
   // to avoid a flush per put).
   uint64_t rocksdb_write_buffer_bytes = uint64_t{128} << 20;
+  // A corrupt database is quarantined and its intact versions salvaged at
+  // open (storage/rocksdb_recovery.h) instead of failing the start with
+  // DATA_LOSS. Default: true.
+  bool rocksdb_recover = true;
 
   // Open reservations (BeginPut .. Commit/Abort) hold staging memory; beyond
   // this BeginPut returns RESOURCE_EXHAUSTED. Default: 1 GiB.
@@ -86,6 +91,13 @@ struct StoreOptions {
   uint32_t max_blocks_per_version = 65536;
   // A reservation not committed within this is aborted. Default: 60 s.
   absl::Duration put_timeout = absl::Seconds(60);
+
+  // Versions kept per conversation: when a version commits, the versions of
+  // its conversation with lower turns beyond the newest `keep_versions` are
+  // deleted from both tiers (pinned ones stay until unpinned, then go with
+  // the next commit). 0 keeps every version (until its TTL). Default: 2 (the
+  // one being restored and the one just written).
+  uint32_t keep_versions = 2;
 
   // Idle TTL: a version not read or written for this long is deleted unless
   // pinned. Puts may ask for another TTL up to max_ttl. Zero = never.
@@ -116,12 +128,26 @@ absl::StatusOr<absl::flat_hash_map<std::string, uint64_t>> ParseTenantQuotas(
 
 struct ServerOptions {
   // gRPC listen host and port; port 0 picks a free port (reported by
-  // KvStoreServer::port()). Default: 0.0.0.0:7070.
-  std::string host = "0.0.0.0";
+  // KvStoreServer::port()). Default: 127.0.0.1:7070 (loopback: give an
+  // address, e.g. 0.0.0.0, to serve other hosts).
+  std::string host = "127.0.0.1";
   int port = 7070;
-  // Prometheus /metrics port on `host`; 0 picks a free port, -1 disables.
-  // Default: 9464.
+  // Prometheus /metrics (plaintext HTTP, read-only) on metrics_host (empty:
+  // `host`); port 0 picks a free port, -1 disables. Default: "", 9464.
+  std::string metrics_host;
   int metrics_port = 9464;
+
+  // TLS of the gRPC listener (mutual TLS with tls.client_ca_file). Without
+  // it the listener is plaintext, which is accepted only on a loopback host
+  // or with allow_insecure (krul/rpc/credentials.h). Default: none.
+  rpc::ServerTlsOptions tls;
+  // Bearer tokens of the tenants (tenant_auth.h); empty: the single-tenant
+  // trusting mode, accepted only on a loopback host or with allow_insecure.
+  // Default: none.
+  std::string tenant_tokens_file;
+  // Accept plaintext and the trusting mode on a non-loopback host
+  // (--insecure). Default: false.
+  bool allow_insecure = false;
   // Largest inline Get/Put and largest data-plane chunk. Default: 4 MiB.
   uint64_t max_inline_bytes = uint64_t{4} << 20;
   uint64_t chunk_bytes = uint64_t{4} << 20;

@@ -14,7 +14,38 @@ namespace krul::kvstore {
 absl::StatusOr<std::unique_ptr<KvStoreServer>> KvStoreServer::Start(
     const ServerOptions& options, std::unique_ptr<Transport> transport, Clock* clock) {
   KRUL_RETURN_IF_ERROR(options.Validate());
+  // Who may connect, and how, is settled before anything is opened.
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      rpc::MakeServerCredentials(options.tls);
+  if (!credentials.ok()) return credentials.status();
+  if (!options.tls.enabled()) {
+    absl::StatusOr<std::string> warning =
+        rpc::CheckPlaintext("kvstore gRPC listener", options.host, options.allow_insecure);
+    if (!warning.ok()) return warning.status();
+    KRUL_LOG(WARNING) << "kvstore: " << *warning;
+  }
+  std::unique_ptr<TenantAuth> auth;
+  if (!options.tenant_tokens_file.empty()) {
+    absl::StatusOr<std::unique_ptr<TenantAuth>> loaded =
+        TenantAuth::FromFile(options.tenant_tokens_file);
+    if (!loaded.ok()) return loaded.status();
+    auth = *std::move(loaded);
+    KRUL_LOG(INFO) << "kvstore: " << auth->size() << " tenant tokens from "
+                   << options.tenant_tokens_file << "; every call must carry one";
+  } else {
+    if (!rpc::IsLoopbackHost(options.host) && !options.allow_insecure) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "no --tenant_tokens_file: the single-tenant trusting mode (any caller may name any "
+          "tenant) is accepted on a loopback host only; give tokens or pass --insecure"));
+    }
+    KRUL_LOG(WARNING) << "kvstore: no --tenant_tokens_file: callers are not authenticated and "
+                         "may name any tenant (single-tenant trusting mode"
+                      << (rpc::IsLoopbackHost(options.host) ? ", loopback only)"
+                                                            : "; INSECURE on a network address)");
+    auth = TenantAuth::Trusting();
+  }
   std::unique_ptr<KvStoreServer> server(new KvStoreServer());
+  server->auth_ = std::move(auth);
   server->options_ = options;
   server->clock_ = clock;
   server->metrics_ = std::make_unique<KvStoreMetrics>();
@@ -35,13 +66,13 @@ absl::StatusOr<std::unique_ptr<KvStoreServer>> KvStoreServer::Start(
   so.max_inline_bytes = options.max_inline_bytes;
   so.chunk_bytes = options.chunk_bytes;
   so.grant_scope = options.ucx_grant_scope;
-  server->service_ =
-      std::make_unique<KvStoreService>(server->store_.get(), clock, server->metrics_.get(),
-                                       server->transport_.get(), so, server->arena_.get());
+  server->service_ = std::make_unique<KvStoreService>(
+      server->store_.get(), clock, server->metrics_.get(), server->transport_.get(), so,
+      server->arena_.get(), server->auth_->trusting() ? nullptr : server->auth_.get());
 
   grpc::ServerBuilder builder;
   std::string addr = absl::StrCat(options.host, ":", options.port);
-  builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &server->port_);
+  builder.AddListeningPort(addr, *credentials, &server->port_);
   builder.RegisterService(server->service_.get());
   // Inline Get/Put carry up to max_inline_bytes of blocks plus a manifest;
   // anything larger is refused by gRPC itself (RESOURCE_EXHAUSTED).
@@ -55,7 +86,8 @@ absl::StatusOr<std::unique_ptr<KvStoreServer>> KvStoreServer::Start(
   }
 
   if (options.metrics_port >= 0) {
-    std::string maddr = absl::StrCat(options.host, ":", options.metrics_port);
+    const std::string& mhost = options.metrics_host.empty() ? options.host : options.metrics_host;
+    std::string maddr = absl::StrCat(mhost, ":", options.metrics_port);
     try {
       server->exposer_ = std::make_unique<prometheus::Exposer>(maddr);
     } catch (const std::exception& e) {
@@ -81,6 +113,7 @@ void KvStoreServer::MaintenanceLoop() {
   while (!stop_.WaitForNotificationWithTimeout(options_.maintenance_interval)) {
     store_->RunMaintenance();
     service_->ExpireGrants();
+    if (absl::Status s = auth_->Reload(); !s.ok()) KRUL_LOG(ERROR) << "kvstore: " << s.message();
   }
 }
 

@@ -2,6 +2,12 @@
 // Prometheus exposer, the optional UCX transport and a maintenance thread.
 // main.cc builds one from flags; tests and benchmarks build one in-process.
 //
+// Safe defaults: the gRPC listener is TLS when certificates are given
+// (mutual TLS with a client CA), and callers authenticate with bearer tokens
+// when a tokens file is given. Without certificates, or without tokens, the
+// server starts only on a loopback host unless allow_insecure is set, and
+// logs a warning either way (see krul/rpc/credentials.h).
+//
 // Thread-safe: Shutdown may be called from any thread (once).
 #ifndef KRUL_SERVICES_KVSTORE_SERVER_H_
 #define KRUL_SERVICES_KVSTORE_SERVER_H_
@@ -21,6 +27,7 @@
 #include "kvstore/service.h"
 #include "kvstore/storage/store.h"
 #include "kvstore/storage/transport_arena.h"
+#include "kvstore/tenant_auth.h"
 
 namespace prometheus {
 class Exposer;
@@ -33,8 +40,11 @@ class KvStoreServer {
   // Validates `options`, opens the store, binds gRPC (and /metrics unless
   // metrics_port is -1) and starts serving. `transport` (may be null)
   // enables the UCX data plane; the server owns it. `clock` is not owned.
-  // INVALID_ARGUMENT bad options; UNAVAILABLE a port cannot be bound or
-  // RocksDB cannot be opened; DATA_LOSS RocksDB is corrupt.
+  // INVALID_ARGUMENT bad options; FAILED_PRECONDITION plaintext or the
+  // trusting mode on a non-loopback host without allow_insecure; NOT_FOUND /
+  // FAILED_PRECONDITION unreadable certificate or tokens files; UNAVAILABLE a
+  // port cannot be bound or RocksDB cannot be opened. A corrupt RocksDB is
+  // recovered at open (see Store::Open), not an error.
   static absl::StatusOr<std::unique_ptr<KvStoreServer>> Start(
       const ServerOptions& options, std::unique_ptr<Transport> transport = nullptr,
       Clock* clock = Clock::Real());
@@ -65,6 +75,7 @@ class KvStoreServer {
   std::unique_ptr<Store> store_;
   std::unique_ptr<Transport> transport_;
   std::unique_ptr<TransportArena> arena_;  // With a transport only.
+  std::unique_ptr<TenantAuth> auth_;
   std::unique_ptr<KvStoreService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<prometheus::Exposer> exposer_;

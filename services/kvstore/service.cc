@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <span>
+#include <string_view>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -54,10 +55,41 @@ absl::Status CheckKnownFields(const Message& m) {
                    absl::StrJoin(unknown, ", "), "); is the client newer than the server?"));
 }
 
-absl::Status CheckKey(const Message& req, bool has_key, const v1::ConversationKey& key) {
+// The key a request names, scoped to its caller (see service.h): with a
+// credential the tenant field must be empty or the caller's own, and is set
+// to it.
+absl::StatusOr<v1::ConversationKey> ScopeKey(const Caller& caller,
+                                             const v1::ConversationKey& key,
+                                             absl::string_view field) {
+  if (caller.trusted) return key;
+  if (!key.tenant().empty() && key.tenant() != caller.tenant) {
+    return absl::PermissionDeniedError(absl::StrCat(field, ".tenant: '", key.tenant(),
+                                                    "' is not the tenant of this credential"));
+  }
+  v1::ConversationKey out = key;
+  out.set_tenant(caller.tenant);
+  return out;
+}
+
+// Checks a keyed request; returns its key scoped to the caller.
+absl::StatusOr<v1::ConversationKey> CheckKey(const Message& req, bool has_key,
+                                             const v1::ConversationKey& key,
+                                             const Caller& caller) {
   KRUL_RETURN_IF_ERROR(CheckKnownFields(req));
   if (!has_key) return absl::InvalidArgumentError("key: missing");
-  return ValidateConversationKey(key);
+  absl::StatusOr<v1::ConversationKey> scoped = ScopeKey(caller, key, "key");
+  if (!scoped.ok()) return scoped.status();
+  KRUL_RETURN_IF_ERROR(ValidateConversationKey(*scoped));
+  return scoped;
+}
+
+// Scopes the key of a manifest a caller wants to store.
+absl::Status ScopeManifestKey(const Caller& caller, v1::Manifest* manifest) {
+  if (caller.trusted || !manifest->has_key()) return absl::OkStatus();
+  absl::StatusOr<v1::ConversationKey> scoped = ScopeKey(caller, manifest->key(), "manifest.key");
+  if (!scoped.ok()) return scoped.status();
+  *manifest->mutable_key() = *std::move(scoped);
+  return absl::OkStatus();
 }
 
 // The requested block indices, or all of them when none are given.
@@ -126,18 +158,18 @@ absl::Status KvStoreService::DescribeBlocks(const std::vector<BlockMemory>& bloc
       rest.push_back(m);
       rest_targets.push_back(targets[i]);
     }
-    return DescribeRuns(rest, expires, rest_targets);
+    return DescribeRuns(rest, expires, grant, rest_targets);
   }
   std::vector<BlockMemory> all = blocks;
   for (size_t i = 0; i < all.size(); ++i) {
     all[i].region = regions[i];
     all[i].region_offset = offsets[i];
   }
-  return DescribeRuns(all, expires, targets);
+  return DescribeRuns(all, expires, grant, targets);
 }
 
 absl::Status KvStoreService::DescribeRuns(const std::vector<BlockMemory>& blocks,
-                                          absl::Time expires,
+                                          absl::Time expires, Grant* grant,
                                           std::vector<v1::TransferTarget*>& targets) {
   // Blocks that follow each other in one region share one descriptor, so
   // the client imports (maps) it once per request instead of per block.
@@ -160,20 +192,48 @@ absl::Status KvStoreService::DescribeRuns(const std::vector<BlockMemory>& blocks
       targets[k]->set_transport_descriptor(*desc);
       targets[k]->set_remote_offset(offsets[k] - offsets[i]);
     }
+    grant->descriptors.emplace_back(regions[i], *std::move(desc));
     i = j;
   }
   return absl::OkStatus();
 }
 
+KvStoreService::Grant::Grant(Grant&& other) noexcept
+    : tenant(std::move(other.tenant)),
+      descriptors(std::exchange(other.descriptors, {})),
+      regions(std::move(other.regions)),
+      keepalive(std::move(other.keepalive)),
+      expires(other.expires) {}
+
+KvStoreService::Grant& KvStoreService::Grant::operator=(Grant&& other) noexcept {
+  if (this != &other) {
+    Grant old(std::move(*this));  // Revoked and released here.
+    tenant = std::move(other.tenant);
+    descriptors = std::exchange(other.descriptors, {});
+    regions = std::move(other.regions);
+    keepalive = std::move(other.keepalive);
+    expires = other.expires;
+  }
+  return *this;
+}
+
+KvStoreService::Grant::~Grant() {
+  // Before the regions and the memory go: the serving side refuses the
+  // descriptors from now on (a descriptor of a destroyed region is refused
+  // anyway; one of a long-lived arena chunk would not be).
+  for (const auto& [region, descriptor] : descriptors) region->Revoke(descriptor);
+}
+
 KvStoreService::KvStoreService(Store* store, Clock* clock, KvStoreMetrics* metrics,
                                Transport* transport, const ServiceOptions& options,
-                               const TransportArena* arena)
+                               const TransportArena* arena, const TenantAuth* auth)
     : store_(store),
       clock_(clock),
       metrics_(metrics),
       transport_(transport),
       options_(options),
       arena_(arena),
+      auth_(auth),
       next_grant_id_(static_cast<uint64_t>(absl::ToUnixNanos(absl::Now())) | 1) {}
 
 KvStoreService::~KvStoreService() {
@@ -221,13 +281,23 @@ bool KvStoreService::WaitForIdle(absl::Duration timeout) {
 }
 
 template <typename Body>
-grpc::Status KvStoreService::Handle(const char* op, Body body) {
+grpc::Status KvStoreService::Handle(const grpc::ServerContext* ctx, const char* op, Body body) {
   auto start = std::chrono::steady_clock::now();
   {
     absl::MutexLock lock(&mu_);
     ++inflight_;
   }
-  absl::Status s = body();
+  absl::Status s;
+  Caller caller{"", true};
+  if (ctx != nullptr && auth_ != nullptr) {
+    absl::StatusOr<Caller> authenticated = auth_->Authenticate(*ctx);
+    if (authenticated.ok()) {
+      caller = *std::move(authenticated);
+    } else {
+      s = authenticated.status();
+    }
+  }
+  if (s.ok()) s = body(static_cast<const Caller&>(caller));
   {
     absl::MutexLock lock(&mu_);
     --inflight_;
@@ -239,10 +309,11 @@ grpc::Status KvStoreService::Handle(const char* op, Body body) {
   return ToGrpcStatus(s);
 }
 
-grpc::Status KvStoreService::BeginPut(grpc::ServerContext*, const v1::BeginPutRequest* req,
+grpc::Status KvStoreService::BeginPut(grpc::ServerContext* ctx, const v1::BeginPutRequest* req,
                                       v1::BeginPutResponse* resp) {
-  return Handle("BeginPut", [&]() -> absl::Status {
-    KRUL_RETURN_IF_ERROR(CheckKey(*req, req->has_key(), req->key()));
+  return Handle(ctx, "BeginPut", [&](const Caller& caller) -> absl::Status {
+    absl::StatusOr<v1::ConversationKey> key = CheckKey(*req, req->has_key(), req->key(), caller);
+    if (!key.ok()) return key.status();
     bool ucx = req->transport() == "ucx";
     if (!ucx && !req->transport().empty() && req->transport() != "grpc") {
       return absl::InvalidArgumentError(
@@ -254,7 +325,7 @@ grpc::Status KvStoreService::BeginPut(grpc::ServerContext*, const v1::BeginPutRe
     }
     std::span<const uint64_t> sizes(req->block_sizes().data(), req->block_sizes().size());
     absl::StatusOr<PutReservation> r =
-        store_->BeginPut(req->key(), sizes, absl::Seconds(req->ttl_seconds()));
+        store_->BeginPut(*key, sizes, absl::Seconds(req->ttl_seconds()));
     if (!r.ok()) return r.status();
     resp->set_put_id(r->put_id);
     resp->set_deadline_unix_micros(UnixMicros(r->deadline));
@@ -267,6 +338,7 @@ grpc::Status KvStoreService::BeginPut(grpc::ServerContext*, const v1::BeginPutRe
     }
     if (!ucx) return absl::OkStatus();
     Grant grant;
+    grant.tenant = caller.tenant;
     grant.expires = absl::Now() + (r->deadline - clock_->Now());
     std::vector<BlockMemory> memory;
     absl::Status s;
@@ -281,7 +353,7 @@ grpc::Status KvStoreService::BeginPut(grpc::ServerContext*, const v1::BeginPutRe
     }
     if (s.ok()) s = DescribeBlocks(memory, grant.expires, &grant, targets);
     if (!s.ok()) {
-      grant.regions.clear();
+      { Grant dropped = std::move(grant); }  // Revoked and deregistered first.
       store_->AbortPut(r->put_id).IgnoreError();
       return absl::Status(s.code(), absl::StrCat("granting staging memory: ", s.message()));
     }
@@ -291,11 +363,14 @@ grpc::Status KvStoreService::BeginPut(grpc::ServerContext*, const v1::BeginPutRe
   });
 }
 
-grpc::Status KvStoreService::CommitPut(grpc::ServerContext*, const v1::CommitPutRequest* req,
+grpc::Status KvStoreService::CommitPut(grpc::ServerContext* ctx, const v1::CommitPutRequest* req,
                                        v1::CommitPutResponse* resp) {
-  return Handle("CommitPut", [&]() -> absl::Status {
+  return Handle(ctx, "CommitPut", [&](const Caller& caller) -> absl::Status {
     KRUL_RETURN_IF_ERROR(CheckKnownFields(*req));
+    if (!caller.trusted) KRUL_RETURN_IF_ERROR(store_->CheckPutTenant(req->put_id(), caller.tenant));
     if (!req->has_manifest()) return absl::InvalidArgumentError("manifest: missing");
+    v1::Manifest manifest = req->manifest();
+    KRUL_RETURN_IF_ERROR(ScopeManifestKey(caller, &manifest));
     // Revoke the client's write access before the store verifies the bytes.
     bool had_grant = false;
     {
@@ -303,7 +378,7 @@ grpc::Status KvStoreService::CommitPut(grpc::ServerContext*, const v1::CommitPut
       had_grant = put_grants_.contains(req->put_id());
     }
     DropPutGrant(req->put_id());
-    absl::StatusOr<v1::Manifest> m = store_->CommitPut(req->put_id(), req->manifest());
+    absl::StatusOr<v1::Manifest> m = store_->CommitPut(req->put_id(), std::move(manifest));
     if (!m.ok()) return m.status();
     if (had_grant && metrics_ != nullptr) {
       metrics_->Transfer("ucx", "in", ManifestBlockBytes(*m));
@@ -313,33 +388,34 @@ grpc::Status KvStoreService::CommitPut(grpc::ServerContext*, const v1::CommitPut
   });
 }
 
-grpc::Status KvStoreService::AbortPut(grpc::ServerContext*, const v1::AbortPutRequest* req,
+grpc::Status KvStoreService::AbortPut(grpc::ServerContext* ctx, const v1::AbortPutRequest* req,
                                       v1::AbortPutResponse*) {
-  return Handle("AbortPut", [&]() -> absl::Status {
+  return Handle(ctx, "AbortPut", [&](const Caller& caller) -> absl::Status {
     KRUL_RETURN_IF_ERROR(CheckKnownFields(*req));
+    if (!caller.trusted) KRUL_RETURN_IF_ERROR(store_->CheckPutTenant(req->put_id(), caller.tenant));
     DropPutGrant(req->put_id());
     return store_->AbortPut(req->put_id());
   });
 }
 
-grpc::Status KvStoreService::Lookup(grpc::ServerContext*, const v1::LookupRequest* req,
+grpc::Status KvStoreService::Lookup(grpc::ServerContext* ctx, const v1::LookupRequest* req,
                                     v1::LookupResponse* resp) {
-  return Handle("Lookup", [&]() -> absl::Status {
-    KRUL_RETURN_IF_ERROR(CheckKey(*req, req->has_key(), req->key()));
-    absl::StatusOr<std::shared_ptr<const v1::Manifest>> m =
-        store_->Lookup(req->key(), req->latest());
+  return Handle(ctx, "Lookup", [&](const Caller& caller) -> absl::Status {
+    absl::StatusOr<v1::ConversationKey> key = CheckKey(*req, req->has_key(), req->key(), caller);
+    if (!key.ok()) return key.status();
+    absl::StatusOr<std::shared_ptr<const v1::Manifest>> m = store_->Lookup(*key, req->latest());
     if (!m.ok()) return m.status();
     *resp->mutable_manifest() = **m;
     return absl::OkStatus();
   });
 }
 
-grpc::Status KvStoreService::Get(grpc::ServerContext*, const v1::GetRequest* req,
+grpc::Status KvStoreService::Get(grpc::ServerContext* ctx, const v1::GetRequest* req,
                                  v1::GetResponse* resp) {
-  return Handle("Get", [&]() -> absl::Status {
-    KRUL_RETURN_IF_ERROR(CheckKey(*req, req->has_key(), req->key()));
-    absl::StatusOr<std::shared_ptr<const v1::Manifest>> m =
-        store_->Lookup(req->key(), req->latest());
+  return Handle(ctx, "Get", [&](const Caller& caller) -> absl::Status {
+    absl::StatusOr<v1::ConversationKey> key = CheckKey(*req, req->has_key(), req->key(), caller);
+    if (!key.ok()) return key.status();
+    absl::StatusOr<std::shared_ptr<const v1::Manifest>> m = store_->Lookup(*key, req->latest());
     if (!m.ok()) return m.status();
     absl::StatusOr<std::vector<uint32_t>> indices = ResolveIndices(req->block_indices(), **m);
     if (!indices.ok()) return indices.status();
@@ -350,9 +426,9 @@ grpc::Status KvStoreService::Get(grpc::ServerContext*, const v1::GetRequest* req
           absl::StrCat("Get of ", total, " bytes exceeds the inline limit of ",
                        options_.max_inline_bytes, " bytes; use ReadBlocks or GrantRead"));
     }
-    VersionKey key = VersionKey::FromProto((*m)->key());
+    VersionKey version = VersionKey::FromProto((*m)->key());
     for (uint32_t i : *indices) {
-      absl::StatusOr<BufferPtr> b = store_->GetBlock(key, i);
+      absl::StatusOr<BufferPtr> b = store_->GetBlock(version, i);
       if (!b.ok()) return b.status();
       resp->add_blocks((*b)->data(), (*b)->size());
     }
@@ -362,11 +438,13 @@ grpc::Status KvStoreService::Get(grpc::ServerContext*, const v1::GetRequest* req
   });
 }
 
-grpc::Status KvStoreService::Put(grpc::ServerContext*, const v1::PutRequest* req,
+grpc::Status KvStoreService::Put(grpc::ServerContext* ctx, const v1::PutRequest* req,
                                  v1::PutResponse* resp) {
-  return Handle("Put", [&]() -> absl::Status {
+  return Handle(ctx, "Put", [&](const Caller& caller) -> absl::Status {
     KRUL_RETURN_IF_ERROR(CheckKnownFields(*req));
     if (!req->has_manifest()) return absl::InvalidArgumentError("manifest: missing");
+    v1::Manifest manifest = req->manifest();
+    KRUL_RETURN_IF_ERROR(ScopeManifestKey(caller, &manifest));
     uint64_t total = 0;
     std::vector<absl::string_view> blocks;
     for (const std::string& b : req->blocks()) {
@@ -384,7 +462,7 @@ grpc::Status KvStoreService::Put(grpc::ServerContext*, const v1::PutRequest* req
                                                      req->manifest().blocks_size()));
     }
     absl::StatusOr<v1::Manifest> m =
-        store_->Put(req->manifest(), blocks, absl::Seconds(req->ttl_seconds()));
+        store_->Put(std::move(manifest), blocks, absl::Seconds(req->ttl_seconds()));
     if (!m.ok()) return m.status();
     *resp->mutable_manifest() = *std::move(m);
     if (metrics_ != nullptr) metrics_->Transfer("grpc", "in", total);
@@ -392,15 +470,20 @@ grpc::Status KvStoreService::Put(grpc::ServerContext*, const v1::PutRequest* req
   });
 }
 
-grpc::Status KvStoreService::WriteBlocks(grpc::ServerContext*,
+grpc::Status KvStoreService::WriteBlocks(grpc::ServerContext* ctx,
                                          grpc::ServerReader<v1::BlockChunk>* reader,
                                          v1::WriteBlocksResponse* resp) {
-  return Handle("WriteBlocks", [&]() -> absl::Status {
+  return Handle(ctx, "WriteBlocks", [&](const Caller& caller) -> absl::Status {
     v1::BlockChunk chunk;
     uint64_t received = 0;
     absl::Status status;
+    uint64_t owned_put = 0;  // The last put id checked to be the caller's.
     while (reader->Read(&chunk)) {
       status = CheckKnownFields(chunk);
+      if (status.ok() && !caller.trusted && (owned_put == 0 || chunk.put_id() != owned_put)) {
+        status = store_->CheckPutTenant(chunk.put_id(), caller.tenant);
+        if (status.ok()) owned_put = chunk.put_id();
+      }
       if (status.ok() && chunk.data().size() > options_.chunk_bytes) {
         status = absl::InvalidArgumentError(absl::StrCat("data: chunk of ", chunk.data().size(),
                                                          " bytes exceeds ", options_.chunk_bytes));
@@ -419,13 +502,15 @@ grpc::Status KvStoreService::WriteBlocks(grpc::ServerContext*,
 
 grpc::Status KvStoreService::ReadBlocks(grpc::ServerContext* ctx, const v1::ReadBlocksRequest* req,
                                         grpc::ServerWriter<v1::BlockChunk>* writer) {
-  return Handle("ReadBlocks", [&]() -> absl::Status {
-    KRUL_RETURN_IF_ERROR(CheckKey(*req, req->has_key(), req->key()));
-    absl::StatusOr<std::shared_ptr<const v1::Manifest>> m = store_->Lookup(req->key(), false);
+  return Handle(ctx, "ReadBlocks", [&](const Caller& caller) -> absl::Status {
+    absl::StatusOr<v1::ConversationKey> scoped =
+        CheckKey(*req, req->has_key(), req->key(), caller);
+    if (!scoped.ok()) return scoped.status();
+    absl::StatusOr<std::shared_ptr<const v1::Manifest>> m = store_->Lookup(*scoped, false);
     if (!m.ok()) return m.status();
     absl::StatusOr<std::vector<uint32_t>> indices = ResolveIndices(req->block_indices(), **m);
     if (!indices.ok()) return indices.status();
-    VersionKey key = VersionKey::FromProto(req->key());
+    VersionKey key = VersionKey::FromProto(*scoped);
     uint64_t sent = 0;
     v1::BlockChunk chunk;
     for (uint32_t i : *indices) {
@@ -451,10 +536,12 @@ grpc::Status KvStoreService::ReadBlocks(grpc::ServerContext* ctx, const v1::Read
   });
 }
 
-grpc::Status KvStoreService::GrantRead(grpc::ServerContext*, const v1::GrantReadRequest* req,
+grpc::Status KvStoreService::GrantRead(grpc::ServerContext* ctx, const v1::GrantReadRequest* req,
                                        v1::GrantReadResponse* resp) {
-  return Handle("GrantRead", [&]() -> absl::Status {
-    KRUL_RETURN_IF_ERROR(CheckKey(*req, req->has_key(), req->key()));
+  return Handle(ctx, "GrantRead", [&](const Caller& caller) -> absl::Status {
+    absl::StatusOr<v1::ConversationKey> scoped =
+        CheckKey(*req, req->has_key(), req->key(), caller);
+    if (!scoped.ok()) return scoped.status();
     if (transport_ == nullptr) {
       return absl::FailedPreconditionError(
           "this server has no UCX data plane; read with ReadBlocks or Get");
@@ -465,13 +552,13 @@ grpc::Status KvStoreService::GrantRead(grpc::ServerContext*, const v1::GrantRead
           "lease_seconds: above the maximum of ", absl::FormatDuration(options_.max_read_grant)));
     }
     if (lease == absl::ZeroDuration()) lease = options_.default_read_grant;
-    absl::StatusOr<std::shared_ptr<const v1::Manifest>> m =
-        store_->Lookup(req->key(), req->latest());
+    absl::StatusOr<std::shared_ptr<const v1::Manifest>> m = store_->Lookup(*scoped, req->latest());
     if (!m.ok()) return m.status();
     absl::StatusOr<std::vector<uint32_t>> indices = ResolveIndices(req->block_indices(), **m);
     if (!indices.ok()) return indices.status();
     VersionKey key = VersionKey::FromProto((*m)->key());
     Grant grant;
+    grant.tenant = caller.tenant;
     grant.expires = absl::Now() + lease;
     uint64_t total = 0;
     std::vector<BlockMemory> memory;
@@ -504,14 +591,15 @@ grpc::Status KvStoreService::GrantRead(grpc::ServerContext*, const v1::GrantRead
   });
 }
 
-grpc::Status KvStoreService::ReleaseRead(grpc::ServerContext*, const v1::ReleaseReadRequest* req,
+grpc::Status KvStoreService::ReleaseRead(grpc::ServerContext* ctx,
+                                         const v1::ReleaseReadRequest* req,
                                          v1::ReleaseReadResponse*) {
-  return Handle("ReleaseRead", [&]() -> absl::Status {
+  return Handle(ctx, "ReleaseRead", [&](const Caller& caller) -> absl::Status {
     KRUL_RETURN_IF_ERROR(CheckKnownFields(*req));
-    Grant g;
+    Grant g;  // Revoked after the lock is released.
     absl::MutexLock lock(&mu_);
     auto it = read_grants_.find(req->grant_id());
-    if (it == read_grants_.end()) {
+    if (it == read_grants_.end() || (!caller.trusted && it->second.tenant != caller.tenant)) {
       return absl::NotFoundError(absl::StrCat("read grant ", req->grant_id(), " is not active"));
     }
     g = std::move(it->second);
@@ -520,23 +608,25 @@ grpc::Status KvStoreService::ReleaseRead(grpc::ServerContext*, const v1::Release
   });
 }
 
-grpc::Status KvStoreService::Delete(grpc::ServerContext*, const v1::DeleteRequest* req,
+grpc::Status KvStoreService::Delete(grpc::ServerContext* ctx, const v1::DeleteRequest* req,
                                     v1::DeleteResponse* resp) {
-  return Handle("Delete", [&]() -> absl::Status {
-    KRUL_RETURN_IF_ERROR(CheckKey(*req, req->has_key(), req->key()));
-    absl::StatusOr<int> n = store_->Delete(req->key(), req->all_turns());
+  return Handle(ctx, "Delete", [&](const Caller& caller) -> absl::Status {
+    absl::StatusOr<v1::ConversationKey> key = CheckKey(*req, req->has_key(), req->key(), caller);
+    if (!key.ok()) return key.status();
+    absl::StatusOr<int> n = store_->Delete(*key, req->all_turns());
     if (!n.ok()) return n.status();
     resp->set_deleted_versions(static_cast<uint32_t>(*n));
     return absl::OkStatus();
   });
 }
 
-grpc::Status KvStoreService::Pin(grpc::ServerContext*, const v1::PinRequest* req,
+grpc::Status KvStoreService::Pin(grpc::ServerContext* ctx, const v1::PinRequest* req,
                                  v1::PinResponse* resp) {
-  return Handle("Pin", [&]() -> absl::Status {
-    KRUL_RETURN_IF_ERROR(CheckKey(*req, req->has_key(), req->key()));
+  return Handle(ctx, "Pin", [&](const Caller& caller) -> absl::Status {
+    absl::StatusOr<v1::ConversationKey> key = CheckKey(*req, req->has_key(), req->key(), caller);
+    if (!key.ok()) return key.status();
     absl::StatusOr<krul::kvstore::Lease> lease =
-        store_->Pin(req->key(), absl::Seconds(req->lease_seconds()));
+        store_->Pin(*key, absl::Seconds(req->lease_seconds()));
     if (!lease.ok()) return lease.status();
     resp->set_lease_id(lease->lease_id);
     resp->set_expires_unix_micros(UnixMicros(lease->expires));
@@ -544,17 +634,21 @@ grpc::Status KvStoreService::Pin(grpc::ServerContext*, const v1::PinRequest* req
   });
 }
 
-grpc::Status KvStoreService::Unpin(grpc::ServerContext*, const v1::UnpinRequest* req,
+grpc::Status KvStoreService::Unpin(grpc::ServerContext* ctx, const v1::UnpinRequest* req,
                                    v1::UnpinResponse*) {
-  return Handle("Unpin", [&]() -> absl::Status {
+  return Handle(ctx, "Unpin", [&](const Caller& caller) -> absl::Status {
     KRUL_RETURN_IF_ERROR(CheckKnownFields(*req));
+    if (!caller.trusted) {
+      KRUL_RETURN_IF_ERROR(store_->CheckLeaseTenant(req->lease_id(), caller.tenant));
+    }
     return store_->Unpin(req->lease_id());
   });
 }
 
-grpc::Status KvStoreService::Stats(grpc::ServerContext*, const v1::StatsRequest* req,
+grpc::Status KvStoreService::Stats(grpc::ServerContext* ctx, const v1::StatsRequest* req,
                                    v1::StatsResponse* resp) {
-  return Handle("Stats", [&]() -> absl::Status {
+  // Store-wide figures, no tenant's data: any authenticated caller.
+  return Handle(ctx, "Stats", [&](const Caller&) -> absl::Status {
     KRUL_RETURN_IF_ERROR(CheckKnownFields(*req));
     StoreStats s = store_->Stats();
     v1::TierStats* dram = resp->add_tiers();
@@ -577,7 +671,8 @@ grpc::Status KvStoreService::Stats(grpc::ServerContext*, const v1::StatsRequest*
 
 grpc::Status KvStoreService::Health(grpc::ServerContext*, const v1::HealthRequest* req,
                                     v1::HealthResponse* resp) {
-  return Handle("Health", [&]() -> absl::Status {
+  // Unauthenticated, so probes need no token; it reveals nothing stored.
+  return Handle(nullptr, "Health", [&](const Caller&) -> absl::Status {
     KRUL_RETURN_IF_ERROR(CheckKnownFields(*req));
     absl::MutexLock lock(&mu_);
     resp->set_status(draining_ ? v1::HealthResponse::DRAINING : v1::HealthResponse::SERVING);
@@ -586,10 +681,10 @@ grpc::Status KvStoreService::Health(grpc::ServerContext*, const v1::HealthReques
   });
 }
 
-grpc::Status KvStoreService::ExchangeEndpoints(grpc::ServerContext*,
+grpc::Status KvStoreService::ExchangeEndpoints(grpc::ServerContext* ctx,
                                                const v1::ExchangeEndpointsRequest* req,
                                                v1::ExchangeEndpointsResponse* resp) {
-  return Handle("ExchangeEndpoints", [&]() -> absl::Status {
+  return Handle(ctx, "ExchangeEndpoints", [&](const Caller&) -> absl::Status {
     KRUL_RETURN_IF_ERROR(CheckKnownFields(*req));
     if (req->client_worker_address().size() > 64 * 1024) {
       return absl::InvalidArgumentError("client_worker_address: longer than 64 KiB");

@@ -10,6 +10,22 @@
 // INVALID_ARGUMENT: silently ignoring a newer client's field (say, a
 // checksum mode) would store something other than what the client meant.
 //
+// Authentication and tenant scoping (see tenant_auth.h): every RPC but
+// Health first authenticates its caller. With bearer tokens the tenant comes
+// from the credential: a request's key (or manifest key) must name that
+// tenant or leave it empty (then it is filled in); another tenant is
+// PERMISSION_DENIED. Put ids, lease ids and read grants of another tenant
+// are NOT_FOUND, as if they did not exist. UNAUTHENTICATED without a valid
+// token. In trusting mode (no tokens file) the request names the tenant.
+//
+// Grants are bound to the caller: a UCX grant covers exactly the blocks of
+// the caller's own request, expires (BeginPut: with the reservation;
+// GrantRead: lease_seconds, at most max_read_grant) and is revoked when the
+// put commits or aborts and on ReleaseRead; the serving side of the messages
+// protocol checks range, expiry and revocation on every request
+// (krul/transport/ucx_transport.h). The one-sided protocols (shared memory
+// mapping, RMA) are checked by the client only: see docs/security.md.
+//
 // Thread-safe: gRPC calls the methods from its thread pool.
 #ifndef KRUL_SERVICES_KVSTORE_SERVICE_H_
 #define KRUL_SERVICES_KVSTORE_SERVICE_H_
@@ -31,6 +47,7 @@
 #include "krul/v1/kvstore.grpc.pb.h"
 #include "kvstore/storage/store.h"
 #include "kvstore/storage/transport_arena.h"
+#include "kvstore/tenant_auth.h"
 
 namespace krul::kvstore {
 
@@ -50,9 +67,11 @@ class KvStoreService final : public v1::KvStore::Service {
   // `store`, `clock` and `metrics` are not owned; `transport` (not owned,
   // may be null) enables the UCX data plane. All must outlive the service.
   // `arena` (not owned, may be null) is where the store's blocks live when
-  // UCX is on; it provides the chunk grants of GrantScope::kChunk.
+  // UCX is on; it provides the chunk grants of GrantScope::kChunk. `auth`
+  // (not owned, may be null: trusting mode) authenticates callers.
   KvStoreService(Store* store, Clock* clock, KvStoreMetrics* metrics, Transport* transport,
-                 const ServiceOptions& options, const TransportArena* arena = nullptr);
+                 const ServiceOptions& options, const TransportArena* arena = nullptr,
+                 const TenantAuth* auth = nullptr);
   ~KvStoreService() override;
 
   // Reports DRAINING from Health (the server is shutting down).
@@ -100,7 +119,17 @@ class KvStoreService final : public v1::KvStore::Service {
 
  private:
   // Registered memory handed to a client, revoked on release or expiry.
+  // Movable; destroying it first revokes its descriptors (so the serving
+  // side refuses them at once), then releases the regions and the memory.
   struct Grant {
+    Grant() = default;
+    Grant(Grant&& other) noexcept;
+    Grant& operator=(Grant&& other) noexcept;
+    ~Grant();
+
+    std::string tenant;  // Of the caller it was issued to (empty: trusting mode).
+    // Descriptors issued (region, bytes), for MemoryRegion::Revoke.
+    std::vector<std::pair<const MemoryRegion*, std::string>> descriptors;
     std::vector<std::unique_ptr<MemoryRegion>> regions;
     std::vector<std::shared_ptr<const void>> keepalive;  // The memory behind them.
     absl::Time expires;
@@ -120,13 +149,15 @@ class KvStoreService final : public v1::KvStore::Service {
   absl::Status DescribeBlocks(const std::vector<BlockMemory>& blocks, absl::Time expires,
                               Grant* grant, std::vector<v1::TransferTarget*>& targets);
   // Block-scope descriptors for blocks that all have a region: one per run
-  // of adjacent blocks.
+  // of adjacent blocks; recorded in `grant` for revocation.
   absl::Status DescribeRuns(const std::vector<BlockMemory>& blocks, absl::Time expires,
-                            std::vector<v1::TransferTarget*>& targets);
+                            Grant* grant, std::vector<v1::TransferTarget*>& targets);
 
-  // Runs `body`, records krul_kvstore_requests_total / op_seconds for `op`.
+  // Authenticates the caller of `ctx` (unless ctx is null: Health), runs
+  // `body(caller)`, records krul_kvstore_requests_total / op_seconds for
+  // `op`.
   template <typename Body>
-  grpc::Status Handle(const char* op, Body body);
+  grpc::Status Handle(const grpc::ServerContext* ctx, const char* op, Body body);
 
   void DropPutGrant(uint64_t put_id);
 
@@ -136,6 +167,7 @@ class KvStoreService final : public v1::KvStore::Service {
   Transport* const transport_;
   const ServiceOptions options_;
   const TransportArena* const arena_;
+  const TenantAuth* const auth_;  // Null: trusting mode.
 
   absl::Mutex mu_;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;

@@ -41,4 +41,9 @@ int LeaseTable::PinCount(const VersionKey& key) const {
   return it == pins_.end() ? 0 : it->second;
 }
 
+const VersionKey* LeaseTable::Find(uint64_t id) const {
+  auto it = leases_.find(id);
+  return it == leases_.end() ? nullptr : &it->second.key;
+}
+
 }  // namespace krul::kvstore

@@ -37,6 +37,9 @@ class LeaseTable {
   // Active (uncollected) leases on `key`.
   int PinCount(const VersionKey& key) const;
 
+  // The key lease `id` pins, or null when no such lease is active.
+  const VersionKey* Find(uint64_t id) const;
+
   size_t size() const { return leases_.size(); }
 
  private:

@@ -38,7 +38,7 @@ std::string VersionPrefix(char prefix, const VersionKey& key) {
 }
 
 // Parses a manifest key; false when it is malformed.
-bool ParseManifestKey(const rocksdb::Slice& k, VersionKey* out) {
+bool ParseManifestKeySlice(const rocksdb::Slice& k, VersionKey* out) {
   const char* p = k.data();
   size_t n = k.size();
   if (n < 1 + 1 || p[0] != kManifestPrefix) return false;
@@ -71,6 +71,10 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
 
 std::string RocksDbTier::ManifestKey(const VersionKey& key) {
   return VersionPrefix(kManifestPrefix, key);
+}
+
+bool RocksDbTier::ParseManifestKey(std::string_view key, VersionKey* out) {
+  return ParseManifestKeySlice(rocksdb::Slice(key.data(), key.size()), out);
 }
 
 std::string RocksDbTier::BlockKey(const VersionKey& key, uint32_t index) {
@@ -185,7 +189,7 @@ absl::Status RocksDbTier::ForEachManifest(
   const std::string start(1, kManifestPrefix);
   for (it->Seek(start); it->Valid() && it->key().starts_with(start); it->Next()) {
     VersionKey key;
-    if (!ParseManifestKey(it->key(), &key)) continue;  // Not ours; never written by us.
+    if (!ParseManifestKeySlice(it->key(), &key)) continue;  // Not ours; never written by us.
     fn(key, DecodeStoredManifest(std::string_view(it->value().data(), it->value().size())));
   }
   return FromRocks(it->status(), "scan manifests");

@@ -22,6 +22,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -85,9 +86,11 @@ class RocksDbTier {
   // The underlying database, for tests that inject corruption.
   rocksdb::DB* db() { return db_.get(); }
 
-  // Key encodings (exposed for tests and tools).
+  // Key encodings (exposed for tests, tools and recovery).
   static std::string ManifestKey(const VersionKey& key);
   static std::string BlockKey(const VersionKey& key, uint32_t index);
+  // Inverse of ManifestKey; false when `key` is not a manifest key.
+  static bool ParseManifestKey(std::string_view key, VersionKey* out);
 
  private:
   RocksDbTier(std::unique_ptr<rocksdb::DB> db, bool sync);

@@ -51,18 +51,21 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options, 
                                                    BufferAllocator* allocator) {
   KRUL_RETURN_IF_ERROR(options.Validate());
   std::unique_ptr<RocksDbTier> rocks;
+  RecoveryReport recovery;
   if (options.tiers != TierMode::kDramOnly) {
     RocksDbTierOptions ro;
     ro.path = options.rocksdb_path;
     ro.sync = options.rocksdb_sync;
     ro.min_blob_bytes = options.rocksdb_min_blob_bytes;
     ro.write_buffer_bytes = options.rocksdb_write_buffer_bytes;
-    absl::StatusOr<std::unique_ptr<RocksDbTier>> opened = RocksDbTier::Open(ro);
+    absl::StatusOr<std::unique_ptr<RocksDbTier>> opened =
+        OpenRocksDbTier(ro, options.rocksdb_recover, metrics, &recovery);
     if (!opened.ok()) return opened.status();
     rocks = *std::move(opened);
   }
   std::unique_ptr<Store> store(new Store(options, clock, metrics, std::move(rocks), RandomSeed()));
   store->allocator_ = allocator;
+  store->recovery_ = std::move(recovery);
   if (store->rocks_ != nullptr) {
     KRUL_RETURN_IF_ERROR(store->ReloadIndex());
   }
@@ -142,6 +145,9 @@ absl::Status Store::ReloadIndex() {
                       << " stored manifests failed verification; reads of those versions return "
                          "DATA_LOSS";
     checksum_failures_ += corrupt;
+    if (metrics_ != nullptr) {
+      for (uint64_t i = 0; i < corrupt; ++i) metrics_->ChecksumFailure();
+    }
   }
   UpdateGaugesLocked();
   return scan;
@@ -398,8 +404,11 @@ absl::StatusOr<v1::Manifest> Store::Publish(const VersionKey& key, v1::Manifest 
   absl::StatusOr<v1::Manifest> result =
       PublishUnderKeyLock(key, std::move(manifest), std::move(blocks), reserved, ttl, bytes, now);
   // Outside the key lock: eviction flushes other keys, whose stripe may be
-  // this one.
-  if (result.ok()) EvictIfNeeded();
+  // this one, and the GC takes the older versions' key locks.
+  if (result.ok()) {
+    if (options_.keep_versions > 0) CollectOldVersions(key);
+    EvictIfNeeded();
+  }
   return result;
 }
 
@@ -487,6 +496,15 @@ absl::Status Store::AbortPut(uint64_t put_id) {
   }
   DropReservationLocked(*it->second);
   reservations_.erase(it);
+  return absl::OkStatus();
+}
+
+absl::Status Store::CheckPutTenant(uint64_t put_id, absl::string_view tenant) const {
+  absl::MutexLock lock(&mu_);
+  auto it = reservations_.find(put_id);
+  if (it == reservations_.end() || it->second->key.tenant != tenant) {
+    return absl::NotFoundError(absl::StrCat("put ", put_id, " is not open"));
+  }
   return absl::OkStatus();
 }
 
@@ -589,7 +607,8 @@ void Store::RemoveEntryLocked(std::map<VersionKey, Entry>::iterator it) {
   index_.erase(it);
 }
 
-absl::Status Store::DeleteOne(const VersionKey& key, bool only_if_expired, bool* deleted) {
+absl::Status Store::DeleteOne(const VersionKey& key, bool only_if_expired, bool* deleted,
+                              bool skip_pinned) {
   *deleted = false;
   absl::MutexLock key_lock(&KeyMutex(key));
   {
@@ -597,7 +616,7 @@ absl::Status Store::DeleteOne(const VersionKey& key, bool only_if_expired, bool*
     auto it = index_.find(key);
     if (it == index_.end()) return absl::OkStatus();
     if (leases_.PinCount(key) > 0) {
-      if (only_if_expired) return absl::OkStatus();
+      if (only_if_expired || skip_pinned) return absl::OkStatus();
       return absl::FailedPreconditionError(
           absl::StrCat(key.DebugString(), " is pinned; unpin it or let the lease expire"));
     }
@@ -615,6 +634,31 @@ absl::Status Store::DeleteOne(const VersionKey& key, bool only_if_expired, bool*
   // that reappears after a restart, so report it.
   if (rocks_ != nullptr) return rocks_->DeleteVersion(key);
   return absl::OkStatus();
+}
+
+void Store::CollectOldVersions(const VersionKey& key) {
+  std::vector<VersionKey> old;
+  {
+    absl::MutexLock lock(&mu_);
+    std::vector<VersionKey> turns;  // Ascending.
+    for (auto it = index_.lower_bound(VersionKey{key.tenant, key.conversation_id, 0});
+         it != index_.end() && it->first.tenant == key.tenant &&
+         it->first.conversation_id == key.conversation_id;
+         ++it) {
+      turns.push_back(it->first);
+    }
+    if (turns.size() <= options_.keep_versions) return;
+    old.assign(turns.begin(), turns.end() - options_.keep_versions);
+  }
+  for (const VersionKey& k : old) {
+    bool deleted = false;
+    absl::Status s = DeleteOne(k, /*only_if_expired=*/false, &deleted, /*skip_pinned=*/true);
+    if (!s.ok()) KRUL_LOG(ERROR) << "kvstore: version GC of " << k.DebugString() << ": " << s;
+    if (deleted) {
+      ++gc_deletions_;
+      if (metrics_ != nullptr) metrics_->VersionCollected();
+    }
+  }
 }
 
 absl::StatusOr<int> Store::Delete(const v1::ConversationKey& key, bool all_turns) {
@@ -721,6 +765,15 @@ absl::Status Store::Unpin(uint64_t lease_id) {
   }
   // Pinned versions may have held DRAM above the high watermark.
   EvictIfNeeded();
+  return absl::OkStatus();
+}
+
+absl::Status Store::CheckLeaseTenant(uint64_t lease_id, absl::string_view tenant) const {
+  absl::MutexLock lock(&mu_);
+  const VersionKey* key = leases_.Find(lease_id);
+  if (key == nullptr || key->tenant != tenant) {
+    return absl::NotFoundError(absl::StrCat("lease ", lease_id, " is not active"));
+  }
   return absl::OkStatus();
 }
 
@@ -903,6 +956,7 @@ StoreStats Store::Stats() const {
   s.evictions = evictions_.load();
   s.checksum_failures = checksum_failures_.load();
   s.ttl_expirations = ttl_expirations_.load();
+  s.gc_deletions = gc_deletions_.load();
   s.dirty_versions = dirty_versions_;
   return s;
 }

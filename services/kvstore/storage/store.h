@@ -44,6 +44,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -61,6 +62,7 @@
 #include "kvstore/storage/dram_tier.h"
 #include "kvstore/storage/lease.h"
 #include "kvstore/storage/quota.h"
+#include "kvstore/storage/rocksdb_recovery.h"
 #include "kvstore/storage/rocksdb_tier.h"
 #include "kvstore/storage/version_key.h"
 
@@ -102,15 +104,19 @@ struct StoreStats {
   uint64_t evictions = 0;
   uint64_t checksum_failures = 0;
   uint64_t ttl_expirations = 0;
+  uint64_t gc_deletions = 0;    // Versions deleted by keep_versions.
   uint64_t dirty_versions = 0;  // Write-back: committed, not yet on disk.
 };
 
 class Store {
  public:
   // Validates `options`, opens RocksDB (unless DRAM-only) and rebuilds the
-  // index from it. `clock` and `metrics` are not owned and must outlive the
-  // store; metrics may be null. INVALID_ARGUMENT bad options; UNAVAILABLE /
-  // DATA_LOSS from opening RocksDB.
+  // index from it. A corrupt RocksDB is quarantined and what is intact
+  // salvaged (options.rocksdb_recover, see rocksdb_recovery.h; recovery()
+  // says what happened). `clock` and `metrics` are not owned and must
+  // outlive the store; metrics may be null. INVALID_ARGUMENT bad options;
+  // UNAVAILABLE from opening RocksDB; DATA_LOSS when it is corrupt and
+  // rocksdb_recover is off.
   // `allocator` (not owned, may be null: heap) provides block memory, e.g.
   // a TransportArena so the UCX data plane can serve blocks zero-copy.
   static absl::StatusOr<std::unique_ptr<Store>> Open(const StoreOptions& options,
@@ -153,6 +159,12 @@ class Store {
   // Releases reservation `put_id`. NOT_FOUND when it is not open.
   absl::Status AbortPut(uint64_t put_id);
 
+  // NOT_FOUND unless reservation `put_id` is open and its key belongs to
+  // `tenant` (the same answer as for a put that does not exist, so a tenant
+  // cannot probe another's put ids). The service calls it before acting on
+  // a put id for an authenticated caller.
+  absl::Status CheckPutTenant(uint64_t put_id, absl::string_view tenant) const;
+
   // BeginPut + WriteChunk + CommitPut for a version whose blocks are at hand.
   absl::StatusOr<v1::Manifest> Put(v1::Manifest manifest, std::span<const absl::string_view> blocks,
                                    absl::Duration ttl = absl::ZeroDuration());
@@ -185,6 +197,9 @@ class Store {
   // Ends a lease. NOT_FOUND when it is not active.
   absl::Status Unpin(uint64_t lease_id);
 
+  // NOT_FOUND unless lease `lease_id` is active on a version of `tenant`.
+  absl::Status CheckLeaseTenant(uint64_t lease_id, absl::string_view tenant) const;
+
   // ---- operations --------------------------------------------------------
 
   // Expires leases, reservations past their deadline and versions idle past
@@ -207,6 +222,9 @@ class Store {
   StoreStats Stats() const;
 
   const StoreOptions& options() const { return options_; }
+
+  // What happened to a corrupt RocksDB at open (recovered == false: nothing).
+  const RecoveryReport& recovery() const { return recovery_; }
 
   // The RocksDB tier (null when DRAM-only), for tests that inject faults.
   RocksDbTier* rocksdb_for_testing() { return rocks_.get(); }
@@ -252,7 +270,14 @@ class Store {
   // NOT_FOUND when `r` was closed meanwhile; INVALID_ARGUMENT for a block
   // index it does not have. Call with r.mu held.
   static absl::Status CheckOpenBlockLocked(const Reservation& r, uint32_t index);
-  absl::Status DeleteOne(const VersionKey& key, bool only_if_expired, bool* deleted);
+  // Deletes `key` from both tiers. Pinned: FAILED_PRECONDITION, or with
+  // `only_if_expired` / `skip_pinned` OK without deleting; with
+  // `only_if_expired` also only once its TTL has run out.
+  absl::Status DeleteOne(const VersionKey& key, bool only_if_expired, bool* deleted,
+                         bool skip_pinned = false);
+  // Version GC: deletes the versions of key's conversation beyond the newest
+  // options_.keep_versions turns (pinned ones are skipped).
+  void CollectOldVersions(const VersionKey& key);
   absl::Status FlushVersion(const VersionKey& key);
   void EvictIfNeeded();
   void UpdateGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -264,6 +289,7 @@ class Store {
   KvStoreMetrics* const metrics_;
   const std::unique_ptr<RocksDbTier> rocks_;
   BufferAllocator* allocator_ = nullptr;  // Null: heap.
+  RecoveryReport recovery_;
 
   // Serializes disk writes and deletes of one version against each other
   // (commit vs delete vs write-back flush of the same key). Taken before mu_.
@@ -289,6 +315,7 @@ class Store {
   std::atomic<uint64_t> evictions_{0};
   std::atomic<uint64_t> checksum_failures_{0};
   std::atomic<uint64_t> ttl_expirations_{0};
+  std::atomic<uint64_t> gc_deletions_{0};
 
   std::thread flusher_;  // Write-back only.
 };
