@@ -20,14 +20,13 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "krul/base/byte_size.h"
+#include "krul/base/flags_usage.h"
 #include "krul/base/log.h"
+#include "krul/rpc/bearer_token.h"
 #include "worker/session/conversation_store.h"
 #include "worker/server/grpc_service.h"
 #include "worker/server/http_api.h"
@@ -67,6 +66,24 @@ ABSL_FLAG(int, kvstore_replication, 1, "Replicas of each conversation across the
 ABSL_FLAG(bool, kvstore_ucx, false,
           "Move KV blocks over UCX (shared memory / TCP / RDMA) instead of gRPC");
 ABSL_FLAG(std::string, tenant, "default", "Tenant the conversations are stored under");
+ABSL_FLAG(std::string, kvstore_tls_ca_file, "",
+          "PEM CA bundle that verifies the kvstore's certificate (turns on TLS to it)");
+ABSL_FLAG(std::string, kvstore_tls_cert_file, "",
+          "PEM client certificate for a kvstore that requires mutual TLS (turns on TLS)");
+ABSL_FLAG(std::string, kvstore_tls_key_file, "", "PEM key of --kvstore_tls_cert_file");
+ABSL_FLAG(std::string, kvstore_tls_server_name, "",
+          "Name the kvstore's certificate carries, when not the host of --kvstore");
+ABSL_FLAG(bool, kvstore_tls, false,
+          "TLS to the kvstore with the system's CA roots (implied by the files above)");
+ABSL_FLAG(std::string, kvstore_token_file, "",
+          "File holding the bearer token of --tenant for the kvstore (--tenant_tokens_file there)");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM certificate of the worker's gRPC service (with --tls_key_file: TLS)");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of the worker's gRPC service");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "PEM CA bundle: gRPC clients must present a certificate it signed (mutual TLS)");
+ABSL_FLAG(bool, insecure, false,
+          "Allow plaintext gRPC off loopback (the kvstore link, the worker's gRPC service)");
 ABSL_FLAG(std::string, mode, "krul",
           "Restore mode: krul, recompute, load, cake, minicache, krul-fixed");
 ABSL_FLAG(bool, allow_mode_override, true, "Let requests pick a mode with \"krul_mode\"");
@@ -145,6 +162,17 @@ absl::StatusOr<WorkerOptions> OptionsFromFlags() {
   o.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes).bytes;
   o.kvstore_addresses = absl::StrSplit(absl::GetFlag(FLAGS_kvstore), ',', absl::SkipWhitespace());
   o.tenant = absl::GetFlag(FLAGS_tenant);
+  o.kvstore_tls.ca_file = absl::GetFlag(FLAGS_kvstore_tls_ca_file);
+  o.kvstore_tls.cert_file = absl::GetFlag(FLAGS_kvstore_tls_cert_file);
+  o.kvstore_tls.key_file = absl::GetFlag(FLAGS_kvstore_tls_key_file);
+  o.kvstore_tls.server_name = absl::GetFlag(FLAGS_kvstore_tls_server_name);
+  o.kvstore_tls.enabled = absl::GetFlag(FLAGS_kvstore_tls) || !o.kvstore_tls.ca_file.empty() ||
+                          !o.kvstore_tls.cert_file.empty();
+  o.kvstore_token_file = absl::GetFlag(FLAGS_kvstore_token_file);
+  o.grpc_tls.cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  o.grpc_tls.key_file = absl::GetFlag(FLAGS_tls_key_file);
+  o.grpc_tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  o.allow_insecure = absl::GetFlag(FLAGS_insecure);
   auto mode = krul::ParseRestoreMode(absl::GetFlag(FLAGS_mode));
   if (!mode.ok())
     return absl::InvalidArgumentError(absl::StrCat("mode: ", mode.status().message()));
@@ -180,17 +208,12 @@ absl::StatusOr<WorkerOptions> OptionsFromFlags() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  // --help lists the flags of this file (Abseil looks for krul-worker.cc).
+  krul::InitFlagsUsage(
       "The Krul inference worker: OpenAI-compatible chat over HTTP, KV in the kvstore.\n"
       "  krul-worker --model FILE [--tokenizer FILE] [--kvstore HOST:PORT] [--http_port N]\n"
-      "  krul-worker --synthetic --http_port 0");
-  // --help lists the flags of this file (Abseil looks for krul-worker.cc).
-  absl::FlagsUsageConfig usage;
-  usage.contains_helpshort_flags = [](absl::string_view file) {
-    return absl::EndsWith(file, "worker/main.cc");
-  };
-  usage.contains_help_flags = usage.contains_helpshort_flags;
-  absl::SetFlagsUsageConfig(usage);
+      "  krul-worker --synthetic --http_port 0",
+      "worker/main.cc");
   absl::ParseCommandLine(argc, argv);
   krul::SetMinLogSeverity(absl::GetFlag(FLAGS_log_level));
 
@@ -213,6 +236,13 @@ int main(int argc, char** argv) {
     kv.restore_deadline = options->kvstore_deadline;
     kv.persist_deadline = options->persist_deadline;
     kv.ucx = absl::GetFlag(FLAGS_kvstore_ucx);
+    kv.tls = options->kvstore_tls;
+    kv.allow_insecure = options->allow_insecure;
+    if (!options->kvstore_token_file.empty()) {
+      auto token = krul::rpc::ReadTokenFile(options->kvstore_token_file);
+      if (!token.ok()) return Fail(token.status());
+      kv.bearer_token = *std::move(token);
+    }
     auto remote = krul::worker::NewKvstoreConversationStore(kv);
     if (!remote.ok()) return Fail(remote.status());
     store = *std::move(remote);
@@ -237,7 +267,8 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<krul::worker::GrpcServer> grpc;
   if (options->grpc_port >= 0) {
-    auto started = krul::worker::GrpcServer::Start(core->get(), options->host, options->grpc_port);
+    auto started = krul::worker::GrpcServer::Start(core->get(), options->host, options->grpc_port,
+                                                   options->grpc_tls, options->allow_insecure);
     if (!started.ok()) return Fail(started.status());
     grpc = *std::move(started);
   }

@@ -72,6 +72,12 @@ absl::Status WorkerOptions::Validate() const {
     return Invalid("model", "required (a llama2.c .bin or GGUF file), or use --synthetic");
   }
   if (host.empty()) return Invalid("host", "empty");
+  if (kvstore_tls.cert_file.empty() != kvstore_tls.key_file.empty()) {
+    return Invalid("kvstore_tls_cert_file", "give it with --kvstore_tls_key_file, or neither");
+  }
+  if (grpc_tls.cert_file.empty() != grpc_tls.key_file.empty()) {
+    return Invalid("tls_cert_file", "give it with --tls_key_file, or neither");
+  }
   if (http_port < 0 || http_port > 65535) return Invalid("http_port", "outside [0, 65535]");
   if (grpc_port < -1 || grpc_port > 65535) return Invalid("grpc_port", "outside [-1, 65535]");
   if (max_active < 1 || max_active > 256) return Invalid("max_active", "outside [1, 256]");

@@ -16,6 +16,7 @@
 #include "krul/model/model.h"
 #include "krul/model/model_shape.h"  // ParseModelShape
 #include "krul/restore/restore_mode.h"
+#include "krul/rpc/credentials.h"
 
 namespace krul::worker {
 
@@ -69,6 +70,17 @@ struct WorkerOptions {
   // kvstore gRPC addresses ("host:port"); empty = an in-process store
   // (single worker, for tests and trying things out).
   std::vector<std::string> kvstore_addresses;
+  // TLS to the kvstore (CA, client certificate for mTLS) and the bearer
+  // token file of `tenant` (the kvstore's --tenant_tokens_file names its
+  // hash). Plaintext to a non-loopback kvstore needs allow_insecure.
+  rpc::ClientTlsOptions kvstore_tls;
+  std::string kvstore_token_file;
+  // TLS of the worker's own gRPC service; without it the service is
+  // plaintext, accepted only on a loopback host or with allow_insecure.
+  rpc::ServerTlsOptions grpc_tls;
+  // --insecure: plaintext gRPC (the kvstore link, the gRPC service) off
+  // loopback. Default: false.
+  bool allow_insecure = false;
   std::string tenant = "default";
   RestoreMode mode = RestoreMode::kKrul;
   // Requests may pick another mode with the "krul_mode" field.

@@ -1,6 +1,7 @@
 #include "worker/server/grpc_service.h"
 
 #include "absl/strings/str_cat.h"
+#include "krul/base/log.h"
 #include "krul/rpc/grpc_status.h"
 #include "worker/session/session.h"
 
@@ -145,12 +146,22 @@ grpc::Status WorkerGrpcService::Models(grpc::ServerContext*, const v1::ModelsReq
 }
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(WorkerCore* core,
-                                                              const std::string& host, int port) {
+                                                              const std::string& host, int port,
+                                                              const rpc::ServerTlsOptions& tls,
+                                                              bool allow_insecure) {
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      rpc::MakeServerCredentials(tls);
+  if (!credentials.ok()) return credentials.status();
+  if (!tls.enabled()) {
+    absl::StatusOr<std::string> warning =
+        rpc::CheckPlaintext("worker gRPC service", host, allow_insecure);
+    if (!warning.ok()) return warning.status();
+    KRUL_LOG(WARNING) << "krul-worker: " << *warning;
+  }
   std::unique_ptr<GrpcServer> server(new GrpcServer());
   server->service_ = std::make_unique<WorkerGrpcService>(core);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(),
-                           &server->port_);
+  builder.AddListeningPort(absl::StrCat(host, ":", port), *credentials, &server->port_);
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "krul/rpc/credentials.h"
 #include "krul/v1/worker.grpc.pb.h"
 #include "worker/core/worker_core.h"
 
@@ -40,9 +41,15 @@ class WorkerGrpcService final : public v1::Worker::Service {
 // A gRPC server running WorkerGrpcService.
 class GrpcServer {
  public:
-  // Listens on host:port (0 = ephemeral). UNAVAILABLE if it cannot bind.
-  static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(WorkerCore* core,
-                                                           const std::string& host, int port);
+  // Listens on host:port (0 = ephemeral), with TLS when `tls` names a
+  // certificate (mutual TLS with tls.client_ca_file). Plaintext is accepted
+  // on a loopback host (with a warning) or with `allow_insecure`, else
+  // FAILED_PRECONDITION (krul/rpc/credentials.h). NOT_FOUND /
+  // FAILED_PRECONDITION for unreadable certificate files; UNAVAILABLE if it
+  // cannot bind.
+  static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(
+      WorkerCore* core, const std::string& host, int port,
+      const rpc::ServerTlsOptions& tls = {}, bool allow_insecure = false);
   int port() const { return port_; }
   void Stop();
 

@@ -95,6 +95,9 @@ absl::StatusOr<std::unique_ptr<ConversationStore>> NewKvstoreConversationStore(
   restore.transfer_timeout = options.restore_deadline;
   restore.max_attempts = 1;  // a restore that has to retry is already late
   restore.block_transport = block_transport;
+  restore.tls = options.tls;
+  restore.bearer_token = options.bearer_token;
+  restore.allow_insecure = options.allow_insecure;
   auto restore_client = KvStoreClient::Create(restore);
   if (!restore_client.ok()) return restore_client.status();
 

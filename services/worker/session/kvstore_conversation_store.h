@@ -18,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "krul/rpc/credentials.h"
 #include "worker/session/conversation_store.h"
 
 namespace krul::worker {
@@ -29,6 +30,11 @@ struct KvstoreStoreOptions {
   absl::Duration persist_deadline = absl::Seconds(10);
   // Move blocks over UCX (shared memory / TCP / RDMA) instead of gRPC.
   bool ucx = false;
+  // TLS, bearer token and the plaintext rule of the client
+  // (krul/kvclient/kvstore_client.h).
+  rpc::ClientTlsOptions tls;
+  std::string bearer_token;
+  bool allow_insecure = false;
 };
 
 // Connects lazily: an unreachable store is not an error here (requests fall
