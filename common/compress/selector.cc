@@ -67,18 +67,56 @@ int PairsForRatio(int n_layers, double target_ratio) {
   return max_pairs;
 }
 
+std::vector<uint8_t> SensitiveLayers(const SimilarityEstimate& estimate, double threshold) {
+  std::vector<uint8_t> out(estimate.n_layers > 0 ? estimate.n_layers : 0, 0);
+  if (estimate.mass_weight.size() != out.size()) return out;
+  for (int l = 0; l < estimate.n_layers; ++l) out[l] = estimate.EdgeMass(l) > threshold;
+  return out;
+}
+
 absl::StatusOr<CompressionPlan> SelectPlan(const SimilarityEstimate& estimate,
                                            const SelectorOptions& options) {
   if (auto s = options.Validate(); !s.ok()) return s;
   if (auto s = ValidateEstimate(estimate); !s.ok()) return s;
-  const int n = estimate.n_layers;
   if (estimate.rows_represented <= 0) {
     return absl::FailedPreconditionError("the similarity estimate observed no attention rows");
+  }
+  const int n = estimate.n_layers;
+  std::vector<double> scores(static_cast<size_t>(n) * n, 0.0);
+  for (int a = 0; a < n; ++a) {
+    for (int b = 0; b < n; ++b) scores[static_cast<size_t>(a) * n + b] = estimate.MeanDistance(a, b);
+  }
+  return SelectPlanByScore(scores, SensitiveLayers(estimate, options.sensitivity_threshold),
+                           options, estimate.edge_fraction);
+}
+
+absl::StatusOr<CompressionPlan> SelectPlanByScore(std::span<const double> scores,
+                                                  std::span<const uint8_t> protect,
+                                                  const SelectorOptions& options,
+                                                  double edge_fraction) {
+  if (auto s = options.Validate(); !s.ok()) return s;
+  int n = 0;
+  while (static_cast<size_t>(n) * n < scores.size()) ++n;
+  if (n < 1 || n > 4096 || static_cast<size_t>(n) * n != scores.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(scores.size(), " scores are not an L x L matrix"));
+  }
+  if (!protect.empty() && protect.size() != static_cast<size_t>(n)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(protect.size(), " protection flags for ", n, " layers"));
+  }
+  for (double v : scores) {
+    if (!std::isfinite(v) || v < 0) {
+      return absl::InvalidArgumentError("a pair score is negative or not finite");
+    }
+  }
+  if (!std::isfinite(edge_fraction) || edge_fraction <= 0 || edge_fraction > 0.5) {
+    return absl::InvalidArgumentError("edge_fraction is outside (0, 0.5]");
   }
   CompressionPlan plan = CompressionPlan::Uncompressed(n);
   plan.target_ratio = options.target_ratio;
   plan.sensitivity_threshold = options.sensitivity_threshold;
-  plan.edge_fraction = estimate.edge_fraction;
+  plan.edge_fraction = edge_fraction;
   plan.quality_budget = options.quality_budget;
   for (int l : options.never_share) {
     if (l < 0 || l >= n) {
@@ -87,21 +125,21 @@ absl::StatusOr<CompressionPlan> SelectPlan(const SimilarityEstimate& estimate,
     }
     plan.input_sensitive[l] = 1;
   }
-  for (int l = 0; l < n; ++l) {
-    if (estimate.EdgeMass(l) > options.sensitivity_threshold) plan.input_sensitive[l] = 1;
+  for (size_t l = 0; l < protect.size(); ++l) {
+    if (protect[l]) plan.input_sensitive[l] = 1;
   }
 
-  // Candidate pairs of input-robust layers, most similar first; the index
-  // order breaks ties so the plan never depends on sort stability.
+  // Candidate pairs of unprotected layers, cheapest first; the index order
+  // breaks ties so the plan never depends on sort stability.
   std::vector<std::tuple<double, int, int>> candidates;
   for (int a = 0; a < n; ++a) {
     if (plan.input_sensitive[a]) continue;
     for (int b = a + 1; b < n; ++b) {
       if (plan.input_sensitive[b]) continue;
-      // D is symmetric by construction; averaging makes a hand-built,
-      // slightly asymmetric estimate give the same plan whichever half it
-      // filled.
-      const double d = 0.5 * (estimate.MeanDistance(a, b) + estimate.MeanDistance(b, a));
+      // Averaging makes a hand-built, slightly asymmetric matrix give the
+      // same plan whichever half it filled.
+      const double d = 0.5 * (scores[static_cast<size_t>(a) * n + b] +
+                              scores[static_cast<size_t>(b) * n + a]);
       candidates.emplace_back(d, a, b);
     }
   }
@@ -109,11 +147,13 @@ absl::StatusOr<CompressionPlan> SelectPlan(const SimilarityEstimate& estimate,
 
   const int wanted = PairsForRatio(n, options.target_ratio);
   std::vector<uint8_t> used(n, 0);
+  double spent = 0;
   for (const auto& [d, a, b] : candidates) {
     if (static_cast<int>(plan.pairs.size()) >= wanted) break;
-    if (options.quality_budget > 0 && d > options.quality_budget)
-      break;  // sorted: all later are worse
     if (used[a] || used[b]) continue;
+    // Sorted: every later pair costs at least as much.
+    if (options.quality_budget > 0 && spent + d > options.quality_budget) break;
+    spent += d;
     used[a] = used[b] = 1;
     plan.pairs.push_back(LayerPair{a, b, d});
   }

@@ -396,6 +396,53 @@ TEST(CompressionPlanTest, ValidatePlanNamesProblems) {
   EXPECT_EQ(ValidatePlan(p).code(), absl::StatusCode::kInvalidArgument);
 }
 
+// A quality budget picks the ratio: pairs are added, cheapest first, while
+// their scores' sum fits; the ratio target only caps them.
+TEST(SelectorTest, ScoresAndACumulativeBudget) {
+  constexpr int L = 6;
+  std::vector<double> scores(L * L, 9.0);
+  auto set = [&](int a, int b, double v) { scores[a * L + b] = scores[b * L + a] = v; };
+  set(0, 1, 0.004);
+  set(2, 3, 0.003);
+  set(4, 5, 0.005);
+  set(1, 2, 0.001);  // cheapest, but then (0,1) and (2,3) are out
+  SelectorOptions o;
+  o.target_ratio = 2.0;
+  o.quality_budget = 0.0065;
+  auto plan = SelectPlanByScore(scores, {}, o);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  // (1,2) 0.001 + (4,5) 0.005 = 0.006 fits; (0,3) at 9 does not.
+  ASSERT_EQ(plan->pairs.size(), 2u);
+  EXPECT_EQ(plan->pairs[0], (LayerPair{1, 2, 0.001}));
+  EXPECT_EQ(plan->pairs[1], (LayerPair{4, 5, 0.005}));
+  EXPECT_EQ(plan->quality_budget, 0.0065);
+  // A budget below the cheapest pair shares nothing.
+  o.quality_budget = 0.0005;
+  plan = SelectPlanByScore(scores, {}, o);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_TRUE(plan->pairs.empty());
+  // Protecting layer 1 removes (1,2) and (0,1): (2,3) then (4,5).
+  o.quality_budget = 0.0085;
+  const std::vector<uint8_t> protect = {0, 1, 0, 0, 0, 0};
+  plan = SelectPlanByScore(scores, protect, o);
+  ASSERT_TRUE(plan.ok());
+  ASSERT_EQ(plan->pairs.size(), 2u);
+  EXPECT_EQ(plan->pairs[0], (LayerPair{2, 3, 0.003}));
+  EXPECT_EQ(plan->pairs[1], (LayerPair{4, 5, 0.005}));
+  EXPECT_EQ(plan->input_sensitive[1], 1);
+  // The ratio still caps: 6 / 5 = 1.2 -> one pair whatever the budget.
+  o.target_ratio = 1.2;
+  o.quality_budget = 1.0;
+  plan = SelectPlanByScore(scores, {}, o);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(plan->pairs.size(), 1u);
+  // Malformed input.
+  EXPECT_FALSE(SelectPlanByScore(std::vector<double>(35, 1.0), {}, o).ok());
+  EXPECT_FALSE(SelectPlanByScore(scores, std::vector<uint8_t>(5, 0), o).ok());
+  scores[1] = -1;
+  EXPECT_FALSE(SelectPlanByScore(scores, {}, o).ok());
+}
+
 // With real weights: estimate over a prompt and a few decoded tokens, then
 // select. Checks the pieces fit together on a real attention pattern.
 TEST(SelectorTest, RealModelEndToEnd) {

@@ -40,7 +40,7 @@ struct CompressionPlan {
   double target_ratio = 1.0;
   double sensitivity_threshold = 1.0;  // edge mass above which a layer is sensitive
   double edge_fraction = 0.1;
-  double quality_budget = 0;  // max pair MeanDistance; 0 = none
+  double quality_budget = 0;  // most the pairs' scores may sum to; 0 = the fixed ratio
 
   // n_layers / (n_layers - pairs.size()); 1 for an empty plan.
   double ratio() const;

@@ -10,14 +10,25 @@
 //     are taken greedily by increasing MeanDistance (ties broken by the
 //     smaller (a, b)), skipping pairs with an already used layer, until
 //     n_layers / (n_layers - pairs) >= target_ratio or no pair is left.
-//  3. Adaptive (stretch): with quality_budget > 0, selection also stops
-//     before the first pair whose MeanDistance exceeds the budget.
+//  3. Quality budget: with quality_budget > 0 the ratio is chosen per
+//     conversation: pairs are taken while the SUM of their scores stays
+//     within the budget (target_ratio then only caps the number of pairs):
+//     the largest sharing whose predicted loss fits. With scores that are
+//     predicted losses (SelectPlanByScore with PairCalibration::Predict's
+//     costs), the budget is a loss: mean KL per next token, ~ the relative
+//     perplexity increase (0.01 ~ 1%).
+//
+// SelectPlan scores pairs by MeanDistance and protects layers by their edge
+// mass; SelectPlanByScore takes any per-pair score and the protected layers
+// from the caller, with the same greedy rule.
 //
 // Deterministic: the same estimate and options give the same plan.
 // Thread-safe (pure function).
 #ifndef KRUL_COMPRESS_SELECTOR_H_
 #define KRUL_COMPRESS_SELECTOR_H_
 
+#include <cstdint>
+#include <span>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -36,7 +47,8 @@ struct SelectorOptions {
   // tokens) krul12L's layers measure 0.24-0.60 (the last layer highest),
   // stories260K's 0.53-0.80 (every layer attends mostly to recent tokens).
   double sensitivity_threshold = 0.6;
-  // Max MeanDistance of a selected pair; 0 = no budget. Default 0.
+  // > 0: the most the selected pairs' scores may sum to (step 3); 0 = the
+  // fixed ratio. Default 0.
   double quality_budget = 0;
   // Layers never shared whatever their statistics (e.g. layer 0).
   std::vector<int> never_share;
@@ -51,6 +63,20 @@ struct SelectorOptions {
 // basis for a choice: compress with CompressionPlan::Uncompressed instead).
 absl::StatusOr<CompressionPlan> SelectPlan(const SimilarityEstimate& estimate,
                                            const SelectorOptions& options);
+
+// Steps 2 and 3 on `scores` ((L, L) row-major; lower = cheaper to share;
+// the mean of (a, b) and (b, a) is used), with the layers marked in
+// `protect` (L entries, 1 = never shared; empty = none) and
+// options.never_share kept out; options.sensitivity_threshold is only
+// recorded in the plan. INVALID_ARGUMENT for bad options, sizes that do not
+// match an L in [1, 4096], or a negative / non-finite score.
+absl::StatusOr<CompressionPlan> SelectPlanByScore(std::span<const double> scores,
+                                                  std::span<const uint8_t> protect,
+                                                  const SelectorOptions& options,
+                                                  double edge_fraction = 0.1);
+
+// The layers SelectPlan protects for `estimate`: EdgeMass(l) > threshold.
+std::vector<uint8_t> SensitiveLayers(const SimilarityEstimate& estimate, double threshold);
 
 // `own` (one conversation's estimate) shrunk toward `population` (e.g. the
 // merged estimate of a calibration set, as krul-fixed uses): the population
