@@ -5,13 +5,15 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "krul/compress/estimate_codec.h"
 #include "worker/api/string_view_conversion.h"
 
 namespace krul::worker {
 namespace {
 
 constexpr char kMagic[4] = {'K', 'R', 'W', 'S'};
-constexpr uint16_t kVersion = 1;
+constexpr uint16_t kVersion = 2;
+constexpr uint16_t kVersionWithoutEstimate = 1;
 // Bounds that keep a hostile record from asking for absurd allocations.
 constexpr uint32_t kMaxTokens = 1u << 22;
 constexpr uint32_t kMaxLayers = 4096;
@@ -86,6 +88,13 @@ std::string EncodeSessionRecord(const SessionRecord& r) {
   w.Put<uint32_t>(static_cast<uint32_t>(r.expected_new_tokens));
   w.Put<uint32_t>(static_cast<uint32_t>(r.granularity_tokens));
   w.Bytes(SerializePlan(r.plan));
+  std::string estimate;
+  if (r.estimate.has_value()) {
+    // A malformed estimate is not worth failing the turn for: stored as none.
+    auto bytes = SerializeEstimate(*r.estimate);
+    if (bytes.ok()) estimate = *std::move(bytes);
+  }
+  w.Bytes(estimate);
   const uint64_t checksum = XXH3_64bits(w.out().data(), w.out().size());
   w.Put<uint64_t>(checksum);
   return std::move(w.out());
@@ -104,7 +113,7 @@ absl::StatusOr<SessionRecord> DecodeSessionRecord(std::string_view bytes) {
   Reader in(bytes.substr(4, bytes.size() - 4 - 8));
   uint16_t version = 0, flags = 0;
   if (!in.Get(&version) || !in.Get(&flags)) return Truncated("header");
-  if (version != kVersion || flags != 0) {
+  if ((version != kVersion && version != kVersionWithoutEstimate) || flags != 0) {
     return absl::UnimplementedError(
         absl::StrCat("session record version ", version, " flags ", flags, " not supported"));
   }
@@ -158,10 +167,20 @@ absl::StatusOr<SessionRecord> DecodeSessionRecord(std::string_view bytes) {
   r.granularity_tokens = static_cast<int>(std::min<uint32_t>(granularity, kMaxTokens));
   std::string plan_bytes;
   if (!in.Bytes(&plan_bytes)) return Truncated("plan");
+  std::string estimate_bytes;
+  if (version >= 2 && !in.Bytes(&estimate_bytes)) return Truncated("estimate");
   if (in.remaining() != 0) return absl::DataLossError("session record has trailing bytes");
   auto plan = ParsePlan(plan_bytes);
   if (!plan.ok()) return plan.status();
   r.plan = *std::move(plan);
+  if (!estimate_bytes.empty()) {
+    auto estimate = ParseEstimate(estimate_bytes);
+    if (!estimate.ok()) return estimate.status();
+    if (estimate->n_layers != r.plan.n_layers) {
+      return absl::InvalidArgumentError("session record: estimate and plan disagree on layers");
+    }
+    r.estimate = *std::move(estimate);
+  }
 
   // Consistency.
   if (r.kv_tokens < 1 || r.kv_tokens > static_cast<int>(r.tokens.size())) {

@@ -4,8 +4,9 @@
 // one Lookup gives a restoring worker everything it needs before the first
 // block arrives.
 //
-// Byte layout (little-endian, version 1):
-//   "KRWS" | u16 version=1 | u16 flags=0 |
+// Byte layout (little-endian, version 2; version 1 records, without the
+// estimate, are still read):
+//   "KRWS" | u16 version=2 | u16 flags=0 |
 //   u32 len | model_id bytes |
 //   u8 chat_template | u8 mode | u8 dtype | u8 policy |
 //   u32 message_count | u64 digest |
@@ -13,6 +14,7 @@
 //   u32 n_layers | n_layers x u32 recompute_tokens |
 //   f64 predicted_seconds | u32 expected_new_tokens | u32 granularity_tokens |
 //   u32 len | SerializePlan bytes (compression_plan.h) |
+//   u32 len | SerializeEstimate bytes (estimate_codec.h; len 0 = none) |
 //   u64 XXH3-64 of all preceding bytes
 //
 // Thread-safe (pure functions).
@@ -20,6 +22,7 @@
 #define KRUL_SERVICES_WORKER_SESSION_SESSION_RECORD_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -28,6 +31,7 @@
 #include "absl/status/statusor.h"
 #include "krul/compress/compression_plan.h"
 #include "krul/compress/compressor.h"
+#include "krul/compress/similarity_estimator.h"
 #include "krul/base/dtype.h"
 #include "krul/restore/restore_mode.h"
 #include "krul/restore/restore_plan.h"
@@ -58,15 +62,20 @@ struct SessionRecord {
   int granularity_tokens = 16;
   // The storage plan (layer pairs sharing KV; uncompressed for most modes).
   CompressionPlan plan;
+  // krul: the conversation's similarity estimate so far (every turn's
+  // prefill and decode, older turns decayed), which the next turn's
+  // estimate is added to. Absent for the other modes and version 1.
+  std::optional<SimilarityEstimate> estimate;
 };
 
 std::string EncodeSessionRecord(const SessionRecord& record);
 
 // DATA_LOSS for truncated bytes, a bad magic, trailing bytes or a checksum
-// mismatch; UNIMPLEMENTED for another version; INVALID_ARGUMENT when the
-// decoded record is inconsistent (an unknown enum value, kv_tokens outside
-// [1, tokens], recompute_tokens not a pyramid within [0, kv_tokens], a plan
-// that does not validate or has another layer count).
+// mismatch (also inside the estimate); UNIMPLEMENTED for another version;
+// INVALID_ARGUMENT when the decoded record is inconsistent (an unknown enum
+// value, kv_tokens outside [1, tokens], recompute_tokens not a pyramid
+// within [0, kv_tokens], a plan or estimate that does not validate or has
+// another layer count).
 absl::StatusOr<SessionRecord> DecodeSessionRecord(std::string_view bytes);
 
 // The restore plan the record's KV was stored for: its layout (from the

@@ -2,6 +2,10 @@
 // trips and rejects damaged or inconsistent bytes.
 #include "worker/session/session_record.h"
 
+#include <xxhash.h>
+
+#include <cstring>
+
 #include "gtest/gtest.h"
 
 namespace krul::worker {
@@ -25,6 +29,17 @@ SessionRecord Sample() {
   r.plan = CompressionPlan::Uncompressed(4);
   r.plan.pairs.push_back({1, 3, 0.5});
   r.plan.target_ratio = 4.0 / 3.0;
+  SimilarityEstimate e = SimilarityEstimate::Empty(4);
+  e.prefill_distance[1 * 4 + 3] = e.prefill_distance[3 * 4 + 1] = 2.5;
+  e.decode_distance[1 * 4 + 3] = e.decode_distance[3 * 4 + 1] = 0.5;
+  e.distance[1 * 4 + 3] = e.distance[3 * 4 + 1] = 3.0;
+  e.first_mass_sum = {1, 2, 3, 4};
+  e.last_mass_sum = {2, 2, 2, 2};
+  e.mass_weight = {8, 8, 8, 8};
+  e.rows_represented = 8;
+  e.prefill_tokens = 5;
+  e.decode_tokens = 1;
+  r.estimate = e;
   return r;
 }
 
@@ -46,6 +61,39 @@ TEST(SessionRecordTest, RoundTrips) {
   EXPECT_EQ(back->expected_new_tokens, r.expected_new_tokens);
   EXPECT_EQ(back->granularity_tokens, r.granularity_tokens);
   EXPECT_EQ(back->plan, r.plan);
+  ASSERT_TRUE(back->estimate.has_value());
+  EXPECT_EQ(back->estimate->distance, r.estimate->distance);
+  EXPECT_EQ(back->estimate->prefill_distance, r.estimate->prefill_distance);
+  EXPECT_EQ(back->estimate->mass_weight, r.estimate->mass_weight);
+  EXPECT_EQ(back->estimate->prefill_tokens, 5);
+  EXPECT_EQ(back->estimate->rows_represented, 8);
+}
+
+TEST(SessionRecordTest, WithoutEstimateAndVersionOneStillRead) {
+  SessionRecord r = Sample();
+  r.estimate.reset();
+  const std::string v2 = EncodeSessionRecord(r);
+  auto back = DecodeSessionRecord(v2);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_FALSE(back->estimate.has_value());
+  // Version 1 = version 2 without the (empty) estimate field.
+  std::string v1 = v2.substr(0, v2.size() - 4 - 8);
+  const uint16_t one = 1;
+  std::memcpy(v1.data() + 4, &one, 2);
+  const uint64_t checksum = XXH3_64bits(v1.data(), v1.size());
+  v1.append(reinterpret_cast<const char*>(&checksum), 8);
+  back = DecodeSessionRecord(v1);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_FALSE(back->estimate.has_value());
+  EXPECT_EQ(back->plan, r.plan);
+  EXPECT_EQ(back->tokens, r.tokens);
+}
+
+TEST(SessionRecordTest, EstimateOfAnotherLayerCountIsInvalid) {
+  SessionRecord r = Sample();
+  r.estimate = SimilarityEstimate::Empty(5);
+  EXPECT_EQ(DecodeSessionRecord(EncodeSessionRecord(r)).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(SessionRecordTest, EveryFlippedBitIsDataLoss) {
