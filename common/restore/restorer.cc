@@ -124,7 +124,8 @@ absl::Status Restorer::Reserve(std::unique_ptr<ActivationBuffer>& buffer, int ro
 absl::StatusOr<RestoreStats> Restorer::Restore(const RestorePlan& stored_plan,
                                                std::span<const int> history,
                                                std::span<const int> new_input, KvSource* source,
-                                               BackendKvCache& cache, std::span<float> logits) {
+                                               BackendKvCache& cache, std::span<float> logits,
+                                               AttentionObserver* new_input_observer) {
   KRUL_RETURN_IF_ERROR(CheckRequest(stored_plan, history, new_input, cache, logits));
   Timeline timeline;
   timeline.start = Clock::now();
@@ -139,7 +140,16 @@ absl::StatusOr<RestoreStats> Restorer::Restore(const RestorePlan& stored_plan,
   // the cache goes out of reach (LoadStream's destructor).
   LoadStream loads(plan, source, cache, timeline.start);
   KRUL_RETURN_IF_ERROR(RecomputeHistory(plan, history, cache, timeline));
-  KRUL_RETURN_IF_ERROR(PrefillAsLayersRestore(plan, new_input, cache, loads, logits, timeline));
+  if (new_input_observer != nullptr) {
+    KRUL_RETURN_IF_ERROR(backend_.SetAttentionObserver(new_input_observer));
+  }
+  absl::Status prefilled = PrefillAsLayersRestore(plan, new_input, cache, loads, logits, timeline);
+  if (new_input_observer != nullptr) {
+    // Delivers the observer's pending blocks; the first error wins.
+    absl::Status cleared = backend_.SetAttentionObserver(nullptr);
+    if (prefilled.ok()) prefilled = std::move(cleared);
+  }
+  KRUL_RETURN_IF_ERROR(prefilled);
   timeline.loads = loads.Join();  // finished: every layer's loads were awaited
   KRUL_RETURN_IF_ERROR(FinishStats(stored_plan, timeline, stats));
   return stats;

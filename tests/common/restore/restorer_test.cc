@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <map>
 #include <random>
 #include <thread>
 #include <vector>
@@ -195,6 +196,51 @@ TEST_F(RestorerTest, HandMadePyramidsRestoreExactly) {
     Outcome out = RestoreWith(plan, none);
     EXPECT_LE(MaxAbsDiff(out.logits, reference_), 1e-5) << plan.DebugString();
   }
+}
+
+// The new-input observer sees the new input's prefill of every layer and
+// nothing of the recomputed history, and is cleared afterwards.
+TEST_F(RestorerTest, NewInputObserverSeesOnlyTheNewInput) {
+  struct Recorder : AttentionObserver {
+    void OnAttention(const AttentionWeights& w) override {
+      min_query = std::min(min_query, w.query_begin);
+      queries[w.layer] += w.num_queries;
+      ++blocks;
+    }
+    int min_query = 1 << 30;
+    int blocks = 0;
+    std::map<int, int> queries;
+  } recorder;
+  const CompressionPlan none = CompressionPlan::Uncompressed(config_.n_layers);
+  const KvLayout layout = LayoutForPlan(KvShape::FromConfig(config_), none, DType::kF32);
+  RestorePlan plan;
+  plan.n_layers = config_.n_layers;
+  plan.history_tokens = kHistory;
+  plan.new_tokens = kNew;
+  plan.layout = layout;
+  plan.recompute_tokens = {290, 257, 256, 100, 1, 0};  // recomputes history too
+  plan.loads = MakeLoadSteps(layout, config_.n_layers, kHistory, plan.recompute_tokens);
+  auto kv = CompressKv(*full_, KvShape::FromConfig(config_), none, kHistory, plan.recompute_tokens);
+  ASSERT_TRUE(kv.ok());
+  auto source = MakeInProcessKvSource(std::make_shared<CompressedKv>(std::move(*kv)), {});
+  auto restorer = Restorer::Create(*engine_);
+  ASSERT_TRUE(restorer.ok());
+  auto cache = KvCache::Create(config_, kHistory + kNew + 1);
+  ASSERT_TRUE(cache.ok());
+  std::vector<float> logits(config_.vocab_size);
+  auto stats =
+      (*restorer)->Restore(plan, history_, input_, source.get(), *cache, logits, &recorder);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_LE(MaxAbsDiff(logits, reference_), 1e-5);
+  EXPECT_EQ(recorder.min_query, kHistory);
+  ASSERT_EQ(recorder.queries.size(), static_cast<size_t>(config_.n_layers));
+  for (const auto& [layer, n] : recorder.queries) EXPECT_EQ(n, kNew) << layer;
+  // Cleared: a later step reports nothing.
+  const int seen = recorder.blocks;
+  const int next = 1;
+  ASSERT_TRUE(
+      engine_->Forward(*cache, std::span<const int>(&next, 1), kHistory + kNew, logits).ok());
+  EXPECT_EQ(recorder.blocks, seen);
 }
 
 TEST_F(RestorerTest, SharedPairsRestoreRecomputedPrefixExactlyAndTheRestFromTheStore) {

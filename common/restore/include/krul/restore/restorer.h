@@ -97,7 +97,10 @@ class Restorer {
   // the backend's) per `plan` (loading from `source`, which may be null when
   // the plan loads nothing), then prefills `new_input` at positions
   // [N, N + m) and writes the last new token's logits (vocab_size floats,
-  // host) into `logits`. The backend should have no attention observer.
+  // host) into `logits`. The backend should have no attention observer;
+  // `new_input_observer` (optional, borrowed) observes the new input's
+  // prefill only (the similarity estimator sees what a turn adds, never the
+  // recomputed history) and is cleared before returning.
   // INVALID_ARGUMENT: history length != plan.history_tokens, empty new
   // input, a plan that is not a pyramid, does not restore every history
   // token of every layer exactly once or does not match the model, a cache
@@ -107,7 +110,8 @@ class Restorer {
   // cache is then partly written and must not be used (recompute instead).
   absl::StatusOr<RestoreStats> Restore(const RestorePlan& plan, std::span<const int> history,
                                        std::span<const int> new_input, KvSource* source,
-                                       BackendKvCache& cache, std::span<float> logits);
+                                       BackendKvCache& cache, std::span<float> logits,
+                                       AttentionObserver* new_input_observer = nullptr);
 
  private:
   struct Timeline;  // marks around the compute stream's work (restorer.cc)
