@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "krul/compress/compressor.h"
+#include "krul/compress/estimate_codec.h"
 #include "krul/engine/kv_cache.h"
 #include "krul/restore/restore_mode.h"
 #include "krul/compress/selector.h"
@@ -12,9 +13,34 @@
 
 namespace krul::worker {
 
+namespace {
+
+TurnEndOptions TurnEndOf(const PersisterOptions& o) {
+  TurnEndOptions t;
+  t.shape = o.shape;
+  t.selector = o.selector;
+  t.calibration = o.calibration;
+  t.neighbours = o.neighbours;
+  t.prior = o.krul_prior;
+  t.prior_rows = o.krul_prior_rows;
+  t.fixed_pairs = o.fixed_pairs;
+  t.dtype = o.dtype;
+  t.chunk_tokens = o.chunk_tokens;
+  t.retain_angle_degrees = o.retain_angle_degrees;
+  t.expected_new_tokens = o.expected_new_tokens;
+  t.granularity_tokens = o.granularity_tokens;
+  return t;
+}
+
+}  // namespace
+
 Persister::Persister(const PersisterOptions& options, ConversationStore* store,
                      CostModel* cost_model, WorkerMetrics* metrics)
-    : options_(options), store_(store), cost_model_(cost_model), metrics_(metrics) {
+    : options_(options),
+      turn_end_(TurnEndOf(options)),
+      store_(store),
+      cost_model_(cost_model),
+      metrics_(metrics) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -72,33 +98,21 @@ void Persister::Loop() {
   }
 }
 
-CompressionPlan Persister::PairsFor(RestoreMode mode,
-                                    std::optional<SimilarityEstimate>& estimate) const {
-  const int L = options_.shape.n_layers;
-  switch (RestoreModePairSource(mode)) {
-    case PairSource::kNone:
-      return CompressionPlan::Uncompressed(L);
-    case PairSource::kStaticMidDepth: {
-      auto plan = StaticMidDepthPlan(L, options_.selector.target_ratio);
-      return plan.ok() ? *plan : CompressionPlan::Uncompressed(L);
-    }
-    case PairSource::kCalibration:
-      return options_.fixed_pairs.n_layers == L ? options_.fixed_pairs
-                                                : CompressionPlan::Uncompressed(L);
-    case PairSource::kPerConversation: {
-      if (!estimate.has_value()) return CompressionPlan::Uncompressed(L);
-      absl::StatusOr<CompressionPlan> plan;
-      if (options_.krul_prior.has_value() && options_.krul_prior_rows > 0) {
-        auto shrunk = ShrinkToward(*estimate, *options_.krul_prior, options_.krul_prior_rows);
-        plan = shrunk.ok() ? SelectPlan(*shrunk, options_.selector) : shrunk.status();
-      } else {
-        plan = SelectPlan(*estimate, options_.selector);
-      }
-      // FAILED_PRECONDITION: nothing observed, no basis for sharing.
-      return plan.ok() ? *plan : CompressionPlan::Uncompressed(L);
-    }
-  }
-  return CompressionPlan::Uncompressed(L);
+PairChoice Persister::ChoosePairs(RestoreMode mode,
+                                  const std::optional<SimilarityEstimate>& estimate,
+                                  const KvCache* cache, int num_tokens) const {
+  TurnEndInput input;
+  input.mode = mode;
+  input.cache = cache;
+  input.num_tokens = num_tokens;
+  input.estimate = estimate.has_value() ? &*estimate : nullptr;
+  auto choice = ChooseTurnEndPairs(turn_end_, input);
+  if (choice.ok()) return *std::move(choice);
+  // No basis for sharing (bad options were refused at start-up).
+  PairChoice none;
+  none.pairs = CompressionPlan::Uncompressed(options_.shape.n_layers);
+  none.source = "uncompressed";
+  return none;
 }
 
 absl::Status Persister::Run(PersistJob& job) {
@@ -111,31 +125,16 @@ absl::Status Persister::Run(PersistJob& job) {
     if (!finished.ok()) return finished.status();  // a device error (CUDA)
     estimate = *std::move(finished);
     metrics_->estimator_seconds().Increment(estimate->engine_thread_seconds);
+    // The conversation's estimate: the turns before (as stored) decayed,
+    // plus this turn's.
+    if (job.carried_estimate.has_value()) {
+      auto carried = CarryEstimate(*job.carried_estimate, *estimate, options_.estimate_decay);
+      if (carried.ok()) estimate = *std::move(carried);
+    }
   }
   if (job.cache == nullptr) return absl::InvalidArgumentError("persist job without a KV cache");
-  const CompressionPlan pairs = PairsFor(record.mode, estimate);
-
-  ModePlanOptions plan_options;
-  plan_options.dtype = options_.dtype;
-  plan_options.granularity_tokens = options_.granularity_tokens;
-  auto restore_plan =
-      PlanForMode(record.mode, pairs, options_.shape, N, options_.expected_new_tokens,
-                  cost_model_->Snapshot(), plan_options);
-  if (!restore_plan.ok()) return restore_plan.status();
-
-  record.plan = StoragePlanForMode(record.mode, pairs, options_.shape.n_layers);
-  record.dtype = options_.dtype;
-  record.policy = restore_plan->policy;
-  record.recompute_tokens = restore_plan->recompute_tokens;
-  record.predicted_seconds = restore_plan->predicted_seconds;
-  record.expected_new_tokens = options_.expected_new_tokens;
-  record.granularity_tokens = options_.granularity_tokens;
-
-  CompressorOptions compressor;
-  compressor.dtype = options_.dtype;
-  compressor.chunk_tokens = options_.chunk_tokens;
-  // The compressor reads host rows: the CPU backend's cache as it is, a
-  // device cache copied to the host first.
+  // The compressor and the merge errors read host rows: the CPU backend's
+  // cache as it is, a device cache copied to the host first.
   std::optional<KvCache> host_copy;
   const KvCache* host = job.cache->host_cache();
   if (host == nullptr) {
@@ -144,8 +143,25 @@ absl::Status Persister::Run(PersistJob& job) {
     host_copy = *std::move(copy);
     host = &*host_copy;
   }
-  auto kv = CompressKv(*host, options_.shape, record.plan, N, record.recompute_tokens, compressor);
-  if (!kv.ok()) return kv.status();
+  TurnEndInput input;
+  input.mode = record.mode;
+  input.cache = host;
+  input.num_tokens = N;
+  input.estimate = estimate.has_value() ? &*estimate : nullptr;
+  auto turn_end = PlanTurnEnd(turn_end_, input, cost_model_->Snapshot());
+  if (!turn_end.ok()) return turn_end.status();
+  const CompressedKv* kv = &turn_end->kv;
+
+  record.plan = turn_end->storage;
+  record.dtype = options_.dtype;
+  record.policy = turn_end->restore.policy;
+  record.recompute_tokens = turn_end->restore.recompute_tokens;
+  record.predicted_seconds = turn_end->restore.predicted_seconds;
+  record.expected_new_tokens = options_.expected_new_tokens;
+  record.granularity_tokens = options_.granularity_tokens;
+  if (RestoreModePairSource(record.mode) == PairSource::kPerConversation) {
+    record.estimate = std::move(estimate);
+  }
 
   auto version = BuildStoredVersion(job.key, options_.model_id, EncodeSessionRecord(record), *kv);
   if (!version.ok()) return version.status();

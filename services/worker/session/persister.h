@@ -1,7 +1,10 @@
-// Turn-end work, off the response path: select the layer pairs (from the
-// turn's similarity estimate for krul, fixed pairs for the baselines),
-// choose the restore split the next turn will use, compress the KV and
-// commit it to the store as a new conversation version.
+// Turn-end work, off the response path: the conversation's similarity
+// estimate (krul: the turns before, carried in the version this turn
+// continued and decayed by estimate_decay, plus this turn's prefill and
+// decode), then PlanTurnEnd (krul/restore/turn_end.h, the same function the
+// quality benchmarks measure): the layer pairs, the restore split the next
+// turn will use and the compressed KV, committed to the store as a new
+// conversation version whose record carries the estimate on.
 //
 // Jobs run on one background thread in submission order. The queue is
 // bounded: when it is full a turn is dropped (counted in
@@ -25,6 +28,8 @@
 #include "worker/session/conversation_store.h"
 #include "krul/compress/compression_plan.h"
 #include "krul/restore/cost_model.h"
+#include "krul/restore/turn_end.h"
+#include "krul/compress/pair_calibration.h"
 #include "krul/compress/backend_estimator.h"
 #include "krul/compress/selector.h"
 #include "krul/compress/similarity_estimator.h"
@@ -48,6 +53,11 @@ struct PersistJob {
   // The turn's estimator (krul mode only); Finish() is called here, so the
   // response never waits for its background thread.
   std::unique_ptr<BackendEstimator> estimator;
+  // The estimate stored with the version this turn continued (its record's),
+  // when the turn restored that version; the estimator then saw only this
+  // turn's new input and answer. Absent after a miss or a fallback, where
+  // the estimator saw the whole history prefilled.
+  std::optional<SimilarityEstimate> carried_estimate;
 };
 
 struct PersisterOptions {
@@ -64,9 +74,21 @@ struct PersisterOptions {
   // krul-fixed's pairs (from calibration or flags).
   CompressionPlan fixed_pairs;
   // krul: the calibration estimate each conversation's estimate is shrunk
-  // toward, weighing as krul_prior_rows rows (none or 0: own only).
+  // toward, weighing as krul_prior_rows rows (none or 0: own only); used
+  // when there is no pair calibration.
   std::optional<SimilarityEstimate> krul_prior;
   double krul_prior_rows = 0;
+  // krul: reference conversations with measured pair costs (not owned;
+  // must outlive the persister; nullptr = none) and how many nearest ones
+  // predict a conversation's pair costs (turn_end.h).
+  const PairCalibration* calibration = nullptr;
+  int neighbours = 5;
+  // krul: weight of the turns before in a conversation's carried estimate,
+  // per turn (estimate_codec.h's CarryEstimate): 1 = every turn alike.
+  double estimate_decay = 1.0;
+  // Units of a shared pair wider than this angle are stored unmerged
+  // (compressor.h); 180 = never.
+  double retain_angle_degrees = 180;
 };
 
 class Persister {
@@ -88,13 +110,24 @@ class Persister {
   // Errors of the selector, planner, compressor and store.
   absl::Status Run(PersistJob& job);
 
-  // The layer pairs `job`'s mode stores with. Exposed for tests.
-  CompressionPlan PairsFor(RestoreMode mode, std::optional<SimilarityEstimate>& estimate) const;
+  // The layer pairs `mode` stores with for a conversation whose estimate
+  // (so far) is `estimate`, and `cache` ([0, num_tokens) of every layer;
+  // may be null without a pair calibration). Exposed for tests.
+  PairChoice ChoosePairs(RestoreMode mode, const std::optional<SimilarityEstimate>& estimate,
+                         const KvCache* cache = nullptr, int num_tokens = 0) const;
+  CompressionPlan PairsFor(RestoreMode mode,
+                           const std::optional<SimilarityEstimate>& estimate) const {
+    return ChoosePairs(mode, estimate).pairs;
+  }
+
+  // What PlanTurnEnd is given (from the options).
+  const TurnEndOptions& turn_end_options() const { return turn_end_; }
 
  private:
   void Loop();
 
   const PersisterOptions options_;
+  const TurnEndOptions turn_end_;
   ConversationStore* const store_;
   CostModel* const cost_model_;
   WorkerMetrics* const metrics_;
