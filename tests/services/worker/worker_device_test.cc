@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "chat_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "krul/engine/backend_factory.h"
@@ -68,7 +69,10 @@ TEST(WorkerDeviceTest, CpuServes) {
        "--probe_load=false"},
       "krul-worker listening on");
   ASSERT_TRUE(worker.ok()) << worker.status();
-  EXPECT_GT(testing::PortFromLine((*worker)->ready_line()), 0);
+  const int port = testing::PortFromLine((*worker)->ready_line());
+  ASSERT_GT(port, 0);
+  worker::ChatClient client("127.0.0.1", port);
+  EXPECT_EQ(client.Get("/readyz").first, 200);
   EXPECT_EQ((*worker)->Terminate(), 0);
 }
 
