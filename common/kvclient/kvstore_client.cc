@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "krul/base/status_macros.h"
 #include "krul/kvformat/manifest.h"
+#include "channel_watcher.h"
 #include "krul/rpc/bearer_token.h"
 #include "krul/rpc/grpc_status.h"
 
@@ -208,7 +209,11 @@ absl::StatusOr<std::unique_ptr<KvStoreClient>> KvStoreClient::Create(KvStoreClie
   return std::unique_ptr<KvStoreClient>(new KvStoreClient(std::move(options)));
 }
 
-KvStoreClient::KvStoreClient(KvStoreClientOptions options) : options_(std::move(options)) {}
+KvStoreClient::KvStoreClient(KvStoreClientOptions options)
+    : options_(std::move(options)),
+      watcher_(std::make_unique<kvclient_internal::ChannelWatcher>()) {}
+
+KvStoreClient::~KvStoreClient() = default;
 
 v1::KvStore::StubInterface& KvStoreClient::StubFor(const std::string& address) {
   absl::MutexLock lock(&mu_);
@@ -234,6 +239,7 @@ v1::KvStore::StubInterface& KvStoreClient::StubFor(const std::string& address) {
   std::shared_ptr<grpc::Channel> channel = rpc::CreateChannelWithToken(
       address, creds.ok() ? *creds : grpc::InsecureChannelCredentials(), args,
       options_.bearer_token);
+  if (options_.keep_connected) watcher_->Watch(channel);
   auto stub = v1::KvStore::NewStub(channel);
   v1::KvStore::StubInterface& ref = *stub;
   stubs_[address] = std::move(stub);

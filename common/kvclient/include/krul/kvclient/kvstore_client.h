@@ -32,8 +32,10 @@
 // with allow_insecure (krul/rpc/credentials.h).
 //
 // Reconnects: after a shard restart a channel retries its connection after
-// reconnect_backoff_initial, growing 1.6x up to reconnect_backoff_max, so a
-// store that is back is used again within about reconnect_backoff_max.
+// reconnect_backoff_initial, growing 1.6x up to reconnect_backoff_max, and a
+// background thread keeps every channel polled and connecting, so a store
+// that is back is used again within about reconnect_backoff_max (gRPC alone
+// noticed only every 5 s; see channel_watcher.h).
 //
 // Thread-safe: one client may serve all threads of a process.
 #ifndef KRUL_KVCLIENT_KVSTORE_CLIENT_H_
@@ -61,6 +63,9 @@
 namespace krul {
 
 class Transport;
+namespace kvclient_internal {
+class ChannelWatcher;
+}
 
 // Called once per block, in the order requested, with bytes that passed
 // verification: `encoded` is the whole block, `block` its decoded header and
@@ -148,6 +153,11 @@ struct KvStoreClientOptions {
   absl::Duration reconnect_backoff_initial = absl::Milliseconds(20);
   absl::Duration reconnect_backoff_max = absl::Milliseconds(250);
   absl::Duration connect_timeout = absl::Seconds(2);
+  // Keep every channel polled and connecting from a background thread (see
+  // the file comment). false: only calls drive reconnection, and a
+  // restarted shard may go unnoticed for up to gRPC's 5 s backup poll.
+  // Default: true.
+  bool keep_connected = true;
 
   // The bulk data plane. Null: inline gRPC streaming with 4 MiB chunks.
   // Shared so tests can keep a handle on a fault-injecting wrapper.
@@ -168,6 +178,8 @@ class KvStoreClient {
  public:
   // INVALID_ARGUMENT for bad options. Connects lazily.
   static absl::StatusOr<std::unique_ptr<KvStoreClient>> Create(KvStoreClientOptions options);
+
+  ~KvStoreClient();
 
   // All addresses, best first, for a conversation (rendezvous ranking).
   std::vector<std::string> RankShards(std::string_view tenant,
@@ -234,6 +246,9 @@ class KvStoreClient {
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<v1::KvStore::StubInterface>> stubs_
       ABSL_GUARDED_BY(mu_);
+  // Polls the channels in the background and reconnects them (see
+  // channel_watcher.h); declared last, so it stops before the stubs go.
+  std::unique_ptr<kvclient_internal::ChannelWatcher> watcher_;
 };
 
 }  // namespace krul
