@@ -10,6 +10,16 @@
 #include "absl/strings/str_split.h"
 
 namespace krul::bench {
+namespace {
+
+std::string FileStem(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  const size_t dot = name.find('.');
+  return dot == std::string::npos ? name : name.substr(0, dot);
+}
+
+}  // namespace
 
 absl::StatusOr<std::vector<Conversation>> LoadConversations(const std::string& path) {
   std::ifstream in(path);
@@ -27,6 +37,9 @@ absl::StatusOr<std::vector<Conversation>> LoadConversations(const std::string& p
         Conversation c;
         c.id = item.contains("id") && item["id"].is_string() ? item["id"].get<std::string>()
                                                              : absl::StrCat("conv-", i);
+        c.domain = item.contains("domain") && item["domain"].is_string()
+                       ? item["domain"].get<std::string>()
+                       : FileStem(path);
         if (!item.contains("conversations") || !item["conversations"].is_array()) continue;
         for (const auto& m : item["conversations"]) {
           if (!m.contains("from") || !m.contains("value") || !m["value"].is_string()) continue;
@@ -48,6 +61,9 @@ absl::StatusOr<std::vector<Conversation>> LoadConversations(const std::string& p
         const nlohmann::json item = nlohmann::json::parse(line);
         if (!item.contains("turns") || !item["turns"].is_array()) continue;
         Conversation c;
+        c.domain = item.contains("category") && item["category"].is_string()
+                       ? item["category"].get<std::string>()
+                       : FileStem(path);
         c.id = item.contains("question_id") ? item["question_id"].dump() : absl::StrCat(out.size());
         for (const auto& t : item["turns"]) {
           if (t.is_string()) c.turns.push_back({t.get<std::string>(), "", {}, {}});

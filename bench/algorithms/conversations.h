@@ -21,6 +21,9 @@ struct Turn {
 
 struct Conversation {
   std::string id;
+  // The record's "domain" field (krul_mix_conversations.json), else the
+  // file's name without directory and extension.
+  std::string domain;
   std::vector<Turn> turns;
 };
 
