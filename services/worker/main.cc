@@ -63,8 +63,9 @@ ABSL_FLAG(krul::ByteSize, max_request_bytes, krul::ByteSize(4 << 20),
 ABSL_FLAG(std::string, kvstore, "",
           "Comma-separated kvstore gRPC addresses (host:port); empty = in-process store");
 ABSL_FLAG(int, kvstore_replication, 1, "Replicas of each conversation across the kvstore shards");
-ABSL_FLAG(bool, kvstore_ucx, false,
-          "Move KV blocks over UCX (shared memory / TCP / RDMA) instead of gRPC");
+ABSL_FLAG(bool, kvstore_ucx, true,
+          "Move KV blocks over UCX (shared memory / TCP / RDMA, as UCX_TLS and UCX_NET_DEVICES "
+          "allow); a kvstore without UCX gets inline gRPC instead. false: always inline gRPC");
 ABSL_FLAG(std::string, tenant, "default", "Tenant the conversations are stored under");
 ABSL_FLAG(std::string, kvstore_tls_ca_file, "",
           "PEM CA bundle that verifies the kvstore's certificate (turns on TLS to it)");
@@ -98,6 +99,16 @@ ABSL_FLAG(std::string, kv_dtype, "f32", "Storage type of stored KV: f32, f16, bf
 ABSL_FLAG(bool, prefetch_blocks, true,
           "Read all blocks of a restore in one streamed request (false: one per load step)");
 ABSL_FLAG(int, chunk_tokens, 256, "Tokens per stored KV block");
+ABSL_FLAG(bool, pin_restores, true,
+          "Lease (pin) the stored version while a restore reads it, so the kvstore cannot "
+          "evict it midway");
+ABSL_FLAG(absl::Duration, restore_lease, absl::Seconds(10),
+          "Lease of a restore's pin (released when the answer is out), [1s, 10m]");
+ABSL_FLAG(double, emulate_link_gbit_per_s, 0,
+          "EMULATE a link to the kvstore of this rate (Gbit/s): restores' loads and the load "
+          "probe are paced by a sleep (for machines without a real link; 0 = off)");
+ABSL_FLAG(absl::Duration, emulate_link_latency, absl::ZeroDuration(),
+          "Latency of the emulated link, once per restore's load stream");
 ABSL_FLAG(absl::Duration, kvstore_deadline, absl::Seconds(1),
           "Deadline of a restore-time lookup or block fetch");
 ABSL_FLAG(absl::Duration, persist_deadline, absl::Seconds(10), "Deadline of a background persist");
@@ -106,11 +117,15 @@ ABSL_FLAG(int, granularity_tokens, 16, "Restore split grid (tokens)");
 ABSL_FLAG(int, expected_new_tokens, 64, "New-input length assumed when the split is chosen");
 ABSL_FLAG(bool, probe_compute, true, "Measure the recompute cost at start-up");
 ABSL_FLAG(bool, probe_load, true,
-          "Time block reads from the store at start-up (also warms its connections)");
+          "Time streamed reads of a small and a large probe version through the store at "
+          "start-up (also warms its connections)");
+ABSL_FLAG(int, probe_load_tokens, 0,
+          "Tokens of every layer in the large load probe (0: min(seq_len, chunk_tokens))");
 ABSL_FLAG(double, compute_fixed_us, 20, "Cost model: fixed cost of one layer call (us)");
 ABSL_FLAG(double, compute_per_token_us, 5, "Cost model: per token per layer (us)");
 ABSL_FLAG(double, compute_per_pair_ns, 5, "Cost model: per attention (query, key) pair (ns)");
-ABSL_FLAG(double, load_latency_us, 300, "Cost model: per load request (us)");
+ABSL_FLAG(double, load_latency_us, 300,
+          "Cost model: latency of a restore's load stream, paid once per restore (us)");
 ABSL_FLAG(double, load_gbps, 1.0, "Cost model: load bandwidth (GB/s)");
 ABSL_FLAG(bool, freeze_costs, false, "Do not refresh the cost model from live measurements");
 ABSL_FLAG(std::string, fixed_pairs, "",
@@ -187,6 +202,10 @@ absl::StatusOr<WorkerOptions> OptionsFromFlags() {
   o.kv_dtype = *dtype;
   o.chunk_tokens = absl::GetFlag(FLAGS_chunk_tokens);
   o.prefetch_blocks = absl::GetFlag(FLAGS_prefetch_blocks);
+  o.pin_restores = absl::GetFlag(FLAGS_pin_restores);
+  o.restore_lease = absl::GetFlag(FLAGS_restore_lease);
+  o.emulated_link_gbit_per_s = absl::GetFlag(FLAGS_emulate_link_gbit_per_s);
+  o.emulated_link_latency = absl::GetFlag(FLAGS_emulate_link_latency);
   o.kvstore_deadline = absl::GetFlag(FLAGS_kvstore_deadline);
   o.persist_deadline = absl::GetFlag(FLAGS_persist_deadline);
   o.max_pending_persists = absl::GetFlag(FLAGS_max_pending_persists);
@@ -194,6 +213,7 @@ absl::StatusOr<WorkerOptions> OptionsFromFlags() {
   o.expected_new_tokens = absl::GetFlag(FLAGS_expected_new_tokens);
   o.probe_compute = absl::GetFlag(FLAGS_probe_compute);
   o.probe_load = absl::GetFlag(FLAGS_probe_load);
+  o.probe_load_tokens = absl::GetFlag(FLAGS_probe_load_tokens);
   o.compute_fixed_us = absl::GetFlag(FLAGS_compute_fixed_us);
   o.compute_per_token_us = absl::GetFlag(FLAGS_compute_per_token_us);
   o.compute_per_pair_ns = absl::GetFlag(FLAGS_compute_per_pair_ns);
@@ -277,7 +297,14 @@ int main(int argc, char** argv) {
   KRUL_LOG(INFO) << "krul-worker: model " << (*core)->model_name() << " ("
                  << (*core)->model().config().ToString() << "), mode "
                  << krul::RestoreModeName(options->mode) << ", store "
-                 << (options->kvstore_addresses.empty() ? "in-process" : "kvstore");
+                 << (options->kvstore_addresses.empty() ? "in-process" : "kvstore")
+                 << ", data plane " << (*core)->store().data_plane();
+  if (options->emulated_link_gbit_per_s > 0) {
+    KRUL_LOG(WARNING) << "krul-worker: the link to the kvstore is EMULATED: loads are paced to "
+                      << absl::FormatDuration(options->emulated_link_latency) << " + bytes / "
+                      << options->emulated_link_gbit_per_s
+                      << " Gbit/s by a sleep (not a kernel-enforced link)";
+  }
   std::printf("krul-worker listening on %s:%d\n", options->host.c_str(), *port);
   if (grpc != nullptr) {
     std::printf("krul-worker grpc listening on %s:%d\n", options->host.c_str(), grpc->port());

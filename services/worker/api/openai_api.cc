@@ -387,6 +387,19 @@ json MakeKrulJson(const CompletionStats& s) {
       {"worker_id", s.worker_id},
   };
   k["fallback_reason"] = s.fallback_reason.empty() ? json(nullptr) : json(s.fallback_reason);
+  if (!s.link.empty()) k["link"] = s.link;
+  if (s.restore == "hit") {
+    const RestoreProfile& p = s.profile;
+    k["restore_profile"] = {
+        {"lookup_ms", p.lookup_ms},       {"pin_ms", p.pin_ms},
+        {"first_block_ms", p.first_block_ms}, {"blocks_ms", p.blocks_ms},
+        {"load_wait_ms", p.load_wait_ms}, {"decode_ms", p.decode_ms},
+        {"load_ms", p.load_ms},           {"load_latency_ms", p.load_latency_ms},
+        {"recompute_ms", p.recompute_ms}, {"prefill_ms", p.prefill_ms},
+        {"total_ms", p.total_ms},         {"bound_ms", p.bound_ms},
+        {"efficiency", p.efficiency},
+    };
+  }
   return k;
 }
 

@@ -93,6 +93,25 @@ std::optional<ChatRequest> ParseChatRequest(std::string_view body, const Request
                                             ApiError* error);
 
 // What the worker reports about one request (usage and Krul extensions).
+// Where one restore's time went, in milliseconds (all zero unless the turn
+// restored a stored history: restore == "hit"). The compute stream
+// (recompute, prefill) and the load stream (load) run side by side.
+struct RestoreProfile {
+  double lookup_ms = 0;       // the manifest lookup (one RPC)
+  double pin_ms = 0;          // the lease on the version (one RPC)
+  double first_block_ms = 0;  // load stream start -> first block arrived (grant + transfer)
+  double blocks_ms = 0;       // load stream start -> last block arrived
+  double load_wait_ms = 0;    // load steps waiting for blocks to arrive
+  double decode_ms = 0;       // load steps decoding blocks into the cache
+  double load_ms = 0;         // load stream busy (wait + decode + writes)
+  double load_latency_ms = 0;  // of which before its first bytes (estimated)
+  double recompute_ms = 0;     // compute stream: history layers
+  double prefill_ms = 0;       // compute stream: new input and logits, waits included
+  double total_ms = 0;         // restore start -> logits (restore + prefill)
+  double bound_ms = 0;         // true lower bound of total_ms (restorer.h)
+  double efficiency = 0;       // bound_ms / total_ms
+};
+
 struct CompletionStats {
   int prompt_tokens = 0;      // tokens the model saw before the answer
   int completion_tokens = 0;  // tokens generated (the stop token excluded)
@@ -109,6 +128,10 @@ struct CompletionStats {
   int prefilled_tokens = 0;  // new tokens run through the model
   std::string conversation_id;
   std::string worker_id;
+  RestoreProfile profile;  // restore == "hit" only
+  // "emulated" when the restore's loads were paced by the worker's
+  // emulated link (a sleep, --emulate_link_gbit_per_s), else empty.
+  std::string link;
 };
 
 // {"id", "object": "chat.completion", "created", "model", "choices": [...],
@@ -122,7 +145,8 @@ nlohmann::json MakeCompletionJson(const std::string& id, int64_t created, const 
 
 // The usage object shared by completions and the final stream chunk.
 nlohmann::json MakeUsageJson(const CompletionStats& stats);
-// The "krul" extension object.
+// The "krul" extension object (with "restore_profile" when the turn
+// restored a history).
 nlohmann::json MakeKrulJson(const CompletionStats& stats);
 
 // One "chat.completion.chunk". `role` and `content` go into the delta when

@@ -107,6 +107,16 @@ absl::Status WorkerOptions::Validate() const {
   }
   if (kvstore_deadline <= absl::ZeroDuration()) return Invalid("kvstore_deadline", "must be > 0");
   if (persist_deadline <= absl::ZeroDuration()) return Invalid("persist_deadline", "must be > 0");
+  if (restore_lease < absl::Seconds(1) || restore_lease > absl::Minutes(10)) {
+    return Invalid("restore_lease", "outside [1s, 10m]");
+  }
+  if (probe_load_tokens < 0) return Invalid("probe_load_tokens", "must be >= 0");
+  if (!(emulated_link_gbit_per_s >= 0) || !std::isfinite(emulated_link_gbit_per_s)) {
+    return Invalid("emulate_link_gbit_per_s", "must be a finite number >= 0");
+  }
+  if (emulated_link_latency < absl::ZeroDuration()) {
+    return Invalid("emulate_link_latency", "must be >= 0");
+  }
   if (max_pending_persists < 1) return Invalid("max_pending_persists", "must be >= 1");
   if (granularity_tokens < 1) return Invalid("granularity_tokens", "must be >= 1");
   if (expected_new_tokens < 0) return Invalid("expected_new_tokens", "must be >= 0");

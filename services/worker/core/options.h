@@ -108,6 +108,19 @@ struct WorkerOptions {
   // Restore reads every block a plan needs in one streamed request (true)
   // instead of one request per load step.
   bool prefetch_blocks = true;
+  // Lease (kvstore Pin) the version a restore reads, for `restore_lease`,
+  // so the store cannot evict it midway; released when the turn's answer
+  // is out. Default: true, 10 s (the kvstore's lease granularity is 1 s).
+  bool pin_restores = true;
+  absl::Duration restore_lease = absl::Seconds(10);
+  // An EMULATED link to the kvstore, for machines where a real one cannot
+  // be made (deploy/local/testbed.sh falls back to it without root): every
+  // restore's load stream is paced to latency + bytes / rate
+  // (MakeLinkPacedKvSource, kv_source.h: a sleep, not a link), and so is
+  // the start-up load probe. 0 Gbit/s = off (the default): loads take what
+  // the real path takes.
+  double emulated_link_gbit_per_s = 0;
+  absl::Duration emulated_link_latency = absl::ZeroDuration();
   // KV tokens per stored block (compressor chunk) and storage type.
   int chunk_tokens = 256;
   DType kv_dtype = DType::kF32;
@@ -115,14 +128,18 @@ struct WorkerOptions {
   // probe_compute is false (then compute_* are used), and live measurements
   // refresh both unless freeze_costs.
   bool probe_compute = true;
-  // Time a small and a large block read from the store at start-up (which
-  // also opens its connections) to calibrate the load cost.
+  // Time reads of a small and a large probe version through the store at
+  // start-up (the restore's own path: one streamed read, every block
+  // verified; it also opens the connections) to calibrate the load cost.
+  // The large version holds `probe_load_tokens` tokens of every layer
+  // (0: min(seq_len, chunk_tokens)).
   bool probe_load = true;
+  int probe_load_tokens = 0;
   double compute_fixed_us = 20;
   double compute_per_token_us = 5;
   double compute_per_pair_ns = 5;
-  double load_latency_us = 300;
-  double load_gbps = 1.0;  // GB/s
+  double load_latency_us = 300;  // once per restore: the load stream's first byte
+  double load_gbps = 1.0;        // GB/s
   bool freeze_costs = false;
   // krul-fixed: pairs as "a:b,c:d"; empty = calibrate on built-in prompts.
   std::string fixed_pairs;

@@ -3,9 +3,11 @@
 #include <xxhash.h>
 
 #include <algorithm>
-#include <cstdio>
+#include <chrono>
 #include <filesystem>
 #include <random>
+#include <thread>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -13,6 +15,7 @@
 #include "krul/base/log.h"
 #include "krul/engine/backend_factory.h"
 #include "krul/engine/kv_cache.h"
+#include "krul/restore/kv_source.h"
 #include "krul/kvformat/kv_block.h"
 #include "krul/kvformat/manifest.h"
 #include "krul/compress/selector.h"
@@ -58,50 +61,96 @@ ComputeProbeOptions ProbeOptionsFor(const ModelConfig& c) {
   return p;
 }
 
-// Writes a probe version with one small and one large block, times reads of
-// each (ProbeLoad) and deletes it. Besides the coefficients, this opens the
-// store's control and data-plane connections before the first request.
-absl::StatusOr<LoadCoefficients> ProbeStoreLoad(ConversationStore& store, const std::string& tenant,
-                                                const std::string& model_id, size_t bytes_per_token,
-                                                absl::Duration deadline) {
+// The load probe's result: the fitted coefficients and the large read.
+struct StoreLoadProbe {
+  LoadCoefficients coefficients;
+  size_t large_bytes = 0;
+  double large_seconds = 0;
+};
+
+// Calibrates the load cost across the real path: writes two probe versions
+// shaped like a restore's (one block per layer, as a history is stored), a
+// small one (1 token of one layer) and a large one (`tokens` tokens of
+// every layer), times streamed reads of all of each one's blocks through
+// the store (ReadBlocks: the restore's own request, blocks verified as they
+// arrive; ProbeLoad keeps the fastest of three) and deletes both. The
+// small read is mostly latency, the large one mostly bandwidth. Besides
+// the coefficients, this opens the store's control and data-plane
+// connections before the first request.
+// With an emulated link (`emulated.bytes_per_second` > 0) each read is
+// paced as a restore's load stream is (latency + bytes / rate, a sleep).
+absl::StatusOr<StoreLoadProbe> ProbeStoreLoad(ConversationStore& store, const std::string& tenant,
+                                              const std::string& model_id, int n_layers,
+                                              size_t bytes_per_token, int tokens,
+                                              absl::Duration deadline, const LinkModel& emulated) {
   std::mt19937_64 rng(std::random_device{}());
-  const std::string id = absl::StrFormat("__krul_probe__/%016x", rng());
+  const std::string prefix = absl::StrFormat("__krul_probe__/%016x", rng());
   LoadProbeOptions probe;
   probe.small_tokens = 1;
-  probe.large_tokens = 256;
-  v1::Manifest manifest;
-  manifest.mutable_key()->set_tenant(tenant);
-  manifest.mutable_key()->set_conversation_id(id);
-  manifest.mutable_key()->set_turn(1);
-  manifest.set_model_id(model_id);
-  manifest.set_n_layers(1);
-  std::vector<std::string> blocks;
-  for (int tokens : {probe.small_tokens, probe.large_tokens}) {
-    auto block = EncodeRawBlock(std::string(bytes_per_token * tokens, '\x5a'));
-    if (!block.ok()) return block.status();
-    auto ref = MakeBlockRef(static_cast<uint32_t>(blocks.size()), *block);
-    if (!ref.ok()) return ref.status();
-    *manifest.add_blocks() = *ref;
-    blocks.push_back(*std::move(block));
+  probe.large_tokens = std::max(2, tokens);
+  struct Version {
+    v1::Manifest manifest;
+    std::vector<uint32_t> indices;
+  };
+  std::vector<Version> versions;
+  for (const auto& [name, layers, n] :
+       {std::tuple<const char*, int, int>{"small", 1, probe.small_tokens},
+        std::tuple<const char*, int, int>{"large", n_layers, probe.large_tokens}}) {
+    Version v;
+    v1::Manifest& m = v.manifest;
+    m.mutable_key()->set_tenant(tenant);
+    m.mutable_key()->set_conversation_id(absl::StrCat(prefix, "/", name));
+    m.mutable_key()->set_turn(1);
+    m.set_model_id(model_id);
+    m.set_n_layers(static_cast<uint32_t>(layers));
+    std::vector<std::string> blocks;
+    for (int l = 0; l < layers; ++l) {
+      auto block = EncodeRawBlock(std::string(bytes_per_token * n, static_cast<char>(0x5a + l)));
+      if (!block.ok()) return block.status();
+      auto ref = MakeBlockRef(static_cast<uint32_t>(blocks.size()), *block);
+      if (!ref.ok()) return ref.status();
+      *m.add_blocks() = *ref;
+      v.indices.push_back(static_cast<uint32_t>(blocks.size()));
+      blocks.push_back(*std::move(block));
+    }
+    if (auto s = store.Write(m, std::move(blocks), absl::Now() + deadline); !s.ok()) return s;
+    versions.push_back(std::move(v));
   }
-  if (auto s = store.Write(manifest, blocks, absl::Now() + deadline); !s.ok()) return s;
+  StoreLoadProbe result;
   auto coefficients = ProbeLoad(
       [&](int tokens) -> absl::StatusOr<size_t> {
-        const uint32_t index = tokens == probe.small_tokens ? 0 : 1;
+        const Version& v = versions[tokens == probe.small_tokens ? 0 : 1];
         size_t bytes = 0;
+        const auto t0 = std::chrono::steady_clock::now();
         absl::Status s = store.ReadBlocks(
-            manifest, std::span<const uint32_t>(&index, 1),
+            v.manifest, v.indices,
             [&bytes](uint32_t, std::string encoded) {
               bytes += encoded.size();
               return absl::OkStatus();
             },
             absl::Now() + deadline);
         if (!s.ok()) return s;
+        if (emulated.bytes_per_second > 0) {
+          std::this_thread::sleep_until(
+              t0 + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                       std::chrono::duration<double>(emulated.latency_s +
+                                                     bytes / emulated.bytes_per_second)));
+        }
+        if (tokens != probe.small_tokens) {
+          const double t =
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          if (result.large_seconds == 0 || t < result.large_seconds) result.large_seconds = t;
+          result.large_bytes = bytes;
+        }
         return bytes;
       },
       probe);
-  store.Delete(tenant, id, absl::Now() + deadline).IgnoreError();
-  return coefficients;
+  for (const Version& v : versions) {
+    store.Delete(tenant, v.manifest.key().conversation_id(), absl::Now() + deadline).IgnoreError();
+  }
+  if (!coefficients.ok()) return coefficients.status();
+  result.coefficients = *coefficients;
+  return result;
 }
 
 }  // namespace
@@ -177,30 +226,39 @@ absl::Status WorkerCore::Init(const WorkerOptions& options,
     if (probed.ok()) {
       costs.compute = *probed;
     } else {
-      std::fprintf(stderr, "krul-worker: compute probe failed (%s); using flag values\n",
-                   std::string(probed.status().message()).c_str());
+      KRUL_LOG(WARNING) << "krul-worker: compute probe failed (" << probed.status()
+                        << "); using flag values";
     }
   }
-  bool load_probed = false;
+  std::string load_source = "flags";
   if (options.probe_load) {
-    auto load = ProbeStoreLoad(*store_, options.tenant, model_id_,
-                               KvCache::Create(config, 1)->LayerBytes(1), options.kvstore_deadline);
+    const int tokens = options.probe_load_tokens > 0
+                           ? options.probe_load_tokens
+                           : std::min(config.seq_len, options.chunk_tokens);
+    LinkModel emulated;
+    emulated.latency_s = absl::ToDoubleSeconds(options.emulated_link_latency);
+    emulated.bytes_per_second = options.emulated_link_gbit_per_s * 1e9 / 8;
+    auto load = ProbeStoreLoad(*store_, options.tenant, model_id_, config.n_layers,
+                               KvCache::Create(config, 1)->LayerBytes(1), tokens,
+                               options.kvstore_deadline, emulated);
     if (load.ok()) {
-      costs.load = *load;
-      load_probed = true;
+      costs.load = load->coefficients;
+      load_source = absl::StrFormat(
+          "probed through the store (%s%s): %d-token history of %d layers, %.2f MB in %.2f ms",
+          store_->data_plane(), emulated.bytes_per_second > 0 ? ", EMULATED link" : "", tokens,
+          config.n_layers, load->large_bytes / 1e6, load->large_seconds * 1e3);
     } else {
-      std::fprintf(stderr, "krul-worker: load probe failed (%s); using flag values\n",
-                   std::string(load.status().message()).c_str());
+      KRUL_LOG(WARNING) << "krul-worker: load probe failed (" << load.status()
+                        << "); using flag values";
     }
   }
-  std::fprintf(stderr,
-               "krul-worker: cost model: compute %.1f us + %.3f us/token + %.3f ns/pair per "
-               "layer%s; load %.0f us + %.2f GB/s%s%s\n",
-               costs.compute.fixed_s * 1e6, costs.compute.per_token_s * 1e6,
-               costs.compute.per_attention_pair_s * 1e9, options.probe_compute ? " (probed)" : "",
-               costs.load.latency_s * 1e6, costs.load.bytes_per_second / 1e9,
-               load_probed ? " (probed)" : "",
-               options.freeze_costs ? "; frozen" : "; refreshed live");
+  KRUL_LOG(INFO) << absl::StrFormat(
+      "krul-worker: cost model: compute %.1f us + %.3f us/token + %.3f ns/pair per layer (%s); "
+      "load %.0f us once per restore + %.3f GB/s (%s); %s",
+      costs.compute.fixed_s * 1e6, costs.compute.per_token_s * 1e6,
+      costs.compute.per_attention_pair_s * 1e9, options.probe_compute ? "probed" : "flags",
+      costs.load.latency_s * 1e6, costs.load.bytes_per_second / 1e9, load_source,
+      options.freeze_costs ? "frozen" : "refreshed from every restore");
   auto cost_model = CostModel::Create(costs);
   if (!cost_model.ok()) return cost_model.status();
   cost_model_ = *std::move(cost_model);
@@ -240,8 +298,8 @@ absl::Status WorkerCore::Init(const WorkerOptions& options,
         estimate.ok() ? SelectPlan(*estimate, selector) : estimate.status();
     if (estimate.ok()) calibration = *std::move(estimate);
     if (!calibrated.ok()) {
-      std::fprintf(stderr, "krul-worker: calibration failed (%s); krul-fixed has no pairs\n",
-                   std::string(calibrated.status().message()).c_str());
+      KRUL_LOG(WARNING) << "krul-worker: calibration failed (" << calibrated.status()
+                        << "); krul-fixed has no pairs";
     } else if (fixed_needs_it) {
       fixed_pairs_ = *std::move(calibrated);
     }
@@ -295,7 +353,7 @@ void WorkerCore::Shutdown(absl::Duration timeout) {
   shutting_down_ = true;
   if (admission_ != nullptr) admission_->Shutdown();
   if (persister_ != nullptr && !persister_->Drain(timeout)) {
-    std::fprintf(stderr, "krul-worker: shutdown: some turns were not persisted in time\n");
+    KRUL_LOG(WARNING) << "krul-worker: shutdown: some turns were not persisted in time";
   }
 }
 

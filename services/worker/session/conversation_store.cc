@@ -12,6 +12,13 @@ std::string MapKey(const std::string& tenant, const std::string& conversation_id
 
 }  // namespace
 
+absl::StatusOr<StorePin> ConversationStore::Pin(const v1::ConversationKey&, absl::Duration,
+                                                absl::Time) {
+  return StorePin{};
+}
+
+absl::Status ConversationStore::Unpin(const StorePin&, absl::Time) { return absl::OkStatus(); }
+
 absl::StatusOr<v1::Manifest> MemoryConversationStore::LookupLatest(
     const std::string& tenant, const std::string& conversation_id, absl::Time) {
   absl::MutexLock lock(&mu_);
@@ -80,6 +87,41 @@ absl::Status MemoryConversationStore::Delete(const std::string& tenant,
 absl::Status MemoryConversationStore::Health(absl::Time) {
   absl::MutexLock lock(&mu_);
   return failure_;
+}
+
+absl::StatusOr<StorePin> MemoryConversationStore::Pin(const v1::ConversationKey& key,
+                                                      absl::Duration lease, absl::Time) {
+  absl::MutexLock lock(&mu_);
+  if (!failure_.ok()) return failure_;
+  auto it = versions_.find(MapKey(key.tenant(), key.conversation_id()));
+  if (it == versions_.end() || it->second.manifest.key().turn() != key.turn()) {
+    return absl::NotFoundError("the conversation version is gone");
+  }
+  StorePin pin;
+  pin.address = "memory";
+  pin.lease_id = next_lease_++;
+  pin.expires = absl::Now() + lease;
+  pins_[pin.lease_id] = it->first;
+  return pin;
+}
+
+absl::Status MemoryConversationStore::Unpin(const StorePin& pin, absl::Time) {
+  if (pin.lease_id == 0) return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  if (pins_.erase(pin.lease_id) == 0) {
+    return absl::NotFoundError(absl::StrCat("lease ", pin.lease_id, " is not active"));
+  }
+  return absl::OkStatus();
+}
+
+int MemoryConversationStore::active_pins() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(pins_.size());
+}
+
+int MemoryConversationStore::pins_granted() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(next_lease_ - 1);
 }
 
 void MemoryConversationStore::InjectFailure(absl::Status status) {

@@ -40,6 +40,13 @@ namespace krul::worker {
 // returned by it.
 using BlockSink = std::function<absl::Status(uint32_t index, std::string encoded)>;
 
+// A lease on one committed version (ConversationStore::Pin).
+struct StorePin {
+  std::string address;    // the shard holding it (empty: a store without leases)
+  uint64_t lease_id = 0;  // 0: nothing to release
+  absl::Time expires = absl::InfiniteFuture();
+};
+
 class ConversationStore {
  public:
   virtual ~ConversationStore() = default;
@@ -68,6 +75,21 @@ class ConversationStore {
 
   // OK when the store answers.
   virtual absl::Status Health(absl::Time deadline) = 0;
+
+  // Pins the committed version `key` (tenant, conversation id, turn) for
+  // `lease`: until Unpin or the lease runs out the store neither evicts,
+  // expires nor deletes it, so a restore reading it cannot lose it midway.
+  // NOT_FOUND when the version is gone. The default is a store without
+  // eviction: a handle with nothing to release.
+  virtual absl::StatusOr<StorePin> Pin(const v1::ConversationKey& key, absl::Duration lease,
+                                       absl::Time deadline);
+
+  // Ends a lease from Pin (a handle with lease_id 0: nothing to do).
+  // NOT_FOUND when it already expired.
+  virtual absl::Status Unpin(const StorePin& pin, absl::Time deadline);
+
+  // How blocks move, for logs: "ucx", "grpc", "in-process".
+  virtual std::string data_plane() const { return "in-process"; }
 };
 
 // Versions in this process's memory; only the newest version of a
@@ -85,12 +107,21 @@ class MemoryConversationStore final : public ConversationStore {
                       absl::Time deadline) override;
   absl::Status Health(absl::Time deadline) override;
 
+  // Never evicts; Pin counts the leases it hands out so tests can see that
+  // restores pin and release what they read.
+  absl::StatusOr<StorePin> Pin(const v1::ConversationKey& key, absl::Duration lease,
+                               absl::Time deadline) override;
+  absl::Status Unpin(const StorePin& pin, absl::Time deadline) override;
+
   // Test hooks: every call fails with `status` (OK clears it); flip one
   // byte of every stored block's payload; drop the stored blocks.
   void InjectFailure(absl::Status status);
   void CorruptBlocks();
   void DropBlocks();
   size_t versions() const;
+  // Leases handed out by Pin and not yet released.
+  int active_pins() const;
+  int pins_granted() const;
 
  private:
   struct Version {
@@ -99,6 +130,8 @@ class MemoryConversationStore final : public ConversationStore {
   };
   mutable absl::Mutex mu_;
   absl::Status failure_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, std::string> pins_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_lease_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<std::string, Version> versions_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -48,6 +48,15 @@ absl::StatusOr<StoredVersion> BuildStoredVersion(const v1::ConversationKey& key,
 std::vector<uint32_t> BlocksForLoads(const v1::Manifest& manifest,
                                      const std::vector<LoadStep>& loads);
 
+// Where a store source's time went (seconds), for the restore profile. The
+// clock starts at the first Fetch (when the streamed read starts).
+struct StoreSourceStats {
+  double first_block_seconds = 0;  // -> the first prefetched block arrived
+  double blocks_seconds = 0;       // -> the last prefetched block arrived
+  double wait_seconds = 0;         // Fetch blocked on blocks not yet there
+  double decode_seconds = 0;       // Fetch decoding blocks into the cache
+};
+
 // A KvSource reading `manifest`'s blocks from `store`. With `prefetch`
 // non-empty, the first Fetch starts one streamed read of all those blocks
 // on a background thread (one round trip instead of one per load step;
@@ -59,11 +68,16 @@ std::vector<uint32_t> BlocksForLoads(const v1::Manifest& manifest,
 // manifest lists no block for part of the requested range (missing
 // blocks); DATA_LOSS for a block that fails verification or decoding;
 // DEADLINE_EXCEEDED when a block does not arrive within `per_fetch` of the
-// Fetch that waits for it. `store` must outlive the source; destroying the
-// source stops the background read.
+// Fetch that waits for it. Blocks are verified once, by the store
+// (ConversationStore::ReadBlocks hands over verified blocks only); the
+// source decodes them. `store` must outlive the source; destroying the
+// source stops the background read. `stats` (nullable, not owned) is
+// filled as the source works; read it once the restore is over and the
+// source destroyed.
 std::unique_ptr<KvSource> MakeStoreKvSource(ConversationStore* store, v1::Manifest manifest,
                                             const KvShape& shape, absl::Duration per_fetch,
-                                            std::vector<uint32_t> prefetch = {});
+                                            std::vector<uint32_t> prefetch = {},
+                                            StoreSourceStats* stats = nullptr);
 
 }  // namespace krul::worker
 

@@ -1,7 +1,8 @@
 // The ConversationStore backed by krul-kvstore through the kvstore client in
 // common/ (krul/kvstore_client.h): sharding by rendezvous hashing over the
-// addresses, verification of every block against the manifest, gRPC inline
-// or UCX data plane.
+// addresses, verification of every block against the manifest, UCX data
+// plane (inline gRPC when the kvstore offers no UCX), leases (Pin) on the
+// version a restore reads.
 //
 // Deadlines. The client bounds each attempt by its own options rather than
 // per call, so two clients are kept: the restore path's (lookups and block
@@ -28,8 +29,12 @@ struct KvstoreStoreOptions {
   int replication = 1;
   absl::Duration restore_deadline = absl::Seconds(1);
   absl::Duration persist_deadline = absl::Seconds(10);
-  // Move blocks over UCX (shared memory / TCP / RDMA) instead of gRPC.
-  bool ucx = false;
+  // Move blocks over UCX (shared memory / TCP / RDMA; UCX's own UCX_TLS and
+  // UCX_NET_DEVICES choose) instead of inline gRPC. When a shard offers no
+  // UCX data plane (a kvstore started without --ucx), the store falls back
+  // to inline gRPC for every transfer, with a warning, as soon as the
+  // kvstore first answers. Default: true.
+  bool ucx = true;
   // TLS, bearer token and the plaintext rule of the client
   // (krul/kvclient/kvstore_client.h).
   rpc::ClientTlsOptions tls;

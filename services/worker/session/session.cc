@@ -1,11 +1,11 @@
 #include "worker/session/session.h"
 
 #include <chrono>
-#include <cstdio>
 #include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "krul/base/log.h"
 #include "krul/restore/restore_plan.h"
 #include "worker/session/kv_blocks.h"
 #include "worker/session/session_record.h"
@@ -64,6 +64,14 @@ Session::Session(WorkerCore& core, AdmissionTicket ticket, const ChatRequest& re
 Session::~Session() {
   // Clearing never fails to clear; an error is only about blocks delivered.
   slot_.backend->SetAttentionObserver(nullptr).IgnoreError();
+  // The lease of the restored version, released once the answer is out
+  // (never on the first token's path); it also runs out by itself.
+  if (pin_.lease_id != 0) {
+    if (auto s = core_.store().Unpin(pin_, absl::Now() + core_.options().kvstore_deadline);
+        !s.ok()) {
+      KRUL_LOG(WARNING) << "krul-worker: unpin of '" << store_id_ << "' failed: " << s;
+    }
+  }
   core_.metrics().active_requests().Decrement();
 }
 
@@ -98,7 +106,9 @@ struct Session::StoredTurn {
 
 absl::Status Session::Start(absl::Time accepted) {
   if (auto s = InitTurn(); !s.ok()) return s;
+  const absl::Time lookup_start = absl::Now();
   StoredTurn stored = LookupStoredTurn();
+  stats_.profile.lookup_ms = MsSince(lookup_start);
   std::vector<int> new_tokens;  // prefilled after the restored history
   if (auto s = TokenizeTurn(stored, new_tokens); !s.ok()) return s;
   if (auto s = CreateTurnState(); !s.ok()) return s;
@@ -246,25 +256,66 @@ bool Session::RestoreStoredTurn(StoredTurn& stored, const std::vector<int>& new_
     return false;
   }
   const WorkerOptions& options = core_.options();
-  std::unique_ptr<KvSource> source =
-      MakeStoreKvSource(&core_.store(), *stored.manifest, core_.shape(), options.kvstore_deadline,
-                        options.prefetch_blocks ? BlocksForLoads(*stored.manifest, plan->loads)
-                                                : std::vector<uint32_t>());
-  // The restore's attention is no part of the turn's estimate.
-  const absl::Status cleared = slot_.backend->SetAttentionObserver(nullptr);
-  absl::StatusOr<RestoreStats> restore =
-      cleared.ok() ? slot_.restorer->Restore(*plan, std::span<const int>(tokens_.data(), history),
-                                             new_tokens, source.get(), *cache_, logits_)
-                   : absl::StatusOr<RestoreStats>(cleared);
+  // Lease the version for the restore: the kvstore must not evict, expire
+  // or delete it while its blocks are read (released in ~Session). Only a
+  // plan that loads needs it.
+  if (options.pin_restores && !plan->loads.empty()) {
+    const absl::Time pin_start = absl::Now();
+    auto pinned = core_.store().Pin(stored.manifest->key(), options.restore_lease,
+                                    pin_start + options.kvstore_deadline);
+    stats_.profile.pin_ms = MsSince(pin_start);
+    if (!pinned.ok()) {
+      stored.fallback = FallbackReason(pinned.status());
+      KRUL_LOG(WARNING) << "krul-worker: cannot lease '" << stored.lookup_id << "' ("
+                        << stored.fallback << "), recomputing: " << pinned.status();
+      return false;
+    }
+    pin_ = *pinned;
+  }
+  StoreSourceStats source_stats;
+  absl::StatusOr<RestoreStats> restore;
+  {
+    std::unique_ptr<KvSource> source = MakeStoreKvSource(
+        &core_.store(), *stored.manifest, core_.shape(), options.kvstore_deadline,
+        options.prefetch_blocks ? BlocksForLoads(*stored.manifest, plan->loads)
+                                : std::vector<uint32_t>(),
+        &source_stats);
+    if (options.emulated_link_gbit_per_s > 0) {
+      // No real link here: the load stream is paced by a sleep (labelled).
+      LinkModel link;
+      link.latency_s = absl::ToDoubleSeconds(options.emulated_link_latency);
+      link.bytes_per_second = options.emulated_link_gbit_per_s * 1e9 / 8;
+      auto paced = MakeLinkPacedKvSource(std::move(source), link);
+      if (!paced.ok()) {
+        stored.fallback = kFallbackError;
+        return false;
+      }
+      source = *std::move(paced);
+      stats_.link = "emulated";
+    }
+    // The recomputed history is no part of the turn's estimate; the new
+    // input's prefill is (the history's is carried in the record).
+    const absl::Status cleared = slot_.backend->SetAttentionObserver(nullptr);
+    restore = cleared.ok()
+                  ? slot_.restorer->Restore(*plan, std::span<const int>(tokens_.data(), history),
+                                            new_tokens, source.get(), *cache_, logits_,
+                                            estimator_ ? estimator_->observer() : nullptr)
+                  : absl::StatusOr<RestoreStats>(cleared);
+  }  // the source is gone: its background read stopped, its stats final
   if (!restore.ok()) {
     stored.fallback = FallbackReason(restore.status());
-    std::fprintf(stderr, "krul-worker: restore of '%s' failed (%s), recomputing: %s\n",
-                 stored.lookup_id.c_str(), stored.fallback.c_str(),
-                 std::string(restore.status().message()).c_str());
+    KRUL_LOG(WARNING) << "krul-worker: restore of '" << stored.lookup_id << "' failed ("
+                      << stored.fallback << "), recomputing: " << restore.status();
     return false;
   }
   stats_.prefilled_tokens = static_cast<int>(new_tokens.size());
+  carried_estimate_ = record.estimate;  // the turns before, for the persister
   RecordRestoreHit(*restore, history);
+  RestoreProfile& p = stats_.profile;
+  p.first_block_ms = source_stats.first_block_seconds * 1e3;
+  p.blocks_ms = source_stats.blocks_seconds * 1e3;
+  p.load_wait_ms = source_stats.wait_seconds * 1e3;
+  p.decode_ms = source_stats.decode_seconds * 1e3;
   return true;
 }
 
@@ -276,6 +327,14 @@ void Session::RecordRestoreHit(const RestoreStats& restore, int history) {
   stats_.loaded_tokens = history - stats_.recomputed_tokens;
   stats_.loaded_bytes = restore.loaded_bytes;
   stats_.restore_ms = restore.restore_seconds * 1e3;
+  RestoreProfile& p = stats_.profile;
+  p.load_ms = restore.load_seconds * 1e3;
+  p.load_latency_ms = restore.load_latency_seconds * 1e3;
+  p.recompute_ms = restore.recompute_seconds * 1e3;
+  p.prefill_ms = restore.prefill_seconds * 1e3;
+  p.total_ms = restore.total_seconds * 1e3;
+  p.bound_ms = restore.lower_bound_seconds * 1e3;
+  p.efficiency = restore.efficiency;
   WorkerMetrics& m = core_.metrics();
   m.CountRestore("hit");
   m.ObserveRestore("total", restore.restore_seconds);
@@ -391,6 +450,7 @@ void Session::Commit() {
   r.kv_tokens = pos_;
   job.cache = std::move(cache_);
   job.estimator = std::move(estimator_);
+  job.carried_estimate = std::move(carried_estimate_);
   core_.persister().Submit(std::move(job));
 }
 

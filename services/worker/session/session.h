@@ -102,6 +102,9 @@ class Session {
 
   std::unique_ptr<BackendKvCache> cache_;      // the slot backend's
   std::unique_ptr<BackendEstimator> estimator_;  // krul mode only
+  // The restored version's estimate (its turns before this one), handed to
+  // the persister with this turn's; none after a miss or a fallback.
+  std::optional<SimilarityEstimate> carried_estimate_;
   std::optional<Sampler> sampler_;
   std::vector<float> logits_;
   std::vector<int> tokens_;  // history + prompt + generated
@@ -116,6 +119,7 @@ class Session {
   bool done_ = false;
   bool failed_ = false;
   bool committed_ = false;
+  StorePin pin_;  // the lease on the restored version (lease_id 0: none)
 };
 
 }  // namespace krul::worker

@@ -182,6 +182,87 @@ TEST(SessionTest, FaultsFallBackToRecompute) {
   }
 }
 
+// A store whose leases fail as a store that lost the version does.
+class NoLeaseStore final : public ConversationStore {
+ public:
+  explicit NoLeaseStore(std::shared_ptr<MemoryConversationStore> store) : inner_(store) {}
+  absl::StatusOr<v1::Manifest> LookupLatest(const std::string& t, const std::string& id,
+                                            absl::Time d) override {
+    return inner_.LookupLatest(t, id, d);
+  }
+  absl::Status ReadBlocks(const v1::Manifest& m, std::span<const uint32_t> i, const BlockSink& s,
+                          absl::Time d) override {
+    return inner_.ReadBlocks(m, i, s, d);
+  }
+  absl::Status Write(const v1::Manifest& m, std::vector<std::string> b, absl::Time d) override {
+    return inner_.Write(m, std::move(b), d);
+  }
+  absl::Status Delete(const std::string& t, const std::string& id, absl::Time d) override {
+    return inner_.Delete(t, id, d);
+  }
+  absl::Status Health(absl::Time d) override { return inner_.Health(d); }
+  absl::StatusOr<StorePin> Pin(const v1::ConversationKey&, absl::Duration, absl::Time) override {
+    return absl::NotFoundError("the version is gone");
+  }
+
+ private:
+  SharedStore inner_;
+};
+
+TEST(SessionTest, ARestoreLeasesTheVersionItReadsAndReleasesIt) {
+  WorkerOptions o = TestModelOptions();
+  o.mode = RestoreMode::kLoad;
+  Cluster c = MakeCluster(o);
+  ASSERT_TRUE(c.a && c.b);
+  std::vector<ChatMessage> messages = {{Role::kUser, kUserTurns[0]}};
+  auto first = RunTurn(*c.a, messages, 16);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(c.store->pins_granted(), 0);  // nothing was restored
+  messages.push_back({Role::kAssistant, first->content});
+  messages.push_back({Role::kUser, kUserTurns[1]});
+  auto second = RunTurn(*c.b, messages, 16);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->stats.restore, "hit");
+  EXPECT_EQ(c.store->pins_granted(), 1);
+  EXPECT_EQ(c.store->active_pins(), 0);  // released with the session
+
+  // Without leases (--pin_restores=false) the restore pins nothing.
+  o.pin_restores = false;
+  Cluster unpinned = MakeCluster(o);
+  ASSERT_TRUE(unpinned.a && unpinned.b);
+  messages.resize(1);
+  first = RunTurn(*unpinned.a, messages, 16);
+  ASSERT_TRUE(first.ok()) << first.status();
+  messages.push_back({Role::kAssistant, first->content});
+  messages.push_back({Role::kUser, kUserTurns[1]});
+  second = RunTurn(*unpinned.b, messages, 16);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->stats.restore, "hit");
+  EXPECT_EQ(unpinned.store->pins_granted(), 0);
+}
+
+TEST(SessionTest, AVersionThatCannotBeLeasedIsRecomputed) {
+  WorkerOptions o = TestModelOptions();
+  o.mode = RestoreMode::kLoad;
+  auto store = std::make_shared<MemoryConversationStore>();
+  auto a = WorkerCore::Create(o, std::make_unique<SharedStore>(store));
+  auto b = WorkerCore::Create(o, std::make_unique<NoLeaseStore>(store));
+  ASSERT_TRUE(a.ok() && b.ok());
+  ReferenceConversation reference((*a)->model(), (*a)->tokenizer());
+  std::vector<ChatMessage> messages = {{Role::kUser, kUserTurns[0]}};
+  auto first = RunTurn(**a, messages, 16);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->ids, reference.Turn(kUserTurns[0], 16));
+  messages.push_back({Role::kAssistant, first->content});
+  messages.push_back({Role::kUser, kUserTurns[1]});
+  auto second = RunTurn(**b, messages, 16);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->stats.restore, "fallback");
+  EXPECT_EQ(second->stats.fallback_reason, "missing_blocks");
+  // Recomputed, so the uninterrupted run's answer.
+  EXPECT_EQ(second->ids, reference.Turn(kUserTurns[1], 16));
+}
+
 TEST(SessionTest, CorruptedBlocksGiveTheSameAnswerAsAnIntactStore) {
   // A checksum failure is detected before any stored byte reaches the
   // cache: the fallback recomputes the same history the intact store held.

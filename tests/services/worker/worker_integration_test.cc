@@ -107,14 +107,25 @@ absl::StatusOr<Worker> StartWorker(const std::string& kvstore,
   return w;
 }
 
-absl::StatusOr<std::unique_ptr<ChildProcess>> StartKvstore() {
+// `extra` flags go after the defaults (a later --metrics_port wins).
+absl::StatusOr<std::unique_ptr<ChildProcess>> StartKvstore(
+    const std::vector<std::string>& extra = {}) {
 #ifdef KRUL_KVSTORE_BIN
-  return ChildProcess::Start({KRUL_KVSTORE_BIN, "--host=127.0.0.1", "--port=0", "--metrics_port=-1",
-                              "--rocksdb_path=" + krul::testing::ScratchDir() + "/kv"},
-                             "krul-kvstore listening on");
+  std::vector<std::string> argv = {KRUL_KVSTORE_BIN, "--host=127.0.0.1", "--port=0",
+                                   "--metrics_port=-1",
+                                   "--rocksdb_path=" + krul::testing::ScratchDir() + "/kv"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return ChildProcess::Start(argv, "krul-kvstore listening on");
 #else
+  (void)extra;
   return absl::UnavailableError("krul-kvstore is not built");
 #endif
+}
+
+// The kvstore's /metrics port from its ready line ("... metrics_port N ...").
+int MetricsPortFromLine(const std::string& line) {
+  const size_t at = line.find("metrics_port ");
+  return at == std::string::npos ? 0 : std::atoi(line.c_str() + at + 13);
 }
 
 json Request(const json& messages, int max_tokens, bool stream = false) {
@@ -130,9 +141,10 @@ std::vector<int> TokenIds(const ChatReply& r) {
 // A cluster: one kvstore and two workers sharing it.
 class ClusterTest : public ::testing::Test {
  protected:
-  void StartCluster(const std::vector<std::string>& worker_flags) {
+  void StartCluster(const std::vector<std::string>& worker_flags,
+                    const std::vector<std::string>& kvstore_flags = {}) {
     if (!HaveKvstore()) GTEST_SKIP() << "krul-kvstore is not built";
-    auto kv = StartKvstore();
+    auto kv = StartKvstore(kvstore_flags);
     ASSERT_TRUE(kv.ok()) << kv.status();
     kvstore_ = *std::move(kv);
     const std::string address = "127.0.0.1:" + std::to_string(PortFromLine(kvstore_->ready_line()));
@@ -216,6 +228,62 @@ TEST_F(ClusterTest, WithSharingTurnTwoLoadsFromTheKvstore) {
   // Worker A persisted a compressed turn: fewer bytes than the fp32 KV.
   const std::string ma = a_.Metrics();
   EXPECT_GT(MetricValue(ma, "krul_worker_kv_compression_ratio_sum"), 1.0) << ma;
+}
+
+// Two turns through two workers (A, B) with the worker's default data
+// plane against a kvstore started with `kvstore_flags` (--metrics_port=0
+// added); B restores turn 2 by loading everything (mode load). Returns the
+// kvstore's /metrics after the restore.
+std::string LoadModeRestore(Worker& a, Worker& b, ChildProcess& kvstore) {
+  WorkerOptions o = testing::TestModelOptions();
+  auto model = o.synthetic ? MakeSyntheticModel(o.synthetic_shape, o.synthetic_seed)
+                           : LoadModel(o.model_path);
+  EXPECT_TRUE(model.ok());
+  if (!model.ok()) return "";
+  auto tokenizer = o.synthetic ? Tokenizer::FromVocabulary(*(*model)->vocabulary())
+                               : Tokenizer::FromLlama2cFile(o.tokenizer_path);
+  EXPECT_TRUE(tokenizer.ok());
+  if (!tokenizer.ok()) return "";
+  testing::ReferenceConversation reference(**model, *tokenizer);
+  json messages = json::array({{{"role", "user"}, {"content", kUserTurns[0]}}});
+  ChatReply first = a.client->Chat(Request(messages, 16));
+  EXPECT_EQ(first.http_status, 200) << first.error;
+  EXPECT_EQ(TokenIds(first), reference.Turn(kUserTurns[0], 16));
+  messages.push_back({{"role", "assistant"}, {"content", first.content}});
+  messages.push_back({{"role", "user"}, {"content", kUserTurns[1]}});
+  WaitForPersists(a, 1);
+  ChatReply second = b.client->Chat(Request(messages, 16));
+  EXPECT_EQ(second.http_status, 200) << second.error;
+  EXPECT_EQ(second.body["krul"]["restore"], "hit") << second.body.dump();
+  EXPECT_GT(second.body["krul"]["loaded_bytes"].get<double>(), 0);
+  EXPECT_EQ(TokenIds(second), reference.Turn(kUserTurns[1], 16));
+  ChatClient metrics("127.0.0.1", MetricsPortFromLine(kvstore.ready_line()));
+  auto [status, body] = metrics.Get("/metrics");
+  EXPECT_EQ(status, 200);
+  return body;
+}
+
+TEST_F(ClusterTest, WorkersMoveKvOverUcxByDefault) {
+  StartCluster({"--mode=load"}, {"--ucx", "--metrics_port=0"});
+  const std::string m = LoadModeRestore(a_, b_, *kvstore_);
+  // The restore's blocks left the store over UCX (shared memory here).
+  EXPECT_GT(MetricValue(m, "krul_kvstore_transfer_bytes_total", "dir=\"out\",transport=\"ucx\""),
+            0)
+      << m;
+  EXPECT_EQ(MetricValue(m, "krul_kvstore_transfer_bytes_total", "dir=\"out\",transport=\"grpc\""),
+            0)
+      << m;
+}
+
+TEST_F(ClusterTest, WorkersFallBackToInlineGrpcWhenTheKvstoreHasNoUcx) {
+  StartCluster({"--mode=load"}, {"--metrics_port=0"});
+  const std::string m = LoadModeRestore(a_, b_, *kvstore_);
+  EXPECT_GT(MetricValue(m, "krul_kvstore_transfer_bytes_total", "dir=\"out\",transport=\"grpc\""),
+            0)
+      << m;
+  EXPECT_EQ(MetricValue(m, "krul_kvstore_transfer_bytes_total", "dir=\"out\",transport=\"ucx\""),
+            0)
+      << m;
 }
 
 TEST_F(ClusterTest, KillingTheKvstoreFallsBackToRecompute) {

@@ -67,6 +67,13 @@ class SharedStore final : public ConversationStore {
     return store_->Delete(tenant, id, deadline);
   }
   absl::Status Health(absl::Time deadline) override { return store_->Health(deadline); }
+  absl::StatusOr<StorePin> Pin(const v1::ConversationKey& key, absl::Duration lease,
+                               absl::Time deadline) override {
+    return store_->Pin(key, lease, deadline);
+  }
+  absl::Status Unpin(const StorePin& pin, absl::Time deadline) override {
+    return store_->Unpin(pin, deadline);
+  }
 
  private:
   std::shared_ptr<MemoryConversationStore> store_;
