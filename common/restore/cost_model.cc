@@ -97,7 +97,10 @@ absl::StatusOr<std::unique_ptr<CostModel>> CostModel::Create(const CostCoefficie
 }
 
 CostModel::CostModel(const CostCoefficients& initial, const CostModelOptions& options)
-    : options_(options), coefficients_(initial) {}
+    : options_(options), coefficients_(initial) {
+  absl::MutexLock lock(&mu_);
+  SeedLoadFitLocked();
+}
 
 CostCoefficients CostModel::Snapshot() const {
   absl::MutexLock lock(&mu_);
@@ -108,6 +111,7 @@ absl::Status CostModel::Reset(const CostCoefficients& coefficients) {
   if (auto s = CheckCoefficients(coefficients); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   coefficients_ = coefficients;
+  SeedLoadFitLocked();
   return absl::OkStatus();
 }
 
@@ -146,26 +150,62 @@ void CostModel::ObserveLoad(size_t bytes, double seconds) {
   if (inv > 0) load.bytes_per_second = 1 / inv;
 }
 
+void CostModel::SeedLoadFitLocked() {
+  // Two points on the current line, half the weight each: a prior that the
+  // first few restores move and later ones replace.
+  const LoadCoefficients& load = coefficients_.load;
+  const double x1 = load.bytes_per_second * 0.010;  // 10 ms of transfer
+  load_fit_ = {};
+  for (const auto [x, y] : {std::pair<double, double>{0, load.latency_s},
+                            std::pair<double, double>{x1, load.latency_s + 0.010}}) {
+    load_fit_.w += 0.5;
+    load_fit_.sx += 0.5 * x;
+    load_fit_.sy += 0.5 * y;
+    load_fit_.sxx += 0.5 * x * x;
+    load_fit_.sxy += 0.5 * x * y;
+  }
+}
+
 void CostModel::ObserveLoadStream(const LoadStreamSample& s) {
   if (!(s.bytes > 0) || !(s.seconds >= options_.min_observed_seconds) ||
-      !std::isfinite(s.seconds) || !(s.first_seconds >= 0) || s.first_seconds > s.seconds ||
-      !(s.first_bytes >= 0) || s.first_bytes > s.bytes) {
+      !std::isfinite(s.seconds) || !std::isfinite(s.bytes)) {
     return;
   }
   absl::MutexLock lock(&mu_);
   LoadCoefficients& load = coefficients_.load;
   const double a = options_.ewma_alpha;
-  // The first step waited for the request's round trip and its own bytes.
-  if (s.first_seconds >= options_.min_observed_seconds) {
-    const double latency = std::max(0.0, s.first_seconds - s.first_bytes / load.bytes_per_second);
-    load.latency_s += a * (latency - load.latency_s);
+  // Moving averages of the sufficient statistics of seconds = latency +
+  // bytes / bandwidth over the streams seen (restores of every size), then
+  // a weighted least-squares line through them. Restores load different
+  // amounts, so the line separates the latency from the bandwidth without
+  // timing anything inside a stream (a transport may deliver a stream's
+  // blocks all at its end).
+  LoadFit& f = load_fit_;
+  f.w = (1 - a) * f.w + a;
+  f.sx = (1 - a) * f.sx + a * s.bytes;
+  f.sy = (1 - a) * f.sy + a * s.seconds;
+  f.sxx = (1 - a) * f.sxx + a * s.bytes * s.bytes;
+  f.sxy = (1 - a) * f.sxy + a * s.bytes * s.seconds;
+  const double mx = f.sx / f.w, my = f.sy / f.w;
+  const double var = f.sxx / f.w - mx * mx, cov = f.sxy / f.w - mx * my;
+  double latency = -1, per_byte = -1;
+  if (var > 0.01 * mx * mx) {  // sizes spread enough to tell the two apart
+    per_byte = cov / var;
+    latency = my - per_byte * mx;
+    if (latency < 0) {  // through the origin instead
+      latency = 0;
+      per_byte = f.sxy / f.sxx;
+    }
   }
+  if (per_byte > 0 && std::isfinite(per_byte) && std::isfinite(latency)) {
+    load.latency_s = latency;
+    load.bytes_per_second = 1 / per_byte;
+    return;
+  }
+  // One size only so far: the bandwidth under the current latency.
   const double transfer = s.seconds - load.latency_s;
-  // A stream that finished within the latency estimate says nothing
-  // reliable about bandwidth.
   if (transfer <= 0.1 * s.seconds) return;
-  const double bw = s.bytes / transfer;
-  const double inv = 1 / load.bytes_per_second + a * (1 / bw - 1 / load.bytes_per_second);
+  const double inv = 1 / load.bytes_per_second + a * (transfer / s.bytes - 1 / load.bytes_per_second);
   if (inv > 0) load.bytes_per_second = 1 / inv;
 }
 

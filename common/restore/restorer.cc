@@ -304,25 +304,15 @@ absl::Status Restorer::FinishStats(const RestorePlan& stored_plan, Timeline& tim
   stats.loaded_bytes = loads.bytes;
   stats.load_requests = loads.requests;
   measured.load_seconds = loads.busy_seconds;
-  // The stream's latency: the first step's time less its bytes at the rate
-  // the rest of the stream ran (one step: the model's latency, at most
-  // that step's time).
-  if (loads.requests > 1 && loads.busy_seconds > loads.first_seconds &&
-      loads.bytes > loads.first_bytes) {
-    const double rate = static_cast<double>(loads.bytes - loads.first_bytes) /
-                        (loads.busy_seconds - loads.first_seconds);
-    measured.load_latency_seconds =
-        std::max(0.0, loads.first_seconds - static_cast<double>(loads.first_bytes) / rate);
-  } else {
-    measured.load_latency_seconds = std::min(loads.first_seconds, shape.load.latency_s);
-  }
+  // The share of the stream that was latency is not observable inside one
+  // stream (a transport may deliver every block at its end): the model's,
+  // fitted over restores of different sizes, capped by the first step.
+  measured.load_latency_seconds = std::min(loads.first_seconds, shape.load.latency_s);
   stats.load_latency_seconds = measured.load_latency_seconds;
   if (cost_model != nullptr && loads.requests > 0) {
     LoadStreamSample sample;
     sample.bytes = static_cast<double>(loads.bytes);
     sample.seconds = loads.busy_seconds;
-    sample.first_bytes = static_cast<double>(loads.first_bytes);
-    sample.first_seconds = loads.first_seconds;
     cost_model->ObserveLoadStream(sample);
   }
 

@@ -116,16 +116,15 @@ TEST(CostModelTest, ObserveLoadStreamLearnsOneLatencyPerStream) {
   c.load = {1e-3, 1e9};
   auto model = CostModel::Create(c);
   ASSERT_TRUE(model.ok());
-  // Restores whose one stream has 2 ms of latency and runs at 250 MB/s:
-  // the first step (100 KB) lands after 2 ms + 0.4 ms, the whole 20 MB
-  // after 2 ms + 80 ms. Charging a latency per step would see none of this.
-  for (int i = 0; i < 80; ++i) {
-    LoadStreamSample s;
-    s.bytes = 20e6;
-    s.seconds = 2e-3 + 20e6 / 250e6;
-    s.first_bytes = 100e3;
-    s.first_seconds = 2e-3 + 100e3 / 250e6;
-    (*model)->ObserveLoadStream(s);
+  // Restores of two sizes whose one stream has 2 ms of latency and runs at
+  // 250 MB/s. Charging a latency per step would see none of this.
+  for (int i = 0; i < 60; ++i) {
+    for (double bytes : {20e6, 2e6, 8e6}) {
+      LoadStreamSample s;
+      s.bytes = bytes;
+      s.seconds = 2e-3 + bytes / 250e6;
+      (*model)->ObserveLoadStream(s);
+    }
   }
   const LoadCoefficients now = (*model)->Snapshot().load;
   EXPECT_NEAR(now.bytes_per_second, 250e6, 0.02 * 250e6);
@@ -134,12 +133,31 @@ TEST(CostModelTest, ObserveLoadStreamLearnsOneLatencyPerStream) {
   // Nonsense samples change nothing.
   LoadStreamSample bad;
   bad.bytes = 1e6;
-  bad.seconds = 1e-3;
-  bad.first_bytes = 2e6;  // more than the whole stream
-  bad.first_seconds = 1e-4;
+  bad.seconds = -1;
+  (*model)->ObserveLoadStream(bad);
+  bad.seconds = NAN;
   (*model)->ObserveLoadStream(bad);
   EXPECT_EQ((*model)->Snapshot().load.bytes_per_second, now.bytes_per_second);
   EXPECT_EQ((*model)->Snapshot().load.latency_s, now.latency_s);
+}
+
+TEST(CostModelTest, ObserveLoadStreamOfOneSizeMovesTheBandwidthOnly) {
+  CostCoefficients c;
+  c.compute = {0, 1e-6, 0};
+  c.load = {1e-3, 1e9};
+  auto model = CostModel::Create(c);
+  ASSERT_TRUE(model.ok());
+  // Always 10 MB in 41 ms: with the prior's 1 ms latency, 250 MB/s. The
+  // prior's line keeps the two apart until sizes differ.
+  for (int i = 0; i < 80; ++i) {
+    LoadStreamSample s;
+    s.bytes = 10e6;
+    s.seconds = 41e-3;
+    (*model)->ObserveLoadStream(s);
+  }
+  const LoadCoefficients now = (*model)->Snapshot().load;
+  EXPECT_NEAR(now.RequestSeconds(10e6), 41e-3, 1e-3);
+  EXPECT_GE(now.latency_s, 0);
 }
 
 TEST(CostModelTest, ProbeLoadFitsLatencyAndBandwidth) {

@@ -73,10 +73,8 @@ struct LoadCoefficients {
 
 // One restore's load stream as measured: what ObserveLoadStream learns from.
 struct LoadStreamSample {
-  double bytes = 0;          // everything the stream brought
-  double seconds = 0;        // from its first request to its last step landed
-  double first_bytes = 0;    // the first load step's share
-  double first_seconds = 0;  // ... and the time to it (latency + its bytes)
+  double bytes = 0;    // everything the stream brought
+  double seconds = 0;  // from its first request to its last step landed
 };
 
 struct CostCoefficients {
@@ -126,18 +124,28 @@ class CostModel {
   // current latency estimate).
   void ObserveLoad(size_t bytes, double seconds);
 
-  // Live refresh from one restore's whole load stream: the time to its
-  // first step (less that step's bytes at the current bandwidth) refreshes
-  // the latency, the rest of the stream the bandwidth. Ignored when the
-  // stream is too short to say anything.
+  // Live refresh from one restore's whole load stream: a line
+  // seconds = latency + bytes / bandwidth fitted (weighted least squares)
+  // through moving averages of the streams seen, restores of different
+  // sizes telling latency from bandwidth; the start-up coefficients are
+  // its prior. Until the sizes differ enough, only the bandwidth moves.
+  // Ignored when the stream is too short to say anything.
   void ObserveLoadStream(const LoadStreamSample& sample);
 
  private:
   CostModel(const CostCoefficients& initial, const CostModelOptions& options);
 
+  // Moving averages (weight, sums of bytes, seconds, bytes^2,
+  // bytes*seconds) of the load streams seen (ObserveLoadStream).
+  struct LoadFit {
+    double w = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
+  };
+  void SeedLoadFitLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const CostModelOptions options_;
   mutable absl::Mutex mu_;
   CostCoefficients coefficients_ ABSL_GUARDED_BY(mu_);
+  LoadFit load_fit_ ABSL_GUARDED_BY(mu_);
 };
 
 // ---- start-up probe ---------------------------------------------------------
