@@ -11,6 +11,9 @@
 // (round robin), so every restore crosses workers through the kvstore.
 // Conversations advance in lockstep (turn 1 of all, then turn 2 of all, ...),
 // which gives each one think time for its previous turn to be persisted.
+// With --settle each answer's persist lands before the next request is
+// sent, so no restore shares the link with another conversation's persist
+// (a lightly loaded service: what the demo measures).
 // Answers are greedy (temperature 0) and become the history of the next
 // turn, as in a real chat.
 //
@@ -19,6 +22,15 @@
 // shorter answer counts its missing positions as disagreeing); "exact" is
 // the share of such turns that are identical. Turn 1 is the same computation
 // in every mode and is left out of both TTFT and agreement.
+//
+// A second table shows where the restores' time went (medians of the
+// workers' restore_profile: lookup and lease RPCs, the streamed block read,
+// decoding, recompute, prefill) and the restores' efficiency against their
+// true lower bound. --json_out writes
+//   {"link": {...} | null, "modes": {MODE: {"ttft_ms_p50", "ttft_ms_p99",
+//    "restore_ms_p50", "stored_bytes_per_turn", "agreement", "fallbacks",
+//    ..., "profile_p50": {...}, "turns": [...]}}, "mode_order": [...]}
+// with the link the caller describes (--link_*; it is not measured here).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -51,9 +63,20 @@ ABSL_FLAG(int, max_conversations, 12, "Conversations replayed per mode");
 ABSL_FLAG(int, max_turns, 3, "User turns replayed per conversation");
 ABSL_FLAG(int, max_tokens, 48, "max_tokens of every answer");
 ABSL_FLAG(int, think_ms, 20, "Least time between a conversation's turns");
+ABSL_FLAG(bool, settle, false,
+          "After each answer, wait until its worker has persisted the turn (its "
+          "krul_worker_persists_total counts it) before the next request: no restore shares the "
+          "link with another conversation's persist (a lightly loaded service)");
 ABSL_FLAG(std::string, model, "", "Model name to send (empty: the workers' own)");
 ABSL_FLAG(std::string, run_id, "", "Prefix of conversation ids (default: time-based)");
 ABSL_FLAG(std::string, json_out, "", "Also write the results as JSON to this file");
+ABSL_FLAG(double, link_gbit_per_s, 0,
+          "The link between workers and kvstore, as the caller set it up (Gbit/s; 0 = not "
+          "described: \"link\" is null in --json_out)");
+ABSL_FLAG(double, link_delay_ms, 0, "The link's one-way delay as applied (ms)");
+ABSL_FLAG(bool, link_emulated, false,
+          "The link is emulated (loopback with a paced source), not kernel-enforced");
+ABSL_FLAG(std::string, link_kind, "", "Free-text description of the link (goes into the JSON)");
 
 namespace {
 
@@ -139,7 +162,20 @@ struct TurnRecord {
   double recomputed_tokens = 0;
   double loaded_bytes = 0;
   std::vector<int> ids;
+  json profile;  // the worker's restore_profile (hits only), else null
 };
+
+// The restore_profile fields, in table order, with their column heads.
+const std::vector<std::pair<std::string, std::string>>& ProfileFields() {
+  static const auto* fields = new std::vector<std::pair<std::string, std::string>>{
+      {"lookup_ms", "lookup"},       {"pin_ms", "lease"},        {"first_block_ms", "1stBlk"},
+      {"blocks_ms", "blocks"},       {"load_wait_ms", "ldWait"}, {"decode_ms", "decode"},
+      {"load_ms", "load"},           {"recompute_ms", "recomp"}, {"prefill_ms", "prefill"},
+      {"total_ms", "total"},         {"predicted_ms", "predict"}, {"bound_ms", "bound"},
+      {"efficiency", "effic"},
+  };
+  return *fields;
+}
 
 struct ModeResult {
   std::string mode;
@@ -158,6 +194,18 @@ double Percentile(std::vector<double> v, double p) {
   const size_t lo = static_cast<size_t>(rank);
   const size_t hi = std::min(lo + 1, v.size() - 1);
   return v[lo] + (v[hi] - v[lo]) * (rank - lo);
+}
+
+// Persists a worker has finished or dropped (every result).
+double PersistsDone(ChatClient& client) {
+  auto [status, body] = client.Get("/metrics");
+  if (status != 200) return -1;
+  double n = 0;
+  for (const char* result : {"ok", "error", "dropped"}) {
+    n += MetricValue(body, "krul_worker_persists_total",
+                     std::string("result=\"") + result + "\"");
+  }
+  return n;
 }
 
 // Sum of a metric over every worker's /metrics.
@@ -200,7 +248,17 @@ ModeResult RunMode(const std::string& mode, const std::vector<Conversation>& con
                       {"return_token_ids", true}};
       if (!absl::GetFlag(FLAGS_model).empty()) request["model"] = absl::GetFlag(FLAGS_model);
       const int worker = static_cast<int>((c + turn) % clients.size());
+      const bool settle = absl::GetFlag(FLAGS_settle);
+      const double persisted_before = settle ? PersistsDone(*clients[worker]) : 0;
       ChatReply reply = clients[worker]->Chat(request);
+      if (settle && reply.http_status == 200) {
+        // The answer goes out before the persist; wait (bounded) for it.
+        const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+        while (PersistsDone(*clients[worker]) < persisted_before + 1 &&
+               std::chrono::steady_clock::now() < give_up) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        }
+      }
       last_done[c] = std::chrono::steady_clock::now();
       TurnRecord r;
       r.conversation = conv.id;
@@ -222,6 +280,9 @@ ModeResult RunMode(const std::string& mode, const std::vector<Conversation>& con
         r.loaded_bytes = k.value("loaded_bytes", 0.0);
         if (k.contains("completion_token_ids")) {
           r.ids = k["completion_token_ids"].get<std::vector<int>>();
+        }
+        if (k.contains("restore_profile") && k["restore_profile"].is_object()) {
+          r.profile = k["restore_profile"];
         }
         histories[c].push_back({{"role", "assistant"}, {"content", reply.content}});
       } else {
@@ -317,7 +378,9 @@ int main(int argc, char** argv) {
     }
   }
 
-  json report = json::array();
+  json modes_json = json::object();
+  json mode_order = json::array();
+  std::map<std::string, std::map<std::string, double>> profile_p50;
   std::cout << "\nRestored turns (turn 2 and later), client-side TTFT over HTTP/SSE; "
                "agreement vs the '"
             << results.front().mode << "' answers\n";
@@ -326,7 +389,8 @@ int main(int argc, char** argv) {
                                "recomp%", "stored/turn", "loaded/turn", "agree%", "exact%", "est%");
   for (const ModeResult& r : results) {
     std::vector<double> ttft, restore;
-    int restored_turns = 0, hits = 0, exact = 0, compared = 0, failures = 0;
+    std::map<std::string, std::vector<double>> profile;
+    int restored_turns = 0, hits = 0, exact = 0, compared = 0, failures = 0, fallbacks = 0;
     double agree_sum = 0, recomputed = 0, history = 0, loaded = 0;
     for (const TurnRecord& t : r.turns) {
       if (t.http_status != 200) {
@@ -338,6 +402,12 @@ int main(int argc, char** argv) {
       ttft.push_back(t.ttft_ms);
       restore.push_back(t.restore_ms);
       hits += t.restore == "hit";
+      fallbacks += t.restore == "fallback";
+      if (t.profile.is_object()) {
+        for (const auto& [field, head] : ProfileFields()) {
+          if (t.profile.contains(field)) profile[field].push_back(t.profile[field].get<double>());
+        }
+      }
       recomputed += t.recomputed_tokens;
       history += t.restored_tokens;
       loaded += t.loaded_bytes;
@@ -382,27 +452,75 @@ int main(int argc, char** argv) {
                        {"restored_tokens", t.restored_tokens},
                        {"recomputed_tokens", t.recomputed_tokens},
                        {"loaded_bytes", t.loaded_bytes},
-                       {"completion_tokens", t.ids.size()}});
+                       {"completion_tokens", t.ids.size()},
+                       {"restore_profile", t.profile}});
     }
-    report.push_back(
-        {{"mode", r.mode},
-         {"ttft_p50_ms", p50},
-         {"ttft_p99_ms", p99},
-         {"speedup_vs_recompute", p50 > 0 ? recompute_p50 / p50 : 0.0},
-         {"stored_bytes", r.stored_bytes},
-         {"stored_bytes_per_turn", stored_per_turn},
-         {"agreement", compared ? agree_sum / compared : 0.0},
-         {"exact_turns", compared ? static_cast<double>(exact) / compared : 0.0},
-         {"hit_rate", restored_turns ? static_cast<double>(hits) / restored_turns : 0},
-         {"estimator_overhead", r.generation_s > 0 ? r.estimator_s / r.generation_s : 0.0},
-         {"turns", turns}});
+    json p50s = json::object();
+    for (const auto& [field, values] : profile) {
+      p50s[field] = Percentile(values, 0.5);
+      profile_p50[r.mode][field] = Percentile(values, 0.5);
+    }
+    mode_order.push_back(r.mode);
+    modes_json[r.mode] = {
+        {"ttft_ms_p50", p50},
+        {"ttft_ms_p99", p99},
+        {"restore_ms_p50", Percentile(restore, 0.5)},
+        {"restore_ms_p99", Percentile(restore, 0.99)},
+        {"stored_bytes_per_turn", stored_per_turn},
+        {"stored_bytes", r.stored_bytes},
+        {"agreement", compared ? agree_sum / compared : 0.0},
+        {"exact_turns", compared ? static_cast<double>(exact) / compared : 0.0},
+        {"fallbacks", fallbacks},
+        {"failed_requests", failures},
+        {"restored_turns", restored_turns},
+        {"hit_rate", restored_turns ? static_cast<double>(hits) / restored_turns : 0},
+        {"speedup_vs_recompute", p50 > 0 ? recompute_p50 / p50 : 0.0},
+        {"recomputed_share",
+         history > 0 ? recomputed / history : 0.0},
+        {"estimator_overhead", r.generation_s > 0 ? r.estimator_s / r.generation_s : 0.0},
+        {"profile_p50", p50s},
+        {"turns", turns}};
   }
   std::cout << "speedup = recompute TTFT p50 / mode TTFT p50; recomp% = history tokens "
                "recomputed (mean over layers);\nstored/turn = KV bytes persisted per turn; est% = "
                "similarity-estimator time / prefill+decode engine time.\n";
+  // Where the restores' time went (medians over each mode's hits).
+  std::cout << "\nRestore profile, medians over the hits (ms; effic = true lower bound / restore "
+               "time, restorer.h)\n";
+  std::cout << absl::StrFormat("%-11s", "mode");
+  for (const auto& [field, head] : ProfileFields()) std::cout << absl::StrFormat(" %7s", head);
+  std::cout << "\n";
+  for (const ModeResult& r : results) {
+    std::cout << absl::StrFormat("%-11s", r.mode);
+    for (const auto& [field, head] : ProfileFields()) {
+      auto it = profile_p50[r.mode].find(field);
+      if (it == profile_p50[r.mode].end()) {
+        std::cout << absl::StrFormat(" %7s", "-");
+      } else {
+        std::cout << absl::StrFormat(field == "efficiency" ? " %7.3f" : " %7.2f", it->second);
+      }
+    }
+    std::cout << "\n";
+  }
+  std::cout << "lookup/lease: RPCs before the restore; 1stBlk/blocks: load stream start to the "
+               "first/last block\narriving; ldWait/decode: load steps waiting for / decoding "
+               "blocks; load: load stream busy;\nrecomp: history recompute; prefill: new input + "
+               "logits (waits included); total: restore + prefill.\n";
   if (!absl::GetFlag(FLAGS_json_out).empty()) {
+    json link = nullptr;
+    if (absl::GetFlag(FLAGS_link_gbit_per_s) > 0) {
+      link = {{"emulated", absl::GetFlag(FLAGS_link_emulated)},
+              {"gbit_per_s", absl::GetFlag(FLAGS_link_gbit_per_s)},
+              {"delay_ms", absl::GetFlag(FLAGS_link_delay_ms)},
+              {"kind", absl::GetFlag(FLAGS_link_kind)}};
+    }
+    json report = {{"link", link}, {"modes", modes_json}, {"mode_order", mode_order}};
     std::ofstream out(absl::GetFlag(FLAGS_json_out));
     out << report.dump(2) << "\n";
+    if (!out) {
+      std::cerr << "krul-replay: cannot write " << absl::GetFlag(FLAGS_json_out) << "\n";
+      return 1;
+    }
   }
   // A conversation that outgrows the model's context ends there (400) and
   // is not a failure of the system.

@@ -396,7 +396,8 @@ json MakeKrulJson(const CompletionStats& s) {
         {"load_wait_ms", p.load_wait_ms}, {"decode_ms", p.decode_ms},
         {"load_ms", p.load_ms},           {"load_latency_ms", p.load_latency_ms},
         {"recompute_ms", p.recompute_ms}, {"prefill_ms", p.prefill_ms},
-        {"total_ms", p.total_ms},         {"bound_ms", p.bound_ms},
+        {"total_ms", p.total_ms},         {"predicted_ms", p.predicted_ms},
+        {"bound_ms", p.bound_ms},
         {"efficiency", p.efficiency},
     };
   }

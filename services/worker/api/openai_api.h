@@ -108,6 +108,7 @@ struct RestoreProfile {
   double recompute_ms = 0;     // compute stream: history layers
   double prefill_ms = 0;       // compute stream: new input and logits, waits included
   double total_ms = 0;         // restore start -> logits (restore + prefill)
+  double predicted_ms = 0;     // total_ms as the plan's cost model predicted it
   double bound_ms = 0;         // true lower bound of total_ms (restorer.h)
   double efficiency = 0;       // bound_ms / total_ms
 };
