@@ -95,6 +95,22 @@ ABSL_FLAG(double, sensitivity_threshold, 0.9,
 ABSL_FLAG(double, krul_prior_rows, 0,
           "krul: weight (attention rows) of the calibration set's similarity added to each "
           "conversation's own before selecting pairs; 0 = the conversation's own only");
+ABSL_FLAG(std::string, krul_calibration, "",
+          "krul: pair calibration file (krul-bench-pair-oracle --write_calibration): krul "
+          "shares the pairs with the least cost predicted from the nearest references, "
+          "krul-fixed those with the least mean cost; empty = choose by attention");
+ABSL_FLAG(int, krul_neighbours, 5, "krul: references a conversation's pair costs come from");
+ABSL_FLAG(double, krul_quality_budget, 0,
+          "krul: > 0 picks each conversation's ratio as the largest whose predicted loss (mean "
+          "KL per token, ~ relative perplexity increase) fits, up to --target_ratio; needs "
+          "--krul_calibration");
+ABSL_FLAG(double, krul_sensitivity_quantile, -1,
+          "In [0, 1]: the sensitivity threshold is this quantile of the calibration's layers' "
+          "edge masses; < 0: --sensitivity_threshold");
+ABSL_FLAG(double, krul_estimate_decay, 1.0,
+          "krul: weight per turn of a conversation's earlier turns in its carried estimate");
+ABSL_FLAG(double, kv_retain_angle, 180,
+          "Units of a shared layer pair wider than this angle (degrees) are stored unmerged");
 ABSL_FLAG(std::string, kv_dtype, "f32", "Storage type of stored KV: f32, f16, bf16");
 ABSL_FLAG(bool, prefetch_blocks, true,
           "Read all blocks of a restore in one streamed request (false: one per load step)");
@@ -196,6 +212,12 @@ absl::StatusOr<WorkerOptions> OptionsFromFlags() {
   o.target_ratio = absl::GetFlag(FLAGS_target_ratio);
   o.sensitivity_threshold = absl::GetFlag(FLAGS_sensitivity_threshold);
   o.krul_prior_rows = absl::GetFlag(FLAGS_krul_prior_rows);
+  o.krul_calibration = absl::GetFlag(FLAGS_krul_calibration);
+  o.krul_neighbours = absl::GetFlag(FLAGS_krul_neighbours);
+  o.krul_quality_budget = absl::GetFlag(FLAGS_krul_quality_budget);
+  o.krul_sensitivity_quantile = absl::GetFlag(FLAGS_krul_sensitivity_quantile);
+  o.krul_estimate_decay = absl::GetFlag(FLAGS_krul_estimate_decay);
+  o.kv_retain_angle = absl::GetFlag(FLAGS_kv_retain_angle);
   auto dtype = krul::ParseDType(absl::GetFlag(FLAGS_kv_dtype));
   if (!dtype.ok())
     return absl::InvalidArgumentError(absl::StrCat("kv_dtype: ", dtype.status().message()));

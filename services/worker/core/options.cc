@@ -105,6 +105,22 @@ absl::Status WorkerOptions::Validate() const {
   if (!(krul_prior_rows >= 0.0 && std::isfinite(krul_prior_rows))) {
     return Invalid("krul_prior_rows", "must be a finite number >= 0");
   }
+  if (krul_neighbours < 1) return Invalid("krul_neighbours", "must be >= 1");
+  if (!(krul_quality_budget >= 0.0 && std::isfinite(krul_quality_budget))) {
+    return Invalid("krul_quality_budget", "must be a finite number >= 0");
+  }
+  if (krul_quality_budget > 0 && krul_calibration.empty()) {
+    return Invalid("krul_quality_budget", "needs krul_calibration (predicted pair costs)");
+  }
+  if (!(krul_sensitivity_quantile <= 1.0) || !std::isfinite(krul_sensitivity_quantile)) {
+    return Invalid("krul_sensitivity_quantile", "must be <= 1 (< 0: off)");
+  }
+  if (!(krul_estimate_decay >= 0.0 && krul_estimate_decay <= 1.0)) {
+    return Invalid("krul_estimate_decay", "outside [0, 1]");
+  }
+  if (!(kv_retain_angle >= 0.0 && kv_retain_angle <= 180.0)) {
+    return Invalid("kv_retain_angle", "outside [0, 180]");
+  }
   if (kvstore_deadline <= absl::ZeroDuration()) return Invalid("kvstore_deadline", "must be > 0");
   if (persist_deadline <= absl::ZeroDuration()) return Invalid("persist_deadline", "must be > 0");
   if (restore_lease < absl::Seconds(1) || restore_lease > absl::Minutes(10)) {

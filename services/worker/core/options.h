@@ -94,6 +94,28 @@ struct WorkerOptions {
   // attention rows; 0 = the conversation's own estimate only (the paper's
   // rule). krul-bench-quality fits this weight on real conversations.
   double krul_prior_rows = 0;
+  // krul: a pair calibration (reference conversations with measured pair
+  // costs, krul-bench-pair-oracle --write_calibration). With it, krul
+  // shares the pairs with the least cost predicted from the krul_neighbours
+  // references nearest to the conversation's merge-error profile, and
+  // krul-fixed (without fixed_pairs) the pairs with the least mean cost.
+  // Empty = none: krul chooses by attention distance.
+  std::string krul_calibration;
+  int krul_neighbours = 5;
+  // krul: > 0 chooses each conversation's ratio as the largest whose
+  // predicted loss (mean KL per next token, ~ relative perplexity increase)
+  // fits; target_ratio caps it. Needs krul_calibration. 0 = target_ratio.
+  double krul_quality_budget = 0;
+  // In [0, 1]: the sensitivity threshold is this quantile of the edge
+  // masses of the calibration's layers (krul_calibration's, else the
+  // calibration prompts'); < 0 = sensitivity_threshold as given.
+  double krul_sensitivity_quantile = -1;
+  // krul: weight of a conversation's earlier turns in its carried estimate,
+  // per turn, in [0, 1] (1 = every turn alike).
+  double krul_estimate_decay = 1.0;
+  // Units of a shared pair wider than this angle (degrees) are stored
+  // unmerged (compressor.h); 180 = never.
+  double kv_retain_angle = 180;
   // Deadline of one store lookup or load at restore time; slower = fallback.
   absl::Duration kvstore_deadline = absl::Milliseconds(1000);
   // Deadline of one background persist.

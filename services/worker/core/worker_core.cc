@@ -281,19 +281,48 @@ absl::Status WorkerCore::Init(const WorkerOptions& options,
       return absl::InvalidArgumentError(absl::StrCat("fixed_pairs: ", s.message()));
     }
   }
-  // The calibration estimate: krul-fixed's pairs when the flag gave none,
-  // and krul's prior when it has a weight.
-  const bool fixed_needs_it = flag_pairs->empty() && (options.mode == RestoreMode::kKrulFixed ||
-                                                      options.allow_mode_override);
-  const bool prior_needs_it = options.krul_prior_rows > 0 &&
-                              (options.mode == RestoreMode::kKrul || options.allow_mode_override);
+  // krul's pair calibration: reference conversations with measured costs.
+  if (!options.krul_calibration.empty()) {
+    auto read = ReadPairCalibration(options.krul_calibration);
+    if (!read.ok()) return read.status();
+    if (read->n_layers() != config.n_layers || read->references().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "krul_calibration ", options.krul_calibration, " has ", read->references().size(),
+          " references for ", read->n_layers(), " layers; the model has ", config.n_layers));
+    }
+    pair_calibration_ = std::make_unique<PairCalibration>(*std::move(read));
+  }
   SelectorOptions selector;
   selector.target_ratio = options.target_ratio;
   selector.sensitivity_threshold = options.sensitivity_threshold;
+  if (pair_calibration_ != nullptr && options.krul_sensitivity_quantile >= 0) {
+    auto threshold = pair_calibration_->EdgeMassQuantile(options.krul_sensitivity_quantile);
+    if (!threshold.ok()) return threshold.status();
+    selector.sensitivity_threshold = *threshold;
+  }
+  // The calibration estimate (built-in prompts): krul-fixed's pairs when
+  // neither the flag nor a pair calibration gave them, krul's attention
+  // prior when it has a weight, the edge-mass quantile without a pair
+  // calibration.
+  const bool fixed_needs_it = flag_pairs->empty() && pair_calibration_ == nullptr &&
+                              (options.mode == RestoreMode::kKrulFixed ||
+                               options.allow_mode_override);
+  const bool prior_needs_it = options.krul_prior_rows > 0 &&
+                              (options.mode == RestoreMode::kKrul || options.allow_mode_override);
+  const bool quantile_needs_it =
+      options.krul_sensitivity_quantile >= 0 && pair_calibration_ == nullptr;
   std::optional<SimilarityEstimate> calibration;
-  if (fixed_needs_it || prior_needs_it) {
+  if (fixed_needs_it || prior_needs_it || quantile_needs_it) {
     auto estimate =
         CalibrationEstimate(*slots_[0].backend, *chat_template_, DefaultCalibrationPrompts(), 32);
+    if (estimate.ok() && quantile_needs_it) {
+      std::vector<double> masses;
+      for (int l = 0; l < estimate->n_layers; ++l) masses.push_back(estimate->EdgeMass(l));
+      std::sort(masses.begin(), masses.end());
+      const double pos = options.krul_sensitivity_quantile * (masses.size() - 1);
+      const size_t lo = static_cast<size_t>(pos), hi = std::min(masses.size() - 1, lo + 1);
+      selector.sensitivity_threshold = masses[lo] + (pos - lo) * (masses[hi] - masses[lo]);
+    }
     absl::StatusOr<CompressionPlan> calibrated =
         estimate.ok() ? SelectPlan(*estimate, selector) : estimate.status();
     if (estimate.ok()) calibration = *std::move(estimate);
@@ -304,6 +333,25 @@ absl::Status WorkerCore::Init(const WorkerOptions& options,
       fixed_pairs_ = *std::move(calibrated);
     }
   }
+  if (pair_calibration_ != nullptr && flag_pairs->empty()) {
+    // krul-fixed: the best fixed choice the calibration knows, its pairs of
+    // least mean measured cost.
+    SelectorOptions fixed = selector;
+    fixed.sensitivity_threshold = 1.0;
+    fixed.quality_budget = 0;
+    auto plan = SelectPlanByScore(*pair_calibration_->MeanCost(), {}, fixed);
+    if (!plan.ok()) return plan.status();
+    fixed_pairs_ = *std::move(plan);
+  }
+  if (pair_calibration_ != nullptr) {
+    KRUL_LOG(INFO) << absl::StrFormat(
+        "krul-worker: pair calibration %s: %d references; krul by predicted costs (%d "
+        "neighbours), krul-fixed pairs [%s], sensitivity threshold %.3f, budget %g",
+        options.krul_calibration, pair_calibration_->references().size(),
+        options.krul_neighbours, PlanDebugString(fixed_pairs_), selector.sensitivity_threshold,
+        options.krul_quality_budget);
+  }
+  selector.quality_budget = options.krul_quality_budget;
 
   PersisterOptions persister;
   persister.model_id = model_id_;
@@ -311,6 +359,10 @@ absl::Status WorkerCore::Init(const WorkerOptions& options,
   persister.selector = selector;
   persister.krul_prior = std::move(calibration);
   persister.krul_prior_rows = options.krul_prior_rows;
+  persister.calibration = pair_calibration_.get();
+  persister.neighbours = options.krul_neighbours;
+  persister.estimate_decay = options.krul_estimate_decay;
+  persister.retain_angle_degrees = options.kv_retain_angle;
   persister.expected_new_tokens = options.expected_new_tokens;
   persister.granularity_tokens = options.granularity_tokens;
   persister.chunk_tokens = options.chunk_tokens;

@@ -97,6 +97,7 @@ class WorkerCore {
   Device device_ = Device::kCpu;
   KvShape shape_;
   CompressionPlan fixed_pairs_;
+  std::unique_ptr<PairCalibration> pair_calibration_;  // krul_calibration; null = none
   std::unique_ptr<ConversationStore> store_;
   WorkerMetrics metrics_;
   std::unique_ptr<CostModel> cost_model_;

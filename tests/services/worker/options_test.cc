@@ -48,6 +48,23 @@ TEST(WorkerOptionsTest, ErrorsNameTheField) {
   o.krul_prior_rows = -1;
   ExpectInvalid(o, "krul_prior_rows");
   o = Valid();
+  o.krul_quality_budget = 0.01;  // no calibration to predict losses with
+  ExpectInvalid(o, "krul_quality_budget");
+  o.krul_calibration = "pairs.txt";
+  EXPECT_TRUE(o.Validate().ok());
+  o = Valid();
+  o.krul_neighbours = 0;
+  ExpectInvalid(o, "krul_neighbours");
+  o = Valid();
+  o.krul_sensitivity_quantile = 1.5;
+  ExpectInvalid(o, "krul_sensitivity_quantile");
+  o = Valid();
+  o.krul_estimate_decay = 1.5;
+  ExpectInvalid(o, "krul_estimate_decay");
+  o = Valid();
+  o.kv_retain_angle = 200;
+  ExpectInvalid(o, "kv_retain_angle");
+  o = Valid();
   o.kvstore_addresses = {"no-port"};
   ExpectInvalid(o, "kvstore");
   o = Valid();
