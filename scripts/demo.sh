@@ -268,7 +268,11 @@ demo_cluster() {
   cluster_pids+=($!)
   local kv_port
   kv_port="$(wait_listening "$cluster_dir/kvstore.out" "${cluster_pids[0]}")"
-  note "kvstore on $kv_host:$kv_port (storage node; RocksDB in $cluster_dir/kvstore-db)"
+  local storage_node="" compute_node=""
+  if [[ "$link_mode" == testbed ]]; then
+    storage_node="storage node, " compute_node=" (compute node)"
+  fi
+  note "kvstore on $kv_host:$kv_port (${storage_node}RocksDB in $cluster_dir/kvstore-db)"
 
   local workers=() w port
   for w in 1 2; do
@@ -277,7 +281,7 @@ demo_cluster() {
       >"$cluster_dir/worker$w.out" 2>"$cluster_dir/worker$w.log" &
     cluster_pids+=($!)
     port="$(wait_listening "$cluster_dir/worker$w.out" "$!")"
-    note "worker $w on 127.0.0.1:$port (compute node): $(grep -m1 -o 'cost model: .*' \
+    note "worker $w on 127.0.0.1:$port$compute_node: $(grep -m1 -o 'cost model: .*' \
       "$cluster_dir/worker$w.log" || true)"
     workers+=("127.0.0.1:$port")
   done
