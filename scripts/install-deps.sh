@@ -25,6 +25,8 @@ KRUL_DEB_PACKAGES=(
   prometheus chromium
   # krul-loadtest's PNG plots
   gnuplot-nox
+  # the disaggregated testbed (deploy/local/testbed.sh, the demo): ip netns, veth, tc
+  iproute2
   # the libFuzzer targets (tests/fuzz, scripts/build-fuzz.sh): clang and its libFuzzer runtime
   clang-14 libclang-rt-14-dev
 )
