@@ -5,6 +5,7 @@
 //
 // `krul-kvstore hash-token TENANT < token-file` prints the line for
 // --tenant_tokens_file ("TENANT:<sha256 hex>") and exits.
+#include <malloc.h>
 #include <signal.h>
 
 #include <cstdio>
@@ -59,7 +60,8 @@ ABSL_FLAG(std::string, rocksdb_path, "", "RocksDB directory (required unless --t
 ABSL_FLAG(bool, rocksdb_sync, false, "fsync the RocksDB WAL on every commit");
 ABSL_FLAG(krul::ByteSize, rocksdb_min_blob_size, krul::ByteSize(4 << 10),
           "Values at least this big go to blob files");
-ABSL_FLAG(krul::ByteSize, rocksdb_write_buffer, krul::ByteSize(128 << 20), "RocksDB memtable size");
+ABSL_FLAG(krul::ByteSize, rocksdb_write_buffer, krul::ByteSize(32 << 20),
+          "RocksDB memtable size (memory: up to two of them on top of the DRAM tier)");
 ABSL_FLAG(bool, rocksdb_recover, true,
           "On a corrupt RocksDB at start-up, quarantine it and salvage the intact versions "
           "(false: refuse to start)");
@@ -230,6 +232,13 @@ int HashToken(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (argc >= 2 && std::string_view(argv[1]) == "hash-token") return HashToken(argc, argv);
+  // glibc serves an allocation from mmap when it is above a threshold that
+  // it raises, up to 32 MiB, each time such a chunk is freed; RocksDB's
+  // memtable arena blocks and gRPC's message buffers (MiBs each) then come
+  // from the heap, which keeps what is freed. A fixed threshold keeps them
+  // mapped, so their memory goes back to the OS when freed and the store's
+  // RSS follows its DRAM tier (docs/operations.md, "Memory").
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
   krul::InitFlagsUsage(
       "KV store for Krul conversation caches.\n"
       "  krul-kvstore --rocksdb_path=/var/lib/krul/kv --dram_capacity=8G  (loopback)\n"

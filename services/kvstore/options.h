@@ -74,9 +74,12 @@ struct StoreOptions {
   // Values at least this large go to blob files instead of the LSM tree, so
   // compaction never rewrites KV payloads. Default: 4 KiB.
   uint64_t rocksdb_min_blob_bytes = 4096;
-  // Default: 128 MiB (must exceed the largest version written in one batch
-  // to avoid a flush per put).
-  uint64_t rocksdb_write_buffer_bytes = uint64_t{128} << 20;
+  // Memtable size. Up to two memtables (one being flushed) hold recent
+  // writes, blocks included, on top of the DRAM tier, so this is most of
+  // the store's memory overhead; a version larger than it is flushed on
+  // its own. Default: 32 MiB (was 128 MiB: 17% instead of 8% over a 1 GiB
+  // DRAM cap, docs/operations.md).
+  uint64_t rocksdb_write_buffer_bytes = uint64_t{32} << 20;
   // A corrupt database is quarantined and its intact versions salvaged at
   // open (storage/rocksdb_recovery.h) instead of failing the start with
   // DATA_LOSS. Default: true.
