@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -630,6 +631,45 @@ TEST(KvStoreIntegrationTest, MetricsEndpointExportsTheDesignNames) {
         "krul_kvstore_transfer_bytes_total{dir=\"in\",transport=\"grpc\"}"}) {
     EXPECT_NE(body.find(want), std::string::npos) << "missing: " << want;
   }
+}
+
+// Runs `command` through the shell; its stdout and stderr, and its exit code.
+std::pair<std::string, int> RunShell(const std::string& command) {
+  std::string out;
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  if (p == nullptr) return {"", -1};
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  return {out, WIFEXITED(status) ? WEXITSTATUS(status) : -1};
+}
+
+TEST(KvStoreIntegrationTest, HelpListsTheServersOwnFlags) {
+  auto [out, code] = RunShell(absl::StrCat(KRUL_KVSTORE_BINARY, " --help"));
+  EXPECT_EQ(out.find("No flags matched"), std::string::npos) << out;
+  for (const char* flag : {"--tls_cert_file", "--tenant_tokens_file", "--insecure",
+                           "--keep_versions", "--rocksdb_recover", "--metrics_host"}) {
+    EXPECT_NE(out.find(flag), std::string::npos) << flag << " missing from --help:\n" << out;
+  }
+}
+
+TEST(KvStoreIntegrationTest, HashTokenPrintsATokensFileLine) {
+  // sha256("0123456789abcdef-token"), as `printf %s ... | sha256sum` prints it.
+  auto [out, code] = RunShell(absl::StrCat("printf '0123456789abcdef-token\\n' | ",
+                                      KRUL_KVSTORE_BINARY, " hash-token alice"));
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_EQ(out, "alice:3c18109ce815143332983177dfecc23e848446a79ddcca321f551496e0de9c70\n");
+  auto [bad, bad_code] =
+      RunShell(absl::StrCat("printf 'short' | ", KRUL_KVSTORE_BINARY, " hash-token alice"));
+  EXPECT_EQ(bad_code, 2) << bad;
+}
+
+TEST(KvStoreIntegrationTest, RefusesToStartInTheClearOnANetworkAddress) {
+  auto [out, code] = RunShell(absl::StrCat(KRUL_KVSTORE_BINARY,
+                                      " --host=0.0.0.0 --port=0 --metrics_port=-1 --tiers=dram"));
+  EXPECT_NE(code, 0) << out;
+  EXPECT_NE(out.find("--insecure"), std::string::npos) << out;
 }
 
 }  // namespace
