@@ -505,6 +505,7 @@ int main(int argc, char** argv) {
   for (size_t c = 0; c < convs.size(); ++c) {
     krul::SelectorOptions so;
     so.target_ratio = ratio;
+    so.quality_budget = budget;
     so.sensitivity_threshold = absl::GetFlag(FLAGS_sensitivity);
     if (quantile >= 0) {
       so.sensitivity_threshold =
