@@ -115,6 +115,10 @@ ABSL_FLAG(double, estimate_decay, 1.0,
 ABSL_FLAG(std::string, split, "load",
           "load: store whole histories (equal bytes); planned: "
           "each mode's own restore split");
+ABSL_FLAG(std::string, append_tsv, "",
+          "Append one tab-separated row per mode (label, ratio, budget, dtype, retain angle, "
+          "fewer bytes than full fp32, perplexity increase %, agreement, kl) to this file, for "
+          "quality_curves.sh");
 ABSL_FLAG(std::string, modes, "",
           "Modes to replay, comma-separated (default all six; load is the bytes reference)");
 ABSL_FLAG(int, max_conversations, 0, "Use at most this many conversations of each file (0 = all)");
@@ -752,6 +756,26 @@ int main(int argc, char** argv) {
         summary(m, RestoreModePairSource(mode) != krul::PairSource::kNone);
   }
   if (krul_attention.has_value()) out["krul_attention"] = summary(*krul_attention, true);
+  if (!absl::GetFlag(FLAGS_append_tsv).empty()) {
+    FILE* f = std::fopen(absl::GetFlag(FLAGS_append_tsv).c_str(), "a");
+    if (f == nullptr) {
+      std::fprintf(stderr, "cannot append to %s\n", absl::GetFlag(FLAGS_append_tsv).c_str());
+      return 1;
+    }
+    const double ref_ppl = out["reference_perplexity"].get<double>();
+    auto tsv = [&](const std::string& label, const nlohmann::json& j) {
+      std::fprintf(f, "%s\t%g\t%g\t%s\t%g\t%.4f\t%.4f\t%.4f\t%.6f\n", label.c_str(), ratio,
+                   budget, std::string(krul::DTypeName(dtype)).c_str(),
+                   absl::GetFlag(FLAGS_retain_angle), j["fewer_bytes_than_full_fp32"].get<double>(),
+                   100.0 * (j["perplexity"].get<double>() / ref_ppl - 1.0),
+                   j["agreement"].get<double>(), j["kl"].get<double>());
+    };
+    for (const auto& [name, j] : out["modes"].items()) {
+      if (name != "recompute" && name != "cake") tsv(name, j);
+    }
+    if (out.contains("krul_attention")) tsv("krul-attention", out["krul_attention"]);
+    std::fclose(f);
+  }
   if (json) {
     std::printf("%s\n", out.dump(2).c_str());
     return 0;

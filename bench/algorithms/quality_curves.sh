@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The quality/bytes curves of the sharing modes: krul-bench-quality at
+# several fixed ratios (minicache, krul-fixed, krul) and quality budgets
+# (krul), with fp32 and fp16 stored KV, then two PNGs (gnuplot): stored
+# bytes (how many times fewer than the full fp32 KV) against the perplexity
+# increase and against top-1 agreement.
+#
+#   bench/algorithms/quality_curves.sh NAME MODEL CONVERSATIONS PAIR_CALIBRATION OUTDIR [BIN]
+#
+# NAME labels the plots (e.g. krulmix); CONVERSATIONS is krul-bench-quality's
+# --conversations (comma-separated files); PAIR_CALIBRATION comes from
+# krul-bench-pair-oracle --write_calibration on the same conversations
+# (each replayed conversation leaves its own reference out); BIN is the
+# build's bin folder (default build/bin). Writes OUTDIR/NAME.tsv (one row
+# per mode and run), OUTDIR/NAME-ppl.png and OUTDIR/NAME-agreement.png.
+# Takes 20-40 minutes on a loaded 2-core machine.
+set -euo pipefail
+if [[ $# -lt 5 ]]; then
+  sed -n '2,16p' "$0" >&2
+  exit 1
+fi
+name=$1 model=$2 conversations=$3 calibration=$4 out=$5 bin=${6:-build/bin}
+mkdir -p "$out"
+tsv="$out/$name.tsv"
+: > "$tsv"
+tokenizer="$(dirname "$model")/tok512.bin"
+bench() {
+  "$bin/krul-bench-quality" --model "$model" --tokenizer "$tokenizer" \
+    --conversations "$conversations" --pair_calibration "$calibration" --append_tsv "$tsv" \
+    "$@" > /dev/null
+}
+for dtype in f32 f16; do
+  for ratio in 1.2 1.34 1.5 1.71 2.0; do
+    echo "$name: $dtype ratio $ratio" >&2
+    bench --kv_dtype "$dtype" --ratio "$ratio" --modes minicache,krul-fixed,krul
+  done
+  for budget in 0.005 0.01 0.02 0.04; do
+    echo "$name: $dtype budget $budget" >&2
+    bench --kv_dtype "$dtype" --ratio 2.0 --krul_quality_budget "$budget" --modes krul
+  done
+done
+
+# One data file per series: fixed-ratio modes by label and dtype, budgets
+# as "krul (budget)", load as single points.
+awk -F'\t' -v dir="$out" -v name="$name" '
+  { series = $1; if ($1 == "krul" && $3 > 0) series = "krul-budget";
+    file = dir "/" name "-" series "-" $4 ".dat";
+    print $6, $7, $8 >> file }' "$tsv"
+plot() {  # column, ylabel, output
+  local series="" sep=""
+  for s in minicache krul-fixed krul krul-budget load; do
+    for d in f32 f16; do
+      local f="$out/$name-$s-$d.dat"
+      [[ -s "$f" ]] || continue
+      sort -n -o "$f" "$f"
+      local title="$s $d"
+      [[ $s == krul-budget ]] && title="krul, quality budget, $d"
+      local style="linespoints"
+      [[ $s == load ]] && style="points pointsize 2"
+      local dash=1
+      [[ $d == f16 ]] && dash=2
+      series+="$sep'$f' using 1:$1 with $style dashtype $dash title '$title'"
+      sep=", "
+    done
+  done
+  gnuplot <<EOF
+set terminal pngcairo size 900,600 noenhanced
+set output '$3'
+set title '$name: stored KV vs quality, krul-bench-quality (held-out conversations)'
+set xlabel 'times fewer bytes than the full fp32 KV'
+set ylabel '$2'
+set key outside right
+set grid
+plot $series
+EOF
+}
+plot 2 "perplexity increase (%)" "$out/$name-ppl.png"
+plot 3 "top-1 agreement with the uncompressed cache" "$out/$name-agreement.png"
+echo "wrote $tsv, $out/$name-ppl.png, $out/$name-agreement.png" >&2
