@@ -168,7 +168,8 @@ struct TurnRecord {
 // The restore_profile fields, in table order, with their column heads.
 const std::vector<std::pair<std::string, std::string>>& ProfileFields() {
   static const auto* fields = new std::vector<std::pair<std::string, std::string>>{
-      {"lookup_ms", "lookup"},       {"pin_ms", "lease"},        {"first_block_ms", "1stBlk"},
+      {"lookup_ms", "lookup"},       {"pin_ms", "lease"},        {"plan_ms", "plan"},
+      {"first_block_ms", "1stBlk"},
       {"blocks_ms", "blocks"},       {"load_wait_ms", "ldWait"}, {"decode_ms", "decode"},
       {"load_ms", "load"},           {"recompute_ms", "recomp"}, {"prefill_ms", "prefill"},
       {"total_ms", "total"},         {"predicted_ms", "predict"}, {"bound_ms", "bound"},
@@ -502,10 +503,12 @@ int main(int argc, char** argv) {
     }
     std::cout << "\n";
   }
-  std::cout << "lookup/lease: RPCs before the restore; 1stBlk/blocks: load stream start to the "
-               "first/last block\narriving; ldWait/decode: load steps waiting for / decoding "
-               "blocks; load: load stream busy;\nrecomp: history recompute; prefill: new input + "
-               "logits (waits included); total: restore + prefill.\n";
+  std::cout << "lookup/lease: RPCs before the restore; plan: re-planning at restore time; "
+               "1stBlk/blocks: streamed\nread start to the first/last block arriving; "
+               "ldWait/decode: load steps waiting for / decoding blocks;\nload: load stream busy; "
+               "recomp: history recompute; prefill: new input + logits (waits included);\n"
+               "total: restore + prefill; predict: the plan's prediction of total; bound: true "
+               "lower bound of total.\n";
   if (!absl::GetFlag(FLAGS_json_out).empty()) {
     json link = nullptr;
     if (absl::GetFlag(FLAGS_link_gbit_per_s) > 0) {

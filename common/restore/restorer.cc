@@ -132,6 +132,7 @@ absl::StatusOr<RestoreStats> Restorer::Restore(const RestorePlan& stored_plan,
   KRUL_ASSIGN_OR_RETURN(timeline.started, backend_.RecordMark());
   KRUL_ASSIGN_OR_RETURN(RestoreStats stats,
                         ReplanIfCostsMoved(stored_plan, static_cast<int>(new_input.size())));
+  stats.replan_seconds = Since(timeline.start);
   const RestorePlan& plan = stats.plan;
   if (!plan.loads.empty() && source == nullptr) {
     return absl::InvalidArgumentError("the plan loads KV but no source was given");

@@ -392,6 +392,7 @@ json MakeKrulJson(const CompletionStats& s) {
     const RestoreProfile& p = s.profile;
     k["restore_profile"] = {
         {"lookup_ms", p.lookup_ms},       {"pin_ms", p.pin_ms},
+        {"plan_ms", p.plan_ms},
         {"first_block_ms", p.first_block_ms}, {"blocks_ms", p.blocks_ms},
         {"load_wait_ms", p.load_wait_ms}, {"decode_ms", p.decode_ms},
         {"load_ms", p.load_ms},           {"load_latency_ms", p.load_latency_ms},

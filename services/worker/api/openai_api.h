@@ -99,8 +99,9 @@ std::optional<ChatRequest> ParseChatRequest(std::string_view body, const Request
 struct RestoreProfile {
   double lookup_ms = 0;       // the manifest lookup (one RPC)
   double pin_ms = 0;          // the lease on the version (one RPC)
-  double first_block_ms = 0;  // load stream start -> first block arrived (grant + transfer)
-  double blocks_ms = 0;       // load stream start -> last block arrived
+  double plan_ms = 0;         // re-planning at restore time (part of total_ms)
+  double first_block_ms = 0;  // streamed read start -> first block arrived (grant + transfer)
+  double blocks_ms = 0;       // streamed read start -> last block arrived
   double load_wait_ms = 0;    // load steps waiting for blocks to arrive
   double decode_ms = 0;       // load steps decoding blocks into the cache
   double load_ms = 0;         // load stream busy (wait + decode + writes)

@@ -51,7 +51,9 @@ class StoreKvSource final : public KvSource {
         shape_(shape),
         per_fetch_(per_fetch),
         prefetch_(std::move(prefetch)),
-        stats_(stats) {}
+        stats_(stats) {
+    StartPrefetch();
+  }
 
   ~StoreKvSource() override {
     {

@@ -49,7 +49,7 @@ std::vector<uint32_t> BlocksForLoads(const v1::Manifest& manifest,
                                      const std::vector<LoadStep>& loads);
 
 // Where a store source's time went (seconds), for the restore profile. The
-// clock starts at the first Fetch (when the streamed read starts).
+// clock starts when the streamed read starts (the source is made).
 struct StoreSourceStats {
   double first_block_seconds = 0;  // -> the first prefetched block arrived
   double blocks_seconds = 0;       // -> the last prefetched block arrived
@@ -58,10 +58,11 @@ struct StoreSourceStats {
 };
 
 // A KvSource reading `manifest`'s blocks from `store`. With `prefetch`
-// non-empty, the first Fetch starts one streamed read of all those blocks
+// non-empty, making the source starts one streamed read of all those blocks
 // on a background thread (one round trip instead of one per load step;
-// layer 0's blocks arrive first) and each Fetch waits only for its own
-// blocks; blocks outside `prefetch` are read on demand. Fetch returns the
+// layer 0's blocks first), so the transfer overlaps whatever the caller
+// does before the first Fetch (planning); each Fetch waits only for its
+// own blocks; blocks outside `prefetch` are read on demand. Fetch returns the
 // encoded bytes it moved: a prefetched block counts once, in the first Fetch
 // that uses it (later steps that decode it again add nothing); a block read
 // on demand counts every time it is read. Errors: the store's; NOT_FOUND when the

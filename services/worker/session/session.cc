@@ -334,6 +334,7 @@ void Session::RecordRestoreHit(const RestoreStats& restore, int history) {
   p.prefill_ms = restore.prefill_seconds * 1e3;
   p.total_ms = restore.total_seconds * 1e3;
   p.predicted_ms = restore.plan.predicted_seconds * 1e3;
+  p.plan_ms = restore.replan_seconds * 1e3;
   p.bound_ms = restore.lower_bound_seconds * 1e3;
   p.efficiency = restore.efficiency;
   WorkerMetrics& m = core_.metrics();

@@ -6,11 +6,12 @@
 // of fp16 KV over a 400 Gbit/s link in about 86 ms (load = 0.4 x
 // recompute). On a CPU with a small model both sides shrink by different
 // factors, so a testbed that wants the same balance sizes its link from a
-// measurement: this tool times the recompute of a history of N tokens on
-// this machine (the worker's engine, --threads as the worker runs it: the
-// fastest of --repeats full prefills after a warm-up, as the worker's own
-// compute probe keeps its fastest run: on a shared machine the slower runs
-// measure the neighbours), computes the bytes a
+// measurement: this tool measures the recompute of a history of N tokens on
+// this machine with the worker's own compute probe (ProbeCompute, as
+// krul-worker runs it at start-up: per-layer timings of the worker's engine
+// at --threads, each the fastest of a few runs, fitted to the cost model's
+// curve; recompute = layers x the curve at N), also times --repeats full
+// prefills of N tokens for comparison (printed), computes the bytes a
 // full load of that history moves (every layer's K and V, as the worker
 // stores them: --kv_dtype, one 64-byte block header per --chunk_tokens
 // tokens), and prints the rate that makes
@@ -49,6 +50,7 @@
 #include "krul/kvformat/kv_block.h"
 #include "krul/model/model.h"
 #include "krul/model/model_shape.h"
+#include "krul/restore/cost_model.h"
 
 ABSL_FLAG(std::string, model, "", "Model file (llama2.c .bin or GGUF)");
 ABSL_FLAG(bool, synthetic, false, "Use a seeded random model of --synthetic_shape");
@@ -62,7 +64,7 @@ ABSL_FLAG(std::string, kv_dtype, "f32", "Storage type of the KV (as krul-worker'
 ABSL_FLAG(int, chunk_tokens, 256, "Tokens per stored block (as krul-worker's --chunk_tokens)");
 ABSL_FLAG(std::string, preset, "ib400", "Named link of the reference setup: ib400, ib200, eth100, eth25");
 ABSL_FLAG(double, ratio, 0, "Full-load time / recompute time wanted (0: the preset's)");
-ABSL_FLAG(int, repeats, 7, "Timed recomputes (the fastest counts)");
+ABSL_FLAG(int, repeats, 5, "Full prefills timed for comparison");
 
 namespace {
 
@@ -150,8 +152,21 @@ int main(int argc, char** argv) {
     if (r > 0) seconds.push_back(t);  // the first run warms caches and allocations
   }
   std::sort(seconds.begin(), seconds.end());
-  const double recompute_s = seconds.front();
-  const double median_s = seconds[seconds.size() / 2];
+  const double prefill_fastest_s = seconds.front();
+  const double prefill_median_s = seconds[seconds.size() / 2];
+
+  // The worker's probe (worker_core.cc's settings for the model's context):
+  // what its cost model plans with, and what its restores measured here.
+  krul::ComputeProbeOptions probe;
+  const int ctx = config.seq_len;
+  if (ctx < 600) {
+    probe.token_counts = {std::max(2, ctx / 16), std::max(4, ctx / 4), std::max(8, ctx / 2)};
+    probe.late_start = ctx / 2;
+    probe.late_tokens = std::max(1, std::min(32, ctx / 8));
+  }
+  auto fit = krul::ProbeCompute(**backend, probe);
+  if (!fit.ok()) return Fail(std::string(fit.status().message()));
+  const double recompute_s = config.n_layers * fit->LayerSeconds(0, n);
 
   // A full load: every layer's K and V rows of N tokens, in blocks of
   // chunk_tokens tokens with a header each.
@@ -169,18 +184,20 @@ int main(int argc, char** argv) {
   std::printf("KRUL_LINK_RATIO=%.4f\n", ratio);
   std::printf("KRUL_LINK_HISTORY_TOKENS=%d\n", n);
   std::printf("KRUL_LINK_RECOMPUTE_MS=%.3f\n", recompute_s * 1e3);
-  std::printf("KRUL_LINK_RECOMPUTE_MEDIAN_MS=%.3f\n", median_s * 1e3);
+  std::printf("KRUL_LINK_PREFILL_FASTEST_MS=%.3f\n", prefill_fastest_s * 1e3);
+  std::printf("KRUL_LINK_PREFILL_MEDIAN_MS=%.3f\n", prefill_median_s * 1e3);
   std::printf("KRUL_LINK_FULL_LOAD_BYTES=%.0f\n", bytes);
   std::printf("KRUL_LINK_FULL_LOAD_MS=%.3f\n", load_s * 1e3);
   std::printf("KRUL_LINK_RATE=%lldkbit\n", rate_kbit);
   std::printf("KRUL_LINK_GBIT_PER_S=%.6f\n", rate_kbit / 1e6);
   std::fflush(stdout);
   std::cerr << absl::StrFormat(
-      "krul-link-size: recomputing a %d-token history took %.2f ms here (fastest of %d, median "
-      "%.2f ms, %d thread(s)); loading it fully moves %.0f KB, so a %.1f Mbit/s link loads it in "
-      "%.2f ms = %.2f x recompute (preset %s: %.0f Gbit/s for 7B/fp16/8K on an H100)\n",
-      n, recompute_s * 1e3, static_cast<int>(seconds.size()), median_s * 1e3,
-      absl::GetFlag(FLAGS_threads),
+      "krul-link-size: recomputing a %d-token history takes %.2f ms here (the worker's compute "
+      "probe, %d thread(s); %d full prefills: fastest %.2f ms, median %.2f ms); loading it fully "
+      "moves %.0f KB, so a %.1f Mbit/s link loads it in %.2f ms = %.2f x recompute (preset %s: "
+      "%.0f Gbit/s for 7B/fp16/8K on an H100)\n",
+      n, recompute_s * 1e3, absl::GetFlag(FLAGS_threads), static_cast<int>(seconds.size()),
+      prefill_fastest_s * 1e3, prefill_median_s * 1e3,
       bytes / 1e3, rate_kbit / 1e3, load_s * 1e3, ratio,
       absl::GetFlag(FLAGS_ratio) > 0 ? "custom ratio" : preset->name, preset->gbit_per_s);
   return 0;

@@ -65,6 +65,7 @@ struct RestorerOptions {
 struct RestoreStats {
   RestorePlan plan;  // the plan executed (after any re-plan)
   bool replanned = false;
+  double replan_seconds = 0;        // deciding whether to re-plan, and re-planning
   double total_seconds = 0;         // start to logits of the last new token on the host
   double restore_seconds = 0;       // start to every layer's history restored
   double recompute_seconds = 0;     // compute stream busy on history layers
