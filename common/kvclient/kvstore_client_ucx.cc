@@ -229,15 +229,21 @@ class UcxBlockTransport final : public BlockTransport {
     }
     // Runs of blocks that lie back to back in the store's memory under one
     // descriptor move as one transfer of up to kRunBytes (blocks [first, end)).
+    // The n-th run holds at most 2^n blocks: over TCP a run is handed over
+    // only when all of it has landed, so the first blocks asked for (a
+    // restore's first layers) come in runs of their own and the caller can
+    // start on them while the larger later runs are still in flight.
     std::vector<Run> runs;
     for (size_t k = 0; k < indices.size(); ++k) {
       const v1::TransferTarget& t = grant.targets(static_cast<int>(k));
       if (!runs.empty()) {
         Run& r = runs.back();
         const v1::TransferTarget& prev = grant.targets(static_cast<int>(k - 1));
+        const size_t max_blocks = runs.size() > 20 ? SIZE_MAX : size_t{1} << (runs.size() - 1);
         if (t.transport_descriptor() == prev.transport_descriptor() &&
             t.remote_offset() == prev.remote_offset() + prev.size_bytes() &&
-            blocks.End(k) - blocks.begin[r.first] <= kRunBytes) {
+            blocks.End(k) - blocks.begin[r.first] <= kRunBytes &&
+            r.end - r.first < max_blocks) {
           r.end = k + 1;
           continue;
         }
