@@ -30,7 +30,7 @@ bench() {
     "$@" > /dev/null
 }
 for dtype in f32 f16; do
-  for ratio in 1.2 1.34 1.5 1.71 2.0; do
+  for ratio in 1.2 1.33 1.5 1.71 2.0; do
     echo "$name: $dtype ratio $ratio" >&2
     bench --kv_dtype "$dtype" --ratio "$ratio" --modes minicache,krul-fixed,krul
   done
