@@ -168,12 +168,11 @@ struct TurnRecord {
 // The restore_profile fields, in table order, with their column heads.
 const std::vector<std::pair<std::string, std::string>>& ProfileFields() {
   static const auto* fields = new std::vector<std::pair<std::string, std::string>>{
-      {"lookup_ms", "lookup"},       {"pin_ms", "lease"},        {"plan_ms", "plan"},
-      {"first_block_ms", "1stBlk"},
-      {"blocks_ms", "blocks"},       {"load_wait_ms", "ldWait"}, {"decode_ms", "decode"},
-      {"load_ms", "load"},           {"recompute_ms", "recomp"}, {"prefill_ms", "prefill"},
-      {"total_ms", "total"},         {"predicted_ms", "predict"}, {"bound_ms", "bound"},
-      {"efficiency", "effic"},
+      {"lookup_ms", "lookup"},      {"pin_ms", "lease"},     {"plan_ms", "plan"},
+      {"first_block_ms", "1stBlk"}, {"blocks_ms", "blocks"}, {"load_wait_ms", "ldWait"},
+      {"decode_ms", "decode"},      {"load_ms", "load"},     {"recompute_ms", "recomp"},
+      {"prefill_ms", "prefill"},    {"total_ms", "total"},   {"predicted_ms", "predict"},
+      {"bound_ms", "bound"},        {"efficiency", "effic"},
   };
   return *fields;
 }
@@ -203,8 +202,7 @@ double PersistsDone(ChatClient& client) {
   if (status != 200) return -1;
   double n = 0;
   for (const char* result : {"ok", "error", "dropped"}) {
-    n += MetricValue(body, "krul_worker_persists_total",
-                     std::string("result=\"") + result + "\"");
+    n += MetricValue(body, "krul_worker_persists_total", std::string("result=\"") + result + "\"");
   }
   return n;
 }
@@ -476,8 +474,7 @@ int main(int argc, char** argv) {
         {"restored_turns", restored_turns},
         {"hit_rate", restored_turns ? static_cast<double>(hits) / restored_turns : 0},
         {"speedup_vs_recompute", p50 > 0 ? recompute_p50 / p50 : 0.0},
-        {"recomputed_share",
-         history > 0 ? recomputed / history : 0.0},
+        {"recomputed_share", history > 0 ? recomputed / history : 0.0},
         {"estimator_overhead", r.generation_s > 0 ? r.estimator_s / r.generation_s : 0.0},
         {"profile_p50", p50s},
         {"turns", turns}};

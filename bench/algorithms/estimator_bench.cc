@@ -32,12 +32,12 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
-#include "util/bench_util.h"
+#include "krul/base/thread_pool.h"
+#include "krul/compress/similarity_estimator.h"
 #include "krul/engine/engine_cpu.h"
 #include "krul/engine/kv_cache.h"
 #include "krul/model/model.h"
-#include "krul/compress/similarity_estimator.h"
-#include "krul/base/thread_pool.h"
+#include "util/bench_util.h"
 
 ABSL_FLAG(bool, json, false, "Print the results as one JSON object");
 ABSL_FLAG(int, threads, 0, "Engine threads (0 = all cores)");

@@ -246,7 +246,8 @@ int main(int argc, char** argv) {
   const int P = static_cast<int>(pairs.size());
   auto per_pair = [&](const std::vector<double>& m) {
     std::vector<double> v;
-    for (const krul::LayerPair& p : pairs) v.push_back(m[static_cast<size_t>(p.first) * L + p.second]);
+    for (const krul::LayerPair& p : pairs)
+      v.push_back(m[static_cast<size_t>(p.first) * L + p.second]);
     return v;
   };
   auto matrix = [&](const std::vector<double>& v) {
@@ -284,10 +285,12 @@ int main(int argc, char** argv) {
         config.seq_len) {
       continue;  // the two turns do not fit the context
     }
-    auto c = std::make_unique<Case>(ValueOrDie(krul::KvCache::Create(config, config.seq_len), "cache"));
+    auto c =
+        std::make_unique<Case>(ValueOrDie(krul::KvCache::Create(config, config.seq_len), "cache"));
     // Reference ids must be unique words.
     c->id = conv.id;
-    std::replace_if(c->id.begin(), c->id.end(), [](char ch) { return std::isspace(ch); }, '_');
+    std::replace_if(
+        c->id.begin(), c->id.end(), [](char ch) { return std::isspace(ch); }, '_');
     while (!ids.insert(c->id).second) c->id += "+";
     c->domain = conv.domain;
     auto estimator = ValueOrDie(krul::SimilarityEstimator::Create(config), "estimator");
@@ -388,8 +391,8 @@ int main(int argc, char** argv) {
   double consistency = 0, own_attention = 0, others_attention = 0, krul_predicted = 0;
   for (int i = 0; i < n; ++i) {
     const Case& c = *cases[i];
-    predicted[i] = per_pair(
-        ValueOrDie(calibration.Predict(c.merge, neighbours, c.id), "predict").cost);
+    predicted[i] =
+        per_pair(ValueOrDie(calibration.Predict(c.merge, neighbours, c.id), "predict").cost);
     consistency += Spearman(c.cost, others_mean(i, &Case::cost)) / n;
     own_attention += Spearman(c.attention, c.cost) / n;
     others_attention += Spearman(others_mean(i, &Case::attention), c.cost) / n;
@@ -409,11 +412,11 @@ int main(int argc, char** argv) {
     std::string what;
   };
   const std::vector<Rule> rules = {
-      {"krul", "krul (served rule): costs of the nearest other conversations by merge-error "
-               "profile (turn_end.h, leave-one-out)"},
+      {"krul",
+       "krul (served rule): costs of the nearest other conversations by merge-error "
+       "profile (turn_end.h, leave-one-out)"},
       {"own_attention", "the paper's rule: this conversation's attention distances"},
-      {"own_attention_protected",
-       "the same with layers above the edge-mass quantile protected"},
+      {"own_attention_protected", "the same with layers above the edge-mass quantile protected"},
       {"others_attention", "krul-fixed by attention: the other conversations' mean distances"},
       {"others_cost", "krul-fixed by measured costs: the other conversations' mean costs"},
       {"own_cost", "oracle: this conversation's own measured pair costs"},
@@ -457,7 +460,8 @@ int main(int argc, char** argv) {
         const krul::PairChoice choice = ValueOrDie(krul::ChooseTurnEndPairs(to, in), "krul");
         plan = choice.pairs;
         for (const std::string& d : choice.neighbour_domains) {
-          neighbours_same_domain += (d == c.domain ? 1.0 : 0.0) / choice.neighbour_domains.size() / n;
+          neighbours_same_domain +=
+              (d == c.domain ? 1.0 : 0.0) / choice.neighbour_domains.size() / n;
         }
       } else if (rule.name == "own_attention") {
         plan = select(c.attention, {});
@@ -494,7 +498,8 @@ int main(int argc, char** argv) {
                                 {"distinct_pair_sets", sets_by_domain[domain].size()},
                                 {"pair_frequency", freq}};
     }
-    if (rule.name == "own_attention_protected") j["protected_layers_per_conversation"] = protected_layers;
+    if (rule.name == "own_attention_protected")
+      j["protected_layers_per_conversation"] = protected_layers;
     if (rule.name == "krul") j["neighbours_of_the_same_domain"] = neighbours_same_domain;
     out["selections"][rule.name] = j;
   }
@@ -536,25 +541,27 @@ int main(int argc, char** argv) {
               absl::GetFlag(FLAGS_model).c_str(), config.ToString().c_str(), n, P, ratio);
   std::printf("pair-cost consistency across conversations (Spearman, own vs others' mean): %.3f\n",
               consistency);
-  std::printf("vs measured cost (Spearman): own attention %.3f, others' attention %.3f, krul's "
-              "predicted cost (%d neighbours) %.3f\n",
-              own_attention, others_attention, neighbours, krul_predicted);
+  std::printf(
+      "vs measured cost (Spearman): own attention %.3f, others' attention %.3f, krul's "
+      "predicted cost (%d neighbours) %.3f\n",
+      own_attention, others_attention, neighbours, krul_predicted);
   std::printf("%-24s %9s %9s %9s  %s\n", "selection by", "agreement", "kl", "distinct", "");
   for (const Rule& rule : rules) {
     const auto& j = out["selections"][rule.name];
     std::printf("%-24s %9.4f %9.5f %9d  %s\n", rule.name.c_str(), j["agreement"].get<double>(),
                 j["kl"].get<double>(), j["distinct_pair_sets"].get<int>(), rule.what.c_str());
   }
-  std::printf("krul's neighbours of the conversation's own domain: %.2f; protected layers per "
-              "conversation (own_attention_protected): %.2f\n",
-              out["selections"]["krul"]["neighbours_of_the_same_domain"].get<double>(),
-              out["selections"]["own_attention_protected"]["protected_layers_per_conversation"]
-                  .get<double>());
+  std::printf(
+      "krul's neighbours of the conversation's own domain: %.2f; protected layers per "
+      "conversation (own_attention_protected): %.2f\n",
+      out["selections"]["krul"]["neighbours_of_the_same_domain"].get<double>(),
+      out["selections"]["own_attention_protected"]["protected_layers_per_conversation"]
+          .get<double>());
   for (const char* rule : {"krul", "own_cost", "others_cost"}) {
     for (const auto& [domain, j] : out["selections"][rule]["by_domain"].items()) {
       std::printf("%-11s %-26s %2d conversations, %2d distinct sets, pairs %s\n", rule,
-                  domain.c_str(), j["conversations"].get<int>(),
-                  j["distinct_pair_sets"].get<int>(), j["pair_frequency"].dump().c_str());
+                  domain.c_str(), j["conversations"].get<int>(), j["distinct_pair_sets"].get<int>(),
+                  j["pair_frequency"].dump().c_str());
     }
   }
   return 0;

@@ -207,7 +207,7 @@ struct ModeRun {
   double stored_bytes = 0;
   double full_bytes = 0;  // fp32 K+V of the same histories, uncompressed
   int restores = 0;
-  double pairs = 0;            // summed over turn ends
+  double pairs = 0;             // summed over turn ends
   double protected_layers = 0;  // summed over turn ends
   double predicted_loss = 0;    // summed over turn ends (krul with costs)
   double retained_units = 0;
@@ -481,10 +481,10 @@ int main(int argc, char** argv) {
     prior_fit = PriorFitErrors(ref.turn_estimates, priors);
     edge_population = ref.estimates;
   } else {
-    std::vector<Conversation> calibration = ValueOrDie(
-        krul::bench::LoadConversationFiles(calibration_path,
-                                           absl::GetFlag(FLAGS_max_conversations)),
-        "calibration conversations");
+    std::vector<Conversation> calibration =
+        ValueOrDie(krul::bench::LoadConversationFiles(calibration_path,
+                                                      absl::GetFlag(FLAGS_max_conversations)),
+                   "calibration conversations");
     const ReferencePass cal = reference_pass(calibration, /*keep_logits=*/false);
     krul::SimilarityEstimate population = krul::SimilarityEstimate::Empty(config.n_layers);
     for (const auto& e : cal.estimates) CheckOk(population.Merge(e), "merge");
@@ -589,11 +589,11 @@ int main(int argc, char** argv) {
           // Turn end of t-1: the conversation's estimate, carried as the
           // worker carries it; the worker's turn-end decision; restore.
           const krul::SimilarityEstimate turn_estimate = estimator->Finish();
-          so_far = so_far.has_value() ? ValueOrDie(krul::CarryEstimate(
-                                                       *so_far, turn_estimate,
-                                                       absl::GetFlag(FLAGS_estimate_decay)),
-                                                   "carry")
-                                      : turn_estimate;
+          so_far = so_far.has_value()
+                       ? ValueOrDie(krul::CarryEstimate(*so_far, turn_estimate,
+                                                        absl::GetFlag(FLAGS_estimate_decay)),
+                                    "carry")
+                       : turn_estimate;
           krul::TurnEndInput input;
           input.mode = mode;
           input.cache = cache.get();
@@ -601,8 +601,8 @@ int main(int argc, char** argv) {
           input.estimate = &*so_far;
           krul::TurnEnd end = ValueOrDie(krul::PlanTurnEnd(options, input, costs), "turn end");
           run.stored_bytes += static_cast<double>(end.kv.stored_bytes());
-          run.full_bytes += static_cast<double>(krul::PlainBytesPerToken(shape, krul::DType::kF32)) *
-                            L * pos;
+          run.full_bytes +=
+              static_cast<double>(krul::PlainBytesPerToken(shape, krul::DType::kF32)) * L * pos;
           run.retained_units += static_cast<double>(end.kv.retained_units());
           run.restores++;
           run.pairs += static_cast<double>(end.storage.pairs.size());
@@ -693,10 +693,10 @@ int main(int argc, char** argv) {
         std::string w;
         while (in >> w) f[w]++;
       }
-      s["by_domain"][domain] = {{"conversations", sets.size()},
-                                {"distinct_pair_sets_first_turn",
-                                 std::set<std::string>(sets.begin(), sets.end()).size()},
-                                {"pair_frequency", f}};
+      s["by_domain"][domain] = {
+          {"conversations", sets.size()},
+          {"distinct_pair_sets_first_turn", std::set<std::string>(sets.begin(), sets.end()).size()},
+          {"pair_frequency", f}};
     }
     return s;
   };
@@ -764,9 +764,9 @@ int main(int argc, char** argv) {
     }
     const double ref_ppl = out["reference_perplexity"].get<double>();
     auto tsv = [&](const std::string& label, const nlohmann::json& j) {
-      std::fprintf(f, "%s\t%g\t%g\t%s\t%g\t%.4f\t%.4f\t%.4f\t%.6f\n", label.c_str(), ratio,
-                   budget, std::string(krul::DTypeName(dtype)).c_str(),
-                   absl::GetFlag(FLAGS_retain_angle), j["fewer_bytes_than_full_fp32"].get<double>(),
+      std::fprintf(f, "%s\t%g\t%g\t%s\t%g\t%.4f\t%.4f\t%.4f\t%.6f\n", label.c_str(), ratio, budget,
+                   std::string(krul::DTypeName(dtype)).c_str(), absl::GetFlag(FLAGS_retain_angle),
+                   j["fewer_bytes_than_full_fp32"].get<double>(),
                    100.0 * (j["perplexity"].get<double>() / ref_ppl - 1.0),
                    j["agreement"].get<double>(), j["kl"].get<double>());
     };
@@ -783,34 +783,31 @@ int main(int argc, char** argv) {
   std::printf(
       "krul-bench-quality: %s (%s), %zu conversations from %s, ratio %.2f, budget %g, split %s, "
       "KV %s, retain angle %g\n",
-      model_path.c_str(), config.ToString().c_str(), convs.size(), conv_path.c_str(), ratio,
-      budget, split.c_str(), std::string(krul::DTypeName(dtype)).c_str(),
+      model_path.c_str(), config.ToString().c_str(), convs.size(), conv_path.c_str(), ratio, budget,
+      split.c_str(), std::string(krul::DTypeName(dtype)).c_str(),
       absl::GetFlag(FLAGS_retain_angle));
-  std::printf("reference perplexity %.4f; static pairs [%s]; krul %s\n",
-              out["reference_perplexity"].get<double>(),
-              out["static_pairs"].get<std::string>().c_str(),
-              pair_calibration.has_value()
-                  ? absl::StrCat("by predicted costs (", absl::GetFlag(FLAGS_neighbours),
-                                 " neighbours)")
-                        .c_str()
-                  : absl::StrCat("by attention, prior weight ", prior_rows, " rows").c_str());
+  std::printf(
+      "reference perplexity %.4f; static pairs [%s]; krul %s\n",
+      out["reference_perplexity"].get<double>(), out["static_pairs"].get<std::string>().c_str(),
+      pair_calibration.has_value()
+          ? absl::StrCat("by predicted costs (", absl::GetFlag(FLAGS_neighbours), " neighbours)")
+                .c_str()
+          : absl::StrCat("by attention, prior weight ", prior_rows, " rows").c_str());
   std::printf("%-15s %9s %10s %10s %12s %8s %6s %6s\n", "mode", "agreement", "kl", "perplexity",
               "stored_bytes", "vs_load", "pairs", "prot");
   auto row = [&](const std::string& name, const nlohmann::json& j) {
     std::printf("%-15s %9.4f %10.6f %10.4f %12.0f %8.3f %6.2f %6.2f\n", name.c_str(),
-                j["agreement"].get<double>(), j["kl"].get<double>(),
-                j["perplexity"].get<double>(), j["stored_bytes"].get<double>(),
-                j["bytes_vs_load"].get<double>(), j.value("mean_pairs", 0.0),
-                j.value("mean_protected_layers", 0.0));
+                j["agreement"].get<double>(), j["kl"].get<double>(), j["perplexity"].get<double>(),
+                j["stored_bytes"].get<double>(), j["bytes_vs_load"].get<double>(),
+                j.value("mean_pairs", 0.0), j.value("mean_protected_layers", 0.0));
   };
   for (const auto& [name, j] : out["modes"].items()) row(name, j);
   if (out.contains("krul_attention")) row("krul-attention", out["krul_attention"]);
   for (const auto& [name, j] : out["modes"].items()) {
     if (!j.contains("pair_spread")) continue;
     const auto& s = j["pair_spread"];
-    std::printf("%s pairs: %d distinct sets over %d conversations (first turn end)\n",
-                name.c_str(), s["distinct_pair_sets_first_turn"].get<int>(),
-                s["conversations"].get<int>());
+    std::printf("%s pairs: %d distinct sets over %d conversations (first turn end)\n", name.c_str(),
+                s["distinct_pair_sets_first_turn"].get<int>(), s["conversations"].get<int>());
     if (!s.contains("by_domain")) continue;
     for (const auto& [domain, d] : s["by_domain"].items()) {
       const auto& q = j["by_domain"][domain];

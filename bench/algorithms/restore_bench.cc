@@ -57,22 +57,21 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "util/bench_util.h"
+#include "algorithms/restore_bench_common.h"
+#include "algorithms/restore_bench_store.h"
 #include "krul/compress/compression_plan.h"
 #include "krul/compress/compressor.h"
-#include "krul/restore/cost_model.h"
+#include "krul/compress/selector.h"
+#include "krul/compress/similarity_estimator.h"
 #include "krul/engine/engine_cpu.h"
 #include "krul/engine/kv_cache.h"
-#include "krul/restore/kv_source.h"
 #include "krul/model/model.h"
+#include "krul/restore/cost_model.h"
+#include "krul/restore/kv_source.h"
 #include "krul/restore/restore_mode.h"
 #include "krul/restore/restore_plan.h"
 #include "krul/restore/restorer.h"
-#include "krul/compress/selector.h"
-#include "krul/compress/similarity_estimator.h"
-#include "algorithms/restore_bench_common.h"
-#include "algorithms/restore_bench_store.h"
-
+#include "util/bench_util.h"
 
 ABSL_FLAG(bool, json, false, "Print the results as one JSON object");
 ABSL_FLAG(std::string, histories, "512,1024,2048,4096,8192", "History lengths (tokens)");
@@ -160,8 +159,8 @@ std::unique_ptr<krul::bench::BenchStore> OpenBenchStore(const krul::KvShape& sha
     std::exit(1);
   }
   if (which != "in-process") {
-    auto store = krul::bench::StartKvstoreBenchStore(shape, absl::GetFlag(FLAGS_ucx_tcp),
-                                                     capacity_bytes);
+    auto store =
+        krul::bench::StartKvstoreBenchStore(shape, absl::GetFlag(FLAGS_ucx_tcp), capacity_bytes);
     if (store.ok()) return *std::move(store);
     std::fprintf(stderr, "kvstore: %s\n", store.status().ToString().c_str());
     if (which == "kvstore") std::exit(1);

@@ -13,12 +13,12 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "krul/compress/compression_plan.h"
-#include "krul/restore/cost_model.h"
 #include "krul/base/dtype.h"
-#include "krul/model/model.h"
-#include "krul/restore/restore_mode.h"
+#include "krul/compress/compression_plan.h"
 #include "krul/compress/similarity_estimator.h"
+#include "krul/model/model.h"
+#include "krul/restore/cost_model.h"
+#include "krul/restore/restore_mode.h"
 
 namespace krul::bench {
 
@@ -61,9 +61,7 @@ struct ModeComparison {
   double efficiency = 0;     // krul's scheduler efficiency
 
   // ttft(mode) / ttft(krul): how many times faster krul restored.
-  double Ratio(RestoreMode mode) const {
-    return ttft_s.at(mode) / ttft_s.at(RestoreMode::kKrul);
-  }
+  double Ratio(RestoreMode mode) const { return ttft_s.at(mode) / ttft_s.at(RestoreMode::kKrul); }
 };
 
 // From per-mode results with members ttft_s, stored_bytes, efficiency;

@@ -7,9 +7,9 @@
 
 #ifdef KRUL_BENCH_WITH_KVSTORE
 #include "krul/transport/ucx_transport.h"
+#include "kvstore/server.h"
 #include "worker/session/kv_blocks.h"
 #include "worker/session/kvstore_conversation_store.h"
-#include "kvstore/server.h"
 #endif
 
 namespace krul::bench {
@@ -24,8 +24,8 @@ class InProcessBenchStore final : public BenchStore {
     store_->Put(key, std::move(kv));
     return absl::OkStatus();
   }
-  absl::StatusOr<std::unique_ptr<KvSource>> Open(
-      const std::string& key, const std::vector<LoadStep>&) override {
+  absl::StatusOr<std::unique_ptr<KvSource>> Open(const std::string& key,
+                                                 const std::vector<LoadStep>&) override {
     return store_->Open(key);
   }
   absl::Status Erase(const std::string& key) override { return store_->Erase(key); }
@@ -88,8 +88,8 @@ class KvstoreBenchStore final : public BenchStore {
     return client_->Write(version->manifest, std::move(version->blocks), absl::Now() + kDeadline);
   }
 
-  absl::StatusOr<std::unique_ptr<KvSource>> Open(
-      const std::string& key, const std::vector<LoadStep>& loads) override {
+  absl::StatusOr<std::unique_ptr<KvSource>> Open(const std::string& key,
+                                                 const std::vector<LoadStep>& loads) override {
     // The restore path of the worker: look the version up, then read the
     // blocks the plan loads in one streamed read started by the first
     // fetch.
@@ -107,8 +107,7 @@ class KvstoreBenchStore final : public BenchStore {
   static constexpr absl::Duration kDeadline = absl::Seconds(60);
   static constexpr const char* kTenant = "bench";
 
-  KvstoreBenchStore(const KvShape& shape, bool tcp,
-                    std::unique_ptr<kvstore::KvStoreServer> server,
+  KvstoreBenchStore(const KvShape& shape, bool tcp, std::unique_ptr<kvstore::KvStoreServer> server,
                     std::unique_ptr<worker::ConversationStore> client)
       : shape_(shape), tcp_(tcp), server_(std::move(server)), client_(std::move(client)) {}
 

@@ -12,6 +12,8 @@
 // seeded synthetic checkpoint of the stories110M shape (dim 768, 12 layers,
 // 12 heads, hidden 2048, vocab 32000) written as a llama2.c file and loaded
 // back through the same loader users run.
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -21,23 +23,22 @@
 #include <thread>
 #include <vector>
 
-#include <unistd.h>
-
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
-#include "util/bench_util.h"
-#include "krul/engine/engine_cpu.h"
-#include "krul/model/model.h"
-#include "krul/engine/sampler.h"
 #include "engine/llama2c_style_forward.h"
+#include "krul/engine/engine_cpu.h"
+#include "krul/engine/sampler.h"
+#include "krul/model/model.h"
+#include "util/bench_util.h"
 
 ABSL_FLAG(bool, json, false, "Print the results as one JSON object");
 ABSL_FLAG(int, threads, 0, "Threads for both engines (0 = all cores)");
 ABSL_FLAG(int, rounds, 3, "Alternating rounds per model; the median is reported");
 ABSL_FLAG(int, decode_tokens, 64, "Tokens decoded after the prompt");
-ABSL_FLAG(std::string, data_dir, "", "Shared data folder (default: $KRUL_DATA_DIR or ../shared/data)");
+ABSL_FLAG(std::string, data_dir, "",
+          "Shared data folder (default: $KRUL_DATA_DIR or ../shared/data)");
 ABSL_FLAG(bool, skip_110m, false, "Skip the synthetic stories110M-shaped checkpoint");
 
 namespace {
@@ -72,7 +73,10 @@ Throughput RunKrul(krul::Engine& engine, const std::vector<int>& prompt, int dec
   int token = krul::ArgMax(logits);
   for (int i = 0; i < decode; ++i) {
     r.tokens.push_back(token);
-    if (!engine.Forward(*cache, std::span<const int>(&token, 1), static_cast<int>(prompt.size()) + i, logits).ok()) {
+    if (!engine
+             .Forward(*cache, std::span<const int>(&token, 1), static_cast<int>(prompt.size()) + i,
+                      logits)
+             .ok()) {
       std::abort();
     }
     token = krul::ArgMax(logits);
@@ -95,7 +99,8 @@ Throughput RunBaseline(const std::string& path, const krul::Model& model, int th
   Throughput r;
   auto t0 = Clock::now();
   const float* logits = nullptr;
-  for (size_t pos = 0; pos < prompt.size(); ++pos) logits = forward.Forward(prompt[pos], static_cast<int>(pos));
+  for (size_t pos = 0; pos < prompt.size(); ++pos)
+    logits = forward.Forward(prompt[pos], static_cast<int>(pos));
   auto t1 = Clock::now();
   int token = krul::ArgMax(std::span<const float>(logits, vocab));
   for (int i = 0; i < decode; ++i) {
@@ -145,7 +150,9 @@ Row Measure(const std::string& name, const std::string& path, const krul::Model&
     bd.push_back(b.decode_tps);
     // Greedy continuations agree unless fp summation order flips a near-tie.
     row.agree = row.agree && k.tokens == b.tokens;
-    std::fprintf(stderr, "  %s round %d: krul prefill %.1f decode %.1f | llama2.c-style prefill %.1f decode %.1f tok/s\n",
+    std::fprintf(stderr,
+                 "  %s round %d: krul prefill %.1f decode %.1f | llama2.c-style prefill %.1f "
+                 "decode %.1f tok/s\n",
                  name.c_str(), round + 1, k.prefill_tps, k.decode_tps, b.prefill_tps, b.decode_tps);
   }
   row.krul_prefill = Median(kp);
@@ -160,7 +167,8 @@ std::string DataDir() { return krul::bench::DataDir(absl::GetFlag(FLAGS_data_dir
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("CPU prefill/decode throughput: Krul engine vs a llama2.c-style baseline");
+  absl::SetProgramUsageMessage(
+      "CPU prefill/decode throughput: Krul engine vs a llama2.c-style baseline");
   absl::ParseCommandLine(argc, argv);
   int threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
@@ -175,7 +183,8 @@ int main(int argc, char** argv) {
     }
     rows.push_back(Measure("stories260K", stories, **model, 256, threads));
   } else {
-    std::fprintf(stderr, "note: %s not found; skipping the real stories260K model\n", stories.c_str());
+    std::fprintf(stderr, "note: %s not found; skipping the real stories260K model\n",
+                 stories.c_str());
   }
 
   if (!absl::GetFlag(FLAGS_skip_110m)) {
@@ -189,7 +198,8 @@ int main(int argc, char** argv) {
     shape.seq_len = 1024;
     auto synthetic = krul::MakeSyntheticModel(shape, 110);
     const std::string path = (std::filesystem::temp_directory_path() /
-                              ("krul-bench-stories110M-" + std::to_string(::getpid()) + ".bin")).string();
+                              ("krul-bench-stories110M-" + std::to_string(::getpid()) + ".bin"))
+                                 .string();
     if (!synthetic.ok() || !krul::WriteLlama2cCheckpoint(**synthetic, path).ok()) {
       std::fprintf(stderr, "cannot write the synthetic checkpoint to %s\n", path.c_str());
       return 1;
@@ -221,14 +231,17 @@ int main(int argc, char** argv) {
     std::printf("]}\n");
     return 0;
   }
-  std::printf("Krul engine vs llama2.c-style baseline (%d threads, median of %d rounds, %d decode tokens)\n",
-              threads, absl::GetFlag(FLAGS_rounds), absl::GetFlag(FLAGS_decode_tokens));
+  std::printf(
+      "Krul engine vs llama2.c-style baseline (%d threads, median of %d rounds, %d decode "
+      "tokens)\n",
+      threads, absl::GetFlag(FLAGS_rounds), absl::GetFlag(FLAGS_decode_tokens));
   std::printf("%-22s %7s | %12s %12s %7s | %12s %12s %7s | %s\n", "model", "prompt", "prefill krul",
               "baseline", "ratio", "decode krul", "baseline", "ratio", "same tokens");
   for (const Row& r : rows) {
     std::printf("%-22s %7d | %12.1f %12.1f %6.2fx | %12.1f %12.1f %6.2fx | %s\n", r.name.c_str(),
                 r.prompt_tokens, r.krul_prefill, r.base_prefill, r.krul_prefill / r.base_prefill,
-                r.krul_decode, r.base_decode, r.krul_decode / r.base_decode, r.agree ? "yes" : "no");
+                r.krul_decode, r.base_decode, r.krul_decode / r.base_decode,
+                r.agree ? "yes" : "no");
   }
   std::printf("(tokens/s; ratio = krul / baseline)\n");
   return 0;

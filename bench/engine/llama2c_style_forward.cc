@@ -1,12 +1,12 @@
 #include "engine/llama2c_style_forward.h"
 
-#include <cmath>
-#include <cstring>
-
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <cmath>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 
@@ -65,9 +65,10 @@ absl::StatusOr<std::unique_ptr<Llama2cStyleForward>> Llama2cStyleForward::Open(
   // The legacy layout: 7 int32 header, then the tensors in llama2.c's order.
   ModelConfig shared = c;
   shared.shared_classifier = true;
-  const size_t expected = 28 + sizeof(float) * (Llama2cWeightCount(shared) +
-                                                 static_cast<size_t>(c.seq_len) * c.head_size() +
-                                                 (c.shared_classifier ? 0 : size_t{1} * c.vocab_size * c.dim));
+  const size_t expected =
+      28 +
+      sizeof(float) * (Llama2cWeightCount(shared) + static_cast<size_t>(c.seq_len) * c.head_size() +
+                       (c.shared_classifier ? 0 : size_t{1} * c.vocab_size * c.dim));
   if (f->mapping_bytes_ != expected) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": size does not match its config"));
   }
@@ -133,7 +134,8 @@ const float* Llama2cStyleForward::Forward(int token, int pos) {
       const float* q = q_.data() + h * head_size;
       float* att = att_.data() + static_cast<size_t>(h) * c.seq_len;
       for (int t = 0; t <= pos; t++) {
-        const float* kt = key_cache_.data() + loff + static_cast<size_t>(t) * kv_dim + (h / kv_mul) * head_size;
+        const float* kt =
+            key_cache_.data() + loff + static_cast<size_t>(t) * kv_dim + (h / kv_mul) * head_size;
         float score = 0.0f;
         for (int i = 0; i < head_size; i++) score += q[i] * kt[i];
         att[t] = score / sqrtf(static_cast<float>(head_size));
@@ -142,7 +144,8 @@ const float* Llama2cStyleForward::Forward(int token, int pos) {
       float* out = xb_.data() + h * head_size;
       std::memset(out, 0, head_size * sizeof(float));
       for (int t = 0; t <= pos; t++) {
-        const float* vt = value_cache_.data() + loff + static_cast<size_t>(t) * kv_dim + (h / kv_mul) * head_size;
+        const float* vt =
+            value_cache_.data() + loff + static_cast<size_t>(t) * kv_dim + (h / kv_mul) * head_size;
         for (int i = 0; i < head_size; i++) out[i] += att[t] * vt[i];
       }
     }

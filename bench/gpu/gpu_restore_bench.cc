@@ -51,21 +51,21 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "util/bench_util.h"
+#include "algorithms/restore_bench_common.h"
 #include "krul/compress/compression_plan.h"
 #include "krul/compress/compressor.h"
-#include "krul/restore/cost_model.h"
-#include "krul/engine/cuda/engine_cuda.h"
 #include "krul/compress/cuda/estimator_cuda.h"
+#include "krul/compress/selector.h"
+#include "krul/compress/similarity_estimator.h"
 #include "krul/engine/cuda/cuda_memory.h"
+#include "krul/engine/cuda/engine_cuda.h"
+#include "krul/restore/cost_model.h"
 #include "krul/restore/cuda/host_kv_store_cuda.h"
 #include "krul/restore/cuda/load_probe_cuda.h"
 #include "krul/restore/restore_mode.h"
 #include "krul/restore/restore_plan.h"
 #include "krul/restore/restorer.h"
-#include "krul/compress/selector.h"
-#include "krul/compress/similarity_estimator.h"
-#include "algorithms/restore_bench_common.h"
+#include "util/bench_util.h"
 
 ABSL_FLAG(bool, json, false, "Print the results as one JSON object on stdout (progress on stderr)");
 ABSL_FLAG(std::string, histories, "1024,4096,8192,16384", "History lengths (tokens)");
@@ -92,10 +92,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using krul::RestoreMode;
+using krul::bench::CheckOk;
 using krul::bench::Median;
 using krul::bench::PairsString;
 using krul::bench::SelectOrNone;
-using krul::bench::CheckOk;
 using krul::bench::Tokens;
 using krul::bench::ValueOrDie;
 
@@ -341,8 +341,7 @@ int main(int argc, char** argv) {
   const krul::ModelConfig config =
       ValueOrDie(krul::bench::ParseShape(absl::GetFlag(FLAGS_model_shape), seq_len, DefaultShape()),
                  "model shape");
-  const krul::DType dtype =
-      ValueOrDie(krul::ParseDType(absl::GetFlag(FLAGS_dtype)), "--dtype");
+  const krul::DType dtype = ValueOrDie(krul::ParseDType(absl::GetFlag(FLAGS_dtype)), "--dtype");
   const uint64_t seed = absl::GetFlag(FLAGS_seed);
   const double ratio = absl::GetFlag(FLAGS_ratio);
   const int rounds = std::max(1, absl::GetFlag(FLAGS_rounds));
@@ -375,9 +374,9 @@ int main(int argc, char** argv) {
 
   // ---- the cost model, calibrated on the device ----
   const auto t_probe = Clock::now();
-  const krul::ComputeCoefficients compute = ValueOrDie(
-      krul::ProbeCompute(*engine, krul::bench::RestoreComputeProbeOptions(seq_len)),
-      "compute probe");
+  const krul::ComputeCoefficients compute =
+      ValueOrDie(krul::ProbeCompute(*engine, krul::bench::RestoreComputeProbeOptions(seq_len)),
+                 "compute probe");
   krul::LoadProbeOptions lpo;
   lpo.small_tokens = 1;
   lpo.large_tokens = 4096;

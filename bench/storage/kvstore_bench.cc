@@ -226,7 +226,8 @@ double MemcpyGbps(uint64_t block, uint64_t total) {
 double RawTcpGbps(uint64_t block, uint64_t total) {
   auto pair = krul::bench::ConnectLoopbackTcp();
   if (!pair.ok()) {
-    Die(pair.status().code() == absl::StatusCode::kUnavailable ? "connect" : "raw tcp: bind/listen");
+    Die(pair.status().code() == absl::StatusCode::kUnavailable ? "connect"
+                                                               : "raw tcp: bind/listen");
   }
   const int sender = pair->sender, receiver = pair->receiver;
   const int n = static_cast<int>(std::max<uint64_t>(1, total / block));
@@ -469,8 +470,8 @@ int main(int argc, char** argv) {
           get_gbps[i] = std::max(get_gbps[i], bytes / s / 1e9);
         }
         if (p.name != "grpc") {
-          perftest_gbps[i] = std::max(perftest_gbps[i],
-                                      UcxPerftestGbps(p.name, size, count, &perftest_test[i]));
+          perftest_gbps[i] =
+              std::max(perftest_gbps[i], UcxPerftestGbps(p.name, size, count, &perftest_test[i]));
         }
         memcpy_gbps = std::max(memcpy_gbps, MemcpyGbps(size, v.bytes()));
       }

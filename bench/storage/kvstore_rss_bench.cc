@@ -61,9 +61,13 @@ class Server {
     if (pipe2(out, O_CLOEXEC) != 0) Die("pipe");
     db_ = absl::StrCat(absl::GetFlag(FLAGS_dir), "/krul-rss-", getpid());
     std::vector<std::string> a = {
-        absl::GetFlag(FLAGS_server_binary), "--host=127.0.0.1", "--port=0", "--metrics_port=-1",
+        absl::GetFlag(FLAGS_server_binary),
+        "--host=127.0.0.1",
+        "--port=0",
+        "--metrics_port=-1",
         absl::StrCat("--dram_capacity=", absl::GetFlag(FLAGS_dram_capacity).bytes),
-        "--rocksdb_path=" + db_, "--log_level=error"};
+        "--rocksdb_path=" + db_,
+        "--log_level=error"};
     a.insert(a.end(), extra.begin(), extra.end());
     std::vector<char*> argv;
     for (std::string& s : a) argv.push_back(s.data());
@@ -189,10 +193,11 @@ int main(int argc, char** argv) {
     for (const auto& t : stats->tiers()) {
       if (t.tier() == "dram") dram = t.bytes();
     }
-    std::printf("%-48s %10.3f %10.3f %10.3f %9.0f%%\n",
-                config.empty() ? "(defaults)" : std::string(config).c_str(), GiB(peak), GiB(idle),
-                GiB(dram), 100.0 * (static_cast<double>(idle) - static_cast<double>(dram)) /
-                               static_cast<double>(cap));
+    std::printf(
+        "%-48s %10.3f %10.3f %10.3f %9.0f%%\n",
+        config.empty() ? "(defaults)" : std::string(config).c_str(), GiB(peak), GiB(idle),
+        GiB(dram),
+        100.0 * (static_cast<double>(idle) - static_cast<double>(dram)) / static_cast<double>(cap));
   }
   return 0;
 }

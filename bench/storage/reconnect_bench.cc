@@ -57,9 +57,13 @@ class Server {
   explicit Server(int port) {
     int out[2];
     if (pipe2(out, O_CLOEXEC) != 0) Die("pipe");
-    std::vector<std::string> a = {absl::GetFlag(FLAGS_server_binary), "--host=127.0.0.1",
-                                  absl::StrCat("--port=", port), "--metrics_port=-1",
-                                  "--tiers=dram", "--dram_capacity=64M", "--log_level=error"};
+    std::vector<std::string> a = {absl::GetFlag(FLAGS_server_binary),
+                                  "--host=127.0.0.1",
+                                  absl::StrCat("--port=", port),
+                                  "--metrics_port=-1",
+                                  "--tiers=dram",
+                                  "--dram_capacity=64M",
+                                  "--log_level=error"};
     std::vector<char*> argv;
     for (std::string& s : a) argv.push_back(s.data());
     argv.push_back(nullptr);
@@ -139,8 +143,8 @@ double Median(std::vector<double> v) {
 
 // One series: `rounds` restarts with only `client` in the process (gRPC's
 // pollers are process-wide, so a second client would poll for this one).
-std::vector<double> Series(Server* server_slot[], int port, const std::string& address,
-                           bool before, absl::Duration down) {
+std::vector<double> Series(Server* server_slot[], int port, const std::string& address, bool before,
+                           absl::Duration down) {
   auto client = MakeClient(address, before);
   std::vector<double> ms;
   for (int round = 0; round < absl::GetFlag(FLAGS_rounds); ++round) {
@@ -179,11 +183,12 @@ int main(int argc, char** argv) {
     if (!absl::ParseDuration(down_text, &down)) Die("bad --down " + down_text);
     std::vector<double> b = Series(server, port, address, /*before=*/true, down);
     std::vector<double> n = Series(server, port, address, /*before=*/false, down);
-    std::printf("down %.1f s: median before %.0f ms, now %.0f ms (%.1fx); max before %.0f ms, "
-                "now %.0f ms\n",
-                absl::ToDoubleSeconds(down), Median(b), Median(n),
-                Median(n) > 0 ? Median(b) / Median(n) : 0.0, *std::max_element(b.begin(), b.end()),
-                *std::max_element(n.begin(), n.end()));
+    std::printf(
+        "down %.1f s: median before %.0f ms, now %.0f ms (%.1fx); max before %.0f ms, "
+        "now %.0f ms\n",
+        absl::ToDoubleSeconds(down), Median(b), Median(n),
+        Median(n) > 0 ? Median(b) / Median(n) : 0.0, *std::max_element(b.begin(), b.end()),
+        *std::max_element(n.begin(), n.end()));
   }
   delete server[0];
   return 0;

@@ -199,8 +199,8 @@ std::unique_ptr<UcxPair> MakePair(bool tcp, size_t bytes, size_t max_op_bytes) {
   pair->client = OrDie(krul::NewUcxTransport(options), "client transport");
   if (absl::GetFlag(FLAGS_server_memory) == "register") {
     pair->server_buffer = std::make_unique<Buffer>(bytes);
-    pair->server_region = OrDie(
-        pair->server->RegisterRegion(pair->server_buffer->data, bytes), "server region");
+    pair->server_region =
+        OrDie(pair->server->RegisterRegion(pair->server_buffer->data, bytes), "server region");
   } else {
     pair->server_region = OrDie(pair->server->AllocateRegion(bytes), "server region");
   }
@@ -208,20 +208,19 @@ std::unique_ptr<UcxPair> MakePair(bool tcp, size_t bytes, size_t max_op_bytes) {
   pair->client_region =
       OrDie(pair->client->RegisterRegion(pair->client_buffer->data, bytes), "client region");
   pair->endpoint = OrDie(pair->client->Connect(pair->server->address()), "connect");
-  pair->remote = OrDie(pair->endpoint->ImportRegion(
-                           OrDie(pair->server_region->Describe(0, bytes), "describe")),
-                       "import");
+  pair->remote = OrDie(
+      pair->endpoint->ImportRegion(OrDie(pair->server_region->Describe(0, bytes), "describe")),
+      "import");
   return pair;
 }
 
-Measure UcxGbps(UcxPair& pair, krul::TransferOp op, size_t block, int depth,
-               double min_seconds) {
+Measure UcxGbps(UcxPair& pair, krul::TransferOp op, size_t block, int depth, double min_seconds) {
   std::vector<std::unique_ptr<krul::Transfer>> transfers;
   for (int i = 0; i < depth; ++i) {
     const krul::TransferSegment segment{i * block, i * block, block};
-    transfers.push_back(OrDie(pair.client->PrepareTransfer(op, *pair.client_region, *pair.remote,
-                                                           std::span(&segment, 1)),
-                              "prepare"));
+    transfers.push_back(OrDie(
+        pair.client->PrepareTransfer(op, *pair.client_region, *pair.remote, std::span(&segment, 1)),
+        "prepare"));
   }
   auto check = [](absl::Status s) {
     if (!s.ok()) Die("transfer: " + s.ToString());
@@ -299,19 +298,20 @@ int main(int argc, char** argv) {
   }
 
   if (absl::GetFlag(FLAGS_json)) {
-    std::printf("{\"depth\": %d, \"server_memory\": \"%s\", \"protocol\": \"%s\", "
-                "\"max_op_bytes\": %zu, \"rounds\": %d, \"results\": [",
-                depth, absl::GetFlag(FLAGS_server_memory).c_str(),
-                absl::GetFlag(FLAGS_protocol).c_str(), max_op_bytes,
-                absl::GetFlag(FLAGS_rounds));
+    std::printf(
+        "{\"depth\": %d, \"server_memory\": \"%s\", \"protocol\": \"%s\", "
+        "\"max_op_bytes\": %zu, \"rounds\": %d, \"results\": [",
+        depth, absl::GetFlag(FLAGS_server_memory).c_str(), absl::GetFlag(FLAGS_protocol).c_str(),
+        max_op_bytes, absl::GetFlag(FLAGS_rounds));
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
-      std::printf("%s\n  {\"wire\": \"%s\", \"op\": \"%s\", \"block_bytes\": %zu, \"gbps\": %.3f, "
-                  "\"cpu_s_per_gb\": %.3f, \"baseline\": \"%s\", \"baseline_gbps\": %.3f, "
-                  "\"baseline_cpu_s_per_gb\": %.3f, \"ratio\": %.3f}",
-                  i ? "," : "", r.wire.c_str(), r.op.c_str(), r.block, r.ucx.gbps,
-                  r.ucx.cpu_s_per_gb, r.baseline_name.c_str(), r.baseline.gbps,
-                  r.baseline.cpu_s_per_gb, r.ucx.gbps / r.baseline.gbps);
+      std::printf(
+          "%s\n  {\"wire\": \"%s\", \"op\": \"%s\", \"block_bytes\": %zu, \"gbps\": %.3f, "
+          "\"cpu_s_per_gb\": %.3f, \"baseline\": \"%s\", \"baseline_gbps\": %.3f, "
+          "\"baseline_cpu_s_per_gb\": %.3f, \"ratio\": %.3f}",
+          i ? "," : "", r.wire.c_str(), r.op.c_str(), r.block, r.ucx.gbps, r.ucx.cpu_s_per_gb,
+          r.baseline_name.c_str(), r.baseline.gbps, r.baseline.cpu_s_per_gb,
+          r.ucx.gbps / r.baseline.gbps);
     }
     std::printf("\n]}\n");
     return 0;
@@ -319,12 +319,12 @@ int main(int argc, char** argv) {
   std::printf("depth %d, server memory: %s, protocol: %s, max op %zu bytes, best of %d rounds\n",
               depth, absl::GetFlag(FLAGS_server_memory).c_str(),
               absl::GetFlag(FLAGS_protocol).c_str(), max_op_bytes, absl::GetFlag(FLAGS_rounds));
-  std::printf("%-5s %-4s %9s %8s %9s %-8s %9s %9s %6s\n", "wire", "op", "block", "GB/s",
-              "cpu s/GB", "baseline", "base GB/s", "cpu s/GB", "ratio");
+  std::printf("%-5s %-4s %9s %8s %9s %-8s %9s %9s %6s\n", "wire", "op", "block", "GB/s", "cpu s/GB",
+              "baseline", "base GB/s", "cpu s/GB", "ratio");
   for (const Row& r : rows) {
-    std::printf("%-5s %-4s %9zu %8.2f %9.3f %-8s %9.2f %9.3f %6.2f\n", r.wire.c_str(),
-                r.op.c_str(), r.block, r.ucx.gbps, r.ucx.cpu_s_per_gb, r.baseline_name.c_str(),
-                r.baseline.gbps, r.baseline.cpu_s_per_gb, r.ucx.gbps / r.baseline.gbps);
+    std::printf("%-5s %-4s %9zu %8.2f %9.3f %-8s %9.2f %9.3f %6.2f\n", r.wire.c_str(), r.op.c_str(),
+                r.block, r.ucx.gbps, r.ucx.cpu_s_per_gb, r.baseline_name.c_str(), r.baseline.gbps,
+                r.baseline.cpu_s_per_gb, r.ucx.gbps / r.baseline.gbps);
   }
   return 0;
 }

@@ -147,9 +147,7 @@ absl::Status Spawn(const std::string& binary, const std::vector<std::string>& ar
   return absl::OkStatus();
 }
 
-std::string Tail(const std::string& s) {
-  return s.size() > 600 ? s.substr(s.size() - 600) : s;
-}
+std::string Tail(const std::string& s) { return s.size() > 600 ? s.substr(s.size() - 600) : s; }
 
 }  // namespace
 
@@ -169,8 +167,7 @@ absl::StatusOr<UcxPerftestResult> ParseUcxPerftestOutput(const std::string& outp
     }
     return UcxPerftestResult{bandwidth * 1048576.0 / 1e9, latency, std::string(line)};
   }
-  return absl::InternalError(
-      absl::StrCat("ucx_perftest printed no Final: line: ", Tail(output)));
+  return absl::InternalError(absl::StrCat("ucx_perftest printed no Final: line: ", Tail(output)));
 }
 
 absl::StatusOr<UcxPerftestResult> RunUcxPerftest(const UcxPerftestRun& run) {
@@ -186,25 +183,23 @@ absl::StatusOr<UcxPerftestResult> RunUcxPerftest(const UcxPerftestRun& run) {
   while (!Listening(*port)) {
     if (!server.Alive() || absl::Now() >= deadline) {
       server.Finish(absl::Now() + absl::Seconds(1));
-      return absl::UnavailableError(
-          absl::StrCat("ucx_perftest server did not listen on port ", *port, ": ",
-                       Tail(server.output)));
+      return absl::UnavailableError(absl::StrCat("ucx_perftest server did not listen on port ",
+                                                 *port, ": ", Tail(server.output)));
     }
     server.Read(absl::Milliseconds(5));  // Also keeps its pipe drained.
   }
   Child client;
-  if (absl::Status s = Spawn(run.binary,
-                             {"127.0.0.1", "-p", port_arg, "-t", run.test, "-s",
-                              absl::StrCat(run.message_bytes), "-n",
-                              absl::StrCat(run.iterations), "-w",
-                              absl::StrCat(run.warmup_iterations)},
-                             run.env, &client);
+  if (absl::Status s =
+          Spawn(run.binary,
+                {"127.0.0.1", "-p", port_arg, "-t", run.test, "-s", absl::StrCat(run.message_bytes),
+                 "-n", absl::StrCat(run.iterations), "-w", absl::StrCat(run.warmup_iterations)},
+                run.env, &client);
       !s.ok()) {
     return s;
   }
   if (!client.Finish(deadline)) {
-    return absl::UnavailableError(absl::StrCat("ucx_perftest ", run.test, " ",
-                                               run.message_bytes, " B did not finish within ",
+    return absl::UnavailableError(absl::StrCat("ucx_perftest ", run.test, " ", run.message_bytes,
+                                               " B did not finish within ",
                                                absl::FormatDuration(run.timeout)));
   }
   server.Finish(std::min(deadline, absl::Now() + absl::Seconds(5)));

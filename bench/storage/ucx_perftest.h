@@ -27,11 +27,11 @@
 namespace krul::bench {
 
 struct UcxPerftestRun {
-  std::string binary = "ucx_perftest";  // a path, or a name looked up in PATH
-  std::string test;                     // -t: "ucp_get", "tag_bw", ...
-  uint64_t message_bytes = 0;           // -s
-  uint64_t iterations = 0;              // -n
-  uint64_t warmup_iterations = 0;       // -w
+  std::string binary = "ucx_perftest";                   // a path, or a name looked up in PATH
+  std::string test;                                      // -t: "ucp_get", "tag_bw", ...
+  uint64_t message_bytes = 0;                            // -s
+  uint64_t iterations = 0;                               // -n
+  uint64_t warmup_iterations = 0;                        // -w
   std::vector<std::pair<std::string, std::string>> env;  // e.g. {"UCX_TLS", "tcp"}
   absl::Duration timeout = absl::Seconds(60);
 };

@@ -57,7 +57,8 @@ void ThreadPool::WorkerLoop(int worker_index) {
     }
     if (generation_.load(std::memory_order_acquire) == seen) {
       std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen || stop_; });
+      wake_.wait(lock,
+                 [&] { return generation_.load(std::memory_order_acquire) != seen || stop_; });
     }
     {
       std::lock_guard<std::mutex> lock(mu_);

@@ -27,9 +27,7 @@ uint64_t Fnv1a64(const char* data, size_t n) {
   return h;
 }
 
-void AppendF64(std::string& out, double v) {
-  internal::Append64(out, std::bit_cast<uint64_t>(v));
-}
+void AppendF64(std::string& out, double v) { internal::Append64(out, std::bit_cast<uint64_t>(v)); }
 
 bool WellFormed(const SimilarityEstimate& e) {
   if (e.n_layers < 1 || e.n_layers > kMaxLayers) return false;
@@ -62,8 +60,8 @@ absl::StatusOr<std::string> SerializeEstimate(const SimilarityEstimate& e) {
   }
   for (int a = 0; a < L; ++a) {
     for (int b = a + 1; b < L; ++b) {
-      AppendF64(out, e.decode_distance.empty() ? 0.0
-                                               : e.decode_distance[static_cast<size_t>(a) * L + b]);
+      AppendF64(
+          out, e.decode_distance.empty() ? 0.0 : e.decode_distance[static_cast<size_t>(a) * L + b]);
     }
   }
   for (double v : e.first_mass_sum) AppendF64(out, v);
@@ -93,7 +91,8 @@ absl::StatusOr<SimilarityEstimate> ParseEstimate(std::string_view bytes) {
     return absl::InvalidArgumentError(absl::StrCat("estimate n_layers ", L));
   }
   const size_t tri = static_cast<size_t>(L) * (L - 1) / 2;
-  const size_t expected = kHeaderBytes + 8 * (2 * tri + 3 * static_cast<size_t>(L)) + kChecksumBytes;
+  const size_t expected =
+      kHeaderBytes + 8 * (2 * tri + 3 * static_cast<size_t>(L)) + kChecksumBytes;
   if (bytes.size() != expected) {
     return absl::DataLossError(
         absl::StrCat("similarity estimate of ", bytes.size(), " bytes; ", expected, " expected"));
@@ -119,8 +118,8 @@ absl::StatusOr<SimilarityEstimate> ParseEstimate(std::string_view bytes) {
   e.decode_tokens = i64();
   e.rows_compared = i64();
   e.sampled = p[pos++] != 0;
-  bool ok = std::isfinite(e.rows_represented) && e.rows_represented >= 0 &&
-            e.prefill_tokens >= 0 && e.decode_tokens >= 0 && e.rows_compared >= 0;
+  bool ok = std::isfinite(e.rows_represented) && e.rows_represented >= 0 && e.prefill_tokens >= 0 &&
+            e.decode_tokens >= 0 && e.rows_compared >= 0;
   auto read_tri = [&](std::vector<double>& to) {
     for (uint32_t a = 0; a < L; ++a) {
       for (uint32_t b = a + 1; b < L; ++b) {
@@ -154,9 +153,8 @@ absl::StatusOr<SimilarityEstimate> CarryEstimate(const SimilarityEstimate& carri
     return absl::InvalidArgumentError("malformed similarity estimate");
   }
   if (carried.n_layers != turn.n_layers || carried.edge_fraction != turn.edge_fraction) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot carry an estimate of ", carried.n_layers, " layers into one of ",
-                     turn.n_layers));
+    return absl::InvalidArgumentError(absl::StrCat("cannot carry an estimate of ", carried.n_layers,
+                                                   " layers into one of ", turn.n_layers));
   }
   SimilarityEstimate out = carried;
   auto scale = [decay](std::vector<double>& v) {

@@ -16,8 +16,8 @@ absl::StatusOr<MergeErrors> MeasureMergeErrors(const KvCache& cache, const KvSha
     return absl::InvalidArgumentError("the KV shape does not match the cache");
   }
   if (begin < 0 || end <= begin || end > cache.capacity()) {
-    return absl::InvalidArgumentError(absl::StrCat("token range [", begin, ", ", end,
-                                                   ") is empty or outside the cache"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("token range [", begin, ", ", end, ") is empty or outside the cache"));
   }
   if (!(options.retain_angle_degrees >= 0 && options.retain_angle_degrees <= 180)) {
     return absl::InvalidArgumentError("retain_angle_degrees is outside [0, 180]");
@@ -26,8 +26,8 @@ absl::StatusOr<MergeErrors> MeasureMergeErrors(const KvCache& cache, const KvSha
   const size_t weights_needed = static_cast<size_t>(L) * n;
   if (!options.token_weights.empty() && options.token_weights.size() != weights_needed) {
     return absl::InvalidArgumentError(absl::StrCat("token_weights has ",
-                                                   options.token_weights.size(),
-                                                   " entries; ", weights_needed, " expected"));
+                                                   options.token_weights.size(), " entries; ",
+                                                   weights_needed, " expected"));
   }
   // Per layer: weights of its tokens, or 1 where it has none.
   std::vector<double> weight(weights_needed, 1.0);
@@ -43,7 +43,8 @@ absl::StatusOr<MergeErrors> MeasureMergeErrors(const KvCache& cache, const KvSha
       }
       if (sum <= 0) continue;
       for (int t = 0; t < n; ++t) {
-        weight[static_cast<size_t>(l) * n + t] = options.token_weights[static_cast<size_t>(l) * n + t];
+        weight[static_cast<size_t>(l) * n + t] =
+            options.token_weights[static_cast<size_t>(l) * n + t];
       }
     }
   }

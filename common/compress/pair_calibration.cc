@@ -16,7 +16,8 @@ namespace {
 constexpr int kMaxLayers = 4096;
 
 bool HasSpace(std::string_view s) {
-  return std::any_of(s.begin(), s.end(), [](char c) { return std::isspace(static_cast<unsigned char>(c)); });
+  return std::any_of(s.begin(), s.end(),
+                     [](char c) { return std::isspace(static_cast<unsigned char>(c)); });
 }
 
 // Centred, scaled logs of a profile: the K then the V merge errors of every
@@ -26,7 +27,8 @@ std::vector<double> Profile(int L, const std::vector<double>& key,
   std::vector<double> p;
   for (const std::vector<double>* m : {&key, &value}) {
     for (int a = 0; a < L; ++a) {
-      for (int b = a + 1; b < L; ++b) p.push_back(std::log((*m)[static_cast<size_t>(a) * L + b] + 1e-9));
+      for (int b = a + 1; b < L; ++b)
+        p.push_back(std::log((*m)[static_cast<size_t>(a) * L + b] + 1e-9));
     }
   }
   if (p.empty()) return p;
@@ -42,7 +44,8 @@ std::vector<double> Profile(int L, const std::vector<double>& key,
 
 void AppendTriangle(std::string& out, int L, const std::vector<double>& m) {
   for (int a = 0; a < L; ++a) {
-    for (int b = a + 1; b < L; ++b) absl::StrAppendFormat(&out, " %.17g", m[static_cast<size_t>(a) * L + b]);
+    for (int b = a + 1; b < L; ++b)
+      absl::StrAppendFormat(&out, " %.17g", m[static_cast<size_t>(a) * L + b]);
   }
 }
 
@@ -195,8 +198,8 @@ absl::StatusOr<PairCalibration> ParsePairCalibration(std::string_view std_text) 
       const size_t at = i + 1 + f;
       std::vector<absl::string_view> words = absl::StrSplit(lines[at], ' ');
       if (words.size() != fields[f].count + 1 || words[0] != fields[f].name) {
-        return bad(at, absl::StrCat("expected '", fields[f].name, "' and ", fields[f].count,
-                                    " numbers"));
+        return bad(
+            at, absl::StrCat("expected '", fields[f].name, "' and ", fields[f].count, " numbers"));
       }
       std::vector<double> values(fields[f].count);
       for (size_t w = 0; w < values.size(); ++w) {
@@ -228,7 +231,8 @@ absl::StatusOr<PairCalibration> ReadPairCalibration(const std::string& path) {
   buf << in.rdbuf();
   auto parsed = ParsePairCalibration(buf.str());
   if (!parsed.ok()) {
-    return absl::Status(parsed.status().code(), absl::StrCat(path, ": ", parsed.status().message()));
+    return absl::Status(parsed.status().code(),
+                        absl::StrCat(path, ": ", parsed.status().message()));
   }
   return parsed;
 }

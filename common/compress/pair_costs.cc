@@ -63,8 +63,7 @@ absl::StatusOr<PlanQuality> PlanProbe::Measure(const CompressionPlan& plan,
                                                const CompressorOptions& options) const {
   const ModelConfig& config = backend_->config();
   const KvShape shape = KvShape::FromConfig(config);
-  KRUL_ASSIGN_OR_RETURN(CompressedKv kv,
-                        CompressKv(*cache_, shape, plan, history_, {}, options));
+  KRUL_ASSIGN_OR_RETURN(CompressedKv kv, CompressKv(*cache_, shape, plan, history_, {}, options));
   const int m = static_cast<int>(continuation_.size());
   KRUL_ASSIGN_OR_RETURN(std::unique_ptr<BackendKvCache> fresh,
                         backend_->CreateKvCache(history_ + m));

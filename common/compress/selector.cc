@@ -84,7 +84,8 @@ absl::StatusOr<CompressionPlan> SelectPlan(const SimilarityEstimate& estimate,
   const int n = estimate.n_layers;
   std::vector<double> scores(static_cast<size_t>(n) * n, 0.0);
   for (int a = 0; a < n; ++a) {
-    for (int b = 0; b < n; ++b) scores[static_cast<size_t>(a) * n + b] = estimate.MeanDistance(a, b);
+    for (int b = 0; b < n; ++b)
+      scores[static_cast<size_t>(a) * n + b] = estimate.MeanDistance(a, b);
   }
   return SelectPlanByScore(scores, SensitiveLayers(estimate, options.sensitivity_threshold),
                            options, estimate.edge_fraction);
@@ -138,8 +139,8 @@ absl::StatusOr<CompressionPlan> SelectPlanByScore(std::span<const double> scores
       if (plan.input_sensitive[b]) continue;
       // Averaging makes a hand-built, slightly asymmetric matrix give the
       // same plan whichever half it filled.
-      const double d = 0.5 * (scores[static_cast<size_t>(a) * n + b] +
-                              scores[static_cast<size_t>(b) * n + a]);
+      const double d =
+          0.5 * (scores[static_cast<size_t>(a) * n + b] + scores[static_cast<size_t>(b) * n + a]);
       candidates.emplace_back(d, a, b);
     }
   }
@@ -170,10 +171,9 @@ absl::StatusOr<SimilarityEstimate> ShrinkToward(const SimilarityEstimate& own,
         absl::StrCat("population_rows ", population_rows, " must be finite and >= 0"));
   }
   if (own.n_layers != population.n_layers || own.edge_fraction != population.edge_fraction) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot shrink an estimate of ", own.n_layers, " layers (edge fraction ",
-                     own.edge_fraction, ") toward one of ", population.n_layers, " (",
-                     population.edge_fraction, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot shrink an estimate of ", own.n_layers, " layers (edge fraction ", own.edge_fraction,
+        ") toward one of ", population.n_layers, " (", population.edge_fraction, ")"));
   }
   SimilarityEstimate out = own;
   if (population_rows == 0 || population.rows_represented <= 0) return out;

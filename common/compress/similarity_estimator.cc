@@ -3,9 +3,9 @@
 // Engine thread: OnAttention. A decode token's rows of every layer are kept
 // (written there by the engine through DecodeBuffer) and compared all at
 // once when its last layer arrives (kernels in attention_distance.h);
-// prefill blocks are copied into a Task and queued. Background thread: Worker() pairs each queued block with
-// the other layers' blocks of the same queries (a Slot), updates its own D
-// and frees a slot once every layer has reported.
+// prefill blocks are copied into a Task and queued. Background thread: Worker() pairs each queued
+// block with the other layers' blocks of the same queries (a Slot), updates its own D and frees a
+// slot once every layer has reported.
 #include "krul/compress/similarity_estimator.h"
 
 #include <algorithm>

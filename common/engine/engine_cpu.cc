@@ -133,10 +133,9 @@ absl::StatusOr<KvCache*> Engine::CheckRange(BackendKvCache& backend_cache, int s
   }
   if (num_tokens < 1) return absl::InvalidArgumentError("no tokens to process");
   if (start_pos < 0 || static_cast<int64_t>(start_pos) + num_tokens > cache->capacity()) {
-    return absl::InvalidArgumentError(absl::StrCat("positions [", start_pos, ", ",
-                                                   static_cast<int64_t>(start_pos) + num_tokens,
-                                                   ") exceed the KV cache capacity of ",
-                                                   cache->capacity(), " tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("positions [", start_pos, ", ", static_cast<int64_t>(start_pos) + num_tokens,
+                     ") exceed the KV cache capacity of ", cache->capacity(), " tokens"));
   }
   return cache;
 }
@@ -189,7 +188,8 @@ absl::Status Engine::Embed(std::span<const int> tokens, float* hidden) {
       return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[t], " at index ", t,
                                                      " is outside [0, ", c.vocab_size, ")"));
     }
-    std::memcpy(hidden + t * c.dim, model_.token_embedding() + static_cast<size_t>(tokens[t]) * c.dim,
+    std::memcpy(hidden + t * c.dim,
+                model_.token_embedding() + static_cast<size_t>(tokens[t]) * c.dim,
                 sizeof(float) * c.dim);
   }
   return absl::OkStatus();
@@ -239,11 +239,16 @@ void Engine::Attention(int layer, const KvCache& cache, int start_pos, int num_t
   const int64_t pair_cost = 2 * static_cast<int64_t>(start_pos + num_tokens) * hs;
   const int64_t min_pairs = std::max<int64_t>(1, kMinAttentionMacsPerTask / pair_cost);
   if (observer_ == nullptr) {
-    pool_->ParallelFor(static_cast<int64_t>(c.n_heads) * num_tokens, [&](int64_t b, int64_t e) {
-      thread_local std::vector<float> row;
-      if (row.size() < static_cast<size_t>(start_pos + num_tokens)) row.resize(start_pos + num_tokens);
-      for (int64_t i = b; i < e; ++i) attend(static_cast<int>(i % c.n_heads), static_cast<int>(i / c.n_heads), row.data());
-    }, min_pairs);
+    pool_->ParallelFor(
+        static_cast<int64_t>(c.n_heads) * num_tokens,
+        [&](int64_t b, int64_t e) {
+          thread_local std::vector<float> row;
+          if (row.size() < static_cast<size_t>(start_pos + num_tokens))
+            row.resize(start_pos + num_tokens);
+          for (int64_t i = b; i < e; ++i)
+            attend(static_cast<int>(i % c.n_heads), static_cast<int>(i / c.n_heads), row.data());
+        },
+        min_pairs);
     return;
   }
   // With an observer, keep the block's probabilities (heads, queries, context)
@@ -261,17 +266,20 @@ void Engine::Attention(int layer, const KvCache& cache, int start_pos, int num_t
       if (probs_.size() < block_floats) probs_.Resize(block_floats);
       probs = probs_.data();
     }
-    pool_->ParallelFor(static_cast<int64_t>(c.n_heads) * nq, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const int h = static_cast<int>(i / nq), t = static_cast<int>(i % nq);
-        float* row = probs + (static_cast<size_t>(h) * nq + t) * ctx_len;
-        attend(h, q0 + t, row);
-        // attend() wrote keys [0, ctx); the causal mask zeroes the rest of
-        // the row (nothing for the block's last query, so nothing in decode).
-        const int ctx = start_pos + q0 + t + 1;
-        std::fill(row + ctx, row + ctx_len, 0.0f);
-      }
-    }, min_pairs);
+    pool_->ParallelFor(
+        static_cast<int64_t>(c.n_heads) * nq,
+        [&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; ++i) {
+            const int h = static_cast<int>(i / nq), t = static_cast<int>(i % nq);
+            float* row = probs + (static_cast<size_t>(h) * nq + t) * ctx_len;
+            attend(h, q0 + t, row);
+            // attend() wrote keys [0, ctx); the causal mask zeroes the rest of
+            // the row (nothing for the block's last query, so nothing in decode).
+            const int ctx = start_pos + q0 + t + 1;
+            std::fill(row + ctx, row + ctx_len, 0.0f);
+          }
+        },
+        min_pairs);
     AttentionWeights weights;
     weights.layer = layer;
     weights.n_heads = c.n_heads;
@@ -307,14 +315,16 @@ absl::Status Engine::ComputeLayer(int layer, BackendKvCache& backend_cache, int 
     EnsureScratch(n);
 
     // Attention: xb = rmsnorm(x); q, k, v projections (k, v straight into the cache).
-    for (int t = 0; t < n; ++t) RmsNorm(xb_.data() + t * dim, x + t * dim, w.rms_att, dim, c.norm_eps);
+    for (int t = 0; t < n; ++t)
+      RmsNorm(xb_.data() + t * dim, x + t * dim, w.rms_att, dim, c.norm_eps);
     internal::MatMul(pool, xb_.data(), n, dim, w.wq, dim, q_.data());
     internal::MatMul(pool, xb_.data(), n, dim, w.wk, kv_dim, cache.key(layer, pos0));
     internal::MatMul(pool, xb_.data(), n, dim, w.wv, kv_dim, cache.value(layer, pos0));
     for (int t = 0; t < n; ++t) {
       const float* cos_row = rope_cos_.data() + static_cast<size_t>(pos0 + t) * half;
       const float* sin_row = rope_sin_.data() + static_cast<size_t>(pos0 + t) * half;
-      ApplyRope(q_.data() + static_cast<size_t>(t) * dim, c.n_heads, hs, c.rotary_dim(), cos_row, sin_row);
+      ApplyRope(q_.data() + static_cast<size_t>(t) * dim, c.n_heads, hs, c.rotary_dim(), cos_row,
+                sin_row);
       ApplyRope(cache.key(layer, pos0 + t), c.n_kv_heads, hs, c.rotary_dim(), cos_row, sin_row);
     }
     Attention(layer, cache, pos0, n);
@@ -322,7 +332,8 @@ absl::Status Engine::ComputeLayer(int layer, BackendKvCache& backend_cache, int 
     for (size_t i = 0; i < static_cast<size_t>(n) * dim; ++i) x[i] += proj_[i];
 
     // Feed-forward: x += w2(silu(w1(xb)) * w3(xb)), xb = rmsnorm(x).
-    for (int t = 0; t < n; ++t) RmsNorm(xb_.data() + t * dim, x + t * dim, w.rms_ffn, dim, c.norm_eps);
+    for (int t = 0; t < n; ++t)
+      RmsNorm(xb_.data() + t * dim, x + t * dim, w.rms_ffn, dim, c.norm_eps);
     internal::MatMul(pool, xb_.data(), n, dim, w.w1, hidden_dim, hb_.data());
     internal::MatMul(pool, xb_.data(), n, dim, w.w3, hidden_dim, hb2_.data());
     internal::SwiGlu(hb_.data(), hb_.data(), hb2_.data(), static_cast<size_t>(n) * hidden_dim);
@@ -378,8 +389,8 @@ absl::Status Engine::Forward(BackendKvCache& cache, std::span<const int> tokens,
       if (auto s = ComputeLayer(l, cache, start_pos + b0, nb, hidden); !s.ok()) return s;
     }
     if (all_logits) {
-      for (int t = 0; t < nb; ++t) LogitsOfRow(hidden + static_cast<size_t>(t) * c.dim,
-                                               logits.data() + (b0 + t) * vocab);
+      for (int t = 0; t < nb; ++t)
+        LogitsOfRow(hidden + static_cast<size_t>(t) * c.dim, logits.data() + (b0 + t) * vocab);
     } else if (!logits.empty() && b0 + nb == n) {
       LogitsOfRow(hidden + static_cast<size_t>(nb - 1) * c.dim, logits.data());
     }

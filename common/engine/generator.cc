@@ -15,8 +15,7 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 }  // namespace
 
 absl::StatusOr<GenerationResult> Generate(Engine& engine, const Tokenizer& tokenizer,
-                                          std::string_view prompt,
-                                          const GenerationOptions& options,
+                                          std::string_view prompt, const GenerationOptions& options,
                                           const std::function<void(std::string_view)>& on_text) {
   const ModelConfig& config = engine.config();
   if (options.steps < 1) {

@@ -11,18 +11,17 @@ namespace krul {
 absl::StatusOr<KvCache> KvCache::Create(const ModelConfig& config, int capacity_tokens) {
   if (auto s = config.Validate(); !s.ok()) return s;
   if (capacity_tokens < 1 || capacity_tokens > config.seq_len) {
-    return absl::InvalidArgumentError(absl::StrCat("KV cache capacity ", capacity_tokens,
-                                                   " is outside [1, seq_len=", config.seq_len,
-                                                   "]"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV cache capacity ", capacity_tokens, " is outside [1, seq_len=", config.seq_len, "]"));
   }
   return Create(config.n_layers, config.kv_dim(), capacity_tokens);
 }
 
 absl::StatusOr<KvCache> KvCache::Create(int n_layers, int kv_dim, int capacity_tokens) {
   if (n_layers < 1 || kv_dim < 1 || capacity_tokens < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("KV cache shape (layers=", n_layers,
-                                                   ", kv_dim=", kv_dim, ", capacity=",
-                                                   capacity_tokens, ") must be positive"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV cache shape (layers=", n_layers, ", kv_dim=", kv_dim,
+                     ", capacity=", capacity_tokens, ") must be positive"));
   }
   KvCache cache;
   cache.n_layers_ = n_layers;
@@ -65,8 +64,8 @@ absl::Status KvCache::CommitRows(const KvLayerView& staged) {
   return absl::OkStatus();
 }
 
-absl::Status KvCache::WriteRows(int layer, int begin, int num_tokens, DType dtype,
-                                const void* keys, const void* values) {
+absl::Status KvCache::WriteRows(int layer, int begin, int num_tokens, DType dtype, const void* keys,
+                                const void* values) {
   KRUL_RETURN_IF_ERROR(CheckRows(layer, begin, num_tokens));
   if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) {
     return absl::InvalidArgumentError("WriteRows: unknown dtype");
@@ -105,9 +104,8 @@ absl::Status BackendKvCache::CheckRows(int layer, int begin, int num_tokens) con
 
 absl::StatusOr<KvCache> CopyToHost(const BackendKvCache& cache, int num_tokens) {
   if (num_tokens < 1 || num_tokens > cache.capacity()) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot copy ", num_tokens,
-                                                   " tokens of a KV cache of capacity ",
-                                                   cache.capacity()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot copy ", num_tokens, " tokens of a KV cache of capacity ", cache.capacity()));
   }
   KRUL_ASSIGN_OR_RETURN(KvCache host,
                         KvCache::Create(cache.n_layers(), cache.kv_dim(), num_tokens));

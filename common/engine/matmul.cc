@@ -11,10 +11,10 @@
 namespace krul::internal {
 namespace {
 
-constexpr int kRowGroup = 4;     // weight rows per micro-kernel
-constexpr int kTokenGroup = 4;   // tokens per micro-kernel
-constexpr int kTokenTile = 64;   // tokens kept hot in cache per pass over a row block
-constexpr int kRowsPerTask = 16; // minimum rows handed to one thread
+constexpr int kRowGroup = 4;      // weight rows per micro-kernel
+constexpr int kTokenGroup = 4;    // tokens per micro-kernel
+constexpr int kTokenTile = 64;    // tokens kept hot in cache per pass over a row block
+constexpr int kRowsPerTask = 16;  // minimum rows handed to one thread
 // Multiply-adds below which handing work to another thread costs more than it
 // saves (a wake-up is microseconds); tiny models run their products serially.
 constexpr int64_t kMinMacsPerTask = 16 * 1024;
@@ -76,7 +76,8 @@ inline float DotRow(const float* w, const float* x, int n) {
     a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
     a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
   }
-  for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+  for (; i + 8 <= n; i += 8)
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
   sum = HorizontalSum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
 #endif
   for (; i < n; ++i) sum += w[i] * x[i];
@@ -120,12 +121,16 @@ void MatMulRows(const float* x, int n, int in, const float* w, int out, float* y
 void MatMul(ThreadPool& pool, const float* x, int n, int in, const float* w, int out, float* y) {
   const int64_t tasks = (out + kRowsPerTask - 1) / kRowsPerTask;
   const int64_t macs_per_task = static_cast<int64_t>(n) * in * kRowsPerTask;
-  const int64_t min_tasks = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, macs_per_task));
-  pool.ParallelFor(tasks, [&](int64_t begin, int64_t end) {
-    const int row_begin = static_cast<int>(begin) * kRowsPerTask;
-    const int row_end = std::min(out, static_cast<int>(end) * kRowsPerTask);
-    MatMulRows(x, n, in, w, out, y, row_begin, row_end);
-  }, min_tasks);
+  const int64_t min_tasks =
+      std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, macs_per_task));
+  pool.ParallelFor(
+      tasks,
+      [&](int64_t begin, int64_t end) {
+        const int row_begin = static_cast<int>(begin) * kRowsPerTask;
+        const int row_end = std::min(out, static_cast<int>(end) * kRowsPerTask);
+        MatMulRows(x, n, in, w, out, y, row_begin, row_end);
+      },
+      min_tasks);
 }
 
 void NaiveMatMul(ThreadPool& pool, const float* x, int n, int in, const float* w, int out,

@@ -10,9 +10,9 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "channel_watcher.h"
 #include "krul/base/status_macros.h"
 #include "krul/kvformat/manifest.h"
-#include "channel_watcher.h"
 #include "krul/rpc/bearer_token.h"
 #include "krul/rpc/grpc_status.h"
 
@@ -177,8 +177,7 @@ absl::Status KvStoreClientOptions::Validate() const {
   }
   if (reconnect_backoff_initial <= absl::ZeroDuration() ||
       reconnect_backoff_max < reconnect_backoff_initial) {
-    return absl::InvalidArgumentError(
-        "reconnect_backoff_initial/max: need 0 < initial <= max");
+    return absl::InvalidArgumentError("reconnect_backoff_initial/max: need 0 < initial <= max");
   }
   if (connect_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("connect_timeout: <= 0");
@@ -236,9 +235,9 @@ v1::KvStore::StubInterface& KvStoreClient::StubFor(const std::string& address) {
   // against a TLS server) and the error is logged by the caller's fallback.
   absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> creds =
       rpc::MakeChannelCredentials(options_.tls, &args);
-  std::shared_ptr<grpc::Channel> channel = rpc::CreateChannelWithToken(
-      address, creds.ok() ? *creds : grpc::InsecureChannelCredentials(), args,
-      options_.bearer_token);
+  std::shared_ptr<grpc::Channel> channel =
+      rpc::CreateChannelWithToken(address, creds.ok() ? *creds : grpc::InsecureChannelCredentials(),
+                                  args, options_.bearer_token);
   if (options_.keep_connected) watcher_->Watch(channel);
   auto stub = v1::KvStore::NewStub(channel);
   v1::KvStore::StubInterface& ref = *stub;

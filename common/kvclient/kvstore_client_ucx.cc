@@ -44,8 +44,8 @@ class PayloadHash {
   void Add(uint64_t offset, std::span<const uint8_t> bytes) {
     if (offset + bytes.size() <= kBlockHeaderBytes) return;
     const uint64_t skip = offset < kBlockHeaderBytes ? kBlockHeaderBytes - offset : 0;
-    stream_.Update(std::string_view(reinterpret_cast<const char*>(bytes.data()) + skip,
-                                    bytes.size() - skip));
+    stream_.Update(
+        std::string_view(reinterpret_cast<const char*>(bytes.data()) + skip, bytes.size() - skip));
   }
   uint64_t Digest() const { return stream_.Digest(); }
 
@@ -242,8 +242,7 @@ class UcxBlockTransport final : public BlockTransport {
         const size_t max_blocks = runs.size() > 20 ? SIZE_MAX : size_t{1} << (runs.size() - 1);
         if (t.transport_descriptor() == prev.transport_descriptor() &&
             t.remote_offset() == prev.remote_offset() + prev.size_bytes() &&
-            blocks.End(k) - blocks.begin[r.first] <= kRunBytes &&
-            r.end - r.first < max_blocks) {
+            blocks.End(k) - blocks.begin[r.first] <= kRunBytes && r.end - r.first < max_blocks) {
           r.end = k + 1;
           continue;
         }

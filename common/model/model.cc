@@ -43,21 +43,21 @@ absl::Status ModelConfig::Validate() const {
         absl::StrCat("model config: dim=", dim, " is not a multiple of n_heads=", n_heads));
   }
   if (n_kv_heads > n_heads || n_heads % n_kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("model config: n_heads=", n_heads,
-                                                   " is not a multiple of n_kv_heads=",
-                                                   n_kv_heads));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model config: n_heads=", n_heads, " is not a multiple of n_kv_heads=", n_kv_heads));
   }
   if (head_size() % 2 != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("model config: head_size=", head_size(), " must be even for RoPE"));
   }
   if (rope_dim < 0 || rope_dim > head_size() || rope_dim % 2 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "model config: rope_dim=", rope_dim, " must be even and in [0, head_size=", head_size(), "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model config: rope_dim=", rope_dim,
+                     " must be even and in [0, head_size=", head_size(), "]"));
   }
   if (!(norm_eps > 0.0f && norm_eps < 1.0f)) {
-    return absl::InvalidArgumentError(absl::StrCat("model config: norm_eps=", norm_eps,
-                                                   " is out of range (0, 1)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model config: norm_eps=", norm_eps, " is out of range (0, 1)"));
   }
   if (!(rope_theta > 1.0f && rope_theta < 1e12f)) {
     return absl::InvalidArgumentError(
@@ -72,25 +72,24 @@ absl::Status ModelConfig::Validate() const {
 }
 
 std::string ModelConfig::ToString() const {
-  return absl::StrFormat(
-      "dim=%d hidden=%d layers=%d heads=%d kv_heads=%d vocab=%d seq_len=%d%s", dim, hidden_dim,
-      n_layers, n_heads, n_kv_heads, vocab_size, seq_len,
-      shared_classifier ? "" : " (separate classifier)");
+  return absl::StrFormat("dim=%d hidden=%d layers=%d heads=%d kv_heads=%d vocab=%d seq_len=%d%s",
+                         dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len,
+                         shared_classifier ? "" : " (separate classifier)");
 }
 
 int64_t Llama2cWeightCount(const ModelConfig& c) {
   const int64_t dim = c.dim, hidden = c.hidden_dim, layers = c.n_layers, vocab = c.vocab_size;
   const int64_t q_dim = static_cast<int64_t>(c.n_heads) * c.head_size();
   const int64_t kv_dim = static_cast<int64_t>(c.n_kv_heads) * c.head_size();
-  int64_t n = vocab * dim;                                   // token_embedding
-  n += layers * dim;                                         // rms_att
-  n += layers * q_dim * dim;                                 // wq
-  n += 2 * layers * kv_dim * dim;                            // wk, wv
-  n += layers * dim * q_dim;                                 // wo
-  n += layers * dim;                                         // rms_ffn
-  n += 3 * layers * hidden * dim;                            // w1, w2, w3
-  n += dim;                                                  // rms_final
-  if (!c.shared_classifier) n += vocab * dim;                // classifier
+  int64_t n = vocab * dim;                     // token_embedding
+  n += layers * dim;                           // rms_att
+  n += layers * q_dim * dim;                   // wq
+  n += 2 * layers * kv_dim * dim;              // wk, wv
+  n += layers * dim * q_dim;                   // wo
+  n += layers * dim;                           // rms_ffn
+  n += 3 * layers * hidden * dim;              // w1, w2, w3
+  n += dim;                                    // rms_final
+  if (!c.shared_classifier) n += vocab * dim;  // classifier
   return n;
 }
 
@@ -141,9 +140,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromLlama2cLayout(
   if (auto s = config.Validate(); !s.ok()) return s;
   const int64_t expected = Llama2cWeightCount(config);
   if (static_cast<int64_t>(weights.size()) != expected) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": weight buffer holds ",
-                                                   weights.size(), " floats, the config needs ",
-                                                   expected));
+    return absl::InvalidArgumentError(absl::StrCat(source, ": weight buffer holds ", weights.size(),
+                                                   " floats, the config needs ", expected));
   }
   std::unique_ptr<Model> model(new Model());
   model->config_ = config;

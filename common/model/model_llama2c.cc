@@ -62,14 +62,14 @@ absl::StatusOr<std::unique_ptr<Model>> LoadLlama2cModel(const std::string& path)
       config.shared_classifier ? 0 : static_cast<int64_t>(config.vocab_size) * config.dim;
   const uint64_t expected_bytes = kHeaderBytes + sizeof(float) * (body + rope + classifier);
   if (file->size() < expected_bytes) {
-    return absl::DataLossError(absl::StrCat(path, ": truncated: the header (",
-                                            config.ToString(), ") implies ", expected_bytes,
+    return absl::DataLossError(absl::StrCat(path, ": truncated: the header (", config.ToString(),
+                                            ") implies ", expected_bytes,
                                             " bytes but the file has ", file->size()));
   }
   if (file->size() > expected_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": has ", file->size() - expected_bytes, " bytes more than the header (",
-        config.ToString(), ") implies; not a llama2.c legacy checkpoint?"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": has ", file->size() - expected_bytes, " bytes more than the header (",
+                     config.ToString(), ") implies; not a llama2.c legacy checkpoint?"));
   }
 
   AlignedBuffer<float> weights(body + classifier);
@@ -90,13 +90,13 @@ absl::Status WriteLlama2cCheckpoint(const Model& model, const std::string& path)
   const ModelConfig& c = model.config();
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) return absl::FailedPreconditionError(absl::StrCat(path, ": cannot create"));
-  int32_t header[7] = {c.dim,        c.hidden_dim,
-                       c.n_layers,   c.n_heads,
-                       c.n_kv_heads, c.shared_classifier ? c.vocab_size : -c.vocab_size,
+  int32_t header[7] = {c.dim,     c.hidden_dim, c.n_layers,
+                       c.n_heads, c.n_kv_heads, c.shared_classifier ? c.vocab_size : -c.vocab_size,
                        c.seq_len};
   out.write(reinterpret_cast<const char*>(header), sizeof(header));
   auto write = [&out](const float* p, size_t count) {
-    out.write(reinterpret_cast<const char*>(p), static_cast<std::streamsize>(count * sizeof(float)));
+    out.write(reinterpret_cast<const char*>(p),
+              static_cast<std::streamsize>(count * sizeof(float)));
   };
   const size_t dim = c.dim, hidden = c.hidden_dim, q_dim = dim, kv_dim = c.kv_dim();
   write(model.token_embedding(), static_cast<size_t>(c.vocab_size) * dim);

@@ -69,17 +69,17 @@ absl::StatusOr<std::unique_ptr<Model>> MakeSyntheticModel(const ModelConfig& con
     const float scale = fan_in == 0 ? 1.0f : std::sqrt(3.0f / static_cast<float>(fan_in));
     for (size_t i = 0; i < count; ++i) *p++ = fan_in == 0 ? 1.0f : scale * rng.NextSigned();
   };
-  fill(config.vocab_size * dim, 3);  // embeddings of magnitude ~1
-  fill(layers * dim, 0);             // rms_att
-  fill(layers * dim * dim, dim);     // wq
-  fill(layers * kv_dim * dim, dim);  // wk
-  fill(layers * kv_dim * dim, dim);  // wv
-  fill(layers * dim * dim, dim);     // wo
-  fill(layers * dim, 0);             // rms_ffn
-  fill(layers * hidden * dim, dim);  // w1
+  fill(config.vocab_size * dim, 3);     // embeddings of magnitude ~1
+  fill(layers * dim, 0);                // rms_att
+  fill(layers * dim * dim, dim);        // wq
+  fill(layers * kv_dim * dim, dim);     // wk
+  fill(layers * kv_dim * dim, dim);     // wv
+  fill(layers * dim * dim, dim);        // wo
+  fill(layers * dim, 0);                // rms_ffn
+  fill(layers * hidden * dim, dim);     // w1
   fill(layers * dim * hidden, hidden);  // w2
-  fill(layers * hidden * dim, dim);  // w3
-  fill(dim, 0);                      // rms_final
+  fill(layers * hidden * dim, dim);     // w3
+  fill(dim, 0);                         // rms_final
   if (!config.shared_classifier) fill(config.vocab_size * dim, dim);
   std::optional<Vocabulary> vocab;
   if (config.vocab_size >= 259) vocab = SyntheticVocabulary(config.vocab_size);

@@ -33,8 +33,8 @@ int ByteOfPiece(const std::string& piece) {
 
 absl::StatusOr<Tokenizer> Tokenizer::FromLlama2cFile(const std::string& path, int vocab_size) {
   if (vocab_size < 0 || vocab_size > kMaxVocab) {
-    return absl::InvalidArgumentError(absl::StrCat("tokenizer vocab_size=", vocab_size,
-                                                   " is out of range [0, ", kMaxVocab, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tokenizer vocab_size=", vocab_size, " is out of range [0, ", kMaxVocab, "]"));
   }
   auto file = internal::InputFile::Open(path);
   if (!file.ok()) return file.status();
@@ -57,12 +57,13 @@ absl::StatusOr<Tokenizer> Tokenizer::FromLlama2cFile(const std::string& path, in
     if (auto s = file->Read(&score, 4, what.c_str()); !s.ok()) return s;
     if (auto s = file->Read(&len, 4, what.c_str()); !s.ok()) return s;
     if (len < 0 || len > max_token_length) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": token ", id, " has length ", len,
-                                                     ", outside [0, max_token_length=",
-                                                     max_token_length, "]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": token ", id, " has length ", len,
+                       ", outside [0, max_token_length=", max_token_length, "]"));
     }
     if (!std::isfinite(score)) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": token ", id, " has a non-finite score"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": token ", id, " has a non-finite score"));
     }
     std::string piece(static_cast<size_t>(len), '\0');
     if (auto s = file->Read(piece.data(), len, what.c_str()); !s.ok()) return s;
@@ -73,8 +74,8 @@ absl::StatusOr<Tokenizer> Tokenizer::FromLlama2cFile(const std::string& path, in
     return absl::DataLossError(absl::StrCat(path, ": trailing bytes after the last token"));
   }
   if (tok.pieces_.size() < 3) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": has ", tok.pieces_.size(), " tokens; needs at least <unk>, BOS, EOS"));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": has ", tok.pieces_.size(),
+                                                   " tokens; needs at least <unk>, BOS, EOS"));
   }
   if (auto s = tok.Index(); !s.ok()) return s;
   return tok;
@@ -86,8 +87,8 @@ absl::StatusOr<Tokenizer> Tokenizer::FromVocabulary(const Vocabulary& vocabulary
     return absl::InvalidArgumentError(absl::StrCat("vocabulary has ", n, " pieces"));
   }
   if (!vocabulary.scores.empty() && vocabulary.scores.size() != n) {
-    return absl::InvalidArgumentError(absl::StrCat("vocabulary has ", n, " pieces but ",
-                                                   vocabulary.scores.size(), " scores"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("vocabulary has ", n, " pieces but ", vocabulary.scores.size(), " scores"));
   }
   auto in_range = [n](int id) { return id >= 0 && static_cast<size_t>(id) < n; };
   if (!in_range(vocabulary.bos_id) || !in_range(vocabulary.eos_id)) {
@@ -206,7 +207,8 @@ std::vector<int> Tokenizer::Encode(std::string_view text, bool bos, bool eos) co
       pair.assign(pieces_[ids[left]]);
       pair.append(pieces_[ids[right]]);
       int merged = Lookup(pair);
-      if (merged >= 0) heap.push({scores_[merged], left, right, version[left], version[right], merged});
+      if (merged >= 0)
+        heap.push({scores_[merged], left, right, version[left], version[right], merged});
     };
     for (int k = 0; k + 1 < n; ++k) consider(k);
     while (!heap.empty()) {

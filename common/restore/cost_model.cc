@@ -205,7 +205,8 @@ void CostModel::ObserveLoadStream(const LoadStreamSample& s) {
   // One size only so far: the bandwidth under the current latency.
   const double transfer = s.seconds - load.latency_s;
   if (transfer <= 0.1 * s.seconds) return;
-  const double inv = 1 / load.bytes_per_second + a * (transfer / s.bytes - 1 / load.bytes_per_second);
+  const double inv =
+      1 / load.bytes_per_second + a * (transfer / s.bytes - 1 / load.bytes_per_second);
   if (inv > 0) load.bytes_per_second = 1 / inv;
 }
 

@@ -32,8 +32,8 @@ class LoadStream {
 
   // What the load thread did, read after Join().
   struct Totals {
-    double busy_seconds = 0;  // summed over steps: fetch + writes landed
-    size_t bytes = 0;         // as the source reported
+    double busy_seconds = 0;   // summed over steps: fetch + writes landed
+    size_t bytes = 0;          // as the source reported
     double planned_bytes = 0;  // the plan's bytes of the steps done
     int requests = 0;          // load steps done
     // The first step: seconds to it (the stream's latency + its own bytes)

@@ -319,8 +319,8 @@ double RelaxedRestoreLowerBound(const RestoreProblem& p, const CostCoefficients&
         const int lo = lb[g.layers[0]];
         for (size_t i = 0; i < V; ++i) {
           if (values[i] < lo) continue;
-          best = std::min(best, lambda * r[i] + (1 - lambda) * (N - values[i]) *
-                                                    g.bytes_per_token / load.bytes_per_second);
+          best = std::min(best, lambda * r[i] + (1 - lambda) * (N - values[i]) * g.bytes_per_token /
+                                                    load.bytes_per_second);
         }
       } else {
         const int lo = std::min(lb[g.layers[0]], lb[g.layers[1]]);
@@ -691,8 +691,7 @@ struct DualInputs {
 // everywhere) is evaluated exactly and the dual runs over the splits that
 // load (n_{L-1} < N, latency charged). The minimum inside the dual is a
 // chain DP over n_l with n_l <= n_{l-1}.
-double PyramidDualBound(const RestoreProblem& p, const std::vector<int>& lb,
-                        const DualInputs& in) {
+double PyramidDualBound(const RestoreProblem& p, const std::vector<int>& lb, const DualInputs& in) {
   const int L = p.n_layers, N = p.history_tokens;
   const std::vector<LayerInfo> info = LayerInfos(p.layout, L);
   const std::vector<int>& values = in.values;

@@ -90,15 +90,15 @@ struct Restorer::Timeline {
     int64_t start_pos = 0;
     int64_t num_tokens = 0;
   };
-  Clock::time_point start;                      // host: the restore began
-  std::unique_ptr<BackendMark> started;         // queue: the restore began
-  std::vector<Span> recompute;                  // per recomputed layer
-  std::unique_ptr<BackendMark> recomputed;      // every history layer recomputed
-  std::unique_ptr<BackendMark> prefill_start;   // before the new input's Embed
-  std::unique_ptr<BackendMark> embedded;        // after it
-  std::vector<Span> prefill;                    // per layer
-  std::unique_ptr<BackendMark> end;             // logits computed
-  Clock::time_point logits_on_host;             // host: logits in the caller's span
+  Clock::time_point start;                     // host: the restore began
+  std::unique_ptr<BackendMark> started;        // queue: the restore began
+  std::vector<Span> recompute;                 // per recomputed layer
+  std::unique_ptr<BackendMark> recomputed;     // every history layer recomputed
+  std::unique_ptr<BackendMark> prefill_start;  // before the new input's Embed
+  std::unique_ptr<BackendMark> embedded;       // after it
+  std::vector<Span> prefill;                   // per layer
+  std::unique_ptr<BackendMark> end;            // logits computed
+  Clock::time_point logits_on_host;            // host: logits in the caller's span
   LoadStream::Totals loads;
 };
 
@@ -227,9 +227,9 @@ absl::Status Restorer::RecomputeHistory(const RestorePlan& plan, std::span<const
 }
 
 absl::Status Restorer::PrefillAsLayersRestore(const RestorePlan& plan,
-                                              std::span<const int> new_input,
-                                              BackendKvCache& cache, LoadStream& loads,
-                                              std::span<float> logits, Timeline& timeline) {
+                                              std::span<const int> new_input, BackendKvCache& cache,
+                                              LoadStream& loads, std::span<float> logits,
+                                              Timeline& timeline) {
   const int N = plan.history_tokens;
   const int m = static_cast<int>(new_input.size());
   const int dim = backend_.config().dim;
@@ -264,7 +264,8 @@ absl::Status Restorer::FinishStats(const RestorePlan& stored_plan, Timeline& tim
   const int L = plan.n_layers;
   CostModel* cost_model = options_.cost_model;
   // The curve the measured layer times are carried along, as the plan saw it.
-  const CostCoefficients shape = cost_model != nullptr ? cost_model->Snapshot() : CostCoefficients{};
+  const CostCoefficients shape =
+      cost_model != nullptr ? cost_model->Snapshot() : CostCoefficients{};
   auto seconds = [&](const BackendMark& from, const BackendMark& to) {
     return backend_.SecondsBetween(from, to);
   };
@@ -328,8 +329,7 @@ absl::Status Restorer::FinishStats(const RestorePlan& stored_plan, Timeline& tim
     stats.plan.relaxed_lower_bound_seconds =
         RelaxedRestoreLowerBound(executed, cost_model->Snapshot());
   }
-  stats.efficiency =
-      stats.total_seconds > 0 ? stats.lower_bound_seconds / stats.total_seconds : 0;
+  stats.efficiency = stats.total_seconds > 0 ? stats.lower_bound_seconds / stats.total_seconds : 0;
   // The two streams' own work at the executed split (the bound's A and B
   // there): how well they overlapped, whatever the split.
   const double prefill_busy = stats.prefill_seconds - stats.prefill_wait_seconds;

@@ -11,8 +11,8 @@ absl::Status TurnEndOptions::Validate() const {
   KRUL_RETURN_IF_ERROR(selector.Validate());
   if (calibration != nullptr && calibration->n_layers() != shape.n_layers) {
     return absl::InvalidArgumentError(absl::StrCat("the pair calibration is for ",
-                                                   calibration->n_layers(), " layers; the model has ",
-                                                   shape.n_layers));
+                                                   calibration->n_layers(),
+                                                   " layers; the model has ", shape.n_layers));
   }
   if (selector.quality_budget > 0 && calibration == nullptr) {
     return absl::InvalidArgumentError(
@@ -63,17 +63,15 @@ absl::StatusOr<PairChoice> ChooseTurnEndPairs(const TurnEndOptions& options,
     if (input.cache == nullptr || input.num_tokens < 1) {
       return absl::InvalidArgumentError("predicting pair costs needs the conversation's cache");
     }
-    KRUL_ASSIGN_OR_RETURN(
-        const MergeErrors merge,
-        MeasureMergeErrors(*input.cache, options.shape, 0, input.num_tokens));
+    KRUL_ASSIGN_OR_RETURN(const MergeErrors merge,
+                          MeasureMergeErrors(*input.cache, options.shape, 0, input.num_tokens));
     auto predicted =
         options.calibration->Predict(merge, options.neighbours, options.exclude_reference);
     if (predicted.ok()) {
-      KRUL_ASSIGN_OR_RETURN(choice.pairs,
-                            SelectPlanByScore(predicted->cost, protect, options.selector,
-                                              input.estimate != nullptr
-                                                  ? input.estimate->edge_fraction
-                                                  : 0.1));
+      KRUL_ASSIGN_OR_RETURN(
+          choice.pairs,
+          SelectPlanByScore(predicted->cost, protect, options.selector,
+                            input.estimate != nullptr ? input.estimate->edge_fraction : 0.1));
       choice.source = "calibration";
       for (const LayerPair& p : choice.pairs.pairs) choice.predicted_loss += p.distance;
       choice.neighbours = std::move(predicted->neighbours);
@@ -91,11 +89,13 @@ absl::StatusOr<PairChoice> ChooseTurnEndPairs(const TurnEndOptions& options,
   }
   SimilarityEstimate scored = *input.estimate;
   if (options.prior.has_value() && options.prior_rows > 0) {
-    KRUL_ASSIGN_OR_RETURN(scored, ShrinkToward(*input.estimate, *options.prior, options.prior_rows));
+    KRUL_ASSIGN_OR_RETURN(scored,
+                          ShrinkToward(*input.estimate, *options.prior, options.prior_rows));
   }
   std::vector<double> distances(static_cast<size_t>(L) * L, 0.0);
   for (int a = 0; a < L; ++a) {
-    for (int b = 0; b < L; ++b) distances[static_cast<size_t>(a) * L + b] = scored.MeanDistance(a, b);
+    for (int b = 0; b < L; ++b)
+      distances[static_cast<size_t>(a) * L + b] = scored.MeanDistance(a, b);
   }
   // Protection is the conversation's own, as above (the prior does not
   // move its edge masses).
@@ -140,9 +140,9 @@ absl::StatusOr<TurnEnd> PlanTurnEnd(const TurnEndOptions& options, const TurnEnd
   compressor.chunk_tokens = options.chunk_tokens;
   compressor.retain_angle_degrees = options.retain_angle_degrees;
   compressor.pool = options.pool;
-  KRUL_ASSIGN_OR_RETURN(out.kv, CompressKv(*input.cache, options.shape, out.storage,
-                                           input.num_tokens, out.restore.recompute_tokens,
-                                           compressor));
+  KRUL_ASSIGN_OR_RETURN(out.kv,
+                        CompressKv(*input.cache, options.shape, out.storage, input.num_tokens,
+                                   out.restore.recompute_tokens, compressor));
   return out;
 }
 

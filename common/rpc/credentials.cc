@@ -39,13 +39,10 @@ absl::Status CheckPemFile(absl::string_view field, const std::string& path,
       return absl::OkStatus();
     }
   }
-  return absl::FailedPreconditionError(
-      absl::StrCat(field, ": '", path, "' holds no PEM ", label));
+  return absl::FailedPreconditionError(absl::StrCat(field, ": '", path, "' holds no PEM ", label));
 }
 
-unsigned RefreshSeconds(absl::Duration d) {
-  return static_cast<unsigned>(absl::ToInt64Seconds(d));
-}
+unsigned RefreshSeconds(absl::Duration d) { return static_cast<unsigned>(absl::ToInt64Seconds(d)); }
 
 absl::Status CheckRefresh(absl::Duration d) {
   if (d < absl::Seconds(1)) {

@@ -148,8 +148,7 @@ class FakeEndpoint final : public Endpoint {
   FakeEndpoint(std::shared_ptr<FakeCore> local, std::shared_ptr<FakeCore> peer)
       : local_(std::move(local)), peer_(std::move(peer)) {}
 
-  absl::StatusOr<std::unique_ptr<RemoteRegion>> ImportRegion(
-      std::string_view descriptor) override {
+  absl::StatusOr<std::unique_ptr<RemoteRegion>> ImportRegion(std::string_view descriptor) override {
     absl::StatusOr<Grant> grant = transport_internal::DecodeGrant(WireKind::kFake, descriptor);
     if (!grant.ok()) return grant.status();
     if (grant->owner_id != peer_->id) {

@@ -59,8 +59,8 @@ std::string EncodeFrame(WireKind kind, uint8_t type, std::string_view payload) {
 absl::StatusOr<std::string_view> DecodeFrame(WireKind kind, uint8_t type, std::string_view bytes,
                                              const char* what) {
   if (bytes.size() < kHeaderBytes + kTrailerBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("transport ", what, ": ", bytes.size(),
-                                                   " bytes is too short"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("transport ", what, ": ", bytes.size(), " bytes is too short"));
   }
   if (std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("transport ", what, ": bad magic"));
@@ -76,9 +76,9 @@ absl::StatusOr<std::string_view> DecodeFrame(WireKind kind, uint8_t type, std::s
     return absl::InvalidArgumentError(absl::StrCat("transport ", what, ": checksum mismatch"));
   }
   if (static_cast<uint8_t>(bytes[4]) != static_cast<uint8_t>(kind)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "transport ", what, " is for another transport kind (", static_cast<int>(bytes[4]),
-        ", expected ", static_cast<int>(kind), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("transport ", what, " is for another transport kind (",
+                     static_cast<int>(bytes[4]), ", expected ", static_cast<int>(kind), ")"));
   }
   if (static_cast<uint8_t>(bytes[5]) != type || bytes[6] != 0 || bytes[7] != 0) {
     return absl::InvalidArgumentError(absl::StrCat("transport ", what, ": wrong frame type"));
@@ -157,16 +157,14 @@ absl::Status ValidateTransfer(std::span<const TransferSegment> segments, const M
       return absl::InvalidArgumentError(absl::StrCat("transfer segment ", i, " is empty"));
     }
     if (s.local_offset > local_size || s.length_bytes > local_size - s.local_offset) {
-      return absl::OutOfRangeError(absl::StrCat("transfer segment ", i, " [", s.local_offset,
-                                                ", +", s.length_bytes,
-                                                ") exceeds the local region of ", local_size,
-                                                " bytes"));
+      return absl::OutOfRangeError(absl::StrCat("transfer segment ", i, " [", s.local_offset, ", +",
+                                                s.length_bytes, ") exceeds the local region of ",
+                                                local_size, " bytes"));
     }
     if (s.remote_offset > remote_size || s.length_bytes > remote_size - s.remote_offset) {
-      return absl::OutOfRangeError(absl::StrCat("transfer segment ", i, " [", s.remote_offset,
-                                                ", +", s.length_bytes,
-                                                ") exceeds the remote grant of ", remote_size,
-                                                " bytes"));
+      return absl::OutOfRangeError(
+          absl::StrCat("transfer segment ", i, " [", s.remote_offset, ", +", s.length_bytes,
+                       ") exceeds the remote grant of ", remote_size, " bytes"));
     }
   }
   return CheckNotExpired(remote.expires());

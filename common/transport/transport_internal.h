@@ -40,7 +40,7 @@ struct Grant {
   // UCX: the serving side's record of this grant (range, expiry), which
   // messages-protocol requests name; random, 0 = none. The fake: unused.
   uint64_t grant_id = 0;
-  std::string rkey;        // packed UCX remote key; empty for the fake
+  std::string rkey;  // packed UCX remote key; empty for the fake
 };
 
 std::string EncodeGrant(WireKind kind, const Grant& grant);

@@ -58,13 +58,12 @@ absl::Status CheckKnownFields(const Message& m) {
 // The key a request names, scoped to its caller (see service.h): with a
 // credential the tenant field must be empty or the caller's own, and is set
 // to it.
-absl::StatusOr<v1::ConversationKey> ScopeKey(const Caller& caller,
-                                             const v1::ConversationKey& key,
+absl::StatusOr<v1::ConversationKey> ScopeKey(const Caller& caller, const v1::ConversationKey& key,
                                              absl::string_view field) {
   if (caller.trusted) return key;
   if (!key.tenant().empty() && key.tenant() != caller.tenant) {
-    return absl::PermissionDeniedError(absl::StrCat(field, ".tenant: '", key.tenant(),
-                                                    "' is not the tenant of this credential"));
+    return absl::PermissionDeniedError(
+        absl::StrCat(field, ".tenant: '", key.tenant(), "' is not the tenant of this credential"));
   }
   v1::ConversationKey out = key;
   out.set_tenant(caller.tenant);
@@ -73,8 +72,7 @@ absl::StatusOr<v1::ConversationKey> ScopeKey(const Caller& caller,
 
 // Checks a keyed request; returns its key scoped to the caller.
 absl::StatusOr<v1::ConversationKey> CheckKey(const Message& req, bool has_key,
-                                             const v1::ConversationKey& key,
-                                             const Caller& caller) {
+                                             const v1::ConversationKey& key, const Caller& caller) {
   KRUL_RETURN_IF_ERROR(CheckKnownFields(req));
   if (!has_key) return absl::InvalidArgumentError("key: missing");
   absl::StatusOr<v1::ConversationKey> scoped = ScopeKey(caller, key, "key");
@@ -503,8 +501,7 @@ grpc::Status KvStoreService::WriteBlocks(grpc::ServerContext* ctx,
 grpc::Status KvStoreService::ReadBlocks(grpc::ServerContext* ctx, const v1::ReadBlocksRequest* req,
                                         grpc::ServerWriter<v1::BlockChunk>* writer) {
   return Handle(ctx, "ReadBlocks", [&](const Caller& caller) -> absl::Status {
-    absl::StatusOr<v1::ConversationKey> scoped =
-        CheckKey(*req, req->has_key(), req->key(), caller);
+    absl::StatusOr<v1::ConversationKey> scoped = CheckKey(*req, req->has_key(), req->key(), caller);
     if (!scoped.ok()) return scoped.status();
     absl::StatusOr<std::shared_ptr<const v1::Manifest>> m = store_->Lookup(*scoped, false);
     if (!m.ok()) return m.status();
@@ -539,8 +536,7 @@ grpc::Status KvStoreService::ReadBlocks(grpc::ServerContext* ctx, const v1::Read
 grpc::Status KvStoreService::GrantRead(grpc::ServerContext* ctx, const v1::GrantReadRequest* req,
                                        v1::GrantReadResponse* resp) {
   return Handle(ctx, "GrantRead", [&](const Caller& caller) -> absl::Status {
-    absl::StatusOr<v1::ConversationKey> scoped =
-        CheckKey(*req, req->has_key(), req->key(), caller);
+    absl::StatusOr<v1::ConversationKey> scoped = CheckKey(*req, req->has_key(), req->key(), caller);
     if (!scoped.ok()) return scoped.status();
     if (transport_ == nullptr) {
       return absl::FailedPreconditionError(

@@ -58,9 +58,9 @@ absl::StatusOr<absl::flat_hash_map<std::string, std::string>> ParseTenantTokens(
           absl::StrCat("tenant tokens line ", line_no, ": empty tenant"));
     }
     if (!IsLowerHex64(hex)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tenant tokens line ", line_no,
-          ": the hash is not 64 hex digits (store SHA-256 hashes, never the tokens)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tenant tokens line ", line_no,
+                       ": the hash is not 64 hex digits (store SHA-256 hashes, never the tokens)"));
     }
     if (!out.emplace(hex, std::string(tenant)).second) {
       return absl::InvalidArgumentError(
@@ -112,8 +112,8 @@ absl::Status TenantAuth::Reload() {
   size_ = st.st_size;
   if (!table.ok()) {
     return absl::Status(table.status().code(),
-                        absl::StrCat("tenant_tokens_file '", path_, "': ",
-                                     table.status().message(), "; keeping the previous tokens"));
+                        absl::StrCat("tenant_tokens_file '", path_, "': ", table.status().message(),
+                                     "; keeping the previous tokens"));
   }
   tenants_by_hash_ = *std::move(table);
   return absl::OkStatus();

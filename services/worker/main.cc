@@ -27,12 +27,12 @@
 #include "krul/base/flags_usage.h"
 #include "krul/base/log.h"
 #include "krul/rpc/bearer_token.h"
-#include "worker/session/conversation_store.h"
-#include "worker/server/grpc_service.h"
-#include "worker/server/http_api.h"
-#include "worker/session/kvstore_conversation_store.h"
 #include "worker/core/options.h"
 #include "worker/core/worker_core.h"
+#include "worker/server/grpc_service.h"
+#include "worker/server/http_api.h"
+#include "worker/session/conversation_store.h"
+#include "worker/session/kvstore_conversation_store.h"
 
 ABSL_FLAG(std::string, model, "", "Model file: llama2.c checkpoint (.bin) or GGUF (.gguf)");
 ABSL_FLAG(std::string, tokenizer, "",

@@ -47,7 +47,7 @@ std::string FindTool(const std::string& name, const std::string& env_override) {
 }
 
 CommandResult RunCommand(const std::vector<std::string>& argv, const std::string& cwd,
-                  absl::Duration timeout, const std::vector<std::string>& extra_env) {
+                         absl::Duration timeout, const std::vector<std::string>& extra_env) {
   CommandResult result;
   int fds[2];
   if (argv.empty() || pipe2(fds, O_CLOEXEC) != 0) {
@@ -125,7 +125,8 @@ bool WriteFile(const std::string& path, const std::string& content) {
 
 std::string MakeTempDir(const std::string& prefix) {
   const char* tmp = std::getenv("TMPDIR");
-  std::string templ = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/" + prefix + ".XXXXXX";
+  std::string templ =
+      std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/" + prefix + ".XXXXXX";
   std::vector<char> buf(templ.begin(), templ.end());
   buf.push_back('\0');
   return mkdtemp(buf.data()) != nullptr ? std::string(buf.data()) : std::string();

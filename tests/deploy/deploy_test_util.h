@@ -22,17 +22,17 @@ std::string SharedToolsDir();
 std::string FindTool(const std::string& name, const std::string& env_override = "");
 
 struct CommandResult {
-  int exit_code = -1;   // -1: killed by a signal or timed out
+  int exit_code = -1;  // -1: killed by a signal or timed out
   bool timed_out = false;
-  std::string output;   // stdout and stderr, interleaved as written
+  std::string output;  // stdout and stderr, interleaved as written
 };
 
 // Runs argv (argv[0] looked up on PATH unless it holds a '/') in `cwd` (empty: the current
 // folder), with `extra_env` ("NAME=value") added to the environment, and waits at most
 // `timeout` (then its process group is killed).
 CommandResult RunCommand(const std::vector<std::string>& argv, const std::string& cwd = "",
-                  absl::Duration timeout = absl::Seconds(120),
-                  const std::vector<std::string>& extra_env = {});
+                         absl::Duration timeout = absl::Seconds(120),
+                         const std::vector<std::string>& extra_env = {});
 
 // The whole file; empty when it cannot be read.
 std::string ReadFile(const std::string& path);

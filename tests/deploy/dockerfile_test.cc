@@ -38,7 +38,8 @@ std::set<std::string> ProjectPackages() {
 }
 
 // Packages named by `apt-get install` commands, per stage (FROM line -> names).
-std::vector<std::pair<std::string, std::vector<std::string>>> InstalledPackages(const std::string& file) {
+std::vector<std::pair<std::string, std::vector<std::string>>> InstalledPackages(
+    const std::string& file) {
   std::vector<std::pair<std::string, std::vector<std::string>>> stages;
   // Join continuation lines first.
   std::string text = ReadFile(file);
@@ -78,8 +79,8 @@ TEST(DockerfileTest, BuildStagesInstallTheProjectsOwnPackages) {
             absl::StartsWith(p, "libnccl") || absl::StartsWith(p, "${") || p == "ca-certificates") {
           continue;
         }
-        EXPECT_TRUE(project.count(p)) << from << ": installs '" << p
-                                      << "', which scripts/install-deps.sh does not";
+        EXPECT_TRUE(project.count(p))
+            << from << ": installs '" << p << "', which scripts/install-deps.sh does not";
         ++checked;
       }
     }
@@ -96,7 +97,8 @@ TEST(DockerfileTest, ImagesAreMultiStageNonRootWithHealthchecksAndTheChartsPorts
     std::string file;
     std::vector<int> ports;
   };
-  for (const Want& w : {Want{"kvstore.Dockerfile", {grpc, metrics}}, Want{"worker.Dockerfile", {http}}}) {
+  for (const Want& w :
+       {Want{"kvstore.Dockerfile", {grpc, metrics}}, Want{"worker.Dockerfile", {http}}}) {
     SCOPED_TRACE(w.file);
     const std::string text = ReadFile(DockerDir() + "/" + w.file);
     ASSERT_FALSE(text.empty());
@@ -124,14 +126,15 @@ TEST(DockerfileTest, ImagesAreMultiStageNonRootWithHealthchecksAndTheChartsPorts
 TEST(DockerfileTest, RuntimePackagesAreFoundForTheBuiltBinaries) {
   if (FindTool("dpkg").empty()) GTEST_SKIP() << "not a Debian system (no dpkg)";
   CommandResult r = RunCommand({DockerDir() + "/runtime-packages.sh", BinDir() + "/krul-kvstore",
-                         BinDir() + "/krul-worker"});
+                                BinDir() + "/krul-worker"});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::set<std::string> packages;
-  for (absl::string_view line : absl::StrSplit(r.output, '\n', absl::SkipEmpty())) packages.emplace(line);
+  for (absl::string_view line : absl::StrSplit(r.output, '\n', absl::SkipEmpty()))
+    packages.emplace(line);
   EXPECT_TRUE(packages.count("libc6")) << r.output;
-  EXPECT_TRUE(std::any_of(packages.begin(), packages.end(),
-                          [](const std::string& p) { return absl::StartsWith(p, "libgrpc++"); }))
-      << r.output;
+  EXPECT_TRUE(std::any_of(packages.begin(), packages.end(), [](const std::string& p) {
+    return absl::StartsWith(p, "libgrpc++");
+  })) << r.output;
   for (const std::string& p : packages) EXPECT_FALSE(absl::EndsWith(p, "-dev")) << p;
 }
 

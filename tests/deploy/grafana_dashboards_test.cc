@@ -30,12 +30,14 @@ TEST(GrafanaDashboardsTest, DashboardsAreWellFormed) {
     std::set<int> ids;
     int queries = 0;
     for (const auto& p : d["panels"]) {
-      EXPECT_TRUE(ids.insert(p.value("id", -1)).second) << "duplicate panel id " << p.value("id", -1);
+      EXPECT_TRUE(ids.insert(p.value("id", -1)).second)
+          << "duplicate panel id " << p.value("id", -1);
       const auto& g = p["gridPos"];
       EXPECT_LE(g.value("x", 99) + g.value("w", 99), 24) << p.value("title", "");
       if (p.value("type", "") == "row") continue;
       EXPECT_FALSE(p.value("title", "").empty());
-      EXPECT_FALSE(p.value("description", "").empty()) << p.value("title", "") << " has no description";
+      EXPECT_FALSE(p.value("description", "").empty())
+          << p.value("title", "") << " has no description";
       EXPECT_EQ(p["datasource"].value("uid", ""), "${datasource}") << p.value("title", "");
       ASSERT_FALSE(p.value("targets", nlohmann::json::array()).empty()) << p.value("title", "");
       std::set<std::string> refs;
@@ -58,12 +60,13 @@ TEST(GrafanaDashboardsTest, EveryPanelQueryIsValidPromQLOnKrulMetrics) {
     std::set<std::string> names = SelectedNames(q.expr);
     EXPECT_FALSE(names.empty()) << q.panel << ": no metric in " << q.expr;
     for (const std::string& name : names) {
-      EXPECT_TRUE(name == "up" || absl::StartsWith(name, "krul_") || absl::StartsWith(name, "krul:"))
+      EXPECT_TRUE(name == "up" || absl::StartsWith(name, "krul_") ||
+                  absl::StartsWith(name, "krul:"))
           << q.dashboard << " / " << q.panel << " reads '" << name << "'";
     }
     // A JSON string is a valid YAML scalar: no quoting trouble with PromQL's quotes.
-    rules += absl::StrCat("      - record: dashboard_query_", n++, "\n        expr: ",
-                          nlohmann::json(q.expr).dump(), "\n");
+    rules += absl::StrCat("      - record: dashboard_query_", n++,
+                          "\n        expr: ", nlohmann::json(q.expr).dump(), "\n");
   }
   const std::string promtool = FindTool("promtool", "KRUL_PROMTOOL");
   if (promtool.empty()) GTEST_SKIP() << "promtool not found: the queries' syntax is not checked";
@@ -84,9 +87,12 @@ TEST(GrafanaDashboardsTest, TheChartShipsTheseDashboardsAndRules) {
 }
 
 TEST(PromqlNamesTest, FindsTheSeriesAnExpressionSelects) {
-  EXPECT_EQ(SelectedNames(R"(histogram_quantile(0.99, sum by (mode, le) (rate(krul_worker_ttft_seconds_bucket{namespace=~".*"}[5m]))))"),
-            (std::set<std::string>{"krul_worker_ttft_seconds_bucket"}));
-  EXPECT_EQ(SelectedNames("krul_kvstore_bytes / on (namespace, tier) group_left () krul:kvstore_capacity_bytes:config"),
+  EXPECT_EQ(
+      SelectedNames(
+          R"(histogram_quantile(0.99, sum by (mode, le) (rate(krul_worker_ttft_seconds_bucket{namespace=~".*"}[5m]))))"),
+      (std::set<std::string>{"krul_worker_ttft_seconds_bucket"}));
+  EXPECT_EQ(SelectedNames("krul_kvstore_bytes / on (namespace, tier) group_left () "
+                          "krul:kvstore_capacity_bytes:config"),
             (std::set<std::string>{"krul_kvstore_bytes", "krul:kvstore_capacity_bytes:config"}));
   EXPECT_EQ(SelectedNames(R"(sum(up{job="krul-kvstore", namespace=~"$namespace"}) or vector(0))"),
             (std::set<std::string>{"up"}));

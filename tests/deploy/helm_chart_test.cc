@@ -54,7 +54,8 @@ std::map<std::string, std::string> Documents(const std::string& rendered) {
     for (absl::string_view line : absl::StrSplit(doc, '\n')) {
       if (absl::ConsumePrefix(&line, "kind: ")) kind = std::string(line);
       if (line == "metadata:") in_metadata = true;
-      if (in_metadata && absl::ConsumePrefix(&line, "  name: ") && name.empty()) name = std::string(line);
+      if (in_metadata && absl::ConsumePrefix(&line, "  name: ") && name.empty())
+        name = std::string(line);
     }
     if (!kind.empty()) docs[kind + "/" + name] = std::string(doc);
   }
@@ -121,7 +122,8 @@ TEST_F(HelmChartTest, ProductionValuesRenderWhatTheyAskFor) {
         "Service/krul-worker", "ConfigMap/krul-config", "PodDisruptionBudget/krul-worker",
         "PodDisruptionBudget/krul-kvstore", "NetworkPolicy/krul-kvstore",
         "NetworkPolicy/krul-worker", "ServiceMonitor/krul-worker", "ServiceMonitor/krul-kvstore",
-        "PrometheusRule/krul", "ConfigMap/krul-dashboard-worker", "ConfigMap/krul-dashboard-kvstore"}) {
+        "PrometheusRule/krul", "ConfigMap/krul-dashboard-worker",
+        "ConfigMap/krul-dashboard-kvstore"}) {
     EXPECT_TRUE(docs.count(want)) << "no " << want << " rendered";
   }
   const std::string& sts = docs["StatefulSet/krul-kvstore"];
@@ -154,7 +156,8 @@ TEST_F(HelmChartTest, ProductionValuesRenderWhatTheyAskFor) {
   std::set<std::string> kv_names, w_names;
   for (const auto& f : kv_flags) kv_names.insert(FlagName(f));
   for (const auto& f : w_flags) w_names.insert(FlagName(f));
-  for (const char* f : {"tls_cert_file", "tls_key_file", "tls_client_ca_file", "tenant_tokens_file"}) {
+  for (const char* f :
+       {"tls_cert_file", "tls_key_file", "tls_client_ca_file", "tenant_tokens_file"}) {
     EXPECT_TRUE(kv_names.count(f)) << "kvstore.flags lacks --" << f;
   }
   for (const char* f : {"kvstore_tls_ca_file", "kvstore_tls_cert_file", "kvstore_tls_key_file",
@@ -167,7 +170,8 @@ TEST_F(HelmChartTest, ProductionValuesRenderWhatTheyAskFor) {
   // Secrets are only referenced, never generated.
   for (const auto& [id, doc] : docs) EXPECT_FALSE(absl::StartsWith(id, "Secret/")) << id;
   // The dashboards carry the Grafana sidecar label and go to the namespace asked for.
-  EXPECT_TRUE(absl::StrContains(docs["ConfigMap/krul-dashboard-worker"], "grafana_dashboard: \"1\""));
+  EXPECT_TRUE(
+      absl::StrContains(docs["ConfigMap/krul-dashboard-worker"], "grafana_dashboard: \"1\""));
   EXPECT_TRUE(absl::StrContains(docs["ConfigMap/krul-dashboard-worker"], "namespace: monitoring"));
   // The PrometheusRule's config rules carry the production thresholds: 48G DRAM, 500Gi disk.
   const std::string& rule = docs["PrometheusRule/krul"];
@@ -191,7 +195,8 @@ TEST_F(HelmChartTest, WorkersDiscoverEveryShardThroughTheHeadlessService) {
     std::vector<std::string> addrs = absl::StrSplit(list, ',');
     ASSERT_EQ(addrs.size(), static_cast<size_t>(shards)) << list;
     for (int i = 0; i < shards; ++i) {
-      EXPECT_EQ(addrs[i], absl::StrCat("krul-kvstore-", i, ".krul-kvstore.krul.svc.cluster.local:7070"));
+      EXPECT_EQ(addrs[i],
+                absl::StrCat("krul-kvstore-", i, ".krul-kvstore.krul.svc.cluster.local:7070"));
     }
   }
 }
@@ -207,17 +212,20 @@ TEST_F(HelmChartTest, BadValuesFilesAreRejectedWithAClearMessage) {
     ASSERT_TRUE(absl::ConsumePrefix(&expect, "# expect: ")) << "first line: " << first_line;
     CommandResult r = Template({"-f", file});
     EXPECT_NE(r.exit_code, 0) << "accepted:\n" << r.output.substr(0, 2000);
-    EXPECT_TRUE(absl::StrContains(r.output, expect)) << "wanted \"" << expect << "\" in:\n" << r.output;
+    EXPECT_TRUE(absl::StrContains(r.output, expect)) << "wanted \"" << expect << "\" in:\n"
+                                                     << r.output;
   }
 }
 
 // Flags the chart passes that binaries built before issue 17 (TLS, tenant tokens, API keys)
 // and the --device switch do not have yet; docs/deploy.md says which releases have them.
 const std::set<std::string>& PendingFlags() {
-  static const auto* flags = new std::set<std::string>{
-      "tls_cert_file", "tls_key_file", "tls_client_ca_file", "tenant_tokens_file",
-      "kvstore_tls_ca_file", "kvstore_tls_cert_file", "kvstore_tls_key_file",
-      "kvstore_token_file", "api_keys_file", "device"};
+  static const auto* flags =
+      new std::set<std::string>{"tls_cert_file",        "tls_key_file",
+                                "tls_client_ca_file",   "tenant_tokens_file",
+                                "kvstore_tls_ca_file",  "kvstore_tls_cert_file",
+                                "kvstore_tls_key_file", "kvstore_token_file",
+                                "api_keys_file",        "device"};
   return *flags;
 }
 
@@ -237,8 +245,9 @@ TEST_F(HelmChartTest, EveryRenderedFlagIsAFlagOfTheBinary) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const std::string config = Documents(r.output)["ConfigMap/krul-config"];
   std::vector<std::string> pending_missing;
-  for (const auto& [key, binary] : {std::pair<std::string, std::string>{"worker.flags", "krul-worker"},
-                                    {"kvstore.flags", "krul-kvstore"}}) {
+  for (const auto& [key, binary] :
+       {std::pair<std::string, std::string>{"worker.flags", "krul-worker"},
+        {"kvstore.flags", "krul-kvstore"}}) {
     std::set<std::string> known = BinaryFlags(BinDir() + "/" + binary);
     ASSERT_GT(known.size(), 10u) << binary << " --helpfull listed no flags";
     std::vector<std::string> flags = FlagLines(config, key);
@@ -282,19 +291,19 @@ TEST_F(HelmChartTest, DefaultFlagFilesStartTheServices) {
     EXPECT_TRUE(WriteFile(path, text));
     return path;
   };
-  const std::string kv_flags = write_flags(
-      "kvstore.flags", "krul-kvstore",
-      {"--host=127.0.0.1", "--port=0", "--metrics_port=0", "--rocksdb_path=" + dir + "/kv",
-       "--dram_capacity=64M"});
+  const std::string kv_flags =
+      write_flags("kvstore.flags", "krul-kvstore",
+                  {"--host=127.0.0.1", "--port=0", "--metrics_port=0",
+                   "--rocksdb_path=" + dir + "/kv", "--dram_capacity=64M"});
   auto kv = testing::ChildProcess::Start({BinDir() + "/krul-kvstore", "--flagfile=" + kv_flags},
                                          "listening on");
   ASSERT_TRUE(kv.ok()) << kv.status();
   std::vector<std::string> parts = absl::StrSplit((*kv)->ready_line(), ' ');
   auto at = std::find(parts.begin(), parts.end(), "on");
   ASSERT_TRUE(at != parts.end() && at + 1 != parts.end()) << (*kv)->ready_line();
-  const std::string w_flags = write_flags(
-      "worker.flags", "krul-worker",
-      {"--host=127.0.0.1", "--http_port=0", "--kvstore=" + *(at + 1), "--threads=1"});
+  const std::string w_flags =
+      write_flags("worker.flags", "krul-worker",
+                  {"--host=127.0.0.1", "--http_port=0", "--kvstore=" + *(at + 1), "--threads=1"});
   auto worker = testing::ChildProcess::Start({BinDir() + "/krul-worker", "--flagfile=" + w_flags},
                                              "listening on", absl::Seconds(60));
   ASSERT_TRUE(worker.ok()) << worker.status();

@@ -35,9 +35,9 @@
 namespace krul::deploy_test {
 namespace {
 
-using nlohmann::json;
 using ::krul::testing::WaitFor;
 using ::krul::testing::WaitForOk;
+using nlohmann::json;
 
 std::string ClusterScript() { return SourceDir() + "/deploy/local/prometheus-cluster.sh"; }
 
@@ -51,8 +51,11 @@ std::unique_ptr<httplib::Client> Client(const std::string& hostport) {
 
 absl::StatusOr<std::string> Get(const std::string& hostport, const std::string& path) {
   auto res = Client(hostport)->Get(path);
-  if (!res) return absl::UnavailableError(absl::StrCat("GET ", hostport, path, ": ", httplib::to_string(res.error())));
-  if (res->status != 200) return absl::InternalError(absl::StrCat("GET ", path, ": HTTP ", res->status));
+  if (!res)
+    return absl::UnavailableError(
+        absl::StrCat("GET ", hostport, path, ": ", httplib::to_string(res.error())));
+  if (res->status != 200)
+    return absl::InternalError(absl::StrCat("GET ", path, ": HTTP ", res->status));
   return res->body;
 }
 
@@ -75,7 +78,8 @@ class LiveClusterTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (FindTool("prometheus").empty()) {
-      GTEST_SKIP() << "prometheus not found: scripts/install-deps.sh installs Debian's prometheus package";
+      GTEST_SKIP()
+          << "prometheus not found: scripts/install-deps.sh installs Debian's prometheus package";
     }
     for (const char* bin : {"krul-kvstore", "krul-worker", "krul-replay"}) {
       if (access((BinDir() + "/" + bin).c_str(), X_OK) != 0) GTEST_SKIP() << bin << " is not built";
@@ -86,12 +90,13 @@ class LiveClusterTest : public ::testing::Test {
     // 256 KiB of DRAM per shard: the replays overflow it, so evictions to RocksDB happen.
     // --watch-pid: the cluster goes away with this test process, even if it crashes.
     CommandResult r = RunCommand({"bash", ClusterScript(), "--state", state_, "--bin", BinDir(),
-                           "--kvstores", "2", "--workers", "2", "--dram-capacity", "256K",
-                           "--watch-pid", std::to_string(getpid()), "--ttl", "600"},
-                          "", absl::Seconds(120));
+                                  "--kvstores", "2", "--workers", "2", "--dram-capacity", "256K",
+                                  "--watch-pid", std::to_string(getpid()), "--ttl", "600"},
+                                 "", absl::Seconds(120));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     started_ = true;
-    for (absl::string_view line : absl::StrSplit(ReadFile(state_ + "/cluster.env"), '\n', absl::SkipEmpty())) {
+    for (absl::string_view line :
+         absl::StrSplit(ReadFile(state_ + "/cluster.env"), '\n', absl::SkipEmpty())) {
       std::pair<std::string, std::string> kv = absl::StrSplit(line, absl::MaxSplits('=', 1));
       env_[kv.first] = kv.second;
     }
@@ -110,7 +115,8 @@ class LiveClusterTest : public ::testing::Test {
 
   // An instant query; the result vector.
   absl::StatusOr<json> Query(const std::string& expr) {
-    auto res = Client(prometheus_)->Get("/api/v1/query", httplib::Params{{"query", expr}}, httplib::Headers{});
+    auto res = Client(prometheus_)
+                   ->Get("/api/v1/query", httplib::Params{{"query", expr}}, httplib::Headers{});
     if (!res) return absl::UnavailableError("Prometheus did not answer");
     json j = json::parse(res->body, nullptr, false);
     if (j.is_discarded() || j.value("status", "") != "success") {
@@ -125,9 +131,11 @@ class LiveClusterTest : public ::testing::Test {
     if (!result.ok()) return result.status();
     for (const json& s : *result) {
       double v = 0;
-      if (absl::SimpleAtod(s["value"][1].get<std::string>(), &v) && std::isfinite(v)) return absl::OkStatus();
+      if (absl::SimpleAtod(s["value"][1].get<std::string>(), &v) && std::isfinite(v))
+        return absl::OkStatus();
     }
-    return absl::NotFoundError(absl::StrCat("no finite sample from ", expr, " (got ", result->dump().substr(0, 300), ")"));
+    return absl::NotFoundError(
+        absl::StrCat("no finite sample from ", expr, " (got ", result->dump().substr(0, 300), ")"));
   }
 
   // POST /v1/chat/completions to worker `w`; the HTTP status.
@@ -149,32 +157,38 @@ class LiveClusterTest : public ::testing::Test {
   // mode, a malformed request (400), and a client that reuses a conversation id with a
   // different history (the stored turn does not match: a "mismatch" fallback).
   void Traffic(int round) {
-    CommandResult r = RunCommand({BinDir() + "/krul-replay", "--workers=" + env_["KRUL_WORKERS"],
-                           "--max_conversations=4", "--max_turns=3", "--max_tokens=8", "--think_ms=0",
-                           absl::StrCat("--run_id=live", round, "-", getpid())},
-                          "", absl::Seconds(120));
+    CommandResult r =
+        RunCommand({BinDir() + "/krul-replay", "--workers=" + env_["KRUL_WORKERS"],
+                    "--max_conversations=4", "--max_turns=3", "--max_tokens=8", "--think_ms=0",
+                    absl::StrCat("--run_id=live", round, "-", getpid())},
+                   "", absl::Seconds(120));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_EQ(Chat(0, json{{"messages", json::array()}}), 400);
     const std::string id = absl::StrCat("reused-", round, "-", getpid());
     const double persisted = WorkerSum("krul_worker_persists_total");
-    ASSERT_EQ(Chat(0, json{{"conversation_id", id}, {"max_tokens", 4},
-                           {"messages", {{{"role", "user"}, {"content", "hello there"}}}}}), 200);
+    ASSERT_EQ(Chat(0, json{{"conversation_id", id},
+                           {"max_tokens", 4},
+                           {"messages", {{{"role", "user"}, {"content", "hello there"}}}}}),
+              200);
     // The turn is stored after the response: wait for its persist before reusing the id.
     ASSERT_TRUE(WaitFor([&] { return WorkerSum("krul_worker_persists_total") > persisted; },
                         absl::Seconds(30), "the first turn to be persisted"));
-    ASSERT_EQ(Chat(0, json{{"conversation_id", id}, {"max_tokens", 4},
-                           {"messages", {{{"role", "user"}, {"content", "something else"}},
-                                         {{"role", "assistant"}, {"content", "an answer"}},
-                                         {{"role", "user"}, {"content", "and now?"}}}}}), 200);
+    ASSERT_EQ(Chat(0, json{{"conversation_id", id},
+                           {"max_tokens", 4},
+                           {"messages",
+                            {{{"role", "user"}, {"content", "something else"}},
+                             {{"role", "assistant"}, {"content", "an answer"}},
+                             {{"role", "user"}, {"content", "and now?"}}}}}),
+              200);
   }
 
   // Waits until Prometheus has scraped every target after the traffic: its per-instance sums
   // of the request counters equal what the services report now.
   void WaitForScrape() {
     auto caught_up = [&]() -> absl::Status {
-      for (const auto& [targets, metric] :
-           {std::pair<std::vector<std::string>, std::string>{workers_, "krul_worker_requests_total"},
-            {kvstore_metrics_, "krul_kvstore_requests_total"}}) {
+      for (const auto& [targets, metric] : {std::pair<std::vector<std::string>, std::string>{
+                                                workers_, "krul_worker_requests_total"},
+                                            {kvstore_metrics_, "krul_kvstore_requests_total"}}) {
         for (const std::string& t : targets) {
           absl::StatusOr<std::string> page = Get(t, "/metrics");
           if (!page.ok()) return page.status();
@@ -183,12 +197,15 @@ class LiveClusterTest : public ::testing::Test {
           if (!q.ok()) return q.status();
           double seen = -1;
           if (!q->empty()) absl::SimpleAtod((*q)[0]["value"][1].get<std::string>(), &seen);
-          if (seen != live) return absl::UnavailableError(absl::StrCat(t, " ", metric, ": Prometheus has ", seen, ", live ", live));
+          if (seen != live)
+            return absl::UnavailableError(
+                absl::StrCat(t, " ", metric, ": Prometheus has ", seen, ", live ", live));
         }
       }
       return absl::OkStatus();
     };
-    ASSERT_TRUE(WaitForOk(caught_up, absl::Seconds(30), "Prometheus to scrape the traffic", absl::Milliseconds(200)));
+    ASSERT_TRUE(WaitForOk(caught_up, absl::Seconds(30), "Prometheus to scrape the traffic",
+                          absl::Milliseconds(200)));
   }
 
   std::unique_ptr<ScopedTempDir> tmp_;  // holds the cluster's state folder and the screenshot
@@ -218,7 +235,8 @@ TEST_F(LiveClusterTest, EveryPanelAndRuleHasDataAndEveryMetricIsExported) {
   int alerts = 0;
   for (const json& g : rules["data"]["groups"]) {
     for (const json& r : g["rules"]) {
-      EXPECT_EQ(r.value("health", ""), "ok") << r.value("name", "") << ": " << r.value("lastError", "");
+      EXPECT_EQ(r.value("health", ""), "ok")
+          << r.value("name", "") << ": " << r.value("lastError", "");
       rule_queries.push_back(r.value("query", ""));
       if (r.value("type", "") == "recording") recorded.insert(r.value("name", ""));
       if (r.value("type", "") == "alerting") ++alerts;
@@ -234,7 +252,8 @@ TEST_F(LiveClusterTest, EveryPanelAndRuleHasDataAndEveryMetricIsExported) {
   }
   // Every dashboard panel query has data; $__rate_interval as Grafana would pick it for a
   // 1 s scrape interval is far below 1m, which keeps both rounds in the window.
-  std::vector<PanelQuery> panels = DashboardQueries(SourceDir() + "/deploy/grafana/dashboards", "1m");
+  std::vector<PanelQuery> panels =
+      DashboardQueries(SourceDir() + "/deploy/grafana/dashboards", "1m");
   ASSERT_GE(panels.size(), 20u);
   for (const PanelQuery& p : panels) {
     absl::Status s = HasFiniteSample(p.expr);
@@ -252,8 +271,10 @@ TEST_F(LiveClusterTest, EveryPanelAndRuleHasDataAndEveryMetricIsExported) {
     }
   }
   std::set<std::string> used;
-  for (const PanelQuery& p : panels) for (const std::string& n : SelectedNames(p.expr)) used.insert(n);
-  for (const std::string& q : rule_queries) for (const std::string& n : SelectedNames(q)) used.insert(n);
+  for (const PanelQuery& p : panels)
+    for (const std::string& n : SelectedNames(p.expr)) used.insert(n);
+  for (const std::string& q : rule_queries)
+    for (const std::string& n : SelectedNames(q)) used.insert(n);
   ASSERT_GE(used.size(), 25u);
   for (const std::string& name : used) {
     if (name == "up") continue;
@@ -272,9 +293,11 @@ TEST_F(LiveClusterTest, EveryPanelAndRuleHasDataAndEveryMetricIsExported) {
   // KRUL_DEPLOY_SCREENSHOT keeps the image (e.g. to look at it); by default it goes with the
   // test's temporary folder.
   const char* keep = std::getenv("KRUL_DEPLOY_SCREENSHOT");
-  const std::string png = keep != nullptr && *keep != '\0' ? keep : tmp_->path() + "/ttft-by-mode.png";
+  const std::string png =
+      keep != nullptr && *keep != '\0' ? keep : tmp_->path() + "/ttft-by-mode.png";
   CommandResult shot = RunCommand({"bash", SourceDir() + "/deploy/local/prometheus-screenshot.sh",
-                            env_["KRUL_PROMETHEUS_URL"], png}, "", absl::Seconds(90));
+                                   env_["KRUL_PROMETHEUS_URL"], png},
+                                  "", absl::Seconds(90));
   ASSERT_EQ(shot.exit_code, 0) << shot.output;
   const std::string data = ReadFile(png);
   EXPECT_EQ(data.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));

@@ -24,7 +24,8 @@ class PrometheusRulesTest : public ::testing::Test {
   void SetUp() override {
     promtool_ = FindTool("promtool", "KRUL_PROMTOOL");
     if (promtool_.empty()) {
-      GTEST_SKIP() << "promtool not found: scripts/install-deps.sh installs Debian's prometheus package";
+      GTEST_SKIP()
+          << "promtool not found: scripts/install-deps.sh installs Debian's prometheus package";
     }
   }
   std::string promtool_;
@@ -51,7 +52,8 @@ TEST_F(PrometheusRulesTest, PromtoolAcceptsEveryRuleFile) {
 }
 
 TEST_F(PrometheusRulesTest, UnitTestsPass) {
-  CommandResult r = RunCommand({promtool_, "test", "rules", "tests/krul-alerts.test.yaml"}, PromDir());
+  CommandResult r =
+      RunCommand({promtool_, "test", "rules", "tests/krul-alerts.test.yaml"}, PromDir());
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(absl::StrContains(r.output, "SUCCESS")) << r.output;
 }
@@ -78,8 +80,10 @@ TEST_F(PrometheusRulesTest, EveryAlertFiresInOneUnitTestAndStaysQuietInAnother) 
 std::string Anchor(absl::string_view heading) {
   std::string out;
   for (char c : heading) {
-    if (absl::ascii_isalnum(c) || c == '-' || c == '_') out += absl::ascii_tolower(c);
-    else if (c == ' ') out += '-';
+    if (absl::ascii_isalnum(c) || c == '-' || c == '_')
+      out += absl::ascii_tolower(c);
+    else if (c == ' ')
+      out += '-';
   }
   return out;
 }
@@ -90,8 +94,8 @@ TEST_F(PrometheusRulesTest, EveryAlertHasARunbookEntry) {
   std::set<std::string> anchors;
   for (absl::string_view line : absl::StrSplit(doc, '\n')) {
     if (!absl::StartsWith(line, "#")) continue;
-    anchors.insert(Anchor(absl::StripAsciiWhitespace(absl::StripLeadingAsciiWhitespace(
-        line.substr(line.find_first_not_of('#'))))));
+    anchors.insert(Anchor(absl::StripAsciiWhitespace(
+        absl::StripLeadingAsciiWhitespace(line.substr(line.find_first_not_of('#'))))));
   }
   const std::string alerts = ReadFile(PromDir() + "/rules/krul-alerts.yaml");
   std::regex re(R"(runbook:\s+"docs/deploy\.md#([\w-]+)\")");
@@ -116,10 +120,12 @@ TEST_F(PrometheusRulesTest, UnitTestsCatchABrokenThreshold) {
   const std::string alerts_path = dir + "/prometheus/rules/krul-alerts.yaml";
   const std::string alerts = ReadFile(alerts_path);
   const std::string broken = absl::StrReplaceAll(
-      alerts, {{"krul:kvstore_capacity_used:ratio > 0.85", "krul:kvstore_capacity_used:ratio > 0.95"}});
+      alerts,
+      {{"krul:kvstore_capacity_used:ratio > 0.85", "krul:kvstore_capacity_used:ratio > 0.95"}});
   ASSERT_NE(broken, alerts) << "the near-capacity expression changed; update this test";
   ASSERT_TRUE(WriteFile(alerts_path, broken));
-  CommandResult r = RunCommand({promtool_, "test", "rules", "tests/krul-alerts.test.yaml"}, dir + "/prometheus");
+  CommandResult r =
+      RunCommand({promtool_, "test", "rules", "tests/krul-alerts.test.yaml"}, dir + "/prometheus");
   EXPECT_NE(r.exit_code, 0) << r.output;
   EXPECT_TRUE(absl::StrContains(r.output, "near capacity fires")) << r.output;
 }

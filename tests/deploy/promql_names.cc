@@ -10,7 +10,9 @@
 namespace krul::deploy_test {
 namespace {
 
-bool IdentStart(char c) { return std::isalpha(static_cast<unsigned char>(c)) || c == '_' || c == ':'; }
+bool IdentStart(char c) {
+  return std::isalpha(static_cast<unsigned char>(c)) || c == '_' || c == ':';
+}
 bool IdentChar(char c) { return IdentStart(c) || std::isdigit(static_cast<unsigned char>(c)); }
 
 const std::set<std::string>& Keywords() {
@@ -18,8 +20,8 @@ const std::set<std::string>& Keywords() {
       "by", "on", "without", "ignoring", "group_left", "group_right", "and", "or", "unless",
       "offset", "bool", "inf", "nan", "Inf", "NaN",
       // Aggregation operators: "sum by (x) (...)" puts the grouping before the parenthesis.
-      "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
-      "bottomk", "topk", "quantile"};
+      "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk",
+      "topk", "quantile"};
   return *k;
 }
 const std::set<std::string>& LabelListKeywords() {
@@ -79,8 +81,8 @@ std::set<std::string> SelectedNames(const std::string& expr) {
       continue;
     }
     if (skip_list || brace_depth > 0 || Keywords().count(ident)) continue;
-    if (next == '(') continue;                                  // function or aggregation
-    if (next == '=' || next == '!') continue;                   // label matcher outside braces
+    if (next == '(') continue;                 // function or aggregation
+    if (next == '=' || next == '!') continue;  // label matcher outside braces
     names.insert(ident);
   }
   return names;
@@ -98,9 +100,9 @@ std::vector<PanelQuery> DashboardQueries(const std::string& dir, const std::stri
     for (const auto& panel : d.value("panels", nlohmann::json::array())) {
       for (const auto& target : panel.value("targets", nlohmann::json::array())) {
         std::string expr = target.value("expr", "");
-        expr = absl::StrReplaceAll(expr, {{"$__rate_interval", rate_interval},
-                                          {"${namespace}", ".*"},
-                                          {"$namespace", ".*"}});
+        expr = absl::StrReplaceAll(
+            expr,
+            {{"$__rate_interval", rate_interval}, {"${namespace}", ".*"}, {"$namespace", ".*"}});
         out.push_back({base, panel.value("title", ""), target.value("refId", ""), expr});
       }
     }

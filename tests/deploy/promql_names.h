@@ -11,15 +11,15 @@ namespace krul::deploy_test {
 
 // Names of the series an expression selects (metric names and recording-rule names), found
 // by a small tokenizer: identifiers outside strings that are not functions, aggregations,
-// keywords, aggregation operators, label names (in matchers and in by/on/without/ignoring/group_* lists) or
-// Grafana variables ($x). Good for the expressions of this repository, not a full parser.
+// keywords, aggregation operators, label names (in matchers and in by/on/without/ignoring/group_*
+// lists) or Grafana variables ($x). Good for the expressions of this repository, not a full parser.
 std::set<std::string> SelectedNames(const std::string& expr);
 
 struct PanelQuery {
   std::string dashboard;  // file name
   std::string panel;      // panel title
   std::string ref_id;
-  std::string expr;       // with the Grafana variables replaced
+  std::string expr;  // with the Grafana variables replaced
 };
 
 // The queries of every panel of every dashboard JSON in `dir`. $__rate_interval becomes

@@ -66,11 +66,12 @@ TEST(CommonProtoTest, GarbageBytesAreRejected) {
   // Each input breaks the wire format in a different way. Arbitrary random
   // bytes are not used because many of them happen to be valid unknown fields.
   const std::string garbage[] = {
-      std::string("\x00", 1),        // Tag with field number 0.
-      std::string("\x80", 1),        // Varint tag cut off mid-way.
-      std::string("\x0a\x10" "ab"),  // Field 1, length 16, only 2 bytes follow.
-      std::string("\x18\xff\xff"),   // Field 3 varint value cut off.
-      std::string("\x0f"),           // Wire type 7 does not exist.
+      std::string("\x00", 1),  // Tag with field number 0.
+      std::string("\x80", 1),  // Varint tag cut off mid-way.
+      std::string("\x0a\x10"
+                  "ab"),            // Field 1, length 16, only 2 bytes follow.
+      std::string("\x18\xff\xff"),  // Field 3 varint value cut off.
+      std::string("\x0f"),          // Wire type 7 does not exist.
       std::string("\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"),  // Varint > 10 bytes.
   };
   for (const std::string& bytes : garbage) {

@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "krul/engine/cuda/cuda_memory.h"
 #include "krul/base/dtype.h"
+#include "krul/engine/cuda/cuda_memory.h"
 #include "krul/model/model.h"
 
 // Skips the test, with the reason, when no CUDA device is usable (no driver,

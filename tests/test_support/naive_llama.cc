@@ -9,7 +9,8 @@ namespace {
 std::vector<double> MatVec(const float* w, int out, int in, const std::vector<double>& x) {
   std::vector<double> y(out, 0.0);
   for (int r = 0; r < out; ++r) {
-    for (int i = 0; i < in; ++i) y[r] += static_cast<double>(w[static_cast<size_t>(r) * in + i]) * x[i];
+    for (int i = 0; i < in; ++i)
+      y[r] += static_cast<double>(w[static_cast<size_t>(r) * in + i]) * x[i];
   }
   return y;
 }
@@ -49,7 +50,8 @@ std::vector<double> NaiveLlama::Forward(int token, int pos) {
   const ModelConfig& c = model_.config();
   const int dim = c.dim, hs = c.head_size(), kv_dim = c.kv_dim();
   std::vector<double> x(dim);
-  for (int i = 0; i < dim; ++i) x[i] = model_.token_embedding()[static_cast<size_t>(token) * dim + i];
+  for (int i = 0; i < dim; ++i)
+    x[i] = model_.token_embedding()[static_cast<size_t>(token) * dim + i];
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& w = model_.layer(l);
     std::vector<double> xn = Norm(x, w.rms_att, c.norm_eps);

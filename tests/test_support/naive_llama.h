@@ -29,8 +29,8 @@ class NaiveLlama {
 
  private:
   const Model& model_;
-  std::vector<std::vector<std::vector<double>>> keys_;    // [layer][pos][kv_dim]
-  std::vector<std::vector<std::vector<double>>> values_;  // [layer][pos][kv_dim]
+  std::vector<std::vector<std::vector<double>>> keys_;            // [layer][pos][kv_dim]
+  std::vector<std::vector<std::vector<double>>> values_;          // [layer][pos][kv_dim]
   std::vector<std::vector<std::vector<double>>> last_attention_;  // [layer][head][key]
 };
 

@@ -1,13 +1,13 @@
 #include "test_support/test_data.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-
-#include <sys/resource.h>
-#include <unistd.h>
 
 namespace krul::testing {
 
@@ -33,9 +33,9 @@ std::string ScratchDir() {
   static std::atomic<int> counter{0};
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   std::string name = info ? std::string(info->test_suite_name()) + "." + info->name() : "krul";
-  std::filesystem::path path = std::filesystem::temp_directory_path() /
-                               ("krul-test-" + std::to_string(::getpid()) + "-" + name + "-" +
-                                std::to_string(counter++));
+  std::filesystem::path path =
+      std::filesystem::temp_directory_path() /
+      ("krul-test-" + std::to_string(::getpid()) + "-" + name + "-" + std::to_string(counter++));
   std::filesystem::remove_all(path);
   std::filesystem::create_directories(path);
   return path.string();

@@ -47,15 +47,15 @@ class ScopedAddressSpaceCap {
 }  // namespace krul::testing
 
 // Declares `var` as the path of a data file or skips the test with a message.
-#define KRUL_REQUIRE_DATA_FILE(var, relative)                                        \
-  std::string var;                                                                  \
-  do {                                                                              \
-    auto krul_data_file_ = ::krul::testing::DataFile(relative);                     \
-    if (!krul_data_file_) {                                                         \
-      GTEST_SKIP() << "shared data file '" << (relative)                            \
-                   << "' not found (set KRUL_DATA_DIR to the shared/data folder)";  \
-    }                                                                               \
-    var = *krul_data_file_;                                                         \
+#define KRUL_REQUIRE_DATA_FILE(var, relative)                                      \
+  std::string var;                                                                 \
+  do {                                                                             \
+    auto krul_data_file_ = ::krul::testing::DataFile(relative);                    \
+    if (!krul_data_file_) {                                                        \
+      GTEST_SKIP() << "shared data file '" << (relative)                           \
+                   << "' not found (set KRUL_DATA_DIR to the shared/data folder)"; \
+    }                                                                              \
+    var = *krul_data_file_;                                                        \
   } while (0)
 
 #endif  // KRUL_TESTS_TEST_SUPPORT_TEST_DATA_H_

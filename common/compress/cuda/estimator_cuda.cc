@@ -4,15 +4,16 @@
 // first reporting layer until every layer has reported (or the same layer
 // reports again, or another position arrives, or Finish()); closing it runs
 // the distance and edge-mass kernels over the layers that reported.
+#include "krul/compress/cuda/estimator_cuda.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "krul/engine/cuda/cuda_util.h"
 #include "kernels.h"
-#include "krul/compress/cuda/estimator_cuda.h"
+#include "krul/engine/cuda/cuda_util.h"
 
 namespace krul {
 namespace {

@@ -6,9 +6,9 @@
 //  - gate and up come from one GEMM against [W1; W3], and the output
 //    projections accumulate straight into the fp32 residual stream
 //    (cuBLAS beta = 1), so "x += W h" is one GEMM.
-#include <cublas_v2.h>
-
 #include "krul/engine/cuda/engine_cuda.h"
+
+#include <cublas_v2.h>
 
 #include <algorithm>
 #include <cmath>
@@ -863,8 +863,7 @@ absl::Status CudaEngine::ComputeLayer(int layer, BackendKvCache& cache, int star
   return impl_->ComputeLayer(layer, *cuda, start_pos, num_tokens, hidden);
 }
 
-absl::Status CudaEngine::ComputeLogits(const float* hidden, int num_rows,
-                                       std::span<float> logits) {
+absl::Status CudaEngine::ComputeLogits(const float* hidden, int num_rows, std::span<float> logits) {
   KRUL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device()));
   return impl_->HostLogits(hidden, num_rows, logits);
 }

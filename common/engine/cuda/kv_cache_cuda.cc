@@ -27,13 +27,13 @@ absl::Status Reserve(Buffer& buffer, size_t bytes) {
 
 struct CudaKvCache::Transfer {
   int device = 0;
-  cudaStream_t stream = nullptr;      // non-blocking: never waits for the compute stream
-  std::vector<cudaEvent_t> written;   // per layer: its last committed write
+  cudaStream_t stream = nullptr;       // non-blocking: never waits for the compute stream
+  std::vector<cudaEvent_t> written;    // per layer: its last committed write
   cudaEvent_t staging_read = nullptr;  // the last copy that read staging / converted
-  CudaPinnedBuffer staging;           // fp32 K rows | V rows of the staged range
-  CudaPinnedBuffer converted;         // the same rows in the cache's dtype; ReadRows' bounce
-  CudaDeviceBuffer merged;            // Kdir | Vdir | norms of one WriteMergedRows
-  KvLayerView staged;                 // the outstanding StageRows view (keys null: none)
+  CudaPinnedBuffer staging;            // fp32 K rows | V rows of the staged range
+  CudaPinnedBuffer converted;          // the same rows in the cache's dtype; ReadRows' bounce
+  CudaDeviceBuffer merged;             // Kdir | Vdir | norms of one WriteMergedRows
+  KvLayerView staged;                  // the outstanding StageRows view (keys null: none)
 
   ~Transfer() {
     (void)cudaSetDevice(device);
@@ -75,8 +75,7 @@ absl::StatusOr<CudaKvCache> CudaKvCache::Create(const CudaEngine& engine, int ca
   // thread never race to create it.
   auto transfer = std::make_unique<Transfer>();
   transfer->device = cache.device_;
-  KRUL_CUDA_RETURN_IF_ERROR(
-      cudaStreamCreateWithFlags(&transfer->stream, cudaStreamNonBlocking));
+  KRUL_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&transfer->stream, cudaStreamNonBlocking));
   KRUL_CUDA_RETURN_IF_ERROR(
       cudaEventCreateWithFlags(&transfer->staging_read, cudaEventDisableTiming));
   transfer->written.resize(c.n_layers, nullptr);

@@ -4,6 +4,8 @@
 // needs it. The few entry points used are declared here by their C ABI
 // (stable across NCCL 2.x): ncclResult_t, ncclDataType_t and ncclRedOp_t are
 // C enums passed as int; ncclSuccess = 0, ncclFloat32 = 7, ncclSum = 0.
+#include "krul/engine/cuda/tensor_parallel.h"
+
 #include <dlfcn.h>
 
 #include <cstdlib>
@@ -14,7 +16,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "krul/engine/cuda/cuda_util.h"
-#include "krul/engine/cuda/tensor_parallel.h"
 
 namespace krul {
 namespace {

@@ -30,9 +30,9 @@ absl::Status UcxTransportOptions::Validate() const {
   }
   for (const auto& [name, value] : ucx_settings) {
     if (name.empty() || absl::StartsWith(name, "UCX_")) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "UcxTransportOptions.ucx_settings: name '", name,
-          "' must be a UCX setting without the UCX_ prefix"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("UcxTransportOptions.ucx_settings: name '", name,
+                       "' must be a UCX setting without the UCX_ prefix"));
     }
   }
   return absl::OkStatus();
@@ -85,8 +85,7 @@ absl::StatusOr<std::shared_ptr<UcxCore>> UcxCore::Create(const UcxTransportOptio
   if (absl::Status s = options.Validate(); !s.ok()) return s;
   // Not needed without failure detection or when only TCP will be used (and
   // UCX would warn that they are unused).
-  if (options.detect_peer_failure &&
-      (!options.force_tcp || std::getenv("UCX_TLS") != nullptr)) {
+  if (options.detect_peer_failure && (!options.force_tcp || std::getenv("UCX_TLS") != nullptr)) {
     SetUcxEnvironmentDefaults();
   }
 
@@ -96,9 +95,9 @@ absl::StatusOr<std::shared_ptr<UcxCore>> UcxCore::Create(const UcxTransportOptio
   ConfigPtr config(raw_config);
 
   struct Setting {
-    std::string name;   // as ucp_config_modify takes it
+    std::string name;  // as ucp_config_modify takes it
     std::string value;
-    std::string env;    // the variable that, when set, wins over this
+    std::string env;  // the variable that, when set, wins over this
   };
   std::vector<Setting> settings;
   // UCX 1.13 over TCP moves large active messages (our messages protocol)
@@ -350,8 +349,8 @@ absl::Status UcxEpState::Open(std::string_view worker_address) {
   params.address = reinterpret_cast<const ucp_address_t*>(worker_address.data());
   // PEER mode: a dead peer fails our requests instead of hanging them (see
   // UcxTransportOptions::detect_peer_failure).
-  params.err_mode = core_->detect_peer_failure() ? UCP_ERR_HANDLING_MODE_PEER
-                                                : UCP_ERR_HANDLING_MODE_NONE;
+  params.err_mode =
+      core_->detect_peer_failure() ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
   params.err_handler.cb = &UcxEpState::OnError;
   params.err_handler.arg = this;
   absl::MutexLock lock(&core_->mu());
@@ -377,13 +376,12 @@ void UcxEpState::OnError(void* arg, ucp_ep_h /*ep*/, ucs_status_t status) {
 absl::Status UcxEpState::status() const {
   const auto error = static_cast<ucs_status_t>(error_.load());
   if (error == UCS_OK) return absl::OkStatus();
-  return absl::UnavailableError(
-      absl::StrCat("UCX endpoint failed: ", ucs_status_string(error)));
+  return absl::UnavailableError(absl::StrCat("UCX endpoint failed: ", ucs_status_string(error)));
 }
 
 absl::StatusOr<std::shared_ptr<UcxRemoteKey>> UcxEpState::ImportKey(uint64_t region_id,
-                                                                      std::string_view packed,
-                                                                      bool* unpacked) {
+                                                                    std::string_view packed,
+                                                                    bool* unpacked) {
   *unpacked = false;
   std::string cache_key;
   ::krul::internal::Append64(cache_key, region_id);
@@ -500,8 +498,7 @@ class UcxEndpoint final : public Endpoint {
  public:
   explicit UcxEndpoint(std::shared_ptr<UcxEpState> state) : state_(std::move(state)) {}
 
-  absl::StatusOr<std::unique_ptr<RemoteRegion>> ImportRegion(
-      std::string_view descriptor) override {
+  absl::StatusOr<std::unique_ptr<RemoteRegion>> ImportRegion(std::string_view descriptor) override {
     absl::StatusOr<Grant> grant = transport_internal::DecodeGrant(WireKind::kUcx, descriptor);
     if (!grant.ok()) return grant.status();
     if (grant->owner_id != state_->peer_id()) {

@@ -75,7 +75,7 @@ struct AmRequest {
   uint64_t region_id;   // from the grant
   uint64_t address;     // absolute address in the server's region
   uint64_t length;
-  uint64_t grant_id;    // from the grant: the server's record it must stay in
+  uint64_t grant_id;  // from the grant: the server's record it must stay in
 };
 struct AmReply {
   uint64_t request_id;
@@ -185,8 +185,8 @@ class UcxCore {
   void RemoveServedRegion(uint64_t region_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Records a grant of [begin, begin + length) of served region
   // `region_id` until `expires`; returns its id (random, never 0).
-  uint64_t AddServedGrant(uint64_t region_id, uint64_t begin, uint64_t length,
-                          absl::Time expires) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t AddServedGrant(uint64_t region_id, uint64_t begin, uint64_t length, absl::Time expires)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Withdraws grant `grant_id` (no-op when unknown).
   void RevokeServedGrant(uint64_t grant_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Checks a request for [address, address + length) of region
@@ -202,8 +202,7 @@ class UcxCore {
 
   // Requests awaiting replies (messages protocol, client side).
   uint64_t AddPending(const PendingRequest& request) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::optional<PendingRequest> TakePending(uint64_t request_id)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::optional<PendingRequest> TakePending(uint64_t request_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Completes every pending request on `ep` with `status`.
   void FailPending(const UcxEpState* ep, const absl::Status& status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -298,8 +297,7 @@ class UcxEpState {
   // `*unpacked` when this call unpacked the key. UNAVAILABLE/INVALID_ARGUMENT
   // when UCX rejects the key.
   absl::StatusOr<std::shared_ptr<UcxRemoteKey>> ImportKey(uint64_t region_id,
-                                                          std::string_view packed,
-                                                          bool* unpacked)
+                                                          std::string_view packed, bool* unpacked)
       ABSL_LOCKS_EXCLUDED(keys_mu_);
 
   // Regions cached per endpoint. Arena chunks of a kvstore are 256 MiB, so
@@ -380,8 +378,7 @@ class UcxRemoteRegion final : public RemoteRegion {
 };
 
 // Defined in ucx_transport_transfer.cc.
-std::unique_ptr<Transfer> NewUcxTransfer(TransferOp op, UcxRegion& local,
-                                         UcxRemoteRegion& remote,
+std::unique_ptr<Transfer> NewUcxTransfer(TransferOp op, UcxRegion& local, UcxRemoteRegion& remote,
                                          std::span<const TransferSegment> segments);
 
 }  // namespace krul::ucx_internal

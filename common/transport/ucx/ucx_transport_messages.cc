@@ -168,9 +168,9 @@ ucs_status_t OnReadReply(void* arg, const void* header, size_t header_length, vo
   if (!pending.has_value()) return UCS_OK;
   absl::Status status = FromPeerCode(reply.code, pending->length);
   if (status.ok() && (reply.length != pending->length || length != pending->length)) {
-    status = absl::UnavailableError(absl::StrCat("transport protocol error: ", length,
-                                                 " bytes in the reply to a read of ",
-                                                 pending->length));
+    status =
+        absl::UnavailableError(absl::StrCat("transport protocol error: ", length,
+                                            " bytes in the reply to a read of ", pending->length));
   }
   if (!status.ok()) {
     pending->sink->OnOpComplete(status);
@@ -261,10 +261,9 @@ absl::StatusOr<int> SendRequestLocked(UcxCore& core, UcxEpState& ep, TransferOp 
     param.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
     param.memh = memh;
   }
-  ucs_status_ptr_t request =
-      ucp_am_send_nbx(ep.ep(), read ? kAmReadRequest : kAmWriteRequest, &op->header,
-                      sizeof(op->header), read ? nullptr : local,
-                      read ? 0 : op->header.length, &param);
+  ucs_status_ptr_t request = ucp_am_send_nbx(
+      ep.ep(), read ? kAmReadRequest : kAmWriteRequest, &op->header, sizeof(op->header),
+      read ? nullptr : local, read ? 0 : op->header.length, &param);
   if (UCS_PTR_IS_ERR(request)) {
     core.TakePending(op->header.request_id);
     return FromUcs(UCS_PTR_STATUS(request), "ucp_am_send_nbx");

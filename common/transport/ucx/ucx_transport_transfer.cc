@@ -321,9 +321,9 @@ class UcxTransfer final : public Transfer, public OpSink {
   TransferState state_ = TransferState::kPrepared;
   absl::Status status_;
   TamperHook hook_;
-  LandingObserver observer_;   // kRead only
+  LandingObserver observer_;  // kRead only
   uint64_t piece_bytes_ = 0;
-  bool observed_in_post_ = false;  // this Post already showed the pieces
+  bool observed_in_post_ = false;              // this Post already showed the pieces
   std::vector<std::vector<uint8_t>> staging_;  // kWrite with a hook: what is sent
   int pending_ ABSL_GUARDED_BY(core_.mu()) = 0;
   absl::Status error_ ABSL_GUARDED_BY(core_.mu());
@@ -331,8 +331,7 @@ class UcxTransfer final : public Transfer, public OpSink {
 
 }  // namespace
 
-std::unique_ptr<Transfer> NewUcxTransfer(TransferOp op, UcxRegion& local,
-                                         UcxRemoteRegion& remote,
+std::unique_ptr<Transfer> NewUcxTransfer(TransferOp op, UcxRegion& local, UcxRemoteRegion& remote,
                                          std::span<const TransferSegment> segments) {
   return std::make_unique<UcxTransfer>(op, local, remote, segments);
 }

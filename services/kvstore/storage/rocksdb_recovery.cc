@@ -44,8 +44,8 @@ absl::StatusOr<std::string> Quarantine(const std::string& path) {
     if (name.rfind("quarantine-", 0) == 0) continue;
     fs::rename(entry.path(), fs::path(dir) / name, ec);
     if (ec) {
-      return absl::UnavailableError(absl::StrCat("cannot move ", entry.path().string(), " to ",
-                                                 dir, ": ", ec.message()));
+      return absl::UnavailableError(
+          absl::StrCat("cannot move ", entry.path().string(), " to ", dir, ": ", ec.message()));
     }
   }
   if (ec) return absl::UnavailableError(absl::StrCat("cannot list ", path, ": ", ec.message()));
@@ -97,8 +97,7 @@ bool ReplaceWithStub(const std::string& path, const rocksdb::Options& options) {
   for (int round = 0; round < 8; ++round) {
     rocksdb::SstFileWriter writer(rocksdb::EnvOptions(), so);
     if (!writer.Open(stub).ok() ||
-        !writer.Put(std::string(1, '\0'), std::string(filler, 'k')).ok() ||
-        !writer.Finish().ok()) {
+        !writer.Put(std::string(1, '\0'), std::string(filler, 'k')).ok() || !writer.Finish().ok()) {
       fs::remove(stub, ec);
       return false;
     }
@@ -230,7 +229,8 @@ absl::Status CopyVersion(SalvageReader& reader, const VersionKey& key, RocksDbTi
   if (VersionKey::FromProto(manifest->key()) != key) {
     return absl::DataLossError("manifest names another key");
   }
-  if (absl::Status v = ValidateManifest(*manifest); !v.ok()) return absl::DataLossError(v.message());
+  if (absl::Status v = ValidateManifest(*manifest); !v.ok())
+    return absl::DataLossError(v.message());
   std::vector<BufferPtr> blocks;
   for (int i = 0; i < manifest->blocks_size(); ++i) {
     value = reader.Get(RocksDbTier::BlockKey(key, static_cast<uint32_t>(i)));
@@ -286,8 +286,7 @@ void Salvage(const std::string& quarantine, RocksDbTier* fresh, RecoveryReport* 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<RocksDbTier>> OpenRocksDbTier(const RocksDbTierOptions& options,
-                                                             bool recover,
-                                                             KvStoreMetrics* metrics,
+                                                             bool recover, KvStoreMetrics* metrics,
                                                              RecoveryReport* report) {
   RecoveryReport local;
   if (report == nullptr) report = &local;

@@ -44,12 +44,12 @@ namespace krul::kvstore {
 class KvStoreMetrics;
 
 struct RecoveryReport {
-  bool recovered = false;        // A quarantine and salvage happened.
-  std::string quarantine_path;   // Where the damaged database now lies.
-  std::string cause;             // The corruption that triggered it.
+  bool recovered = false;       // A quarantine and salvage happened.
+  std::string quarantine_path;  // Where the damaged database now lies.
+  std::string cause;            // The corruption that triggered it.
   uint64_t recovered_versions = 0;
-  uint64_t lost_versions = 0;    // Listed manifests that could not be copied.
-  uint64_t damaged_files = 0;    // .sst files that could not be read whole.
+  uint64_t lost_versions = 0;  // Listed manifests that could not be copied.
+  uint64_t damaged_files = 0;  // .sst files that could not be read whole.
 };
 
 // Opens the tier at options.path, recovering as above when it is corrupt
@@ -58,8 +58,7 @@ struct RecoveryReport {
 // a recovery. UNAVAILABLE / INTERNAL for failures other than corruption, or
 // when the quarantine cannot be made (e.g. permissions).
 absl::StatusOr<std::unique_ptr<RocksDbTier>> OpenRocksDbTier(const RocksDbTierOptions& options,
-                                                             bool recover,
-                                                             KvStoreMetrics* metrics,
+                                                             bool recover, KvStoreMetrics* metrics,
                                                              RecoveryReport* report);
 
 }  // namespace krul::kvstore

@@ -27,8 +27,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "kvstore/storage/byte_buffer.h"
 #include "krul/v1/kvstore.pb.h"
+#include "kvstore/storage/byte_buffer.h"
 #include "kvstore/storage/version_key.h"
 
 namespace rocksdb {

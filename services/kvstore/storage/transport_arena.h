@@ -22,8 +22,8 @@
 #include <memory>
 #include <string>
 
-#include "kvstore/storage/byte_buffer.h"
 #include "krul/transport/transport.h"
+#include "kvstore/storage/byte_buffer.h"
 
 namespace krul::kvstore {
 

@@ -391,13 +391,19 @@ json MakeKrulJson(const CompletionStats& s) {
   if (s.restore == "hit") {
     const RestoreProfile& p = s.profile;
     k["restore_profile"] = {
-        {"lookup_ms", p.lookup_ms},       {"pin_ms", p.pin_ms},
+        {"lookup_ms", p.lookup_ms},
+        {"pin_ms", p.pin_ms},
         {"plan_ms", p.plan_ms},
-        {"first_block_ms", p.first_block_ms}, {"blocks_ms", p.blocks_ms},
-        {"load_wait_ms", p.load_wait_ms}, {"decode_ms", p.decode_ms},
-        {"load_ms", p.load_ms},           {"load_latency_ms", p.load_latency_ms},
-        {"recompute_ms", p.recompute_ms}, {"prefill_ms", p.prefill_ms},
-        {"total_ms", p.total_ms},         {"predicted_ms", p.predicted_ms},
+        {"first_block_ms", p.first_block_ms},
+        {"blocks_ms", p.blocks_ms},
+        {"load_wait_ms", p.load_wait_ms},
+        {"decode_ms", p.decode_ms},
+        {"load_ms", p.load_ms},
+        {"load_latency_ms", p.load_latency_ms},
+        {"recompute_ms", p.recompute_ms},
+        {"prefill_ms", p.prefill_ms},
+        {"total_ms", p.total_ms},
+        {"predicted_ms", p.predicted_ms},
         {"bound_ms", p.bound_ms},
         {"efficiency", p.efficiency},
     };

@@ -97,14 +97,14 @@ std::optional<ChatRequest> ParseChatRequest(std::string_view body, const Request
 // restored a stored history: restore == "hit"). The compute stream
 // (recompute, prefill) and the load stream (load) run side by side.
 struct RestoreProfile {
-  double lookup_ms = 0;       // the manifest lookup (one RPC)
-  double pin_ms = 0;          // the lease on the version (one RPC)
-  double plan_ms = 0;         // re-planning at restore time (part of total_ms)
-  double first_block_ms = 0;  // streamed read start -> first block arrived (grant + transfer)
-  double blocks_ms = 0;       // streamed read start -> last block arrived
-  double load_wait_ms = 0;    // load steps waiting for blocks to arrive
-  double decode_ms = 0;       // load steps decoding blocks into the cache
-  double load_ms = 0;         // load stream busy (wait + decode + writes)
+  double lookup_ms = 0;        // the manifest lookup (one RPC)
+  double pin_ms = 0;           // the lease on the version (one RPC)
+  double plan_ms = 0;          // re-planning at restore time (part of total_ms)
+  double first_block_ms = 0;   // streamed read start -> first block arrived (grant + transfer)
+  double blocks_ms = 0;        // streamed read start -> last block arrived
+  double load_wait_ms = 0;     // load steps waiting for blocks to arrive
+  double decode_ms = 0;        // load steps decoding blocks into the cache
+  double load_ms = 0;          // load stream busy (wait + decode + writes)
   double load_latency_ms = 0;  // of which before its first bytes (estimated)
   double recompute_ms = 0;     // compute stream: history layers
   double prefill_ms = 0;       // compute stream: new input and logits, waits included

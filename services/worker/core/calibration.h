@@ -8,11 +8,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "worker/core/chat_template.h"
 #include "krul/compress/compression_plan.h"
-#include "krul/engine/backend.h"
 #include "krul/compress/selector.h"
 #include "krul/compress/similarity_estimator.h"
+#include "krul/engine/backend.h"
+#include "worker/core/chat_template.h"
 
 namespace krul::worker {
 

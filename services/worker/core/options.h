@@ -11,7 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "krul/base/dtype.h"  // DType, ParseDType
+#include "krul/base/dtype.h"              // DType, ParseDType
 #include "krul/engine/backend_factory.h"  // Device
 #include "krul/model/model.h"
 #include "krul/model/model_shape.h"  // ParseModelShape

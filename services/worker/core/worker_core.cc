@@ -11,16 +11,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "worker/core/calibration.h"
 #include "krul/base/log.h"
+#include "krul/compress/selector.h"
 #include "krul/engine/backend_factory.h"
 #include "krul/engine/kv_cache.h"
-#include "krul/restore/kv_source.h"
 #include "krul/kvformat/kv_block.h"
 #include "krul/kvformat/manifest.h"
-#include "krul/compress/selector.h"
-#include "worker/session/session.h"
+#include "krul/restore/kv_source.h"
 #include "worker/api/string_view_conversion.h"
+#include "worker/core/calibration.h"
+#include "worker/session/session.h"
 
 namespace krul::worker {
 namespace {
@@ -197,8 +197,8 @@ absl::Status WorkerCore::Init(const WorkerOptions& options,
   auto device = ResolveDevice(options.device);
   if (!device.ok()) {
     return absl::Status(device.status().code(),
-                        absl::StrCat("device=", ToAbslStringView(DeviceName(options.device)),
-                                     ": ", device.status().message()));
+                        absl::StrCat("device=", ToAbslStringView(DeviceName(options.device)), ": ",
+                                     device.status().message()));
   }
   device_ = *device;
   BackendOptions backend_options;
@@ -304,9 +304,9 @@ absl::Status WorkerCore::Init(const WorkerOptions& options,
   // neither the flag nor a pair calibration gave them, krul's attention
   // prior when it has a weight, the edge-mass quantile without a pair
   // calibration.
-  const bool fixed_needs_it = flag_pairs->empty() && pair_calibration_ == nullptr &&
-                              (options.mode == RestoreMode::kKrulFixed ||
-                               options.allow_mode_override);
+  const bool fixed_needs_it =
+      flag_pairs->empty() && pair_calibration_ == nullptr &&
+      (options.mode == RestoreMode::kKrulFixed || options.allow_mode_override);
   const bool prior_needs_it = options.krul_prior_rows > 0 &&
                               (options.mode == RestoreMode::kKrul || options.allow_mode_override);
   const bool quantile_needs_it =
@@ -347,9 +347,8 @@ absl::Status WorkerCore::Init(const WorkerOptions& options,
     KRUL_LOG(INFO) << absl::StrFormat(
         "krul-worker: pair calibration %s: %d references; krul by predicted costs (%d "
         "neighbours), krul-fixed pairs [%s], sensitivity threshold %.3f, budget %g",
-        options.krul_calibration, pair_calibration_->references().size(),
-        options.krul_neighbours, PlanDebugString(fixed_pairs_), selector.sensitivity_threshold,
-        options.krul_quality_budget);
+        options.krul_calibration, pair_calibration_->references().size(), options.krul_neighbours,
+        PlanDebugString(fixed_pairs_), selector.sensitivity_threshold, options.krul_quality_budget);
   }
   selector.quality_budget = options.krul_quality_budget;
 
@@ -388,10 +387,9 @@ absl::StatusOr<std::unique_ptr<Session>> WorkerCore::StartChat(const ChatRequest
     absl::StatusOr<RestoreMode> mode = ParseRestoreMode(*request.mode);
     if (!mode.ok()) return mode.status();
     if (*mode != options_.mode && !options_.allow_mode_override) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("krul_mode: this worker runs mode '",
-                       ToAbslStringView(RestoreModeName(options_.mode)),
-                       "' and does not allow per-request modes"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "krul_mode: this worker runs mode '", ToAbslStringView(RestoreModeName(options_.mode)),
+          "' and does not allow per-request modes"));
     }
   }
   metrics_.queued_requests().Increment();

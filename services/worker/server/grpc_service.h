@@ -47,9 +47,10 @@ class GrpcServer {
   // FAILED_PRECONDITION (krul/rpc/credentials.h). NOT_FOUND /
   // FAILED_PRECONDITION for unreadable certificate files; UNAVAILABLE if it
   // cannot bind.
-  static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(
-      WorkerCore* core, const std::string& host, int port,
-      const rpc::ServerTlsOptions& tls = {}, bool allow_insecure = false);
+  static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(WorkerCore* core,
+                                                           const std::string& host, int port,
+                                                           const rpc::ServerTlsOptions& tls = {},
+                                                           bool allow_insecure = false);
   int port() const { return port_; }
   void Stop();
 

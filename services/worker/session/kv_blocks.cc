@@ -134,9 +134,8 @@ class StoreKvSource final : public KvSource {
       // layer, range) before handing it over: only the header is decoded.
       auto header = DecodeBlockHeader(*encoded);
       if (!header.ok()) return header.status();
-      const DecodedBlock decoded{*header,
-                                 std::string_view(*encoded).substr(kBlockHeaderBytes,
-                                                                   header->payload_bytes)};
+      const DecodedBlock decoded{
+          *header, std::string_view(*encoded).substr(kBlockHeaderBytes, header->payload_bytes)};
       if (decoded.payload.size() != header->payload_bytes) {
         return absl::DataLossError(absl::StrCat("KV block ", index, " is truncated"));
       }

@@ -15,12 +15,12 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "worker/session/conversation_store.h"
 #include "krul/compress/compressor.h"
 #include "krul/kvformat/kv_block.h"
 #include "krul/restore/kv_source.h"
 #include "krul/restore/restore_plan.h"
 #include "krul/v1/kvstore.pb.h"
+#include "worker/session/conversation_store.h"
 
 namespace krul::worker {
 

@@ -52,8 +52,7 @@ absl::StatusOr<std::shared_ptr<const Clients>> MakeClients(
 
 class KvstoreConversationStore final : public ConversationStore {
  public:
-  KvstoreConversationStore(const KvstoreStoreOptions& options,
-                           std::unique_ptr<Transport> transport,
+  KvstoreConversationStore(const KvstoreStoreOptions& options, std::unique_ptr<Transport> transport,
                            std::shared_ptr<const Clients> clients)
       : options_(options), transport_(std::move(transport)), clients_(std::move(clients)) {
     data_plane_ = transport_ != nullptr ? "ucx" : "grpc";

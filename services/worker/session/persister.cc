@@ -6,9 +6,9 @@
 #include "absl/strings/str_cat.h"
 #include "krul/compress/compressor.h"
 #include "krul/compress/estimate_codec.h"
+#include "krul/compress/selector.h"
 #include "krul/engine/kv_cache.h"
 #include "krul/restore/restore_mode.h"
-#include "krul/compress/selector.h"
 #include "worker/session/kv_blocks.h"
 
 namespace krul::worker {

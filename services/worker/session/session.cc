@@ -180,8 +180,7 @@ Session::StoredTurn Session::LookupStoredTurn() {
 std::string_view Session::ValidateStoredTurn(const SessionRecord& record,
                                              const v1::Manifest& manifest) const {
   const std::vector<ChatMessage>& messages = request_.messages;
-  if (!TokensValid(record.tokens, core_.model().config().vocab_size,
-                   core_.tokenizer().bos_id()) ||
+  if (!TokensValid(record.tokens, core_.model().config().vocab_size, core_.tokenizer().bos_id()) ||
       record.model_id != core_.model_id() || manifest.model_id() != core_.model_id() ||
       record.chat_template != core_.chat_template().kind() ||
       messages.size() <= record.message_count ||
@@ -275,11 +274,11 @@ bool Session::RestoreStoredTurn(StoredTurn& stored, const std::vector<int>& new_
   StoreSourceStats source_stats;
   absl::StatusOr<RestoreStats> restore;
   {
-    std::unique_ptr<KvSource> source = MakeStoreKvSource(
-        &core_.store(), *stored.manifest, core_.shape(), options.kvstore_deadline,
-        options.prefetch_blocks ? BlocksForLoads(*stored.manifest, plan->loads)
-                                : std::vector<uint32_t>(),
-        &source_stats);
+    std::unique_ptr<KvSource> source =
+        MakeStoreKvSource(&core_.store(), *stored.manifest, core_.shape(), options.kvstore_deadline,
+                          options.prefetch_blocks ? BlocksForLoads(*stored.manifest, plan->loads)
+                                                  : std::vector<uint32_t>(),
+                          &source_stats);
     if (options.emulated_link_gbit_per_s > 0) {
       // No real link here: the load stream is paced by a sleep (labelled).
       LinkModel link;

@@ -28,16 +28,16 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "worker/core/admission.h"
 #include "krul/compress/backend_estimator.h"
 #include "krul/engine/backend_kv_cache.h"
 #include "krul/engine/sampler.h"
 #include "krul/restore/restore_mode.h"
 #include "krul/restore/restorer.h"
+#include "krul/v1/kvstore.pb.h"
 #include "worker/api/openai_api.h"
+#include "worker/core/admission.h"
 #include "worker/core/worker_core.h"
 #include "worker/session/session_record.h"
-#include "krul/v1/kvstore.pb.h"
 
 namespace krul::worker {
 
@@ -100,7 +100,7 @@ class Session {
   std::string explicit_id_;  // "c:" + conversation_id, or empty
   std::string store_id_;
 
-  std::unique_ptr<BackendKvCache> cache_;      // the slot backend's
+  std::unique_ptr<BackendKvCache> cache_;        // the slot backend's
   std::unique_ptr<BackendEstimator> estimator_;  // krul mode only
   // The restored version's estimate (its turns before this one), handed to
   // the persister with this turn's; none after a miss or a fallback.

@@ -29,10 +29,10 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "krul/base/dtype.h"
 #include "krul/compress/compression_plan.h"
 #include "krul/compress/compressor.h"
 #include "krul/compress/similarity_estimator.h"
-#include "krul/base/dtype.h"
 #include "krul/restore/restore_mode.h"
 #include "krul/restore/restore_plan.h"
 #include "worker/core/options.h"

@@ -62,7 +62,8 @@ ABSL_FLAG(int, threads, 1, "Engine threads, as the workers run (krul-worker --th
 ABSL_FLAG(std::string, device, "auto", "Compute device: auto, cpu or cuda (as krul-worker's)");
 ABSL_FLAG(std::string, kv_dtype, "f32", "Storage type of the KV (as krul-worker's --kv_dtype)");
 ABSL_FLAG(int, chunk_tokens, 256, "Tokens per stored block (as krul-worker's --chunk_tokens)");
-ABSL_FLAG(std::string, preset, "ib400", "Named link of the reference setup: ib400, ib200, eth100, eth25");
+ABSL_FLAG(std::string, preset, "ib400",
+          "Named link of the reference setup: ib400, ib200, eth100, eth25");
 ABSL_FLAG(double, ratio, 0, "Full-load time / recompute time wanted (0: the preset's)");
 ABSL_FLAG(int, repeats, 5, "Full prefills timed for comparison");
 
@@ -102,8 +103,8 @@ int main(int argc, char** argv) {
     if (absl::GetFlag(FLAGS_preset) == p.name) preset = &p;
   }
   if (preset == nullptr) return Fail("--preset: not one of ib400, ib200, eth100, eth25");
-  const double ratio = absl::GetFlag(FLAGS_ratio) > 0 ? absl::GetFlag(FLAGS_ratio)
-                                                      : PresetRatio(*preset);
+  const double ratio =
+      absl::GetFlag(FLAGS_ratio) > 0 ? absl::GetFlag(FLAGS_ratio) : PresetRatio(*preset);
   auto dtype = krul::ParseDType(absl::GetFlag(FLAGS_kv_dtype));
   if (!dtype.ok()) return Fail(std::string(dtype.status().message()));
   if (absl::GetFlag(FLAGS_chunk_tokens) < 1) return Fail("--chunk_tokens must be >= 1");
@@ -197,8 +198,7 @@ int main(int argc, char** argv) {
       "moves %.0f KB, so a %.1f Mbit/s link loads it in %.2f ms = %.2f x recompute (preset %s: "
       "%.0f Gbit/s for 7B/fp16/8K on an H100)\n",
       n, recompute_s * 1e3, absl::GetFlag(FLAGS_threads), static_cast<int>(seconds.size()),
-      prefill_fastest_s * 1e3, prefill_median_s * 1e3,
-      bytes / 1e3, rate_kbit / 1e3, load_s * 1e3, ratio,
-      absl::GetFlag(FLAGS_ratio) > 0 ? "custom ratio" : preset->name, preset->gbit_per_s);
+      prefill_fastest_s * 1e3, prefill_median_s * 1e3, bytes / 1e3, rate_kbit / 1e3, load_s * 1e3,
+      ratio, absl::GetFlag(FLAGS_ratio) > 0 ? "custom ratio" : preset->name, preset->gbit_per_s);
   return 0;
 }

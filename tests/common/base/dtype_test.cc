@@ -22,11 +22,11 @@ TEST(DTypeTest, SizesAndNames) {
 TEST(DTypeTest, Fp16KnownValues) {
   EXPECT_EQ(Fp32ToFp16(1.0f), 0x3C00);
   EXPECT_EQ(Fp32ToFp16(-2.0f), 0xC000);
-  EXPECT_EQ(Fp32ToFp16(65504.0f), 0x7BFF);              // largest finite
-  EXPECT_EQ(Fp32ToFp16(65520.0f), 0x7C00);              // rounds to infinity
-  EXPECT_EQ(Fp32ToFp16(std::ldexp(1.0f, -24)), 0x0001);  // smallest subnormal
-  EXPECT_EQ(Fp32ToFp16(std::ldexp(1.0f, -14)), 0x0400);  // smallest normal
-  EXPECT_EQ(Fp32ToFp16(std::ldexp(1.0f, -26)), 0x0000);  // underflows to zero
+  EXPECT_EQ(Fp32ToFp16(65504.0f), 0x7BFF);                          // largest finite
+  EXPECT_EQ(Fp32ToFp16(65520.0f), 0x7C00);                          // rounds to infinity
+  EXPECT_EQ(Fp32ToFp16(std::ldexp(1.0f, -24)), 0x0001);             // smallest subnormal
+  EXPECT_EQ(Fp32ToFp16(std::ldexp(1.0f, -14)), 0x0400);             // smallest normal
+  EXPECT_EQ(Fp32ToFp16(std::ldexp(1.0f, -26)), 0x0000);             // underflows to zero
   EXPECT_EQ(Fp32ToFp16(1.0f + std::ldexp(1.0f, -11)), 0x3C00);      // tie -> even
   EXPECT_EQ(Fp32ToFp16(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3C02);  // tie -> even (up)
   EXPECT_EQ(Fp32ToFp16(std::numeric_limits<float>::infinity()), 0x7C00);

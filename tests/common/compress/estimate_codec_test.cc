@@ -58,8 +58,7 @@ TEST(EstimateCodecTest, DamageIsDataLoss) {
     EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << i;
   }
   for (size_t n = 0; n < bytes.size(); ++n) {
-    EXPECT_EQ(ParseEstimate(bytes.substr(0, n)).status().code(), absl::StatusCode::kDataLoss)
-        << n;
+    EXPECT_EQ(ParseEstimate(bytes.substr(0, n)).status().code(), absl::StatusCode::kDataLoss) << n;
   }
   EXPECT_EQ(ParseEstimate(bytes + "x").status().code(), absl::StatusCode::kDataLoss);
 }

@@ -10,10 +10,10 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "krul/compress/compression_plan.h"
+#include "krul/compress/similarity_estimator.h"
 #include "krul/engine/engine_cpu.h"
 #include "krul/engine/kv_cache.h"
 #include "krul/model/model.h"
-#include "krul/compress/similarity_estimator.h"
 #include "test_support/test_data.h"
 
 namespace krul {
@@ -234,7 +234,8 @@ CompressionPlan SamplePlan() {
 // Own: layers (0,1) close (0.1), (0,2) far (0.9); population the other way
 // round. Hand-computed weighted means decide which pair wins.
 TEST(ShrinkTowardTest, WeighsThePopulationAsTheGivenRows) {
-  SimilarityEstimate own = MakeEstimate({{0, 0.1, 0.9}, {0.1, 0, 0.5}, {0.9, 0.5, 0}}, {0.2, 0.2, 0.2});
+  SimilarityEstimate own =
+      MakeEstimate({{0, 0.1, 0.9}, {0.1, 0, 0.5}, {0.9, 0.5, 0}}, {0.2, 0.2, 0.2});
   own.rows_represented = 100;
   for (double& v : own.distance) v *= 100;  // MeanDistance stays as written
   for (int l = 0; l < 3; ++l) {

@@ -213,11 +213,10 @@ TEST(KvCacheBackendTest, WritesLandInTheRowsAndReadBack) {
   auto copy = CopyToHost(backend_cache, 5);
   ASSERT_TRUE(copy.ok());
   EXPECT_EQ(copy->capacity(), 5);
-  EXPECT_EQ(*copy->key(1, 4), 8.0f);   // token 4 = staged row 2, element 0
+  EXPECT_EQ(*copy->key(1, 4), 8.0f);  // token 4 = staged row 2, element 0
   EXPECT_EQ(*copy->value(1, 3), -4.0f);
   // No merged-row fast path on the CPU; ranges outside the cache refused.
-  EXPECT_EQ(backend_cache.WriteMergedRows(MergedKvRows{}).code(),
-            absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(backend_cache.WriteMergedRows(MergedKvRows{}).code(), absl::StatusCode::kUnimplemented);
   EXPECT_EQ(backend_cache.StageRows(2, 0, 1).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(backend_cache.ReadRows(0, 6, 3, rk.data(), rv.data()).code(),
             absl::StatusCode::kInvalidArgument);

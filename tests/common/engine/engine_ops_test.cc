@@ -46,7 +46,8 @@ TEST(CpuOpsTest, RopeIsAComplexRotationPerAdjacentPair) {
     ApplyRope(v.data(), heads, head_size, rotary, cos_row.data(), sin_row.data());
     for (int h = 0; h < heads; ++h) {
       for (int i = 0; i < head_size / 2; ++i) {
-        std::complex<double> z(original[h * head_size + 2 * i], original[h * head_size + 2 * i + 1]);
+        std::complex<double> z(original[h * head_size + 2 * i],
+                               original[h * head_size + 2 * i + 1]);
         if (i < rotary / 2) z *= std::polar(1.0, pos * std::pow(theta, -2.0 * i / rotary));
         EXPECT_NEAR(v[h * head_size + 2 * i], z.real(), 1e-5);
         EXPECT_NEAR(v[h * head_size + 2 * i + 1], z.imag(), 1e-5);
@@ -90,7 +91,8 @@ TEST(MatMulTest, MatchesDoublePrecisionForOddShapes) {
     for (int t = 0; t < s.n; ++t) {
       for (int r = 0; r < s.out; ++r) {
         double want = 0;
-        for (int i = 0; i < s.in; ++i) want += static_cast<double>(x[t * s.in + i]) * w[r * s.in + i];
+        for (int i = 0; i < s.in; ++i)
+          want += static_cast<double>(x[t * s.in + i]) * w[r * s.in + i];
         ASSERT_NEAR(y[t * s.out + r], want, 1e-4 * std::sqrt(static_cast<double>(s.in)));
         ASSERT_NEAR(y_naive[t * s.out + r], want, 1e-4 * std::sqrt(static_cast<double>(s.in)));
       }

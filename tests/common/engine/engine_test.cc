@@ -1,11 +1,10 @@
-#include "krul/engine/engine_cpu.h"
-
 #include <cmath>
 #include <numeric>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "krul/engine/engine_cpu.h"
 #include "krul/engine/kv_cache.h"
 #include "krul/model/model.h"
 #include "test_support/naive_llama.h"
@@ -71,7 +70,8 @@ TEST(EngineTest, DecodeMatchesNaiveDoublePrecisionForward) {
     std::vector<float> logits(config.vocab_size);
     const std::vector<int> tokens = Tokens(20, config.vocab_size);
     for (int pos = 0; pos < 20; ++pos) {
-      ASSERT_TRUE(f.engine->Forward(*cache, std::span<const int>(&tokens[pos], 1), pos, logits).ok());
+      ASSERT_TRUE(
+          f.engine->Forward(*cache, std::span<const int>(&tokens[pos], 1), pos, logits).ok());
       std::vector<double> want = naive.Forward(tokens[pos], pos);
       EXPECT_LT(MaxRelativeError(logits.data(), want), 1e-4) << "pos " << pos;
     }
@@ -92,9 +92,12 @@ TEST(EngineTest, PrefillEqualsTokenByTokenDecode) {
   std::vector<float> logits(config.vocab_size);
   double worst = 0;
   for (int pos = 0; pos < n; ++pos) {
-    ASSERT_TRUE(f.engine->Forward(*decode_cache, std::span<const int>(&tokens[pos], 1), pos, logits).ok());
+    ASSERT_TRUE(
+        f.engine->Forward(*decode_cache, std::span<const int>(&tokens[pos], 1), pos, logits).ok());
     for (int i = 0; i < config.vocab_size; ++i) {
-      worst = std::max<double>(worst, std::abs(logits[i] - all_logits[static_cast<size_t>(pos) * config.vocab_size + i]));
+      worst = std::max<double>(
+          worst,
+          std::abs(logits[i] - all_logits[static_cast<size_t>(pos) * config.vocab_size + i]));
     }
   }
   EXPECT_LT(worst, 1e-3);
@@ -127,7 +130,9 @@ TEST(EngineTest, LayerByLayerPiecesEqualForward) {
   for (int l = 0; l < config.n_layers; ++l) {
     ASSERT_TRUE(f.engine->ComputeLayer(l, *pieces, 0, history, hidden.data()).ok());
   }
-  ASSERT_TRUE(f.engine->Forward(*pieces, std::span<const int>(tokens.data() + history, fresh), history, got).ok());
+  ASSERT_TRUE(
+      f.engine->Forward(*pieces, std::span<const int>(tokens.data() + history, fresh), history, got)
+          .ok());
   for (int i = 0; i < config.vocab_size; ++i) EXPECT_NEAR(got[i], want[i], 1e-4);
 }
 
@@ -136,7 +141,8 @@ class RecordingObserver : public AttentionObserver {
   void OnAttention(const AttentionWeights& w) override {
     calls.push_back(w);
     // Copy the probabilities: the pointer dies after the call.
-    blocks.emplace_back(w.probs, w.probs + static_cast<size_t>(w.n_heads) * w.num_queries * w.context_len);
+    blocks.emplace_back(w.probs,
+                        w.probs + static_cast<size_t>(w.n_heads) * w.num_queries * w.context_len);
   }
   std::vector<AttentionWeights> calls;
   std::vector<std::vector<float>> blocks;
@@ -148,7 +154,8 @@ TEST(EngineTest, ObserverSeesCausalProbabilitiesThatMatchNaiveAttention) {
   testing::NaiveLlama naive(*f.model);
   const int n = 12;
   const std::vector<int> tokens = Tokens(n, config.vocab_size, 5);
-  std::vector<std::vector<std::vector<std::vector<double>>>> naive_probs;  // [pos][layer][head][key]
+  std::vector<std::vector<std::vector<std::vector<double>>>>
+      naive_probs;  // [pos][layer][head][key]
   for (int pos = 0; pos < n; ++pos) {
     naive.Forward(tokens[pos], pos);
     naive_probs.push_back(naive.last_attention());

@@ -41,7 +41,8 @@ TEST(KvStoreClientTest, OptionsErrorsNameTheField) {
       {"inline_put_bytes", [](KvStoreClientOptions& o) { o.inline_put_bytes = 1ull << 40; }},
       {"reconnect_backoff",
        [](KvStoreClientOptions& o) { o.reconnect_backoff_max = absl::Microseconds(1); }},
-      {"connect_timeout", [](KvStoreClientOptions& o) { o.connect_timeout = absl::ZeroDuration(); }},
+      {"connect_timeout",
+       [](KvStoreClientOptions& o) { o.connect_timeout = absl::ZeroDuration(); }},
       {"token", [](KvStoreClientOptions& o) { o.bearer_token = "short"; }},
   };
   for (const Case& c : cases) {

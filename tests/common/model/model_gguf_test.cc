@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
-#include "krul/model/gguf_reader.h"  // internal; tested directly
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "krul/model/gguf_reader.h"  // internal; tested directly
 #include "krul/model/model.h"
 #include "test_support/test_data.h"
 

@@ -26,7 +26,9 @@ ModelConfig SmallConfig(bool shared) {
 
 void ExpectSameWeights(const Model& a, const Model& b) {
   const ModelConfig& c = a.config();
-  auto same = [](const float* x, const float* y, size_t n) { return std::memcmp(x, y, n * 4) == 0; };
+  auto same = [](const float* x, const float* y, size_t n) {
+    return std::memcmp(x, y, n * 4) == 0;
+  };
   const size_t dim = c.dim, hidden = c.hidden_dim, kv = c.kv_dim();
   EXPECT_TRUE(same(a.token_embedding(), b.token_embedding(), c.vocab_size * dim));
   EXPECT_TRUE(same(a.classifier(), b.classifier(), c.vocab_size * dim));
@@ -92,7 +94,8 @@ TEST(Llama2cModelTest, SyntheticModelsAreSeeded) {
   ASSERT_TRUE(a.ok() && b.ok() && c.ok());
   ExpectSameWeights(**a, **b);
   EXPECT_NE((*a)->layer(0).wq[5], (*c)->layer(0).wq[5]);
-  EXPECT_EQ(MakeSyntheticModel(ModelConfig{}, 1).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeSyntheticModel(ModelConfig{}, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 class Llama2cBadInputTest : public ::testing::Test {
@@ -147,22 +150,22 @@ TEST_F(Llama2cBadInputTest, WrongMagic) {
   EXPECT_EQ(gguf.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(gguf.message()), HasSubstr("GGUF"));
   // A text file read as a header gives absurd dimensions.
-  absl::Status text = Load(std::string("this is not a model, just some text\n") + std::string(200, 'x'));
+  absl::Status text =
+      Load(std::string("this is not a model, just some text\n") + std::string(200, 'x'));
   EXPECT_EQ(text.code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(Llama2cBadInputTest, AbsurdDimensionsAreRejectedBeforeAllocating) {
   // Each would ask for terabytes if believed; the loader must refuse quickly.
   const std::pair<int, int32_t> cases[] = {
-      {0, 1 << 30},  // dim
-      {0, -64},      // negative dim
-      {1, 1 << 30},  // hidden_dim
-      {2, 100000},   // n_layers
-      {3, 5},        // n_heads not dividing dim
-      {4, 3},        // n_kv_heads not dividing n_heads
-      {5, 0},        // vocab_size
-      {5, INT32_MIN},
-      {6, 1 << 30},  // seq_len
+      {0, 1 << 30},                  // dim
+      {0, -64},                      // negative dim
+      {1, 1 << 30},                  // hidden_dim
+      {2, 100000},                   // n_layers
+      {3, 5},                        // n_heads not dividing dim
+      {4, 3},                        // n_kv_heads not dividing n_heads
+      {5, 0},                        // vocab_size
+      {5, INT32_MIN}, {6, 1 << 30},  // seq_len
   };
   // 256 MiB of headroom: far below what any of these headers asks for.
   testing::ScopedAddressSpaceCap cap(size_t{256} << 20);

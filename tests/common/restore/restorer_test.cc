@@ -12,8 +12,8 @@
 #include "gtest/gtest.h"
 #include "krul/compress/compressor.h"
 #include "krul/engine/engine_cpu.h"
-#include "krul/restore/kv_source.h"
 #include "krul/model/model.h"
+#include "krul/restore/kv_source.h"
 #include "krul/restore/restore_mode.h"
 
 namespace krul {
@@ -320,8 +320,8 @@ TEST_F(RestorerTest, EfficiencyIsAgainstTheRestoresOwnCostsAndNeverAboveOne) {
   const KvShape shape = KvShape::FromConfig(config_);
   const CompressionPlan none = CompressionPlan::Uncompressed(config_.n_layers);
   const CostCoefficients costs = BalancedCosts(config_);
-  for (RestoreMode mode : {RestoreMode::kRecompute, RestoreMode::kLoad, RestoreMode::kCake,
-                           RestoreMode::kKrul}) {
+  for (RestoreMode mode :
+       {RestoreMode::kRecompute, RestoreMode::kLoad, RestoreMode::kCake, RestoreMode::kKrul}) {
     auto plan = PlanForMode(mode, none, shape, kHistory, kNew, costs);
     ASSERT_TRUE(plan.ok());
     auto model = CostModel::Create(costs);
@@ -340,7 +340,8 @@ TEST_F(RestorerTest, EfficiencyIsAgainstTheRestoresOwnCostsAndNeverAboveOne) {
     // split (recompute stream: history + prefill; load stream + one layer).
     EXPECT_LE(st.lower_bound_seconds,
               std::max(st.recompute_seconds + st.prefill_seconds - st.prefill_wait_seconds,
-                       st.load_seconds + st.prefill_seconds) * (1 + 1e-9))
+                       st.load_seconds + st.prefill_seconds) *
+                  (1 + 1e-9))
         << RestoreModeName(mode);
     if (mode == RestoreMode::kRecompute) {
       // Nothing stored: the only split is recomputing everything, so the

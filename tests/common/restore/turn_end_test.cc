@@ -67,8 +67,10 @@ std::vector<std::pair<int, int>> Pairs(const CompressionPlan& plan) {
 }
 
 TEST(TurnEndTest, KrulFollowsTheNearestReferencesKind) {
-  const KvCache a1 = KindCache({0, 1, 2, 3, 4, 5}, 1, 40), a2 = KindCache({0, 1, 2, 3, 4, 5}, 2, 40);
-  const KvCache b1 = KindCache({5, 2, 4, 0, 3, 1}, 3, 40), b2 = KindCache({5, 2, 4, 0, 3, 1}, 4, 40);
+  const KvCache a1 = KindCache({0, 1, 2, 3, 4, 5}, 1, 40),
+                a2 = KindCache({0, 1, 2, 3, 4, 5}, 2, 40);
+  const KvCache b1 = KindCache({5, 2, 4, 0, 3, 1}, 3, 40),
+                b2 = KindCache({5, 2, 4, 0, 3, 1}, 4, 40);
   PairCalibration calibration(kL);
   ASSERT_TRUE(calibration.Add(ReferenceOf(a1, "a1", CostsFavouring({{0, 1}, {2, 3}}))).ok());
   ASSERT_TRUE(calibration.Add(ReferenceOf(b1, "b1", CostsFavouring({{0, 5}, {1, 4}}))).ok());
@@ -128,8 +130,7 @@ TEST(TurnEndTest, BaselinesAndValidation) {
   EXPECT_EQ(ChooseTurnEndPairs(options, input)->source, "uncompressed");
   // A budget without predicted costs is refused.
   options.selector.quality_budget = 0.01;
-  EXPECT_EQ(ChooseTurnEndPairs(options, input).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ChooseTurnEndPairs(options, input).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(TurnEndTest, LoadAllStoresEveryLayerWhole) {
@@ -149,9 +150,9 @@ TEST(TurnEndTest, LoadAllStoresEveryLayerWhole) {
   ASSERT_TRUE(end.ok()) << end.status();
   EXPECT_EQ(end->restore.recompute_tokens, std::vector<int>(kL, 0));
   EXPECT_EQ(end->storage.pairs.size(), 2u);
-  EXPECT_EQ(end->kv.stored_bytes(),
-            EstimateStoredBytes(kShape, end->storage, 40, end->restore.recompute_tokens,
-                                DType::kF32));
+  EXPECT_EQ(
+      end->kv.stored_bytes(),
+      EstimateStoredBytes(kShape, end->storage, 40, end->restore.recompute_tokens, DType::kF32));
 }
 
 }  // namespace

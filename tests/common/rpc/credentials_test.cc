@@ -23,8 +23,8 @@ using ::krul::testing::MakeTestCerts;
 using ::krul::testing::TestCerts;
 
 TEST(CredentialsTest, LoopbackHosts) {
-  for (const char* h : {"127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost", "LOCALHOST",
-                        "::ffff:127.0.0.1"}) {
+  for (const char* h :
+       {"127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost", "LOCALHOST", "::ffff:127.0.0.1"}) {
     EXPECT_TRUE(IsLoopbackHost(h)) << h;
   }
   for (const char* h : {"0.0.0.0", "::", "[::]", "", "10.0.0.1", "128.0.0.1", "example.com",
@@ -65,8 +65,7 @@ TEST(CredentialsTest, BadFilesAreStartUpErrors) {
   ServerTlsOptions swapped;  // A key where the certificate belongs.
   swapped.cert_file = certs->Key("server");
   swapped.key_file = certs->Key("server");
-  EXPECT_EQ(MakeServerCredentials(swapped).status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(MakeServerCredentials(swapped).status().code(), absl::StatusCode::kFailedPrecondition);
   ServerTlsOptions ca_only;
   ca_only.client_ca_file = certs->Cert("ca");
   EXPECT_EQ(MakeServerCredentials(ca_only).status().code(), absl::StatusCode::kInvalidArgument);
@@ -131,8 +130,7 @@ class TlsTest : public ::testing::Test {
         MakeChannelCredentials(tls, &args);
     EXPECT_TRUE(creds.ok()) << creds.status();
     if (!creds.ok()) return creds.status().code();
-    auto channel =
-        CreateChannelWithToken(absl::StrCat("127.0.0.1:", port_), *creds, args, token);
+    auto channel = CreateChannelWithToken(absl::StrCat("127.0.0.1:", port_), *creds, args, token);
     auto stub = v1::KvStore::NewStub(channel);
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));

@@ -15,9 +15,9 @@
 #include <string>
 #include <vector>
 
-#include "gtest/gtest.h"
 #include "absl/strings/escaping.h"
 #include "common/transport/transport_test_pattern.h"
+#include "gtest/gtest.h"
 #include "krul/transport/transport.h"
 #include "krul/transport/ucx_transport.h"
 
@@ -161,8 +161,8 @@ TEST_P(TransportProcessTest, ReadsAndWritesTheOtherProcessesMemory) {
   constexpr size_t kBytes = 16 * kMiB;
   ASSERT_NO_FATAL_FAILURE(Connect(kBytes, 1));
   const TransferSegment whole{0, 0, kBytes};
-  ASSERT_TRUE(TransferSync(*client_, TransferOp::kRead, *local_, *remote_,
-                           std::span(&whole, 1), absl::Seconds(30))
+  ASSERT_TRUE(TransferSync(*client_, TransferOp::kRead, *local_, *remote_, std::span(&whole, 1),
+                           absl::Seconds(30))
                   .ok());
   std::vector<uint8_t> expected(kBytes);
   FillPattern(expected.data(), kBytes, 1);
@@ -174,9 +174,9 @@ TEST_P(TransportProcessTest, ReadsAndWritesTheOtherProcessesMemory) {
   ASSERT_TRUE(TransferSync(*client_, TransferOp::kWrite, *local_, *remote_, std::span(&part, 1),
                            absl::Seconds(30))
                   .ok());
-  EXPECT_EQ(peer_.Command("CHECK 2 " + std::to_string(5 * kMiB + 3) + " " +
-                          std::to_string(3 * kMiB)),
-            "OK");
+  EXPECT_EQ(
+      peer_.Command("CHECK 2 " + std::to_string(5 * kMiB + 3) + " " + std::to_string(3 * kMiB)),
+      "OK");
   // The bytes before it still hold the original pattern.
   EXPECT_EQ(peer_.Command("CHECK 1 0 " + std::to_string(5 * kMiB)), "OK");
   EXPECT_EQ(peer_.Command("EXIT"), "");
@@ -189,8 +189,7 @@ TEST_P(TransportProcessTest, PipelinedLayerReadsAcrossProcesses) {
   std::vector<std::unique_ptr<Transfer>> layers;
   for (int l = 0; l < kLayers; ++l) {
     const TransferSegment segment{l * kBlock, l * kBlock, kBlock};
-    auto t = client_->PrepareTransfer(TransferOp::kRead, *local_, *remote_,
-                                      std::span(&segment, 1));
+    auto t = client_->PrepareTransfer(TransferOp::kRead, *local_, *remote_, std::span(&segment, 1));
     ASSERT_TRUE(t.ok()) << t.status();
     layers.push_back(*std::move(t));
   }
@@ -210,16 +209,16 @@ TEST_P(TransportProcessTest, ADeadPeerFailsTransfersInsteadOfHanging) {
   }
   ASSERT_NO_FATAL_FAILURE(Connect(kMiB, 4));
   const TransferSegment segment{0, 0, kMiB};
-  ASSERT_TRUE(TransferSync(*client_, TransferOp::kRead, *local_, *remote_,
-                           std::span(&segment, 1), absl::Seconds(30))
+  ASSERT_TRUE(TransferSync(*client_, TransferOp::kRead, *local_, *remote_, std::span(&segment, 1),
+                           absl::Seconds(30))
                   .ok());
   peer_.Kill();
   // The connection reset reaches UCX quickly; either Post or Wait reports it.
   absl::Status status;
   const absl::Time deadline = absl::Now() + absl::Seconds(20);
   do {
-    status = TransferSync(*client_, TransferOp::kRead, *local_, *remote_,
-                          std::span(&segment, 1), absl::Seconds(20));
+    status = TransferSync(*client_, TransferOp::kRead, *local_, *remote_, std::span(&segment, 1),
+                          absl::Seconds(20));
   } while (status.ok() && absl::Now() < deadline);
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
   EXPECT_EQ(endpoint_->status().code(), absl::StatusCode::kUnavailable);

@@ -5,7 +5,6 @@
 // two Transport instances in this process; expected bytes come from an
 // independent pattern generator and are compared with the server's memory
 // directly.
-#include "common/transport/transport_test_pattern.h"
 #include "krul/transport/transport.h"
 
 #include <cstdlib>
@@ -15,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/transport/transport_test_pattern.h"
 #include "gtest/gtest.h"
 #include "krul/transport/fake_transport.h"
 #include "krul/transport/ucx_transport.h"
@@ -45,13 +45,13 @@ int64_t FirstMismatch(const uint8_t* a, const uint8_t* b, size_t size) {
 
 enum class Backend {
   kFake,
-  kUcxDefault,        // protocol auto over shared memory: direct copies
-  kUcxTcp,            // protocol auto over TCP: messages
-  kUcxMessagesShm,    // messages over shared memory (rendezvous via cma)
-  kUcxRmaShm,         // ucp_get_nbx / ucp_put_nbx over shared memory
-  kUcxRmaTcp,         // the same, emulated by UCX over TCP
-  kUcxMessagesCma,    // messages over shm without peer failure detection:
-                      // rendezvous through cma
+  kUcxDefault,      // protocol auto over shared memory: direct copies
+  kUcxTcp,          // protocol auto over TCP: messages
+  kUcxMessagesShm,  // messages over shared memory (rendezvous via cma)
+  kUcxRmaShm,       // ucp_get_nbx / ucp_put_nbx over shared memory
+  kUcxRmaTcp,       // the same, emulated by UCX over TCP
+  kUcxMessagesCma,  // messages over shm without peer failure detection:
+                    // rendezvous through cma
 };
 
 std::string BackendName(const ::testing::TestParamInfo<Backend>& info) {
@@ -185,9 +185,9 @@ TEST_P(TransportTest, SegmentsAndSubGrantsLandAtTheirOffsets) {
   EXPECT_EQ(grant->size(), 20000u);
   FillPattern(client_buffer_.data(), client_buffer_.size(), 3);
   const std::vector<uint8_t> client_copy = client_buffer_;
-  ASSERT_TRUE(Move(TransferOp::kWrite, {{5, 0, 1000}, {9000, 19000, 1000}, {30000, 7000, 333}},
-                   grant.get())
-                  .ok());
+  ASSERT_TRUE(
+      Move(TransferOp::kWrite, {{5, 0, 1000}, {9000, 19000, 1000}, {30000, 7000, 333}}, grant.get())
+          .ok());
   std::vector<uint8_t> expected(256 * kKiB, 0);
   std::memcpy(&expected[100000], &client_copy[5], 1000);
   std::memcpy(&expected[100000 + 19000], &client_copy[9000], 1000);
@@ -231,8 +231,7 @@ TEST_P(TransportTest, GrantsOfOneRegionShareOneImportButKeepTheirLimits) {
   // An expired grant of the imported region is refused as before.
   auto expired = server_region_->Describe(0, 4096, absl::Now() - absl::Seconds(1));
   ASSERT_TRUE(expired.ok());
-  EXPECT_EQ(endpoint_->ImportRegion(*expired).status().code(),
-            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(endpoint_->ImportRegion(*expired).status().code(), absl::StatusCode::kPermissionDenied);
 
   // Another region is imported anew, and so is the same region through a
   // second endpoint (the import belongs to one client-server pair).
@@ -314,12 +313,12 @@ TEST_P(TransportTest, LandingObserverSeesEveryPieceInOrderAfterTheHook) {
   EXPECT_EQ((*transfer)->ObserveLanding(nullptr, 0).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE((*transfer)->ObserveLanding(nullptr, 1).ok());
   const TransferSegment one{0, 0, 4096};
-  auto write = client_->PrepareTransfer(TransferOp::kWrite, *client_region_, *remote_,
-                                        std::span(&one, 1));
+  auto write =
+      client_->PrepareTransfer(TransferOp::kWrite, *client_region_, *remote_, std::span(&one, 1));
   ASSERT_TRUE(write.ok());
-  EXPECT_EQ((*write)->ObserveLanding([](size_t, uint64_t, std::span<const uint8_t>) {}, 4096)
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      (*write)->ObserveLanding([](size_t, uint64_t, std::span<const uint8_t>) {}, 4096).code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 TEST_P(TransportTest, PipelinedLayersPostedTogetherCompleteInOrder) {
@@ -406,10 +405,10 @@ TEST_P(TransportTest, BadSegmentsAreRejectedBeforeAnyByteMoves) {
   EXPECT_EQ(prepare({}), StatusCode::kInvalidArgument);
   EXPECT_EQ(prepare({{0, 0, 0}}), StatusCode::kInvalidArgument);
   EXPECT_EQ(prepare({{0, 0, 8192}}), StatusCode::kOk);
-  EXPECT_EQ(prepare({{0, 1, 8192}}), StatusCode::kOutOfRange);         // past the grant
-  EXPECT_EQ(prepare({{0, 8192, 1}}), StatusCode::kOutOfRange);         // starts at its end
+  EXPECT_EQ(prepare({{0, 1, 8192}}), StatusCode::kOutOfRange);             // past the grant
+  EXPECT_EQ(prepare({{0, 8192, 1}}), StatusCode::kOutOfRange);             // starts at its end
   EXPECT_EQ(prepare({{16 * kKiB - 10, 0, 11}}), StatusCode::kOutOfRange);  // past local
-  EXPECT_EQ(prepare({{0, ~0ull - 10, 20}}), StatusCode::kOutOfRange);  // wraps around
+  EXPECT_EQ(prepare({{0, ~0ull - 10, 20}}), StatusCode::kOutOfRange);      // wraps around
   EXPECT_EQ(prepare({{~0ull, 0, 2}}), StatusCode::kOutOfRange);
   EXPECT_EQ(prepare({{0, 0, 100}, {0, 8100, 100}}), StatusCode::kOutOfRange);
   // Nothing reached the server.
@@ -454,8 +453,7 @@ TEST_P(TransportTest, MangledDescriptorsAndAddressesAreInvalidArguments) {
   ASSERT_TRUE(alien_region.ok());
   EXPECT_EQ(endpoint_->ImportRegion(*(*alien_region)->Describe(0, 4096)).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(client_->Connect(alien->address()).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(client_->Connect(alien->address()).status().code(), absl::StatusCode::kInvalidArgument);
 
   std::string address = server_->address();
   EXPECT_EQ(client_->Connect("").status().code(), absl::StatusCode::kInvalidArgument);
@@ -486,8 +484,7 @@ TEST_P(TransportTest, ExpiredGrantsArePermissionDenied) {
   ASSERT_NO_FATAL_FAILURE(SetUpPair(64 * kKiB, 4 * kKiB));
   auto expired = server_region_->Describe(0, 4096, absl::Now() - absl::Seconds(1));
   ASSERT_TRUE(expired.ok());
-  EXPECT_EQ(endpoint_->ImportRegion(*expired).status().code(),
-            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(endpoint_->ImportRegion(*expired).status().code(), absl::StatusCode::kPermissionDenied);
 
   // Long enough for one transfer on a loaded CI machine, short enough to
   // wait out below.
@@ -525,8 +522,8 @@ TEST_P(TransportTest, TamperHookCorruptsBytesInTransitOnly) {
   ASSERT_TRUE(Move(TransferOp::kRead, {{0, 0, 64 * kKiB}}).ok());
   EXPECT_EQ(calls, 1);
   EXPECT_EQ(FirstMismatch(client_buffer_.data(), stored.data(), 64 * kKiB), 32 * kKiB);
-  EXPECT_EQ(FirstMismatch(client_buffer_.data() + 32 * kKiB + 1,
-                          stored.data() + 32 * kKiB + 1, 32 * kKiB - 1),
+  EXPECT_EQ(FirstMismatch(client_buffer_.data() + 32 * kKiB + 1, stored.data() + 32 * kKiB + 1,
+                          32 * kKiB - 1),
             -1);
   // The server's copy is intact.
   EXPECT_EQ(FirstMismatch(server_region_->data(), stored.data(), 64 * kKiB), -1);
@@ -623,18 +620,16 @@ TEST_P(TransportTest, ServerSideChecksRevocationAndForgedRanges) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, TransportTest,
-                         ::testing::Values(Backend::kFake, Backend::kUcxDefault,
-                                           Backend::kUcxTcp, Backend::kUcxMessagesShm,
-                                           Backend::kUcxRmaShm, Backend::kUcxRmaTcp,
-                                           Backend::kUcxMessagesCma),
+                         ::testing::Values(Backend::kFake, Backend::kUcxDefault, Backend::kUcxTcp,
+                                           Backend::kUcxMessagesShm, Backend::kUcxRmaShm,
+                                           Backend::kUcxRmaTcp, Backend::kUcxMessagesCma),
                          BackendName);
 
 // ----------------------------------------------------------------- UCX only
 
 // One 4 KiB transfer between two UCX transports made with `options`, then
 // the client endpoint's DebugString (the UCX lanes it used).
-absl::StatusOr<std::string> LanesOfOneTransfer(const UcxTransportOptions& options,
-                                               TransferOp op) {
+absl::StatusOr<std::string> LanesOfOneTransfer(const UcxTransportOptions& options, TransferOp op) {
   auto server = NewUcxTransport(options);
   if (!server.ok()) return server.status();
   auto client = NewUcxTransport(options);
@@ -651,8 +646,8 @@ absl::StatusOr<std::string> LanesOfOneTransfer(const UcxTransportOptions& option
   auto remote = (*endpoint)->ImportRegion(*descriptor);
   if (!remote.ok()) return remote.status();
   const TransferSegment segment{0, 0, 4096};
-  if (absl::Status s = TransferSync(**client, op, **local, **remote, std::span(&segment, 1),
-                                    absl::Seconds(30));
+  if (absl::Status s =
+          TransferSync(**client, op, **local, **remote, std::span(&segment, 1), absl::Seconds(30));
       !s.ok()) {
     return s;
   }
@@ -713,8 +708,8 @@ TEST(UcxTransportTest, WithoutPeerFailureDetectionRendezvousUsesCma) {
   auto remote = (*endpoint)->ImportRegion(*(*region)->Describe(0, kMiB));
   ASSERT_TRUE(remote.ok());
   const TransferSegment segment{0, 0, kMiB};
-  ASSERT_TRUE(TransferSync(**client, TransferOp::kRead, **local, **remote,
-                           std::span(&segment, 1), absl::Seconds(30))
+  ASSERT_TRUE(TransferSync(**client, TransferOp::kRead, **local, **remote, std::span(&segment, 1),
+                           absl::Seconds(30))
                   .ok());
   EXPECT_EQ(FirstMismatch(buffer.data(), served.data(), kMiB), -1);
   const std::string info = (*endpoint)->DebugString();
@@ -754,8 +749,8 @@ TEST(UcxTransportTest, SmallOpSizeSplitsLargeSegments) {
   auto remote = (*endpoint)->ImportRegion(*(*region)->Describe(0, kMiB));
   ASSERT_TRUE(remote.ok());
   const TransferSegment segment{0, 0, kMiB};
-  ASSERT_TRUE(TransferSync(**client, TransferOp::kRead, **local, **remote,
-                           std::span(&segment, 1), absl::Seconds(30))
+  ASSERT_TRUE(TransferSync(**client, TransferOp::kRead, **local, **remote, std::span(&segment, 1),
+                           absl::Seconds(30))
                   .ok());
   const std::vector<uint8_t> expected = Pattern(kMiB, 99);
   EXPECT_EQ(FirstMismatch(buffer.data(), expected.data(), kMiB), -1);
@@ -794,8 +789,7 @@ TEST_F(FakeTransportTest, ScriptedFailuresRevocationAndCounters) {
   server->SetUnreachable(true);
   EXPECT_EQ(run(TransferOp::kRead), absl::StatusCode::kUnavailable);
   EXPECT_EQ((*endpoint)->status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ(client->Connect(server->address()).status().code(),
-            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(client->Connect(server->address()).status().code(), absl::StatusCode::kUnavailable);
   server->SetUnreachable(false);
   EXPECT_EQ(run(TransferOp::kRead), absl::StatusCode::kOk);
 

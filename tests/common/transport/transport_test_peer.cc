@@ -42,9 +42,8 @@ int main(int argc, char** argv) {
   FillPattern((*region)->data(), bytes, std::strtoull(argv[3], nullptr, 10));
   auto descriptor = (*region)->Describe(0, bytes);
   if (!descriptor.ok()) return Fail(descriptor.status().ToString());
-  std::cout << "ADDR " << absl::BytesToHexString((*transport)->address())
-            << "\nDESC " << absl::BytesToHexString(*descriptor)
-            << std::endl;
+  std::cout << "ADDR " << absl::BytesToHexString((*transport)->address()) << "\nDESC "
+            << absl::BytesToHexString(*descriptor) << std::endl;
 
   std::string command;
   while (std::cin >> command) {

@@ -4,11 +4,11 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
-#include "kvstore/storage/dram_tier.h"
 #include "gtest/gtest.h"
 #include "kv_test_util.h"
-#include "kvstore/storage/lease.h"
 #include "kvstore/options.h"
+#include "kvstore/storage/dram_tier.h"
+#include "kvstore/storage/lease.h"
 #include "kvstore/storage/quota.h"
 #include "kvstore/storage/rocksdb_tier.h"
 

@@ -657,7 +657,7 @@ TEST(KvStoreIntegrationTest, HelpListsTheServersOwnFlags) {
 TEST(KvStoreIntegrationTest, HashTokenPrintsATokensFileLine) {
   // sha256("0123456789abcdef-token"), as `printf %s ... | sha256sum` prints it.
   auto [out, code] = RunShell(absl::StrCat("printf '0123456789abcdef-token\\n' | ",
-                                      KRUL_KVSTORE_BINARY, " hash-token alice"));
+                                           KRUL_KVSTORE_BINARY, " hash-token alice"));
   EXPECT_EQ(code, 0) << out;
   EXPECT_EQ(out, "alice:3c18109ce815143332983177dfecc23e848446a79ddcca321f551496e0de9c70\n");
   auto [bad, bad_code] =
@@ -666,8 +666,8 @@ TEST(KvStoreIntegrationTest, HashTokenPrintsATokensFileLine) {
 }
 
 TEST(KvStoreIntegrationTest, RefusesToStartInTheClearOnANetworkAddress) {
-  auto [out, code] = RunShell(absl::StrCat(KRUL_KVSTORE_BINARY,
-                                      " --host=0.0.0.0 --port=0 --metrics_port=-1 --tiers=dram"));
+  auto [out, code] = RunShell(
+      absl::StrCat(KRUL_KVSTORE_BINARY, " --host=0.0.0.0 --port=0 --metrics_port=-1 --tiers=dram"));
   EXPECT_NE(code, 0) << out;
   EXPECT_NE(out.find("--insecure"), std::string::npos) << out;
 }

@@ -38,13 +38,10 @@ class KvStoreProcess {
   void Kill() { process_->Kill(); }
   // SIGTERM and wait for exit; returns the exit code, or -1 when it did not
   // exit in time (it is killed then) or died from a signal.
-  int Terminate(absl::Duration timeout = absl::Seconds(30)) {
-    return process_->Terminate(timeout);
-  }
+  int Terminate(absl::Duration timeout = absl::Seconds(30)) { return process_->Terminate(timeout); }
 
  private:
-  explicit KvStoreProcess(std::unique_ptr<ChildProcess> process)
-      : process_(std::move(process)) {}
+  explicit KvStoreProcess(std::unique_ptr<ChildProcess> process) : process_(std::move(process)) {}
   std::unique_ptr<ChildProcess> process_;  // never null
   int port_ = 0;
   int metrics_port_ = -1;

@@ -55,14 +55,15 @@ class KvStoreSecurityTest : public ::testing::Test {
     o.store.dram_capacity_bytes = 64 << 20;
     o.store.default_ttl = absl::ZeroDuration();
     tokens_file_ = dir_.Sub("tokens");
-    WriteFile(tokens_file_, "# test tenants\n" + TokenLine("alice", kAliceToken) +
-                                TokenLine("bob", kBobToken));
+    WriteFile(tokens_file_,
+              "# test tenants\n" + TokenLine("alice", kAliceToken) + TokenLine("bob", kBobToken));
     o.tenant_tokens_file = tokens_file_;
     return o;
   }
 
   void Start(const ServerOptions& o, std::unique_ptr<Transport> transport = nullptr) {
-    absl::StatusOr<std::unique_ptr<KvStoreServer>> s = KvStoreServer::Start(o, std::move(transport));
+    absl::StatusOr<std::unique_ptr<KvStoreServer>> s =
+        KvStoreServer::Start(o, std::move(transport));
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = *std::move(s);
     address_ = absl::StrCat("127.0.0.1:", server_->port());
@@ -116,8 +117,8 @@ TEST_F(KvStoreSecurityTest, CallsWithoutAValidTokenAreUnauthenticated) {
   EXPECT_EQ(Call(*Stub(""), &v1::KvStore::Stub::Stats, v1::StatsRequest(), &stats),
             absl::StatusCode::kUnauthenticated);
   v1::ExchangeEndpointsResponse endpoints;
-  EXPECT_EQ(Call(*Stub(""), &v1::KvStore::Stub::ExchangeEndpoints,
-                 v1::ExchangeEndpointsRequest(), &endpoints),
+  EXPECT_EQ(Call(*Stub(""), &v1::KvStore::Stub::ExchangeEndpoints, v1::ExchangeEndpointsRequest(),
+                 &endpoints),
             absl::StatusCode::kUnauthenticated);
   // Health stays open for probes.
   v1::HealthResponse health;
@@ -204,8 +205,7 @@ TEST_F(KvStoreSecurityTest, ForeignPutIdsLeasesAndGrantsDoNotExist) {
   v1::AbortPutRequest abort;
   abort.set_put_id(reservation.put_id());
   v1::AbortPutResponse aborted;
-  EXPECT_EQ(Call(*bob, &v1::KvStore::Stub::AbortPut, abort, &aborted),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(Call(*bob, &v1::KvStore::Stub::AbortPut, abort, &aborted), absl::StatusCode::kNotFound);
   // Alice's put is untouched: she writes and commits it.
   {
     grpc::ClientContext ctx;
@@ -221,8 +221,7 @@ TEST_F(KvStoreSecurityTest, ForeignPutIdsLeasesAndGrantsDoNotExist) {
     writer->WritesDone();
     ASSERT_TRUE(writer->Finish().ok());
   }
-  ASSERT_EQ(Call(*alice, &v1::KvStore::Stub::CommitPut, commit, &committed),
-            absl::StatusCode::kOk);
+  ASSERT_EQ(Call(*alice, &v1::KvStore::Stub::CommitPut, commit, &committed), absl::StatusCode::kOk);
 
   // Leases.
   v1::PinRequest pin;
@@ -242,8 +241,8 @@ TEST_F(KvStoreSecurityTest, ForeignPutIdsLeasesAndGrantsDoNotExist) {
   ASSERT_EQ(Call(*alice, &v1::KvStore::Stub::GrantRead, grant, &granted), absl::StatusCode::kOk);
   EXPECT_EQ(granted.targets_size(), 2);
   v1::GrantReadResponse refused;
-  EXPECT_EQ(Call(*bob, &v1::KvStore::Stub::GrantRead, grant, &refused),
-            absl::StatusCode::kNotFound) << "Bob's own namespace has no such version";
+  EXPECT_EQ(Call(*bob, &v1::KvStore::Stub::GrantRead, grant, &refused), absl::StatusCode::kNotFound)
+      << "Bob's own namespace has no such version";
   v1::ReleaseReadRequest release;
   release.set_grant_id(granted.grant_id());
   v1::ReleaseReadResponse released;
@@ -269,9 +268,9 @@ TEST_F(KvStoreSecurityTest, ATokenAddedToTheFileWorksWithoutRestart) {
 }
 
 TEST(TenantAuthTest, ParsesHashesAndRejectsMalformedLines) {
-  absl::StatusOr<absl::flat_hash_map<std::string, std::string>> t = ParseTenantTokens(
-      "# comment\n\n" + TokenLine("alice", kAliceToken) + " bob : " +
-      rpc::Sha256Hex(kBobToken) + "  # trailing comment\n");
+  absl::StatusOr<absl::flat_hash_map<std::string, std::string>> t =
+      ParseTenantTokens("# comment\n\n" + TokenLine("alice", kAliceToken) +
+                        " bob : " + rpc::Sha256Hex(kBobToken) + "  # trailing comment\n");
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ(t->size(), 2u);
   EXPECT_EQ(t->at(rpc::Sha256Hex(kBobToken)), "bob");
@@ -281,10 +280,9 @@ TEST(TenantAuthTest, ParsesHashesAndRejectsMalformedLines) {
   // A plain token where the hash belongs is refused, not hashed silently.
   EXPECT_EQ(ParseTenantTokens(absl::StrCat("alice:", kAliceToken)).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(ParseTenantTokens(TokenLine("a", kAliceToken) + TokenLine("b", kAliceToken))
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      ParseTenantTokens(TokenLine("a", kAliceToken) + TokenLine("b", kAliceToken)).status().code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 TEST(TenantAuthTest, AMalformedReloadKeepsThePreviousTokens) {
@@ -304,8 +302,7 @@ TEST(TenantAuthTest, AMalformedReloadKeepsThePreviousTokens) {
   EXPECT_TRUE((*auth)->AuthenticateHeader(&value).ok());
   EXPECT_EQ((*auth)->AuthenticateHeader(nullptr).status().code(),
             absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ(TenantAuth::FromFile(dir.Sub("missing")).status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(TenantAuth::FromFile(dir.Sub("missing")).status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(KvStoreSecurityTest, PlaintextAndTrustingModeOnlyOnLoopback) {

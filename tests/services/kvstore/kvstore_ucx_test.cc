@@ -21,7 +21,7 @@ namespace {
   do {                                                                            \
     absl::StatusOr<std::unique_ptr<Transport>> probe = NewUcxTransport();         \
     if (!probe.ok() && probe.status().code() == absl::StatusCode::kUnavailable) { \
-      GTEST_SKIP() << "UCX is not usable here: " << probe.status();              \
+      GTEST_SKIP() << "UCX is not usable here: " << probe.status();               \
     }                                                                             \
   } while (0)
 
@@ -121,9 +121,8 @@ TEST(KvStoreUcxTest, ReadsASubsetInTheOrderAsked) {
   ASSERT_TRUE(s.client->Put(v.manifest, blocks).ok());
   const std::vector<uint32_t> wanted = {5, 2, 3, 4, 11, 0, 9, 10};
   size_t next = 0;
-  absl::Status read =
-      s.client->Read(v.manifest, wanted, [&](uint32_t index, std::string_view encoded,
-                                             const DecodedBlock&) {
+  absl::Status read = s.client->Read(
+      v.manifest, wanted, [&](uint32_t index, std::string_view encoded, const DecodedBlock&) {
         EXPECT_LT(next, wanted.size());
         if (next < wanted.size()) EXPECT_EQ(index, wanted[next]);
         ++next;
@@ -190,7 +189,8 @@ TEST(KvStoreUcxTest, GrantsReachOnlyTheirBlocksUntilTheyExpire) {
     grpc::ClientContext ctx;
     ASSERT_TRUE(stub.ExchangeEndpoints(&ctx, xreq, &xresp).ok());
   }
-  absl::StatusOr<std::unique_ptr<Endpoint>> ep = s.transport->Connect(xresp.server_worker_address());
+  absl::StatusOr<std::unique_ptr<Endpoint>> ep =
+      s.transport->Connect(xresp.server_worker_address());
   ASSERT_TRUE(ep.ok()) << ep.status();
   v1::GrantReadRequest greq;
   *greq.mutable_key() = v.manifest.key();
@@ -212,28 +212,27 @@ TEST(KvStoreUcxTest, GrantsReachOnlyTheirBlocksUntilTheyExpire) {
       s.transport->RegisterRegion(buffer.data(), buffer.size());
   ASSERT_TRUE(local.ok()) << local.status();
   const TransferSegment block{0, t.remote_offset(), t.size_bytes()};
-  ASSERT_TRUE(TransferSync(*s.transport, TransferOp::kRead, **local, **remote,
-                           std::span(&block, 1), absl::Seconds(30))
+  ASSERT_TRUE(TransferSync(*s.transport, TransferOp::kRead, **local, **remote, std::span(&block, 1),
+                           absl::Seconds(30))
                   .ok());
   EXPECT_EQ(std::string_view(reinterpret_cast<const char*>(buffer.data()), t.size_bytes()),
             v.blocks[1]);
   // The neighbouring blocks are in the same mapped memory, not in the grant.
   const TransferSegment beyond{0, t.remote_offset(), t.size_bytes() + 1};
-  EXPECT_EQ(s.transport
-                ->PrepareTransfer(TransferOp::kRead, **local, **remote, std::span(&beyond, 1))
-                .status()
-                .code(),
-            absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(
+      s.transport->PrepareTransfer(TransferOp::kRead, **local, **remote, std::span(&beyond, 1))
+          .status()
+          .code(),
+      absl::StatusCode::kOutOfRange);
   const TransferSegment next{0, t.remote_offset() + t.size_bytes(), 1};
-  EXPECT_EQ(s.transport
-                ->PrepareTransfer(TransferOp::kRead, **local, **remote, std::span(&next, 1))
+  EXPECT_EQ(s.transport->PrepareTransfer(TransferOp::kRead, **local, **remote, std::span(&next, 1))
                 .status()
                 .code(),
             absl::StatusCode::kOutOfRange);
   // Wait for the expiry itself (the transport reads the wall clock).
   while (absl::Now() < expires) absl::SleepFor(expires - absl::Now() + absl::Milliseconds(1));
-  EXPECT_EQ(TransferSync(*s.transport, TransferOp::kRead, **local, **remote,
-                         std::span(&block, 1), absl::Seconds(30))
+  EXPECT_EQ(TransferSync(*s.transport, TransferOp::kRead, **local, **remote, std::span(&block, 1),
+                         absl::Seconds(30))
                 .code(),
             absl::StatusCode::kPermissionDenied);
   EXPECT_EQ((*ep)->ImportRegion(t.transport_descriptor()).status().code(),

@@ -4,10 +4,9 @@
 
 #include <string>
 
-#include "worker/core/options.h"
-
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "worker/core/options.h"
 
 namespace krul::worker {
 namespace {
@@ -90,7 +89,8 @@ TEST(ParseChatRequestTest, ReadsEveryField) {
 }
 
 TEST(ParseChatRequestTest, KrulModeIsCanonicalOnlyWithTheWorkersCheck) {
-  const std::string body = R"({"messages":[{"role":"user","content":"x"}],"krul_mode":"krul_fixed"})";
+  const std::string body =
+      R"({"messages":[{"role":"user","content":"x"}],"krul_mode":"krul_fixed"})";
   ApiError error;
   auto checked = Parse(body, &error);
   ASSERT_TRUE(checked.has_value()) << error.message;

@@ -103,10 +103,10 @@ TEST_P(RestoreLeaseTest, EvictionCannotRemoveALeasedVersionMidRestore) {
 #else
   const bool pin = GetParam();
   // 1 MiB of DRAM and nothing behind it: leaving DRAM means leaving the store.
-  auto kvstore = ChildProcess::Start({KRUL_KVSTORE_BIN, "--host=127.0.0.1", "--port=0",
-                                      "--metrics_port=-1", "--tiers=dram", "--dram_capacity=1M",
-                                      "--ucx"},
-                                     "krul-kvstore listening on");
+  auto kvstore =
+      ChildProcess::Start({KRUL_KVSTORE_BIN, "--host=127.0.0.1", "--port=0", "--metrics_port=-1",
+                           "--tiers=dram", "--dram_capacity=1M", "--ucx"},
+                          "krul-kvstore listening on");
   ASSERT_TRUE(kvstore.ok()) << kvstore.status();
   KvstoreStoreOptions kv;
   kv.addresses = {absl::StrCat("127.0.0.1:", PortFromLine((*kvstore)->ready_line()))};

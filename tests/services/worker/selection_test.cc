@@ -160,7 +160,8 @@ TEST(SelectionTest, KrulmixDomainsGetDifferentPairsWhenTheOracleSaysSo) {
   // References: the first two texts of each domain, measured.
   PairCalibration calibration(L);
   for (int i = 0; i < 2; ++i) {
-    for (const auto& [domain, text] : {std::pair{"verse", kVerse[i]}, std::pair{"code", kCode[i]}}) {
+    for (const auto& [domain, text] :
+         {std::pair{"verse", kVerse[i]}, std::pair{"code", kCode[i]}}) {
       const Measured m = Measure(**engine, *tokenizer, text);
       PairReference r;
       r.id = std::string(domain) + std::to_string(i);

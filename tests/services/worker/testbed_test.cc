@@ -101,16 +101,15 @@ class TestbedTest : public ::testing::Test {
     GTEST_SKIP() << "krul-kvstore is not built";
 #else
     int rc = 0;
-    const std::string why =
-        Shell(absl::StrCat(KRUL_TESTBED_SCRIPT, " check 2>&1"), &rc);
+    const std::string why = Shell(absl::StrCat(KRUL_TESTBED_SCRIPT, " check 2>&1"), &rc);
     if (rc != 0) {
       GTEST_SKIP() << "network namespaces cannot be made here, so there is no real link to "
                       "test across: "
                    << why;
     }
     name_ = absl::StrFormat("krultb%06x", static_cast<unsigned>(getpid()) & 0xffffff);
-    const std::string env = Shell(
-        absl::StrCat(KRUL_TESTBED_SCRIPT, " up --name ", name_, " --rate 400mbit"), &rc);
+    const std::string env =
+        Shell(absl::StrCat(KRUL_TESTBED_SCRIPT, " up --name ", name_, " --rate 400mbit"), &rc);
     ASSERT_EQ(rc, 0) << "testbed.sh up failed: " << env;
     up_ = true;
     for (const std::string& line : std::vector<std::string>(absl::StrSplit(env, '\n'))) {
@@ -120,12 +119,12 @@ class TestbedTest : public ::testing::Test {
     ASSERT_FALSE(tb_["KRUL_TB_STORAGE_ADDR"].empty()) << env;
 
     // The storage node: the kvstore, UCX over TCP on its veth end only.
-    auto kv = ChildProcess::Start(
-        {IpBinary(), "netns", "exec", tb_["KRUL_TB_STORAGE_NS"], "env", "UCX_TLS=tcp",
-         "UCX_NET_DEVICES=" + tb_["KRUL_TB_STORAGE_DEV"], KRUL_KVSTORE_BIN,
-         "--host=" + tb_["KRUL_TB_STORAGE_ADDR"], "--port=0", "--metrics_port=0", "--ucx",
-         "--tiers=dram", "--insecure"},
-        "krul-kvstore listening on");
+    auto kv =
+        ChildProcess::Start({IpBinary(), "netns", "exec", tb_["KRUL_TB_STORAGE_NS"], "env",
+                             "UCX_TLS=tcp", "UCX_NET_DEVICES=" + tb_["KRUL_TB_STORAGE_DEV"],
+                             KRUL_KVSTORE_BIN, "--host=" + tb_["KRUL_TB_STORAGE_ADDR"], "--port=0",
+                             "--metrics_port=0", "--ucx", "--tiers=dram", "--insecure"},
+                            "krul-kvstore listening on");
     ASSERT_TRUE(kv.ok()) << kv.status();
     kvstore_ = *std::move(kv);
     kv_address_ =
@@ -160,11 +159,23 @@ class TestbedTest : public ::testing::Test {
   // split is the same on every machine: the stream's latency makes the
   // best split recompute the first layers and load the rest.
   int StartWorker(const std::vector<std::string>& extra) {
-    std::vector<std::string> argv = {
-        IpBinary(), "netns", "exec", tb_["KRUL_TB_COMPUTE_NS"], "env", "UCX_TLS=tcp",
-        "UCX_NET_DEVICES=" + tb_["KRUL_TB_COMPUTE_DEV"], KRUL_WORKER_BIN, "--host=127.0.0.1",
-        "--http_port=0", "--threads=1", "--probe_compute=false", "--probe_load=false",
-        "--freeze_costs", "--load_latency_us=1000", "--kvstore=" + kv_address_, "--insecure"};
+    std::vector<std::string> argv = {IpBinary(),
+                                     "netns",
+                                     "exec",
+                                     tb_["KRUL_TB_COMPUTE_NS"],
+                                     "env",
+                                     "UCX_TLS=tcp",
+                                     "UCX_NET_DEVICES=" + tb_["KRUL_TB_COMPUTE_DEV"],
+                                     KRUL_WORKER_BIN,
+                                     "--host=127.0.0.1",
+                                     "--http_port=0",
+                                     "--threads=1",
+                                     "--probe_compute=false",
+                                     "--probe_load=false",
+                                     "--freeze_costs",
+                                     "--load_latency_us=1000",
+                                     "--kvstore=" + kv_address_,
+                                     "--insecure"};
     for (const std::string& f : ModelFlags()) argv.push_back(f);
     argv.insert(argv.end(), extra.begin(), extra.end());
     auto w = ChildProcess::Start(argv, "krul-worker listening on", absl::Seconds(60));
@@ -197,8 +208,8 @@ class TestbedTest : public ::testing::Test {
       for (size_t turn = 0; turn < kUserTurns.size(); ++turn) {
         SCOPED_TRACE(absl::StrCat(mode, " turn ", turn + 1));
         messages.push_back({{"role", "user"}, {"content", kUserTurns[turn]}});
-        const json request = {{"messages", messages},  {"max_tokens", kMaxTokens},
-                              {"temperature", 0},      {"krul_mode", mode},
+        const json request = {{"messages", messages},    {"max_tokens", kMaxTokens},
+                              {"temperature", 0},        {"krul_mode", mode},
                               {"conversation_id", mode}, {"return_token_ids", true}};
         ChatReply reply = route[turn]->Chat(request);
         ASSERT_EQ(reply.http_status, 200) << reply.error;
@@ -220,9 +231,8 @@ class TestbedTest : public ::testing::Test {
         ASSERT_TRUE(WaitFor(
             [&] {
               auto [status, body] = c.Get("/metrics");
-              return status == 200 &&
-                     MetricValue(body, "krul_worker_persists_total", "result=\"ok\"") >=
-                         persisted[w];
+              return status == 200 && MetricValue(body, "krul_worker_persists_total",
+                                                  "result=\"ok\"") >= persisted[w];
             },
             absl::Seconds(60), "the turn to be persisted"));
       }
@@ -244,13 +254,12 @@ class TestbedTest : public ::testing::Test {
 
 void ExpectLoadedOverUcx(const std::string& metrics, double loaded) {
   EXPECT_GT(loaded, 0);
-  EXPECT_GT(MetricValue(metrics, "krul_kvstore_transfer_bytes_total",
-                        "dir=\"out\",transport=\"ucx\""),
-            0)
+  EXPECT_GT(
+      MetricValue(metrics, "krul_kvstore_transfer_bytes_total", "dir=\"out\",transport=\"ucx\""), 0)
       << metrics;
-  EXPECT_EQ(MetricValue(metrics, "krul_kvstore_transfer_bytes_total",
-                        "dir=\"out\",transport=\"grpc\""),
-            0)
+  EXPECT_EQ(
+      MetricValue(metrics, "krul_kvstore_transfer_bytes_total", "dir=\"out\",transport=\"grpc\""),
+      0)
       << metrics;
 }
 

@@ -34,7 +34,8 @@ WorkerRun RunWorker(const std::string& args) {
   if (pipe == nullptr) return run;
   std::array<char, 4096> buffer;
   size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) run.output.append(buffer.data(), n);
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0)
+    run.output.append(buffer.data(), n);
   const int status = pclose(pipe);
   if (WIFEXITED(status)) run.exit_code = WEXITSTATUS(status);
   return run;
@@ -64,10 +65,10 @@ TEST(WorkerDeviceTest, CudaWithoutAUsableGpuExitsWithAClearError) {
 }
 
 TEST(WorkerDeviceTest, CpuServes) {
-  auto worker = testing::ChildProcess::Start(
-      {KRUL_WORKER_BIN, "--device=cpu", "--synthetic", "--host=127.0.0.1", "--http_port=0",
-       "--probe_load=false"},
-      "krul-worker listening on");
+  auto worker =
+      testing::ChildProcess::Start({KRUL_WORKER_BIN, "--device=cpu", "--synthetic",
+                                    "--host=127.0.0.1", "--http_port=0", "--probe_load=false"},
+                                   "krul-worker listening on");
   ASSERT_TRUE(worker.ok()) << worker.status();
   const int port = testing::PortFromLine((*worker)->ready_line());
   ASSERT_GT(port, 0);

@@ -267,8 +267,7 @@ TEST_F(ClusterTest, WorkersMoveKvOverUcxByDefault) {
   StartCluster({"--mode=load"}, {"--ucx", "--metrics_port=0"});
   const std::string m = LoadModeRestore(a_, b_, *kvstore_);
   // The restore's blocks left the store over UCX (shared memory here).
-  EXPECT_GT(MetricValue(m, "krul_kvstore_transfer_bytes_total", "dir=\"out\",transport=\"ucx\""),
-            0)
+  EXPECT_GT(MetricValue(m, "krul_kvstore_transfer_bytes_total", "dir=\"out\",transport=\"ucx\""), 0)
       << m;
   EXPECT_EQ(MetricValue(m, "krul_kvstore_transfer_bytes_total", "dir=\"out\",transport=\"grpc\""),
             0)
@@ -281,8 +280,7 @@ TEST_F(ClusterTest, WorkersFallBackToInlineGrpcWhenTheKvstoreHasNoUcx) {
   EXPECT_GT(MetricValue(m, "krul_kvstore_transfer_bytes_total", "dir=\"out\",transport=\"grpc\""),
             0)
       << m;
-  EXPECT_EQ(MetricValue(m, "krul_kvstore_transfer_bytes_total", "dir=\"out\",transport=\"ucx\""),
-            0)
+  EXPECT_EQ(MetricValue(m, "krul_kvstore_transfer_bytes_total", "dir=\"out\",transport=\"ucx\""), 0)
       << m;
 }
 

@@ -10,14 +10,14 @@
 #include <string>
 #include <vector>
 
-#include "worker/session/conversation_store.h"
 #include "krul/engine/engine_cpu.h"
 #include "krul/engine/sampler.h"
 #include "krul/model/tokenizer.h"
-#include "worker/core/options.h"
-#include "worker/session/session.h"
 #include "test_support/test_data.h"
+#include "worker/core/options.h"
 #include "worker/core/worker_core.h"
+#include "worker/session/conversation_store.h"
+#include "worker/session/session.h"
 
 namespace krul::worker::testing {
 

@@ -1,21 +1,20 @@
 // The estimator on the GPU: the device decode accumulation against a brute
 // force over random attention rows, and the whole estimator on a CUDA
 // engine against the CPU estimator on the CPU engine.
-#include "krul/compress/cuda/estimator_cuda.h"
-
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
-#include "test_support/cuda_test_util.h"
 #include "gtest/gtest.h"
+#include "krul/compress/backend_estimator.h"
+#include "krul/compress/cuda/estimator_cuda.h"
+#include "krul/compress/similarity_estimator.h"
 #include "krul/engine/cuda/engine_cuda.h"
 #include "krul/engine/engine_cpu.h"
 #include "krul/engine/kv_cache.h"
-#include "krul/compress/backend_estimator.h"
-#include "krul/compress/similarity_estimator.h"
+#include "test_support/cuda_test_util.h"
 
 namespace krul {
 namespace {

@@ -2,8 +2,6 @@
 // shapes in every dtype and attention implementation, and against
 // llama2.c's greedy outputs for stories260K. Both engines are driven
 // through the one ComputeBackend interface (krul/engine/backend.h).
-#include "krul/engine/cuda/engine_cuda.h"
-
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
@@ -13,13 +11,14 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "test_support/cuda_test_util.h"
 #include "gtest/gtest.h"
 #include "krul/engine/backend.h"
+#include "krul/engine/cuda/engine_cuda.h"
 #include "krul/engine/engine_cpu.h"
 #include "krul/engine/kv_cache.h"
-#include "krul/model/model.h"
 #include "krul/engine/sampler.h"
+#include "krul/model/model.h"
+#include "test_support/cuda_test_util.h"
 #include "test_support/test_data.h"
 
 namespace krul {
@@ -225,8 +224,7 @@ TEST(CudaEngineTest, BadInputsAreInvalidArgument) {
   // A cache of another backend (the CPU's).
   auto host_cache = KvCache::Create(config, 16);
   ASSERT_TRUE(host_cache.ok());
-  EXPECT_EQ(backend.Forward(*host_cache, ok, 0, logits).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(backend.Forward(*host_cache, ok, 0, logits).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(backend.AwaitWrites(*host_cache, 0).code(), absl::StatusCode::kInvalidArgument);
   // After all that, the engine still works.
   EXPECT_TRUE(backend.Forward(**cache, ok, 0, logits).ok());

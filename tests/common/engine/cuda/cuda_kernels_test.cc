@@ -6,12 +6,12 @@
 #include <cmath>
 #include <vector>
 
-#include "test_support/cuda_test_util.h"
 #include "gtest/gtest.h"
 #include "kernels.h"
 #include "krul/compress/compression_plan.h"
 #include "krul/compress/compressor.h"
 #include "krul/engine/kv_cache.h"
+#include "test_support/cuda_test_util.h"
 
 namespace krul {
 namespace {

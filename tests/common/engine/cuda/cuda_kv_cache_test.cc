@@ -2,8 +2,6 @@
 // the CPU backend's KvCache: staged rows, rows of another dtype, the
 // merged-pair fast path, reads back to the host, ordering of load-thread
 // writes before compute (AwaitWrites), and refused ranges.
-#include "krul/engine/cuda/kv_cache_cuda.h"
-
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -14,6 +12,7 @@
 #include "krul/base/dtype.h"
 #include "krul/engine/backend.h"
 #include "krul/engine/cuda/engine_cuda.h"
+#include "krul/engine/cuda/kv_cache_cuda.h"
 #include "krul/engine/engine_cpu.h"
 #include "krul/engine/kv_cache.h"
 #include "test_support/cuda_test_util.h"

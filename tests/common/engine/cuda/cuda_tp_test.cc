@@ -2,10 +2,10 @@
 // more GPUs (and NCCL), world size 2 gives the same logits.
 #include <vector>
 
-#include "test_support/cuda_test_util.h"
 #include "gtest/gtest.h"
 #include "krul/engine/cuda/engine_cuda.h"
 #include "krul/engine/cuda/tensor_parallel.h"
+#include "test_support/cuda_test_util.h"
 
 namespace krul {
 namespace {

@@ -112,8 +112,8 @@ TEST_F(CudaRestoreTest, EverySplitRebuildsTheCacheOfAFullForward) {
     ASSERT_TRUE(cache.ok());
     std::unique_ptr<KvSource> source = (*store)->NewSource();
     std::vector<float> logits(config_.vocab_size);
-    auto result = (*restorer)->Restore(HandPlan(layout, L, kHistory, kNew, split), history_,
-                                       input_, source.get(), **cache, logits);
+    auto result = (*restorer)->Restore(HandPlan(layout, L, kHistory, kNew, split), history_, input_,
+                                       source.get(), **cache, logits);
     ASSERT_TRUE(result.ok()) << result.status();
     EXPECT_LT(testing::RelativeError(logits, reference_), 1e-5);
     EXPECT_LT(testing::RelativeError(Rows(**cache, kHistory + kNew), want), 1e-5);
@@ -226,8 +226,8 @@ TEST_F(CudaRestoreTest, StagedRowsRestoreLikeTheCpuBackend) {
     auto source = (*store)->Open("c");
     ASSERT_TRUE(restorer.ok() && cache.ok() && source.ok());
     logits.emplace_back(config_.vocab_size);
-    auto result = (*restorer)->Restore(plan, history_, input_, source->get(), **cache,
-                                       logits.back());
+    auto result =
+        (*restorer)->Restore(plan, history_, input_, source->get(), **cache, logits.back());
     ASSERT_TRUE(result.ok()) << result.status();
     EXPECT_GT(result->load_requests, 0);
     rows.push_back(Rows(**cache, kHistory + kNew));

@@ -43,12 +43,12 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "krul/compress/compression_plan.h"
 #include "krul/base/dtype.h"
+#include "krul/base/thread_pool.h"
+#include "krul/compress/compression_plan.h"
 #include "krul/engine/backend_kv_cache.h"
 #include "krul/engine/kv_cache.h"
 #include "krul/model/model.h"
-#include "krul/base/thread_pool.h"
 
 namespace krul {
 

@@ -53,9 +53,9 @@ struct PairReference {
 
 // Predicted per-pair costs of one conversation.
 struct PairCostPrediction {
-  std::vector<double> cost;              // (L, L), as PairReference::cost
-  std::vector<std::string> neighbours;   // ids of the references averaged
-  std::vector<std::string> domains;      // and their domains
+  std::vector<double> cost;             // (L, L), as PairReference::cost
+  std::vector<std::string> neighbours;  // ids of the references averaged
+  std::vector<std::string> domains;     // and their domains
 };
 
 class PairCalibration {

@@ -51,16 +51,18 @@ class PlanProbe {
 
   // Measure of every single pair (a, b), a < b, in an (L, L) row-major
   // symmetric matrix of KL costs with a zero diagonal.
-  absl::StatusOr<std::vector<double>> MeasureEveryPair(
-      const CompressorOptions& options = {}) const;
+  absl::StatusOr<std::vector<double>> MeasureEveryPair(const CompressorOptions& options = {}) const;
 
   int history() const { return history_; }
 
  private:
   PlanProbe(ComputeBackend* backend, const KvCache* cache, int history,
             std::vector<int> continuation, std::vector<std::vector<double>> reference)
-      : backend_(backend), cache_(cache), history_(history),
-        continuation_(std::move(continuation)), reference_(std::move(reference)) {}
+      : backend_(backend),
+        cache_(cache),
+        history_(history),
+        continuation_(std::move(continuation)),
+        reference_(std::move(reference)) {}
 
   ComputeBackend* backend_;
   const KvCache* cache_;

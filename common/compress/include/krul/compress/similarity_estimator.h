@@ -57,9 +57,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "krul/base/thread_pool.h"
 #include "krul/engine/backend.h"
 #include "krul/model/model.h"
-#include "krul/base/thread_pool.h"
 
 namespace krul {
 

@@ -151,8 +151,8 @@ class ComputeBackend {
   // positions [0, start_pos + n). INVALID_ARGUMENT for a bad layer, range,
   // a null `hidden` or a cache of another backend or shape. May only
   // enqueue.
-  virtual absl::Status ComputeLayer(int layer, BackendKvCache& cache, int start_pos,
-                                    int num_tokens, float* hidden) = 0;
+  virtual absl::Status ComputeLayer(int layer, BackendKvCache& cache, int start_pos, int num_tokens,
+                                    float* hidden) = 0;
 
   // Host logits (num_rows, vocab_size) = classifier(rmsnorm_final(rows of
   // `hidden` (num_rows, dim))). INVALID_ARGUMENT for num_rows < 1, a null
@@ -188,8 +188,7 @@ class ComputeBackend {
   // Seconds the compute queue took from `from` to `to` (marks of this
   // backend, `to` recorded after `from`); waits until `to` is reached.
   // INVALID_ARGUMENT for marks of another backend.
-  virtual absl::StatusOr<double> SecondsBetween(const BackendMark& from,
-                                                const BackendMark& to) = 0;
+  virtual absl::StatusOr<double> SecondsBetween(const BackendMark& from, const BackendMark& to) = 0;
 };
 
 }  // namespace krul

@@ -85,14 +85,14 @@ class Engine final : public ComputeBackend {
 
   // Scratch for a block of `scratch_tokens_` tokens.
   int scratch_tokens_ = 0;
-  AlignedBuffer<float> xb_;    // (n, dim) normalized input
-  AlignedBuffer<float> q_;     // (n, dim) queries
-  AlignedBuffer<float> att_;   // (n, dim) attention output
-  AlignedBuffer<float> proj_;  // (n, dim) wo / w2 output
-  AlignedBuffer<float> hb_;    // (n, hidden_dim) gate
-  AlignedBuffer<float> hb2_;   // (n, hidden_dim) up
-  AlignedBuffer<float> probs_;   // observer block probabilities
-  AlignedBuffer<float> hidden_;  // (block, dim) residual stream of Forward()
+  AlignedBuffer<float> xb_;        // (n, dim) normalized input
+  AlignedBuffer<float> q_;         // (n, dim) queries
+  AlignedBuffer<float> att_;       // (n, dim) attention output
+  AlignedBuffer<float> proj_;      // (n, dim) wo / w2 output
+  AlignedBuffer<float> hb_;        // (n, hidden_dim) gate
+  AlignedBuffer<float> hb2_;       // (n, hidden_dim) up
+  AlignedBuffer<float> probs_;     // observer block probabilities
+  AlignedBuffer<float> hidden_;    // (block, dim) residual stream of Forward()
   AlignedBuffer<float> rope_cos_;  // (seq_len, rotary_dim / 2)
   AlignedBuffer<float> rope_sin_;
 };

@@ -46,8 +46,12 @@ class KvCache final : public BackendKvCache {
   // [0, capacity) (checked in debug builds).
   KvLayerView View(int layer, int begin, int num_tokens);
 
-  float* key(int layer, int pos) { return keys_[layer].data() + static_cast<size_t>(pos) * kv_dim_; }
-  float* value(int layer, int pos) { return values_[layer].data() + static_cast<size_t>(pos) * kv_dim_; }
+  float* key(int layer, int pos) {
+    return keys_[layer].data() + static_cast<size_t>(pos) * kv_dim_;
+  }
+  float* value(int layer, int pos) {
+    return values_[layer].data() + static_cast<size_t>(pos) * kv_dim_;
+  }
   const float* key(int layer, int pos) const {
     return keys_[layer].data() + static_cast<size_t>(pos) * kv_dim_;
   }

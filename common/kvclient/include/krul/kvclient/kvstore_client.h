@@ -79,8 +79,8 @@ using BlockCallback = std::function<absl::Status(uint32_t index, std::string_vie
 // header) as it landed, that BlockChecksum: the client then checks it
 // instead of reading the bytes a second time. It must be the hash of exactly
 // `encoded`'s payload (a wrapper that changes the bytes passes nullopt).
-using RawBlockCallback = std::function<absl::Status(
-    uint32_t index, std::string_view encoded, std::optional<uint64_t> payload_xxh3)>;
+using RawBlockCallback = std::function<absl::Status(uint32_t index, std::string_view encoded,
+                                                    std::optional<uint64_t> payload_xxh3)>;
 
 // The data plane seam: moves encoded block bytes between the client and one
 // shard. Implementations: inline gRPC (NewGrpcBlockTransport) and UCX

@@ -32,10 +32,10 @@ struct ModelConfig {
   int n_heads = 0;     // query heads
   int n_kv_heads = 0;  // key/value heads (grouped-query attention when < n_heads)
   int vocab_size = 0;
-  int seq_len = 0;     // maximum context length
-  float norm_eps = 1e-5f;     // RMSNorm epsilon
+  int seq_len = 0;         // maximum context length
+  float norm_eps = 1e-5f;  // RMSNorm epsilon
   float rope_theta = 10000.0f;
-  int rope_dim = 0;           // rotated dims per head; 0 means head_size
+  int rope_dim = 0;               // rotated dims per head; 0 means head_size
   bool shared_classifier = true;  // output projection == token embedding
 
   int head_size() const { return n_heads > 0 ? dim / n_heads : 0; }
@@ -142,8 +142,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path);
 
 // A model of the given shape with seeded random weights (same seed, same
 // weights on every machine). INVALID_ARGUMENT if the config is invalid.
-absl::StatusOr<std::unique_ptr<Model>> MakeSyntheticModel(const ModelConfig& config,
-                                                          uint64_t seed);
+absl::StatusOr<std::unique_ptr<Model>> MakeSyntheticModel(const ModelConfig& config, uint64_t seed);
 
 // Writes `model` as a llama2.c legacy checkpoint (with zeroed RoPE tables, as
 // llama2.c's export does not need them), so synthetic shapes can be loaded by

@@ -67,7 +67,7 @@ class Tokenizer {
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
   absl::flat_hash_map<std::string, int> id_of_;
-  std::array<int, 256> byte_token_{};  // byte -> id of "<0xXX>", -1 if absent
+  std::array<int, 256> byte_token_{};   // byte -> id of "<0xXX>", -1 if absent
   std::vector<int16_t> byte_of_token_;  // id -> byte value for "<0xXX>" tokens, else -1
   int bos_id_ = 1;
   int eos_id_ = 2;

@@ -21,10 +21,10 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "krul/base/dtype.h"
 #include "krul/compress/compression_plan.h"
 #include "krul/compress/compressor.h"
 #include "krul/restore/cost_model.h"
-#include "krul/base/dtype.h"
 #include "krul/restore/restore_plan.h"
 
 namespace krul {

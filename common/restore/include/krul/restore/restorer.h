@@ -131,8 +131,7 @@ class Restorer {
   absl::Status PrefillAsLayersRestore(const RestorePlan& plan, std::span<const int> new_input,
                                       BackendKvCache& cache, LoadStream& loads,
                                       std::span<float> logits, Timeline& timeline);
-  absl::Status FinishStats(const RestorePlan& stored_plan, Timeline& timeline,
-                           RestoreStats& stats);
+  absl::Status FinishStats(const RestorePlan& stored_plan, Timeline& timeline, RestoreStats& stats);
 
   // Activations of at least `rows` rows in `buffer`.
   absl::Status Reserve(std::unique_ptr<ActivationBuffer>& buffer, int rows);

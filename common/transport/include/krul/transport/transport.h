@@ -270,8 +270,7 @@ class Transport {
   // Allocates `length_bytes` of host memory that the transport can serve
   // best (for UCX: mapped so same-host peers copy straight from it), zeroed.
   // INVALID_ARGUMENT for 0 bytes; RESOURCE_EXHAUSTED when out of memory.
-  virtual absl::StatusOr<std::unique_ptr<MemoryRegion>> AllocateRegion(
-      size_t length_bytes) = 0;
+  virtual absl::StatusOr<std::unique_ptr<MemoryRegion>> AllocateRegion(size_t length_bytes) = 0;
 
   // Registers caller-owned memory, which must stay valid until the region is
   // destroyed. INVALID_ARGUMENT for null/empty; UNIMPLEMENTED for a memory
@@ -283,8 +282,7 @@ class Transport {
   // connection is set up lazily; failures also show up as UNAVAILABLE from
   // later transfers. INVALID_ARGUMENT malformed address; UNAVAILABLE
   // unreachable peer.
-  virtual absl::StatusOr<std::unique_ptr<Endpoint>> Connect(
-      std::string_view peer_address) = 0;
+  virtual absl::StatusOr<std::unique_ptr<Endpoint>> Connect(std::string_view peer_address) = 0;
 
   // Prepares a transfer between `local` (a region of this Transport) and
   // `remote` (imported through an Endpoint of this Transport). Validates

@@ -107,8 +107,7 @@ struct UcxTransportOptions {
 // Creates a UCX transport. INVALID_ARGUMENT for bad options or a UCX setting
 // that UCX rejects; UNAVAILABLE when UCX cannot initialize (no usable
 // transport, e.g. UCX_TLS names one that is absent).
-absl::StatusOr<std::unique_ptr<Transport>> NewUcxTransport(
-    const UcxTransportOptions& options = {});
+absl::StatusOr<std::unique_ptr<Transport>> NewUcxTransport(const UcxTransportOptions& options = {});
 
 }  // namespace krul
 

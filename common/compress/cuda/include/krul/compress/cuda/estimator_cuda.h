@@ -32,8 +32,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "krul/engine/cuda/engine_cuda.h"
 #include "krul/compress/similarity_estimator.h"
+#include "krul/engine/cuda/engine_cuda.h"
 
 namespace krul {
 

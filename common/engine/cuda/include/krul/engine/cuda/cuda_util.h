@@ -8,9 +8,9 @@
 #include <string_view>
 
 #include "absl/status/status.h"
-#include "krul/engine/cuda/cuda_memory.h"
 #include "krul/base/dtype.h"
 #include "krul/base/status_macros.h"  // KRUL_RETURN_IF_ERROR, KRUL_ASSIGN_OR_RETURN
+#include "krul/engine/cuda/cuda_memory.h"
 
 namespace krul::cuda_internal {
 

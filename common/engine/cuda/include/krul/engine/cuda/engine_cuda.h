@@ -178,8 +178,8 @@ class CudaEngine final : public ComputeBackend {
   // logits (only 4 bytes come back). Same errors as Forward;
   // INVALID_ARGUMENT for a negative temperature or a uniform outside
   // [0, 1). Synchronizes.
-  absl::StatusOr<int> ForwardNext(BackendKvCache& cache, std::span<const int> tokens,
-                                  int start_pos, const CudaSampling& sampling = {});
+  absl::StatusOr<int> ForwardNext(BackendKvCache& cache, std::span<const int> tokens, int start_pos,
+                                  const CudaSampling& sampling = {});
 
  private:
   class Impl;
