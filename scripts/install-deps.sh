@@ -29,6 +29,8 @@ KRUL_DEB_PACKAGES=(
   iproute2
   # the libFuzzer targets (tests/fuzz, scripts/build-fuzz.sh): clang and its libFuzzer runtime
   clang-14 libclang-rt-14-dev
+  # the source format check (scripts/check-format.sh), pinned so every machine formats alike
+  clang-format-14
 )
 
 log() { echo "install-deps: $*"; }

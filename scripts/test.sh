@@ -30,6 +30,10 @@ if [[ "${KRUL_SKIP_DEPS:-0}" != 1 ]]; then
   scripts/install-deps.sh
 fi
 
+# Source format (.clang-format) first: it takes seconds, and a misformatted
+# file fails the run as a failing test would.
+scripts/check-format.sh
+
 # CTest hands each test the data folder recorded at configure time
 # (KRUL_DEFAULT_DATA_DIR), so the folder is passed to the configure step.
 build_args=()
