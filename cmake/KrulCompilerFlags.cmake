@@ -3,7 +3,14 @@ include(CheckCXXCompilerFlag)
 
 # Host-compiler warnings only: nvcc does not take -Wall directly.
 add_compile_options($<$<COMPILE_LANGUAGE:CXX,C>:-Wall> $<$<COMPILE_LANGUAGE:CXX,C>:-Wextra>
-                    $<$<COMPILE_LANGUAGE:CXX,C>:-Wno-unused-parameter>)
+                    $<$<COMPILE_LANGUAGE:CXX,C>:-Wno-unused-parameter>
+                    $<$<COMPILE_LANGUAGE:CXX,C>:-Wshadow>)
+# Warnings as errors where a build is a check (scripts/test.sh, hence CI), not
+# where a user builds to run: a newer compiler's new warning must not stop the demo.
+option(KRUL_WERROR "Treat compiler warnings as errors (C/C++)" OFF)
+if(KRUL_WERROR)
+  add_compile_options($<$<COMPILE_LANGUAGE:CXX,C>:-Werror>)
+endif()
 # `#pragma omp simd` marks the vector loops of the engine and the estimator;
 # -fopenmp-simd honours it without the OpenMP runtime. Everywhere, so code
 # that includes those loops (the op tests) compiles them the same way.

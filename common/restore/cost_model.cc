@@ -156,8 +156,8 @@ void CostModel::SeedLoadFitLocked() {
   const LoadCoefficients& load = coefficients_.load;
   const double x1 = load.bytes_per_second * 0.010;  // 10 ms of transfer
   load_fit_ = {};
-  for (const auto [x, y] : {std::pair<double, double>{0, load.latency_s},
-                            std::pair<double, double>{x1, load.latency_s + 0.010}}) {
+  for (const auto& [x, y] : {std::pair<double, double>{0, load.latency_s},
+                             std::pair<double, double>{x1, load.latency_s + 0.010}}) {
     load_fit_.w += 0.5;
     load_fit_.sx += 0.5 * x;
     load_fit_.sy += 0.5 * y;

@@ -118,8 +118,8 @@ absl::StatusOr<StoreLoadProbe> ProbeStoreLoad(ConversationStore& store, const st
   }
   StoreLoadProbe result;
   auto coefficients = ProbeLoad(
-      [&](int tokens) -> absl::StatusOr<size_t> {
-        const Version& v = versions[tokens == probe.small_tokens ? 0 : 1];
+      [&](int probe_tokens) -> absl::StatusOr<size_t> {
+        const Version& v = versions[probe_tokens == probe.small_tokens ? 0 : 1];
         size_t bytes = 0;
         const auto t0 = std::chrono::steady_clock::now();
         absl::Status s = store.ReadBlocks(
@@ -136,7 +136,7 @@ absl::StatusOr<StoreLoadProbe> ProbeStoreLoad(ConversationStore& store, const st
                        std::chrono::duration<double>(emulated.latency_s +
                                                      bytes / emulated.bytes_per_second)));
         }
-        if (tokens != probe.small_tokens) {
+        if (probe_tokens != probe.small_tokens) {
           const double t =
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
           if (result.large_seconds == 0 || t < result.large_seconds) result.large_seconds = t;
