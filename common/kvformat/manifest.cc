@@ -95,6 +95,12 @@ absl::Status ValidateManifest(const v1::Manifest& m) {
         b.encoded_bytes() > kBlockHeaderBytes + kMaxBlockPayloadBytes) {
       return Invalid(field, absl::StrCat("encoded_bytes ", b.encoded_bytes(), " out of range"));
     }
+    if (b.mac().size() > kMaxMacBytes) {
+      return Invalid(field, absl::StrCat("mac longer than ", kMaxMacBytes, " bytes"));
+    }
+  }
+  if (m.seal().salt().size() > kMaxMacBytes || m.seal().mac().size() > kMaxMacBytes) {
+    return Invalid("seal", absl::StrCat("salt or mac longer than ", kMaxMacBytes, " bytes"));
   }
   return absl::OkStatus();
 }

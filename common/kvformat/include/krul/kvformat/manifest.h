@@ -33,6 +33,8 @@ inline constexpr size_t kMaxModelIdBytes = 256;
 inline constexpr size_t kMaxPlanBytes = 1 << 20;
 inline constexpr uint32_t kMaxManifestLayers = 4096;
 inline constexpr size_t kMaxManifestBlocks = 1 << 20;
+// Seal salt and tags (kv_mac.h) are at most this long.
+inline constexpr size_t kMaxMacBytes = 64;
 
 inline constexpr uint32_t kStoredManifestMagic = 0x464D524Bu;  // Bytes "KRMF".
 inline constexpr uint16_t kStoredManifestVersion = 1;
@@ -46,7 +48,8 @@ absl::Status ValidateConversationKey(const v1::ConversationKey& key);
 // 1 <= n_layers <= kMaxManifestLayers, the plan within kMaxPlanBytes,
 // stored ranges on distinct layers below n_layers with begin <= end, and
 // blocks[i].index == i, layers below n_layers, encoded_bytes that can hold a
-// header and a payload of at most kMaxBlockPayloadBytes.
+// header and a payload of at most kMaxBlockPayloadBytes, block tags and the
+// seal's salt and tag within kMaxMacBytes (their meaning is kv_mac.h's).
 // INVALID_ARGUMENT naming the first offending field otherwise.
 absl::Status ValidateManifest(const v1::Manifest& manifest);
 
