@@ -1,73 +1,14 @@
 #include "kvstore/tenant_auth.h"
 
-#include <sys/stat.h>
+#include <utility>
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
-#include <sstream>
-
-#include "absl/strings/ascii.h"
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "krul/rpc/bearer_token.h"
 
 namespace krul::kvstore {
-namespace {
-
-bool IsLowerHex64(absl::string_view s) {
-  if (s.size() != 64) return false;
-  for (char c : s) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  }
-  return true;
-}
-
-absl::StatusOr<std::string> ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    const int err = errno;
-    std::string msg = absl::StrCat("tenant_tokens_file '", path, "': ", std::strerror(err));
-    return err == ENOENT ? absl::NotFoundError(msg) : absl::FailedPreconditionError(msg);
-  }
-  std::stringstream buf;
-  buf << in.rdbuf();
-  return buf.str();
-}
-
-}  // namespace
 
 absl::StatusOr<absl::flat_hash_map<std::string, std::string>> ParseTenantTokens(
     absl::string_view text) {
-  absl::flat_hash_map<std::string, std::string> out;
-  int line_no = 0;
-  for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    ++line_no;
-    if (size_t hash = line.find('#'); hash != absl::string_view::npos) line = line.substr(0, hash);
-    line = absl::StripAsciiWhitespace(line);
-    if (line.empty()) continue;
-    const size_t colon = line.rfind(':');
-    if (colon == absl::string_view::npos) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tenant tokens line ", line_no, ": expected tenant:sha256hex"));
-    }
-    absl::string_view tenant = absl::StripAsciiWhitespace(line.substr(0, colon));
-    std::string hex = absl::AsciiStrToLower(absl::StripAsciiWhitespace(line.substr(colon + 1)));
-    if (tenant.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tenant tokens line ", line_no, ": empty tenant"));
-    }
-    if (!IsLowerHex64(hex)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tenant tokens line ", line_no,
-                       ": the hash is not 64 hex digits (store SHA-256 hashes, never the tokens)"));
-    }
-    if (!out.emplace(hex, std::string(tenant)).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tenant tokens line ", line_no, ": this hash is listed twice"));
-    }
-  }
-  return out;
+  return rpc::ParseTokenTable(text);
 }
 
 std::unique_ptr<TenantAuth> TenantAuth::Trusting() {
@@ -75,54 +16,19 @@ std::unique_ptr<TenantAuth> TenantAuth::Trusting() {
 }
 
 absl::StatusOr<std::unique_ptr<TenantAuth>> TenantAuth::FromFile(const std::string& path) {
-  if (path.empty()) return absl::InvalidArgumentError("tenant_tokens_file: empty path");
+  absl::StatusOr<std::unique_ptr<rpc::TokenTable>> table =
+      rpc::TokenTable::FromFile(path, "tenant_tokens_file");
+  if (!table.ok()) return table.status();
   std::unique_ptr<TenantAuth> auth(new TenantAuth());
-  auth->path_ = path;
-  if (absl::Status s = auth->Reload(); !s.ok()) return s;
-  if (auth->size() == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tenant_tokens_file '", path, "' names no tenant"));
-  }
+  auth->table_ = *std::move(table);
   return auth;
 }
 
 absl::Status TenantAuth::Reload() {
-  if (path_.empty()) return absl::OkStatus();
-  struct stat st {};
-  if (stat(path_.c_str(), &st) != 0) {
-    const int err = errno;
-    std::string msg = absl::StrCat("tenant_tokens_file '", path_, "': ", std::strerror(err),
-                                   "; keeping the previous tokens");
-    return err == ENOENT ? absl::NotFoundError(msg) : absl::FailedPreconditionError(msg);
-  }
-  {
-    absl::MutexLock lock(&mu_);
-    if (st.st_size == size_ && st.st_mtim.tv_sec == mtime_.tv_sec &&
-        st.st_mtim.tv_nsec == mtime_.tv_nsec) {
-      return absl::OkStatus();
-    }
-  }
-  absl::StatusOr<std::string> text = ReadAll(path_);
-  if (!text.ok()) return text.status();
-  absl::StatusOr<absl::flat_hash_map<std::string, std::string>> table = ParseTenantTokens(*text);
-  absl::MutexLock lock(&mu_);
-  // Remember the version even when it is malformed: the error is reported
-  // once, not every maintenance tick.
-  mtime_ = st.st_mtim;
-  size_ = st.st_size;
-  if (!table.ok()) {
-    return absl::Status(table.status().code(),
-                        absl::StrCat("tenant_tokens_file '", path_, "': ", table.status().message(),
-                                     "; keeping the previous tokens"));
-  }
-  tenants_by_hash_ = *std::move(table);
-  return absl::OkStatus();
+  return table_ == nullptr ? absl::OkStatus() : table_->Reload();
 }
 
-size_t TenantAuth::size() const {
-  absl::MutexLock lock(&mu_);
-  return tenants_by_hash_.size();
-}
+size_t TenantAuth::size() const { return table_ == nullptr ? 0 : table_->size(); }
 
 absl::StatusOr<Caller> TenantAuth::Authenticate(const grpc::ServerContext& ctx) const {
   if (trusting()) return Caller{"", true};
@@ -140,13 +46,9 @@ absl::StatusOr<Caller> TenantAuth::AuthenticateHeader(
     return absl::UnauthenticatedError(
         "this kvstore requires a bearer token (metadata 'authorization: Bearer <token>')");
   }
-  absl::StatusOr<absl::string_view> token = rpc::ParseBearer(*authorization);
-  if (!token.ok()) return token.status();
-  const std::string hash = rpc::Sha256Hex(*token);
-  absl::MutexLock lock(&mu_);
-  auto it = tenants_by_hash_.find(hash);
-  if (it == tenants_by_hash_.end()) return absl::UnauthenticatedError("unknown bearer token");
-  return Caller{it->second, false};
+  absl::StatusOr<std::string> tenant = table_->LookupHeader(authorization);
+  if (!tenant.ok()) return tenant.status();
+  return Caller{*std::move(tenant), false};
 }
 
 }  // namespace krul::kvstore

@@ -24,16 +24,14 @@
 
 #include <grpcpp/server_context.h>
 
-#include <ctime>
 #include <memory>
 #include <string>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+#include "krul/rpc/token_table.h"
 
 namespace krul::kvstore {
 
@@ -45,9 +43,10 @@ struct Caller {
   bool trusted = false;
 };
 
-// SHA-256 hex -> tenant, parsed from the tokens file format above.
-// INVALID_ARGUMENT naming the line when a line is malformed (no ':', empty
-// tenant, not 64 hex digits) or a hash is listed twice.
+// SHA-256 hex -> tenant, parsed from the tokens file format above (the
+// shared format, rpc::ParseTokenTable). INVALID_ARGUMENT naming the line
+// when a line is malformed (no ':', empty tenant, not 64 hex digits) or a
+// hash is listed twice.
 absl::StatusOr<absl::flat_hash_map<std::string, std::string>> ParseTenantTokens(
     absl::string_view text);
 
@@ -60,7 +59,7 @@ class TenantAuth {
   // read, INVALID_ARGUMENT when malformed or when it names no tenant.
   static absl::StatusOr<std::unique_ptr<TenantAuth>> FromFile(const std::string& path);
 
-  bool trusting() const { return path_.empty(); }
+  bool trusting() const { return table_ == nullptr; }
 
   // The caller of the RPC behind `ctx` (its `authorization` metadata).
   absl::StatusOr<Caller> Authenticate(const grpc::ServerContext& ctx) const;
@@ -78,11 +77,7 @@ class TenantAuth {
  private:
   TenantAuth() = default;
 
-  std::string path_;  // Empty: trusting mode.
-  mutable absl::Mutex mu_;
-  absl::flat_hash_map<std::string, std::string> tenants_by_hash_ ABSL_GUARDED_BY(mu_);
-  std::timespec mtime_ ABSL_GUARDED_BY(mu_) = {};
-  off_t size_ ABSL_GUARDED_BY(mu_) = -1;
+  std::unique_ptr<rpc::TokenTable> table_;  // Null: trusting mode.
 };
 
 }  // namespace krul::kvstore
