@@ -29,6 +29,7 @@
 #include "krul/rpc/bearer_token.h"
 #include "worker/core/options.h"
 #include "worker/core/worker_core.h"
+#include "worker/server/api_keys.h"
 #include "worker/server/grpc_service.h"
 #include "worker/server/http_api.h"
 #include "worker/session/conversation_store.h"
@@ -47,6 +48,12 @@ ABSL_FLAG(std::string, model_name, "",
 ABSL_FLAG(std::string, chat_template, "plain", "Chat template: plain or roles");
 ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on");
 ABSL_FLAG(int, http_port, 8080, "HTTP port; 0 = ephemeral (printed on stdout)");
+ABSL_FLAG(std::string, api_keys_file, "",
+          "API keys of the HTTP API, one 'tenant:sha256hex' per line (krul-kvstore hash-token); "
+          "every /v1 request then needs 'Authorization: Bearer <key>' and conversation ids are "
+          "scoped per tenant. Empty: one tenant, loopback --host only (or --insecure_http)");
+ABSL_FLAG(bool, insecure_http, false,
+          "Serve the HTTP API without API keys on a non-loopback --host (INSECURE)");
 ABSL_FLAG(int, grpc_port, -1, "gRPC Worker service port; 0 = ephemeral, -1 = off");
 ABSL_FLAG(int, max_active, 1, "Requests computed at once (one engine each)");
 ABSL_FLAG(int, max_queue, 8, "Requests that may wait for an engine; beyond: HTTP 429");
@@ -179,6 +186,8 @@ absl::StatusOr<WorkerOptions> OptionsFromFlags() {
   o.chat_template = *tmpl;
   o.host = absl::GetFlag(FLAGS_host);
   o.http_port = absl::GetFlag(FLAGS_http_port);
+  o.api_keys_file = absl::GetFlag(FLAGS_api_keys_file);
+  o.allow_insecure_http = absl::GetFlag(FLAGS_insecure_http);
   o.grpc_port = absl::GetFlag(FLAGS_grpc_port);
   o.max_active = absl::GetFlag(FLAGS_max_active);
   o.max_queue = absl::GetFlag(FLAGS_max_queue);
@@ -269,6 +278,12 @@ int main(int argc, char** argv) {
 
   auto options = OptionsFromFlags();
   if (!options.ok()) return Fail(options.status());
+  std::unique_ptr<krul::worker::ApiKeys> api_keys;
+  if (!options->api_keys_file.empty()) {
+    auto loaded = krul::worker::ApiKeys::FromFile(options->api_keys_file);
+    if (!loaded.ok()) return Fail(loaded.status());
+    api_keys = *std::move(loaded);
+  }
 
   std::unique_ptr<krul::worker::ConversationStore> store;
   if (!options->kvstore_addresses.empty()) {
@@ -302,7 +317,7 @@ int main(int argc, char** argv) {
   auto core = krul::worker::WorkerCore::Create(*options, std::move(store));
   if (!core.ok()) return Fail(core.status());
 
-  krul::worker::HttpApi http(core->get());
+  krul::worker::HttpApi http(core->get(), std::move(api_keys));
   auto port = http.Bind(options->host, options->http_port);
   if (!port.ok()) return Fail(port.status());
   (*core)->set_worker_id(options->host + ":" + std::to_string(*port));

@@ -80,6 +80,11 @@ struct ChatRequest {
   // is set); absent = the worker's own mode.
   std::optional<std::string> mode;
   bool return_token_ids = false;
+  // Who asked: the tenant of the request's API key, set by the front end
+  // from the credential (never parsed from the body); it scopes
+  // conversation_id (worker/session/tenant_scope.h). Empty: a worker
+  // without API keys (one tenant).
+  std::string tenant;
 };
 
 // Parses and validates a request body. On failure fills *error (always a

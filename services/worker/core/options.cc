@@ -62,6 +62,24 @@ absl::StatusOr<std::string> CanonicalRestoreModeName(std::string_view name) {
   return std::string(RestoreModeName(*mode));
 }
 
+absl::StatusOr<std::string> CheckHttpWithoutApiKeys(std::string_view host,
+                                                    bool allow_insecure_http) {
+  const absl::string_view h = ToAbslStringView(host);
+  if (rpc::IsLoopbackHost(h)) {
+    return absl::StrCat("the HTTP API on ", h,
+                        " has no API keys: every local caller is one tenant (--api_keys_file)");
+  }
+  if (allow_insecure_http) {
+    return absl::StrCat("INSECURE: the HTTP API on ", h,
+                        " has no API keys (--insecure_http): anyone who reaches it can use, "
+                        "invalidate and probe every conversation");
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "the HTTP API on ", h,
+      " (not loopback) needs API keys: give --api_keys_file (tenant:sha256hex lines, see "
+      "'krul-kvstore hash-token'), or --insecure_http to serve it unauthenticated"));
+}
+
 absl::Status WorkerOptions::Validate() const {
   if (synthetic) {
     if (auto s = synthetic_shape.Validate(); !s.ok()) {
@@ -72,6 +90,11 @@ absl::Status WorkerOptions::Validate() const {
     return Invalid("model", "required (a llama2.c .bin or GGUF file), or use --synthetic");
   }
   if (host.empty()) return Invalid("host", "empty");
+  if (api_keys_file.empty()) {
+    if (auto rule = CheckHttpWithoutApiKeys(host, allow_insecure_http); !rule.ok()) {
+      return rule.status();
+    }
+  }
   if (kvstore_tls.cert_file.empty() != kvstore_tls.key_file.empty()) {
     return Invalid("kvstore_tls_cert_file", "give it with --kvstore_tls_key_file, or neither");
   }

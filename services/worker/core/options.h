@@ -47,7 +47,17 @@ struct WorkerOptions {
   // ---- serving ----------------------------------------------------------
   std::string host = "127.0.0.1";
   int http_port = 8080;  // 0 = ephemeral (the bound port is printed)
-  int grpc_port = -1;    // -1 = no gRPC server; 0 = ephemeral
+  // API keys of the HTTP API (server/api_keys.h: `tenant:sha256hex` lines,
+  // the kvstore's tokens format): every /v1 request needs
+  // `Authorization: Bearer <key>`, and the key's tenant scopes the
+  // conversation ids (session/tenant_scope.h). Empty: no keys, one tenant,
+  // allowed only on a loopback host unless allow_insecure_http.
+  std::string api_keys_file;
+  // --insecure_http: serve the HTTP API without API keys off loopback
+  // (anyone who reaches the port can use and probe every conversation).
+  // Default: false.
+  bool allow_insecure_http = false;
+  int grpc_port = -1;  // -1 = no gRPC server; 0 = ephemeral
   // Requests computed at once (one engine + KV cache each). Default 1.
   int max_active = 1;
   // Requests that may wait for an engine; beyond it 429 + Retry-After.
@@ -166,9 +176,18 @@ struct WorkerOptions {
   // krul-fixed: pairs as "a:b,c:d"; empty = calibrate on built-in prompts.
   std::string fixed_pairs;
 
-  // OK, or INVALID_ARGUMENT naming the first bad field.
+  // OK, or INVALID_ARGUMENT naming the first bad field; FAILED_PRECONDITION
+  // for an HTTP API without API keys off loopback (CheckHttpWithoutApiKeys).
   absl::Status Validate() const;
 };
+
+// The rule for an HTTP API without API keys on `host`, the kvstore's
+// plaintext rule's twin (krul/rpc/credentials.h): accepted on a loopback
+// host, or anywhere with allow_insecure_http; returns the warning to log
+// (a loud one off loopback). FAILED_PRECONDITION naming --api_keys_file and
+// --insecure_http otherwise.
+absl::StatusOr<std::string> CheckHttpWithoutApiKeys(std::string_view host,
+                                                    bool allow_insecure_http);
 
 // Parses "a:b,c:d" into pairs (a < b normalized). INVALID_ARGUMENT otherwise.
 absl::StatusOr<std::vector<std::pair<int, int>>> ParsePairs(std::string_view text);

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "krul/base/log.h"
 #include "worker/api/openai_api.h"
 #include "worker/session/session.h"
 
@@ -35,9 +36,37 @@ std::string NewCompletionId() {
 
 int64_t UnixSeconds() { return absl::ToUnixSeconds(absl::Now()); }
 
+// API keys (api_keys.h): the tenant of the request's key, or false after
+// answering 401 (code invalid_api_key). Every /v1 handler starts with it.
+// Without keys: the one tenant "".
+bool Authorize(WorkerCore* core, const ApiKeys* keys, const httplib::Request& req,
+               httplib::Response& res, std::string* tenant) {
+  if (keys == nullptr) return true;
+  absl::StatusOr<std::string> t;
+  if (req.has_header("Authorization")) {
+    const std::string value = req.get_header_value("Authorization");
+    const absl::string_view v(value);
+    t = keys->Authenticate(&v);
+  } else {
+    t = keys->Authenticate(nullptr);
+  }
+  if (t.ok()) {
+    *tenant = *std::move(t);
+    return true;
+  }
+  ApiError e;
+  e.http_status = 401;
+  e.message = std::string(t.status().message());
+  e.code = "invalid_api_key";
+  res.set_header("WWW-Authenticate", "Bearer");
+  SendError(core, res, e);
+  return false;
+}
+
 }  // namespace
 
-HttpApi::HttpApi(WorkerCore* core) : core_(core), server_(std::make_unique<httplib::Server>()) {
+HttpApi::HttpApi(WorkerCore* core, std::unique_ptr<ApiKeys> api_keys)
+    : core_(core), api_keys_(std::move(api_keys)), server_(std::make_unique<httplib::Server>()) {
   const WorkerOptions& o = core_->options();
   // Enough threads that a full queue is still answered with 429 and that
   // /metrics and the probes are served while every engine is busy.
@@ -54,6 +83,11 @@ HttpApi::HttpApi(WorkerCore* core) : core_(core), server_(std::make_unique<httpl
 HttpApi::~HttpApi() = default;
 
 absl::StatusOr<int> HttpApi::Bind(const std::string& host, int port) {
+  if (api_keys_ == nullptr) {
+    auto rule = CheckHttpWithoutApiKeys(host, core_->options().allow_insecure_http);
+    if (!rule.ok()) return rule.status();
+    KRUL_LOG(WARNING) << "krul-worker: " << *rule;
+  }
   int bound = -1;
   if (port == 0) {
     bound = server_->bind_to_any_port(host);
@@ -72,10 +106,13 @@ void HttpApi::Stop() { server_->stop(); }
 
 void HttpApi::Routes() {
   WorkerCore* core = core_;
+  const ApiKeys* keys = api_keys_.get();
   httplib::Server& s = *server_;
 
-  s.Post("/v1/chat/completions", [core](const httplib::Request& req, httplib::Response& res) {
+  s.Post("/v1/chat/completions", [core, keys](const httplib::Request& req, httplib::Response& res) {
     const absl::Time accepted = absl::Now();
+    std::string tenant;
+    if (!Authorize(core, keys, req, res, &tenant)) return;
     const WorkerOptions& o = core->options();
     RequestLimits limits;
     limits.default_max_tokens = o.default_max_tokens;
@@ -85,6 +122,7 @@ void HttpApi::Routes() {
     ApiError error;
     std::optional<ChatRequest> request = ParseChatRequest(req.body, limits, &error);
     if (!request.has_value()) return SendError(core, res, error);
+    request->tenant = std::move(tenant);
 
     auto started = core->StartChat(*request, accepted);
     if (!started.ok()) {
@@ -157,7 +195,9 @@ void HttpApi::Routes() {
     });
   });
 
-  s.Get("/v1/models", [core](const httplib::Request&, httplib::Response& res) {
+  s.Get("/v1/models", [core, keys](const httplib::Request& req, httplib::Response& res) {
+    std::string tenant;
+    if (!Authorize(core, keys, req, res, &tenant)) return;
     json model = {
         {"id", core->model_name()}, {"object", "model"}, {"created", 0}, {"owned_by", "krul"}};
     SendJson(res, 200, json{{"object", "list"}, {"data", json::array({model})}});

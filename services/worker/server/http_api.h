@@ -7,6 +7,11 @@
 //   GET  /readyz               200 once the model is loaded, 503 when draining
 //   GET  /metrics              Prometheus text format (WorkerMetrics)
 //
+// With API keys (api_keys.h) every /v1 route needs `Authorization: Bearer
+// <key>`: without one, or with a wrong one, it answers 401 with an OpenAI
+// error whose code is "invalid_api_key"; the key's tenant scopes the
+// request's conversation ids. /healthz, /readyz and /metrics need no key.
+//
 // Errors are OpenAI error objects (openai_api.h). A full queue answers 429
 // with Retry-After. Streaming answers get their HTTP status only after the
 // first token was sampled, so every error up to then (validation, context
@@ -21,6 +26,7 @@
 
 #include "absl/status/statusor.h"
 #include "worker/core/worker_core.h"
+#include "worker/server/api_keys.h"
 
 namespace httplib {
 class Server;
@@ -30,12 +36,14 @@ namespace krul::worker {
 
 class HttpApi {
  public:
-  // `core` is borrowed and must outlive the server.
-  explicit HttpApi(WorkerCore* core);
+  // `core` is borrowed and must outlive the server. `api_keys` null: no
+  // keys, one tenant (Bind allows that only as CheckHttpWithoutApiKeys does).
+  explicit HttpApi(WorkerCore* core, std::unique_ptr<ApiKeys> api_keys = nullptr);
   ~HttpApi();
 
   // Binds `host:port` (0 = an ephemeral port) and returns the bound port.
-  // UNAVAILABLE when the address cannot be bound.
+  // UNAVAILABLE when the address cannot be bound; FAILED_PRECONDITION for
+  // a non-loopback host without API keys (and without --insecure_http).
   absl::StatusOr<int> Bind(const std::string& host, int port);
   // Serves until Stop(); returns at once if Bind failed.
   void Serve();
@@ -45,6 +53,7 @@ class HttpApi {
  private:
   void Routes();
   WorkerCore* core_;
+  std::unique_ptr<ApiKeys> api_keys_;  // null: no keys
   std::unique_ptr<httplib::Server> server_;
 };
 

@@ -9,6 +9,7 @@
 #include "krul/restore/restore_plan.h"
 #include "worker/session/kv_blocks.h"
 #include "worker/session/session_record.h"
+#include "worker/session/tenant_scope.h"
 
 namespace krul::worker {
 namespace {
@@ -153,8 +154,10 @@ Session::StoredTurn Session::LookupStoredTurn() {
   }
   if (stored.lookup_id.empty()) return stored;
   const WorkerOptions& options = core_.options();
-  auto found = core_.store().LookupLatest(options.tenant, stored.lookup_id,
-                                          absl::Now() + options.kvstore_deadline);
+  // Scoped by the caller's tenant: another tenant's id is not even looked at.
+  auto found =
+      core_.store().LookupLatest(options.tenant, TenantScopedId(request_.tenant, stored.lookup_id),
+                                 absl::Now() + options.kvstore_deadline);
   if (!found.ok()) {
     if (found.status().code() != absl::StatusCode::kNotFound) {
       stored.fallback = FallbackReason(found.status());
@@ -435,7 +438,7 @@ void Session::Commit() {
   slot_.backend->SetAttentionObserver(nullptr).IgnoreError();
   PersistJob job;
   job.key.set_tenant(core_.options().tenant);
-  job.key.set_conversation_id(store_id_);
+  job.key.set_conversation_id(TenantScopedId(request_.tenant, store_id_));
   SessionRecord& r = job.record;
   r.model_id = core_.model_id();
   r.chat_template = core_.chat_template().kind();

@@ -38,11 +38,14 @@ std::pair<int, std::string> RunWorker(const std::string& args) {
 }
 
 TEST(WorkerTlsTest, PlaintextOffLoopbackIsRefusedWithoutInsecure) {
+  // --insecure_http lets the keyless HTTP API through (worker_tenant_test.cc
+  // has that rule), so what refuses here is the gRPC plaintext rule.
   auto [code, out] = RunWorker(
       "--synthetic --host=0.0.0.0 --http_port=0 --grpc_port=0 --probe_load=false "
-      "--probe_compute=false");
+      "--probe_compute=false --insecure_http");
   EXPECT_EQ(code, 1) << out;
-  EXPECT_THAT(out, HasSubstr("--insecure"));
+  EXPECT_THAT(out, HasSubstr("--insecure "));
+  EXPECT_THAT(out, HasSubstr("gRPC"));
   EXPECT_THAT(out, ::testing::Not(HasSubstr("grpc listening on")));
   // The kvstore link has the same rule.
   auto [kv_code, kv_out] = RunWorker(
@@ -61,7 +64,9 @@ class WorkerGrpcTlsTest : public ::testing::Test {
     certs_ = *std::move(certs);
   }
   void TearDown() override {
-    if (worker_ != nullptr) EXPECT_EQ(worker_->Terminate(), 0);
+    if (worker_ != nullptr) {
+      EXPECT_EQ(worker_->Terminate(), 0);
+    }
     std::filesystem::remove_all(certs_.dir);
   }
 
@@ -95,7 +100,9 @@ class WorkerGrpcTlsTest : public ::testing::Test {
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     v1::ModelsResponse resp;
     grpc::Status s = stub->Models(&ctx, v1::ModelsRequest(), &resp);
-    if (s.ok()) EXPECT_GT(resp.models_size(), 0);
+    if (s.ok()) {
+      EXPECT_GT(resp.models_size(), 0);
+    }
     return static_cast<absl::StatusCode>(s.error_code());
   }
   rpc::ClientTlsOptions Tls(bool client_cert) const {
