@@ -70,6 +70,7 @@ std::string SelfBinDir() {
 }
 
 absl::StatusOr<LocalCluster::Process> LocalCluster::Spawn(const std::string& name,
+                                                          const std::vector<std::string>& prefix,
                                                           const std::vector<std::string>& argv) {
   if (access(argv[0].c_str(), X_OK) != 0) {
     return absl::NotFoundError(absl::StrCat(argv[0],
@@ -82,6 +83,7 @@ absl::StatusOr<LocalCluster::Process> LocalCluster::Spawn(const std::string& nam
   const int fd = open(p.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return absl::InternalError(absl::StrCat("cannot create ", p.log));
   std::vector<char*> args;
+  for (const std::string& a : prefix) args.push_back(const_cast<char*>(a.c_str()));
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   const pid_t parent = getpid();
@@ -100,7 +102,7 @@ absl::StatusOr<LocalCluster::Process> LocalCluster::Spawn(const std::string& nam
     if (getppid() != parent) _exit(1);  // the parent died before prctl
     dup2(fd, STDOUT_FILENO);
     dup2(fd, STDERR_FILENO);
-    execv(args[0], args.data());
+    execvp(args[0], args.data());  // a prefix names "ip" by PATH
     _exit(127);
   }
   close(fd);
@@ -131,6 +133,9 @@ absl::StatusOr<std::string> LocalCluster::WaitForLine(const Process& p, const st
                                                  "of ",
                                                  p.log, ":\n", Tail(text, 15)));
     }
+    if (options_.cancel != nullptr && options_.cancel->load()) {
+      return absl::CancelledError(absl::StrCat("interrupted while waiting for ", p.name));
+    }
     if (absl::Now() >= deadline) {
       return absl::UnavailableError(absl::StrCat(p.name, " printed no '", marker,
                                                  "' in time; the "
@@ -153,8 +158,12 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(
   const absl::Time deadline = absl::Now() + options.start_timeout;
 
   const std::string kvstore_bin = (fs::path(options.bin_dir) / "krul-kvstore").string();
-  auto kv = c->Spawn("kvstore", {kvstore_bin, "--host", "127.0.0.1", "--port", "0",
-                                 "--metrics_port", "0", "--rocksdb_path", c->db_dir_});
+  std::vector<std::string> kv_argv = {
+      kvstore_bin,      "--host", options.kvstore_host, "--port",  "0",
+      "--metrics_port", "0",      "--rocksdb_path",     c->db_dir_};
+  kv_argv.insert(kv_argv.end(), options.extra_kvstore_args.begin(),
+                 options.extra_kvstore_args.end());
+  auto kv = c->Spawn("kvstore", options.kvstore_prefix, kv_argv);
   if (!kv.ok()) return kv.status();
   auto kv_line = c->WaitForLine(*kv, "listening on", deadline);
   if (!kv_line.ok()) return kv_line.status();
@@ -163,8 +172,8 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(
   if (kv_port <= 0) {
     return absl::UnavailableError(absl::StrCat("no port in the kvstore's line: ", *kv_line));
   }
-  c->kvstore_ = {"127.0.0.1", kv_port};
-  c->kvstore_metrics_ = {"127.0.0.1", metrics_port};
+  c->kvstore_ = {options.kvstore_host, kv_port};
+  c->kvstore_metrics_ = {options.kvstore_host, metrics_port};
 
   const std::string worker_bin = (fs::path(options.bin_dir) / "krul-worker").string();
   std::vector<Process> workers;
@@ -178,7 +187,7 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(
       argv.push_back(a);
     }
     argv.insert(argv.end(), options.extra_worker_args.begin(), options.extra_worker_args.end());
-    auto p = c->Spawn(absl::StrCat("worker", w), argv);
+    auto p = c->Spawn(absl::StrCat("worker", w), options.worker_prefix, argv);
     if (!p.ok()) return p.status();
     workers.push_back(*p);
   }

@@ -3,7 +3,8 @@
 // throughput and goodput, with plots (docs/loadtest.md).
 //
 //   krul-loadtest --trace FILE [--format auto|mooncake|sharegpt|mtbench|azure]
-//                 (--endpoints H:P,... | --local_cluster N [--model F --tokenizer F])
+//                 (--endpoints H:P,... | --local_cluster N [--model F --tokenizer F]
+//                  [--local_cluster_net loopback|testbed|auto --link_gbit_per_s G])
 //                 --out DIR [--max_requests N] [--duration_s S] ...
 //   krul-loadtest compare ...   the same trace once per restore mode (--modes)
 //
@@ -33,9 +34,11 @@
 #include "endpoint.h"
 #include "local_cluster.h"
 #include "metrics_scrape.h"
+#include "netns_scope.h"
 #include "plots.h"
 #include "progress.h"
 #include "report.h"
+#include "testbed.h"
 #include "trace.h"
 
 // ---- input --------------------------------------------------------------
@@ -59,6 +62,17 @@ ABSL_FLAG(std::string, worker_args, "",
           "--local_cluster: more krul-worker flags, space-separated (e.g. \"--max_queue=64\")");
 ABSL_FLAG(std::string, bin_dir, "",
           "--local_cluster: where krul-kvstore and krul-worker are (default: beside this binary)");
+ABSL_FLAG(std::string, local_cluster_net, "loopback",
+          "--local_cluster: loopback (all on 127.0.0.1); testbed (the kvstore on a storage "
+          "node, the workers and this client on a compute node: two network namespaces joined "
+          "by a tc-shaped link, deploy/local/testbed.sh; needs root); auto (testbed where "
+          "namespaces can be made, else loopback, said so in summary.json)");
+ABSL_FLAG(double, link_gbit_per_s, 2, "testbed: the link's rate in Gbit/s (tc, both directions)");
+ABSL_FLAG(double, link_delay_ms, 0,
+          "testbed: one-way delay added on each end (needs tc netem; not applied without it, "
+          "said so in summary.json)");
+ABSL_FLAG(std::string, testbed_script, KRUL_TESTBED_SCRIPT,
+          "testbed: deploy/local/testbed.sh of this source tree");
 // ---- load shape ---------------------------------------------------------
 ABSL_FLAG(std::string, load, "",
           "trace (open loop at trace times), poisson or closed; default: trace when the trace "
@@ -170,6 +184,11 @@ absl::Status Run(bool compare) {
   if ((cluster_size > 0) == !endpoints_flag.empty()) {
     return absl::InvalidArgumentError("give exactly one of --endpoints and --local_cluster N");
   }
+  const std::string net = absl::GetFlag(FLAGS_local_cluster_net);
+  if (net != "loopback" && net != "testbed" && net != "auto") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--local_cluster_net must be loopback, testbed or auto, not '", net, "'"));
+  }
   auto format = ParseTraceFormat(absl::GetFlag(FLAGS_format));
   if (!format.ok()) return format.status();
   auto policy = ParseBadRecordPolicy(absl::GetFlag(FLAGS_on_bad_record));
@@ -242,7 +261,12 @@ absl::Status Run(bool compare) {
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
 
   // ---- targets ------------------------------------------------------------
+  // Torn down in reverse: this thread leaves the compute namespace, the
+  // cluster stops, the testbed goes (also on every error return).
+  std::unique_ptr<Testbed> testbed;
   std::unique_ptr<LocalCluster> cluster;
+  std::unique_ptr<NetnsScope> in_compute_node;
+  json link = nullptr;
   std::vector<Endpoint> endpoints;
   std::vector<ScrapeTarget> scrape_targets;
   if (cluster_size > 0) {
@@ -250,6 +274,8 @@ absl::Status Run(bool compare) {
     c.bin_dir = absl::GetFlag(FLAGS_bin_dir).empty() ? SelfBinDir() : absl::GetFlag(FLAGS_bin_dir);
     c.workers = cluster_size;
     c.log_dir = (fs::path(out_dir) / "cluster").string();
+    c.cancel = &g_interrupted;
+    fs::create_directories(c.log_dir, ec);
     if (!absl::GetFlag(FLAGS_model).empty()) {
       c.model_args = {"--model", absl::GetFlag(FLAGS_model)};
       if (!absl::GetFlag(FLAGS_tokenizer).empty()) {
@@ -262,14 +288,84 @@ absl::Status Run(bool compare) {
                             {"--synthetic_shape", absl::GetFlag(FLAGS_synthetic_shape)});
       }
     }
-    c.extra_worker_args =
+    std::vector<std::string> user_worker_args =
         absl::StrSplit(absl::GetFlag(FLAGS_worker_args), ' ', absl::SkipWhitespace());
-    std::printf("krul-loadtest: starting 1 kvstore + %d workers on 127.0.0.1 (logs in %s)\n",
-                cluster_size, c.log_dir.c_str());
+
+    link = {{"net", "loopback"}, {"kind", "none: 127.0.0.1, KV over gRPC on loopback"}};
+    bool use_testbed = net == "testbed";
+    if (net == "auto") {
+      const absl::Status check = Testbed::Check(absl::GetFlag(FLAGS_testbed_script));
+      use_testbed = check.ok();
+      if (!use_testbed) {
+        std::printf("krul-loadtest: %s; falling back to LOOPBACK (127.0.0.1, no shaped link)\n",
+                    std::string(check.message()).c_str());
+        link["fallback_from"] = "testbed";
+        link["fallback_reason"] = std::string(check.message());
+      }
+    }
+    if (use_testbed) {
+      TestbedOptions t;
+      t.script = absl::GetFlag(FLAGS_testbed_script);
+      t.rate_gbit_per_s = absl::GetFlag(FLAGS_link_gbit_per_s);
+      t.delay_ms = absl::GetFlag(FLAGS_link_delay_ms);
+      t.log_path = (fs::path(c.log_dir) / "testbed.log").string();
+      auto up = Testbed::Up(t);
+      if (!up.ok()) {
+        return absl::Status(up.status().code(),
+                            absl::StrCat("--local_cluster_net=testbed: ", up.status().message(),
+                                         " (--local_cluster_net=auto falls back to loopback)"));
+      }
+      testbed = *std::move(up);
+      const TestbedLink& l = testbed->link();
+      std::string kind = absl::StrFormat(
+          "kernel-enforced: veth %s -> %s between network namespaces %s and %s, tc %s %s, "
+          "one-way delay %g ms",
+          l.compute_dev, l.storage_dev, l.compute_ns, l.storage_ns,
+          l.delay_ms > 0 ? "netem" : "tbf", l.rate, l.delay_ms);
+      if (l.delay_requested_ms > 0 && l.delay_ms == 0) {
+        absl::StrAppendFormat(&kind, " (%g ms asked, NOT applied: no tc netem in this kernel)",
+                              l.delay_requested_ms);
+      }
+      kind += "; KV over UCX (TCP)";
+      link = {{"net", "testbed"},
+              {"kind", kind},
+              {"gbit_per_s", l.rate_bits_per_s / 1e9},
+              {"rate", l.rate},
+              {"burst_bytes", l.burst_bytes},
+              {"delay_ms", l.delay_ms},
+              {"delay_requested_ms", l.delay_requested_ms},
+              {"netem", l.netem},
+              {"testbed", l.name},
+              {"storage_ns", l.storage_ns},
+              {"compute_ns", l.compute_ns},
+              {"storage_addr", l.storage_addr},
+              {"compute_addr", l.compute_addr},
+              {"kv_transport", "ucx-tcp"}};
+      std::printf("krul-loadtest: testbed %s up: %s\n", l.name.c_str(), kind.c_str());
+      c.kvstore_prefix = testbed->StoragePrefix();
+      c.worker_prefix = testbed->ComputePrefix();
+      c.kvstore_host = l.storage_addr;
+      // UCX data plane across the veth; plaintext gRPC on the namespaces'
+      // private addresses (as scripts/demo.sh runs them).
+      c.extra_kvstore_args = {"--ucx", "--insecure"};
+      c.extra_worker_args = {"--insecure"};
+    }
+    c.extra_worker_args.insert(c.extra_worker_args.end(), user_worker_args.begin(),
+                               user_worker_args.end());
+    std::printf("krul-loadtest: starting 1 kvstore + %d workers %s (logs in %s)\n", cluster_size,
+                testbed ? "on the testbed (storage node / compute node)" : "on 127.0.0.1",
+                c.log_dir.c_str());
     std::fflush(stdout);
     auto started = LocalCluster::Start(c);
     if (!started.ok()) return started.status();
     cluster = *std::move(started);
+    if (testbed) {
+      // The workers listen on the compute node's loopback: this thread (and
+      // every thread it starts from here: senders, scrapes) moves there.
+      auto entered = NetnsScope::Enter(testbed->link().compute_ns);
+      if (!entered.ok()) return entered.status();
+      in_compute_node = *std::move(entered);
+    }
     endpoints = cluster->workers();
     if (cluster->kvstore_metrics().port > 0) {
       scrape_targets.push_back({"kvstore", cluster->kvstore_metrics()});
@@ -366,6 +462,7 @@ absl::Status Run(bool compare) {
                       {"routing", RoutingName(o.routing)},
                       {"endpoints", names},
                       {"local_cluster", cluster_size},
+                      {"link", link},
                       {"length_scale", o.synth.length_scale},
                       {"tokens_per_word", o.synth.tokens_per_word},
                       {"max_context_tokens", o.max_context_tokens},
@@ -429,6 +526,8 @@ absl::Status Run(bool compare) {
                 FormatCompareTable(table).c_str());
     std::printf("wrote %s/compare.json\n", out_dir.c_str());
   }
+  absl::Status teardown = absl::OkStatus();
+  if (in_compute_node != nullptr) teardown.Update(in_compute_node->Leave());
   if (cluster != nullptr) {
     if (auto s = cluster->Stop(); !s.ok()) {
       std::fprintf(stderr, "krul-loadtest: %s\n", std::string(s.message()).c_str());
@@ -436,6 +535,14 @@ absl::Status Run(bool compare) {
       std::printf("krul-loadtest: local cluster stopped\n");
     }
   }
+  if (testbed != nullptr) {
+    if (auto s = testbed->Down(); !s.ok()) {
+      teardown.Update(s);
+    } else {
+      std::printf("krul-loadtest: testbed %s removed\n", testbed->link().name.c_str());
+    }
+  }
+  if (!teardown.ok()) return teardown;
   if (g_interrupted.load()) return absl::CancelledError("interrupted; partial report written");
   return absl::OkStatus();
 }
