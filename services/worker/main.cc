@@ -324,8 +324,16 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<krul::worker::GrpcServer> grpc;
   if (options->grpc_port >= 0) {
+    // Its own copy of the keys (each reloads the file by itself).
+    std::unique_ptr<krul::worker::ApiKeys> grpc_keys;
+    if (!options->api_keys_file.empty()) {
+      auto loaded = krul::worker::ApiKeys::FromFile(options->api_keys_file);
+      if (!loaded.ok()) return Fail(loaded.status());
+      grpc_keys = *std::move(loaded);
+    }
     auto started = krul::worker::GrpcServer::Start(core->get(), options->host, options->grpc_port,
-                                                   options->grpc_tls, options->allow_insecure);
+                                                   options->grpc_tls, options->allow_insecure,
+                                                   std::move(grpc_keys));
     if (!started.ok()) return Fail(started.status());
     grpc = *std::move(started);
   }

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "krul/base/log.h"
+#include "krul/rpc/bearer_token.h"
 #include "krul/rpc/grpc_status.h"
 #include "worker/session/session.h"
 
@@ -24,6 +25,15 @@ void FillStats(const CompletionStats& s, v1::ChatStats* out) {
 }
 
 }  // namespace
+
+absl::StatusOr<std::string> WorkerGrpcService::Tenant(const grpc::ServerContext& context) const {
+  if (api_keys_ == nullptr) return std::string();
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find(rpc::kAuthorizationKey);
+  if (it == metadata.end()) return api_keys_->Authenticate(nullptr);
+  const absl::string_view value(it->second.data(), it->second.size());
+  return api_keys_->Authenticate(&value);
+}
 
 absl::StatusOr<ChatRequest> ChatRequestFromProto(const v1::ChatRequest& in,
                                                  const WorkerOptions& options) {
@@ -91,11 +101,14 @@ absl::StatusOr<ChatRequest> ChatRequestFromProto(const v1::ChatRequest& in,
   return r;
 }
 
-grpc::Status WorkerGrpcService::Chat(grpc::ServerContext*, const v1::ChatRequest* request,
+grpc::Status WorkerGrpcService::Chat(grpc::ServerContext* context, const v1::ChatRequest* request,
                                      v1::ChatResponse* response) {
   const absl::Time accepted = absl::Now();
+  absl::StatusOr<std::string> tenant = Tenant(*context);
+  if (!tenant.ok()) return ToGrpcStatus(tenant.status());
   auto parsed = ChatRequestFromProto(*request, core_->options());
   if (!parsed.ok()) return ToGrpcStatus(parsed.status());
+  parsed->tenant = *std::move(tenant);
   auto session = core_->StartChat(*parsed, accepted);
   if (!session.ok()) return ToGrpcStatus(session.status());
   while (!(*session)->done()) {
@@ -114,8 +127,11 @@ grpc::Status WorkerGrpcService::ChatStream(grpc::ServerContext* context,
                                            const v1::ChatRequest* request,
                                            grpc::ServerWriter<v1::ChatChunk>* writer) {
   const absl::Time accepted = absl::Now();
+  absl::StatusOr<std::string> tenant = Tenant(*context);
+  if (!tenant.ok()) return ToGrpcStatus(tenant.status());
   auto parsed = ChatRequestFromProto(*request, core_->options());
   if (!parsed.ok()) return ToGrpcStatus(parsed.status());
+  parsed->tenant = *std::move(tenant);
   auto started = core_->StartChat(*parsed, accepted);
   if (!started.ok()) return ToGrpcStatus(started.status());
   Session& session = **started;
@@ -139,8 +155,11 @@ grpc::Status WorkerGrpcService::ChatStream(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerGrpcService::Models(grpc::ServerContext*, const v1::ModelsRequest*,
+grpc::Status WorkerGrpcService::Models(grpc::ServerContext* context, const v1::ModelsRequest*,
                                        v1::ModelsResponse* response) {
+  if (absl::StatusOr<std::string> tenant = Tenant(*context); !tenant.ok()) {
+    return ToGrpcStatus(tenant.status());
+  }
   response->add_models(core_->model_name());
   return grpc::Status::OK;
 }
@@ -148,7 +167,8 @@ grpc::Status WorkerGrpcService::Models(grpc::ServerContext*, const v1::ModelsReq
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(WorkerCore* core,
                                                               const std::string& host, int port,
                                                               const rpc::ServerTlsOptions& tls,
-                                                              bool allow_insecure) {
+                                                              bool allow_insecure,
+                                                              std::unique_ptr<ApiKeys> api_keys) {
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
       rpc::MakeServerCredentials(tls);
   if (!credentials.ok()) return credentials.status();
@@ -159,7 +179,8 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(WorkerCore* core,
     KRUL_LOG(WARNING) << "krul-worker: " << *warning;
   }
   std::unique_ptr<GrpcServer> server(new GrpcServer());
-  server->service_ = std::make_unique<WorkerGrpcService>(core);
+  server->api_keys_ = std::move(api_keys);
+  server->service_ = std::make_unique<WorkerGrpcService>(core, server->api_keys_.get());
   grpc::ServerBuilder builder;
   builder.AddListeningPort(absl::StrCat(host, ":", port), *credentials, &server->port_);
   builder.RegisterService(server->service_.get());

@@ -1,6 +1,10 @@
 // The gRPC `Worker` service (proto/krul/v1/worker.proto): the same chat
 // turns as the HTTP API, for programmatic clients. Errors map one to one:
-// the Status codes of WorkerCore::StartChat become gRPC codes.
+// the Status codes of WorkerCore::StartChat become gRPC codes. With API
+// keys (api_keys.h) every call needs the metadata `authorization: Bearer
+// <key>` (UNAUTHENTICATED otherwise), and the key's tenant scopes the
+// conversation ids exactly as on HTTP: one tenant, one namespace, whichever
+// front end it uses.
 //
 // Thread-safe.
 #ifndef KRUL_SERVICES_WORKER_SERVER_GRPC_SERVICE_H_
@@ -15,6 +19,7 @@
 #include "krul/rpc/credentials.h"
 #include "krul/v1/worker.grpc.pb.h"
 #include "worker/core/worker_core.h"
+#include "worker/server/api_keys.h"
 
 namespace krul::worker {
 
@@ -25,7 +30,9 @@ absl::StatusOr<ChatRequest> ChatRequestFromProto(const v1::ChatRequest& request,
 
 class WorkerGrpcService final : public v1::Worker::Service {
  public:
-  explicit WorkerGrpcService(WorkerCore* core) : core_(core) {}
+  // `api_keys` is borrowed (null: no keys, one tenant).
+  explicit WorkerGrpcService(WorkerCore* core, const ApiKeys* api_keys = nullptr)
+      : core_(core), api_keys_(api_keys) {}
 
   grpc::Status Chat(grpc::ServerContext* context, const v1::ChatRequest* request,
                     v1::ChatResponse* response) override;
@@ -35,7 +42,12 @@ class WorkerGrpcService final : public v1::Worker::Service {
                       v1::ModelsResponse* response) override;
 
  private:
+  // The caller's tenant: "" without keys; UNAUTHENTICATED for a missing or
+  // unknown key.
+  absl::StatusOr<std::string> Tenant(const grpc::ServerContext& context) const;
+
   WorkerCore* core_;
+  const ApiKeys* api_keys_;
 };
 
 // A gRPC server running WorkerGrpcService.
@@ -46,16 +58,16 @@ class GrpcServer {
   // on a loopback host (with a warning) or with `allow_insecure`, else
   // FAILED_PRECONDITION (krul/rpc/credentials.h). NOT_FOUND /
   // FAILED_PRECONDITION for unreadable certificate files; UNAVAILABLE if it
-  // cannot bind.
-  static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(WorkerCore* core,
-                                                           const std::string& host, int port,
-                                                           const rpc::ServerTlsOptions& tls = {},
-                                                           bool allow_insecure = false);
+  // cannot bind. `api_keys` (owned; null: none) authenticate every call.
+  static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(
+      WorkerCore* core, const std::string& host, int port, const rpc::ServerTlsOptions& tls = {},
+      bool allow_insecure = false, std::unique_ptr<ApiKeys> api_keys = nullptr);
   int port() const { return port_; }
   void Stop();
 
  private:
   GrpcServer() = default;
+  std::unique_ptr<ApiKeys> api_keys_;  // before the service that borrows them
   std::unique_ptr<WorkerGrpcService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;

@@ -3,11 +3,14 @@
 // the hashed --api_keys_file (401 invalid_api_key otherwise; probes and
 // metrics need none), a tenant naming another's conversation id reaches a
 // conversation of its own (no invalidation, no existence probe), and the
-// worker refuses to serve keyless HTTP off loopback.
+// worker refuses to serve keyless HTTP off loopback; its gRPC service takes
+// the same keys.
+#include <grpcpp/grpcpp.h>
 #include <httplib.h>
 #include <sys/wait.h>
 
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -18,6 +21,7 @@
 #include "chat_client.h"
 #include "gtest/gtest.h"
 #include "krul/rpc/bearer_token.h"
+#include "krul/v1/worker.grpc.pb.h"
 #include "test_support/child_process.h"
 #include "test_support/test_data.h"
 #include "test_support/wait.h"
@@ -108,7 +112,7 @@ class WorkerTenantTest : public ::testing::Test {
 #endif
   }
 
-  void StartWorker(bool with_kvstore) {
+  void StartWorker(bool with_kvstore, bool with_grpc = false) {
     std::vector<std::string> argv = {KRUL_WORKER_BIN,
                                      "--host=127.0.0.1",
                                      "--http_port=0",
@@ -124,11 +128,18 @@ class WorkerTenantTest : public ::testing::Test {
       argv.push_back("--tenant=workers");
       argv.push_back("--kvstore_token_file=" + dir_ + "/worker_token");
     }
+    if (with_grpc) argv.push_back("--grpc_port=0");
     auto process = ChildProcess::Start(argv, "krul-worker listening on");
     ASSERT_TRUE(process.ok()) << process.status();
     worker_ = *std::move(process);
     port_ = PortFromLine(worker_->ready_line());
     ASSERT_GT(port_, 0) << worker_->ready_line();
+    if (with_grpc) {
+      auto line = worker_->WaitForLine("grpc listening on");
+      ASSERT_TRUE(line.ok()) << line.status();
+      grpc_port_ = PortFromLine(*line);
+      ASSERT_GT(grpc_port_, 0) << *line;
+    }
     client_ = std::make_unique<ChatClient>("127.0.0.1", port_);
   }
 
@@ -190,6 +201,7 @@ class WorkerTenantTest : public ::testing::Test {
   std::string dir_, keys_file_;
   std::unique_ptr<ChildProcess> kvstore_, worker_;
   int port_ = 0;
+  int grpc_port_ = 0;
   std::unique_ptr<ChatClient> client_;
 };
 
@@ -244,6 +256,67 @@ TEST_F(WorkerTenantTest, AnotherTenantsConversationIdIsAnotherConversationInTheK
   if (IsSkipped()) return;
   ASSERT_NO_FATAL_FAILURE(StartWorker(true));
   ExpectNoCrossTenantEffect();
+}
+
+// A gRPC stub whose calls carry `key` (none when empty).
+std::unique_ptr<v1::Worker::Stub> GrpcStub(int port, const std::string& key) {
+  return v1::Worker::NewStub(rpc::CreateChannelWithToken("127.0.0.1:" + std::to_string(port),
+                                                         grpc::InsecureChannelCredentials(),
+                                                         grpc::ChannelArguments(), key));
+}
+
+grpc::Status GrpcChat(v1::Worker::Stub& stub, const std::vector<std::pair<int, std::string>>& msgs,
+                      const std::string& conversation_id, v1::ChatResponse* response) {
+  v1::ChatRequest request;
+  request.set_model(kModelName);
+  request.set_max_tokens(8);
+  request.set_temperature(0);
+  request.set_conversation_id(conversation_id);
+  for (const auto& [role, content] : msgs) {
+    v1::ChatMessage* m = request.add_messages();
+    m->set_role(static_cast<v1::ChatRole>(role));
+    m->set_content(content);
+  }
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  return stub.Chat(&context, request, response);
+}
+
+TEST_F(WorkerTenantTest, TheGrpcServiceNeedsAKeyAndKeepsTheKeysTenant) {
+  ASSERT_NO_FATAL_FAILURE(StartWorker(false, true));
+  const std::vector<std::pair<int, std::string>> hi = {{v1::CHAT_ROLE_USER, "Hi"}};
+  for (const std::string& key : {std::string(), std::string("sk-mallory-0000000000000000")}) {
+    v1::ChatResponse response;
+    EXPECT_EQ(GrpcChat(*GrpcStub(grpc_port_, key), hi, "conv-g", &response).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED)
+        << key;
+    grpc::ClientContext context;
+    v1::ModelsResponse models;
+    EXPECT_EQ(
+        GrpcStub(grpc_port_, key)->Models(&context, v1::ModelsRequest(), &models).error_code(),
+        grpc::StatusCode::UNAUTHENTICATED);
+  }
+  // Alice starts over HTTP; bob names her id over gRPC: his own namespace.
+  json alice = json::array({{{"role", "user"}, {"content", "Tell me about a dog named Max."}}});
+  ChatReply first = client_->Chat(Request(alice, "conv-g"), Bearer(kAliceKey));
+  ASSERT_EQ(first.http_status, 200) << first.error;
+  WaitForPersists(1);
+  v1::ChatResponse bob;
+  grpc::Status s = GrpcChat(*GrpcStub(grpc_port_, kBobKey),
+                            {{v1::CHAT_ROLE_USER, "Once there was a cat."}}, "conv-g", &bob);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(bob.stats().restore(), "miss");
+  EXPECT_EQ(bob.stats().fallback_reason(), "");
+  WaitForPersists(2);
+  // Alice continues over gRPC: the same tenant, the same conversation.
+  v1::ChatResponse second;
+  s = GrpcChat(*GrpcStub(grpc_port_, kAliceKey),
+               {{v1::CHAT_ROLE_USER, "Tell me about a dog named Max."},
+                {v1::CHAT_ROLE_ASSISTANT, first.content},
+                {v1::CHAT_ROLE_USER, "What did Max do next?"}},
+               "conv-g", &second);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(second.stats().restore(), "hit") << second.stats().fallback_reason();
 }
 
 TEST(WorkerTenantFlagsTest, KeylessHttpOffLoopbackAndBadKeyFilesAreRefused) {
