@@ -225,7 +225,7 @@ TEST_P(TransportProcessTest, ADeadPeerFailsTransfersInsteadOfHanging) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Wires, TransportProcessTest, ::testing::Values("shm", "tcp"),
-                         [](const auto& info) { return info.param; });
+                         [](const auto& param_info) { return param_info.param; });
 
 }  // namespace
 }  // namespace krul

@@ -124,7 +124,9 @@ TEST(KvStoreUcxTest, ReadsASubsetInTheOrderAsked) {
   absl::Status read = s.client->Read(
       v.manifest, wanted, [&](uint32_t index, std::string_view encoded, const DecodedBlock&) {
         EXPECT_LT(next, wanted.size());
-        if (next < wanted.size()) EXPECT_EQ(index, wanted[next]);
+        if (next < wanted.size()) {
+          EXPECT_EQ(index, wanted[next]);
+        }
         ++next;
         EXPECT_TRUE(encoded == v.blocks[index]) << "block " << index;
         return absl::OkStatus();

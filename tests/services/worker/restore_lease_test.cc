@@ -157,8 +157,9 @@ TEST_P(RestoreLeaseTest, EvictionCannotRemoveALeasedVersionMidRestore) {
 }
 
 INSTANTIATE_TEST_SUITE_P(LeaseOnAndOff, RestoreLeaseTest, ::testing::Bool(),
-                         [](const ::testing::TestParamInfo<bool>& info) {
-                           return info.param ? std::string("Leased") : std::string("NotLeased");
+                         [](const ::testing::TestParamInfo<bool>& param_info) {
+                           return param_info.param ? std::string("Leased")
+                                                   : std::string("NotLeased");
                          });
 
 }  // namespace

@@ -224,7 +224,9 @@ TEST_P(KernelDTypeTest, CausalSoftmaxNormalizesVisibleKeysAndZeroesTheRest) {
 
 INSTANTIATE_TEST_SUITE_P(AllDTypes, KernelDTypeTest,
                          ::testing::Values(DType::kF32, DType::kF16, DType::kBF16),
-                         [](const auto& info) { return std::string(DTypeName(info.param)); });
+                         [](const auto& param_info) {
+                           return std::string(DTypeName(param_info.param));
+                         });
 
 TEST(KernelTest, ArgmaxTakesTheFirstMaximumAndSkipsNaN) {
   KRUL_REQUIRE_CUDA_DEVICE();

@@ -188,8 +188,8 @@ TEST_P(CudaKvCacheTest, RangesOutsideTheCacheAreInvalidArgument) {
 
 INSTANTIATE_TEST_SUITE_P(DTypes, CudaKvCacheTest,
                          ::testing::Values(DType::kF32, DType::kF16, DType::kBF16),
-                         [](const ::testing::TestParamInfo<DType>& info) {
-                           return std::string(DTypeName(info.param));
+                         [](const ::testing::TestParamInfo<DType>& param_info) {
+                           return std::string(DTypeName(param_info.param));
                          });
 
 }  // namespace
