@@ -66,7 +66,18 @@ ABSL_FLAG(std::string, device, "auto",
 ABSL_FLAG(int, default_max_tokens, 64, "max_tokens when a request gives none");
 ABSL_FLAG(int, max_tokens_limit, 4096, "Largest max_tokens a request may ask for");
 ABSL_FLAG(krul::ByteSize, max_request_bytes, krul::ByteSize(4 << 20),
-          "Largest request body (K/M/G suffixes)");
+          "Largest request body (K/M/G suffixes), whatever its transfer encoding");
+ABSL_FLAG(int, http_max_connections, 128,
+          "HTTP connections served at once (separate from --max_active/--max_queue, which it "
+          "must exceed); beyond, a new one takes an idle or still-sending one's slot, else 503");
+ABSL_FLAG(absl::Duration, http_header_timeout, absl::Seconds(10),
+          "A request's line and headers must arrive within this, else the connection closes");
+ABSL_FLAG(absl::Duration, http_body_timeout, absl::Seconds(30),
+          "A request's body must arrive within this after its headers, else HTTP 408");
+ABSL_FLAG(absl::Duration, http_keep_alive_timeout, absl::Seconds(5),
+          "An idle keep-alive connection is closed after this");
+ABSL_FLAG(int, http_keep_alive_max_requests, 100,
+          "Requests served on one keep-alive connection before it is closed");
 ABSL_FLAG(std::string, kvstore, "",
           "Comma-separated kvstore gRPC addresses (host:port); empty = in-process store");
 ABSL_FLAG(int, kvstore_replication, 1, "Replicas of each conversation across the kvstore shards");
@@ -200,6 +211,11 @@ absl::StatusOr<WorkerOptions> OptionsFromFlags() {
   o.default_max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
   o.max_tokens_limit = absl::GetFlag(FLAGS_max_tokens_limit);
   o.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes).bytes;
+  o.http_max_connections = absl::GetFlag(FLAGS_http_max_connections);
+  o.http_header_timeout = absl::GetFlag(FLAGS_http_header_timeout);
+  o.http_body_timeout = absl::GetFlag(FLAGS_http_body_timeout);
+  o.http_keep_alive_timeout = absl::GetFlag(FLAGS_http_keep_alive_timeout);
+  o.http_keep_alive_max_requests = absl::GetFlag(FLAGS_http_keep_alive_max_requests);
   o.kvstore_addresses = absl::StrSplit(absl::GetFlag(FLAGS_kvstore), ',', absl::SkipWhitespace());
   o.tenant = absl::GetFlag(FLAGS_tenant);
   o.kvstore_tls.ca_file = absl::GetFlag(FLAGS_kvstore_tls_ca_file);

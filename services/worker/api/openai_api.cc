@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "worker/api/string_view_conversion.h"
 
@@ -166,6 +167,10 @@ bool ParseMessage(const json& m, size_t index, const RequestLimits& limits, Chat
   return true;
 }
 
+// The prefix of the session's message for a prompt beyond the context, and
+// the error code OpenAI gives it.
+constexpr char kContextLengthExceeded[] = "context_length_exceeded";
+
 }  // namespace
 
 json ApiError::ToJson() const {
@@ -183,6 +188,12 @@ ApiError ApiErrorFromStatus(const absl::Status& status) {
     case absl::StatusCode::kOutOfRange:
       e.http_status = 400;
       e.type = "invalid_request_error";
+      // OpenAI's code for a prompt (+ max_tokens) beyond the context; the
+      // session says so at the start of its message.
+      if (absl::StartsWith(status.message(), kContextLengthExceeded)) {
+        e.code = kContextLengthExceeded;
+        e.param = "messages";
+      }
       break;
     case absl::StatusCode::kNotFound:
       e.http_status = 404;

@@ -91,6 +91,17 @@ WorkerMetrics::WorkerMetrics() : registry_(std::make_shared<prometheus::Registry
                           .Help("Requests waiting for an engine")
                           .Register(r)
                           .Add({});
+  http_connection_events_ = &prometheus::BuildCounter()
+                                 .Name("krul_worker_http_connections_total")
+                                 .Help(
+                                     "HTTP connections by event: accepted, evicted, rejected, "
+                                     "read_timeout")
+                                 .Register(r);
+  http_connections_ = &prometheus::BuildGauge()
+                           .Name("krul_worker_http_connections")
+                           .Help("Open HTTP connections")
+                           .Register(r)
+                           .Add({});
 }
 
 std::string WorkerMetrics::Serialize() const {
@@ -120,6 +131,10 @@ void WorkerMetrics::CountRestore(std::string_view result) {
 
 void WorkerMetrics::CountPersist(std::string_view result) {
   persists_->Add({{"result", std::string(result)}}).Increment();
+}
+
+void WorkerMetrics::CountHttpConnection(std::string_view event) {
+  http_connection_events_->Add({{"event", std::string(event)}}).Increment();
 }
 
 }  // namespace krul::worker

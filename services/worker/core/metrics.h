@@ -24,6 +24,10 @@
 //   krul_worker_generation_seconds_total           engine time of prefill + decode (the
 //                                                  estimator's share: estimator_seconds)
 //   krul_worker_queued_requests                    gauge
+//   krul_worker_http_connections_total{event}      accepted | evicted (slot given to a newer
+//                                                  one) | rejected (503, every slot busy) |
+//                                                  read_timeout
+//   krul_worker_http_connections                   gauge (open HTTP connections)
 //
 // Thread-safe (prometheus-cpp metrics are).
 #ifndef KRUL_SERVICES_WORKER_CORE_METRICS_H_
@@ -62,6 +66,7 @@ class WorkerMetrics {
   void CountFallback(std::string_view reason);
   void CountRestore(std::string_view result);
   void CountPersist(std::string_view result);
+  void CountHttpConnection(std::string_view event);
 
   prometheus::Counter& recomputed_tokens() { return *recomputed_tokens_; }
   prometheus::Counter& loaded_tokens() { return *loaded_tokens_; }
@@ -77,6 +82,7 @@ class WorkerMetrics {
   prometheus::Histogram& persist_seconds() { return *persist_seconds_; }
   prometheus::Gauge& active_requests() { return *active_requests_; }
   prometheus::Gauge& queued_requests() { return *queued_requests_; }
+  prometheus::Gauge& http_connections() { return *http_connections_; }
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -86,6 +92,7 @@ class WorkerMetrics {
   prometheus::Family<prometheus::Counter>* fallbacks_;
   prometheus::Family<prometheus::Counter>* restores_;
   prometheus::Family<prometheus::Counter>* persists_;
+  prometheus::Family<prometheus::Counter>* http_connection_events_;
   prometheus::Counter* recomputed_tokens_;
   prometheus::Counter* loaded_tokens_;
   prometheus::Counter* restored_tokens_;
@@ -100,6 +107,7 @@ class WorkerMetrics {
   prometheus::Histogram* persist_seconds_;
   prometheus::Gauge* active_requests_;
   prometheus::Gauge* queued_requests_;
+  prometheus::Gauge* http_connections_;
 };
 
 }  // namespace krul::worker

@@ -113,6 +113,21 @@ absl::Status WorkerOptions::Validate() const {
   }
   if (max_request_bytes < 1024) return Invalid("max_request_bytes", "must be >= 1024");
   if (max_messages < 1) return Invalid("max_messages", "must be >= 1");
+  if (http_max_connections <= max_active + max_queue || http_max_connections > 100000) {
+    return Invalid("http_max_connections",
+                   absl::StrCat("must exceed max_active + max_queue (", max_active + max_queue,
+                                ") so that probes and 429s find a slot, and be <= 100000"));
+  }
+  if (http_header_timeout <= absl::ZeroDuration()) {
+    return Invalid("http_header_timeout", "must be > 0");
+  }
+  if (http_body_timeout <= absl::ZeroDuration()) return Invalid("http_body_timeout", "must be > 0");
+  if (http_keep_alive_timeout <= absl::ZeroDuration()) {
+    return Invalid("http_keep_alive_timeout", "must be > 0");
+  }
+  if (http_keep_alive_max_requests < 1) {
+    return Invalid("http_keep_alive_max_requests", "must be >= 1");
+  }
   for (const std::string& a : kvstore_addresses) {
     if (a.empty() || a.find(':') == std::string::npos) {
       return Invalid("kvstore", absl::StrCat("address '", a, "' is not host:port"));

@@ -76,6 +76,22 @@ struct WorkerOptions {
   size_t max_request_bytes = 4 << 20;
   int max_messages = 1024;
 
+  // ---- HTTP connections (server/bounded_http_server.h) --------------------
+  // Connections served at once, separate from the compute slots; must
+  // exceed max_active + max_queue so that probes and 429s always find a
+  // slot. At the limit a new connection takes the slot of an idle or
+  // still-sending one, else gets 503.
+  int http_max_connections = 128;
+  // A request's line and headers must arrive within this (from the accept,
+  // or from the first byte of a later request on the connection).
+  absl::Duration http_header_timeout = absl::Seconds(10);
+  // A request's body must arrive within this after its headers (else 408).
+  absl::Duration http_body_timeout = absl::Seconds(30);
+  // An idle kept-alive connection is closed after this, and after
+  // http_keep_alive_max_requests requests.
+  absl::Duration http_keep_alive_timeout = absl::Seconds(5);
+  int http_keep_alive_max_requests = 100;
+
   // ---- KV store and Krul --------------------------------------------------
   // kvstore gRPC addresses ("host:port"); empty = an in-process store
   // (single worker, for tests and trying things out).

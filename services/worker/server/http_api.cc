@@ -6,10 +6,12 @@
 #include <cstdio>
 #include <random>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "krul/base/log.h"
 #include "worker/api/openai_api.h"
+#include "worker/server/bounded_http_server.h"
 #include "worker/session/session.h"
 
 namespace krul::worker {
@@ -35,6 +37,130 @@ std::string NewCompletionId() {
 }
 
 int64_t UnixSeconds() { return absl::ToUnixSeconds(absl::Now()); }
+
+// The paths served and the methods each takes; another method is 405.
+struct Route {
+  const char* path;
+  const char* allow;  // the Allow header
+};
+constexpr Route kRoutes[] = {
+    {"/v1/chat/completions", "POST"}, {"/v1/models", "GET, HEAD"}, {"/healthz", "GET, HEAD"},
+    {"/readyz", "GET, HEAD"},         {"/metrics", "GET, HEAD"},
+};
+
+bool Allows(const Route& route, const std::string& method) {
+  if (std::string_view(route.allow) == "POST") return method == "POST";
+  return method == "GET" || method == "HEAD";
+}
+
+// The methods whose body httplib reads before routing (all of it, into
+// memory; a chunked one without any limit).
+bool HasBody(const httplib::Request& req) {
+  return req.method == "POST" || req.method == "PUT" || req.method == "PATCH" ||
+         req.method == "DELETE" || req.method == "PRI";
+}
+
+std::string TooLargeMessage(size_t limit) {
+  return absl::StrCat("the request body exceeds --max_request_bytes (", limit, " bytes)");
+}
+
+// Runs before httplib reads a body: a request whose path or method takes
+// no body is answered (404 / 405 with Allow) without reading it, and its
+// connection closed; an allowed one starts its body deadline.
+httplib::Server::HandlerResponse RouteGuard(WorkerCore* core, const httplib::Request& req,
+                                            httplib::Response& res) {
+  const bool has_body = HasBody(req);
+  const Route* route = nullptr;
+  for (const Route& r : kRoutes) {
+    if (req.path == r.path) route = &r;
+  }
+  if (route != nullptr ? Allows(*route, req.method) : !has_body) {
+    if (has_body) {
+      BoundedHttpServer::BodyPhase();
+    } else {
+      BoundedHttpServer::HandlerPhase();  // an unknown path: httplib's 404
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  }
+  BoundedHttpServer::HandlerPhase();
+  if (has_body) BoundedHttpServer::CloseAfterResponse(res);
+  ApiError e;
+  if (route == nullptr) {
+    e.http_status = 404;
+    e.message = absl::StrCat("no route for ", req.method, " ", req.path);
+  } else {
+    e.http_status = 405;
+    e.message = absl::StrCat(req.method, " is not allowed on ", req.path, "; use ", route->allow);
+    res.set_header("Allow", route->allow);
+  }
+  SendJson(res, e.http_status, e.ToJson());
+  if (req.path == "/v1/chat/completions") core->metrics().CountRequest(e.http_status);
+  return httplib::Server::HandlerResponse::Handled;
+}
+
+// Reads a chat request's body into *body within --max_request_bytes,
+// whatever its transfer encoding (httplib 0.11 checks its payload limit
+// only against a Content-Length), and within --http_body_timeout. On
+// failure answers 413, 408, 415 or 400, closes the connection after the
+// answer (the body was not read to its end) and returns false.
+bool ReadBody(WorkerCore* core, const httplib::Request& req, httplib::Response& res,
+              const httplib::ContentReader& content_reader, std::string* body) {
+  const size_t limit = core->options().max_request_bytes;
+  const std::string length = req.get_header_value("Content-Length");
+  uint64_t declared = 0;
+  ApiError e;
+  if (req.is_multipart_form_data()) {
+    e.http_status = 415;
+    e.message = "multipart bodies are not accepted: send the request as application/json";
+  } else if (absl::SimpleAtoi(length, &declared) && declared > limit) {
+    e.http_status = 413;
+    e.message = TooLargeMessage(limit);
+  } else {
+    bool too_large = false;
+    const bool read = content_reader([&](const char* data, size_t n) {
+      if (body->size() + n > limit) {
+        too_large = true;
+        return false;
+      }
+      body->append(data, n);
+      return true;
+    });
+    if (read) {
+      BoundedHttpServer::HandlerPhase();
+      return true;
+    }
+    if (too_large) {
+      e.http_status = 413;
+      e.message = TooLargeMessage(limit);
+    } else if (BoundedHttpServer::ReadTimedOut()) {
+      e.http_status = 408;
+      e.message = absl::StrCat("the request body did not arrive within --http_body_timeout (",
+                               absl::FormatDuration(core->options().http_body_timeout), ")");
+    } else {
+      e.message = "the request body could not be read";
+    }
+  }
+  BoundedHttpServer::HandlerPhase();
+  BoundedHttpServer::CloseAfterResponse(res);
+  SendError(core, res, e);
+  return false;
+}
+
+std::unique_ptr<BoundedHttpServer> NewServer(WorkerCore* core) {
+  const WorkerOptions& o = core->options();
+  HttpConnectionLimits limits;
+  limits.max_connections = o.http_max_connections;
+  limits.header_timeout = o.http_header_timeout;
+  limits.body_timeout = o.http_body_timeout;
+  limits.keep_alive_timeout = o.http_keep_alive_timeout;
+  limits.keep_alive_max_requests = o.http_keep_alive_max_requests;
+  HttpConnectionObserver observer;
+  observer.on_event = [core](std::string_view event) {
+    core->metrics().CountHttpConnection(event);
+  };
+  observer.on_open_changed = [core](int open) { core->metrics().http_connections().Set(open); };
+  return std::make_unique<BoundedHttpServer>(limits, std::move(observer));
+}
 
 // API keys (api_keys.h): the tenant of the request's key, or false after
 // answering 401 (code invalid_api_key). Every /v1 handler starts with it.
@@ -66,17 +192,12 @@ bool Authorize(WorkerCore* core, const ApiKeys* keys, const httplib::Request& re
 }  // namespace
 
 HttpApi::HttpApi(WorkerCore* core, std::unique_ptr<ApiKeys> api_keys)
-    : core_(core), api_keys_(std::move(api_keys)), server_(std::make_unique<httplib::Server>()) {
-  const WorkerOptions& o = core_->options();
-  // Enough threads that a full queue is still answered with 429 and that
-  // /metrics and the probes are served while every engine is busy.
-  const int threads = o.max_active + o.max_queue + 4;
-  server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  server_->set_payload_max_length(o.max_request_bytes);
+    : core_(core), api_keys_(std::move(api_keys)), server_(NewServer(core)) {
+  // Connections, read deadlines and keep-alive are bounded by
+  // BoundedHttpServer (--http_* flags); bodies by ReadBody and RouteGuard,
+  // this limit is the last line for a Content-Length.
+  server_->set_payload_max_length(core_->options().max_request_bytes);
   server_->set_tcp_nodelay(true);
-  // An idle keep-alive connection holds a pool thread, and shutdown waits
-  // for it: keep them short.
-  server_->set_keep_alive_timeout(2);
   Routes();
 }
 
@@ -100,19 +221,25 @@ absl::StatusOr<int> HttpApi::Bind(const std::string& host, int port) {
   return bound;
 }
 
-void HttpApi::Serve() { server_->listen_after_bind(); }
+void HttpApi::Serve() { server_->Serve(); }
 
-void HttpApi::Stop() { server_->stop(); }
+void HttpApi::Stop() { server_->Stop(); }
 
 void HttpApi::Routes() {
   WorkerCore* core = core_;
   const ApiKeys* keys = api_keys_.get();
   httplib::Server& s = *server_;
 
-  s.Post("/v1/chat/completions", [core, keys](const httplib::Request& req, httplib::Response& res) {
+  s.Post("/v1/chat/completions", [core, keys](const httplib::Request& req, httplib::Response& res,
+                                              const httplib::ContentReader& content_reader) {
     const absl::Time accepted = absl::Now();
     std::string tenant;
-    if (!Authorize(core, keys, req, res, &tenant)) return;
+    if (!Authorize(core, keys, req, res, &tenant)) {
+      BoundedHttpServer::CloseAfterResponse(res);  // its body was not read
+      return;
+    }
+    std::string request_body;
+    if (!ReadBody(core, req, res, content_reader, &request_body)) return;
     const WorkerOptions& o = core->options();
     RequestLimits limits;
     limits.default_max_tokens = o.default_max_tokens;
@@ -120,7 +247,7 @@ void HttpApi::Routes() {
     limits.max_messages = o.max_messages;
     limits.check_mode = CanonicalRestoreModeName;
     ApiError error;
-    std::optional<ChatRequest> request = ParseChatRequest(req.body, limits, &error);
+    std::optional<ChatRequest> request = ParseChatRequest(request_body, limits, &error);
     if (!request.has_value()) return SendError(core, res, error);
     request->tenant = std::move(tenant);
 
@@ -222,23 +349,25 @@ void HttpApi::Routes() {
 
   // Statuses httplib sets itself (404 unknown path, 405, 413 body too
   // large, 400 malformed HTTP) get an OpenAI-style JSON body too.
-  s.set_error_handler(httplib::Server::HandlerWithResponse([core](const httplib::Request& req,
-                                                                  httplib::Response& res) {
-    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    ApiError e;
-    e.http_status = res.status;
-    if (res.status == 404) {
-      e.message = absl::StrCat("no route for ", req.method, " ", req.path);
-    } else if (res.status == 413) {
-      e.message =
-          absl::StrCat("the request body exceeds ", core->options().max_request_bytes, " bytes");
-    } else {
-      e.message = absl::StrCat("HTTP ", res.status);
-    }
-    res.set_content(e.ToJson().dump(), "application/json");
-    if (req.path == "/v1/chat/completions") core->metrics().CountRequest(res.status);
-    return httplib::Server::HandlerResponse::Handled;
-  }));
+  s.set_error_handler(httplib::Server::HandlerWithResponse(
+      [core](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        ApiError e;
+        e.http_status = res.status;
+        if (res.status == 404) {
+          e.message = absl::StrCat("no route for ", req.method, " ", req.path);
+        } else if (res.status == 413) {
+          e.message = TooLargeMessage(core->options().max_request_bytes);
+        } else {
+          e.message = absl::StrCat("HTTP ", res.status);
+        }
+        res.set_content(e.ToJson().dump(), "application/json");
+        if (req.path == "/v1/chat/completions") core->metrics().CountRequest(res.status);
+        return httplib::Server::HandlerResponse::Handled;
+      }));
+  s.set_pre_routing_handler([core](const httplib::Request& req, httplib::Response& res) {
+    return RouteGuard(core, req, res);
+  });
   s.set_exception_handler(
       [core](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
         std::string what = "internal error";

@@ -17,7 +17,15 @@
 // first token was sampled, so every error up to then (validation, context
 // overflow, queue full) is a proper status code, not an SSE error event.
 //
-// Thread-safe; requests are served by a bounded httplib thread pool.
+// Bounded resources (bounded_http_server.h, --http_* flags): at most
+// --http_max_connections connections (a newer one takes an idle or
+// still-sending one's slot, else gets a fast 503), each request's headers
+// due within --http_header_timeout and its body within --http_body_timeout
+// (408 / closed), bodies within --max_request_bytes whatever their
+// transfer encoding (413), a body sent to a path or method that takes none
+// refused unread (404 / 405 with Allow). Stop() works at any moment.
+//
+// Thread-safe.
 #ifndef KRUL_SERVICES_WORKER_SERVER_HTTP_API_H_
 #define KRUL_SERVICES_WORKER_SERVER_HTTP_API_H_
 
@@ -28,11 +36,9 @@
 #include "worker/core/worker_core.h"
 #include "worker/server/api_keys.h"
 
-namespace httplib {
-class Server;
-}
-
 namespace krul::worker {
+
+class BoundedHttpServer;
 
 class HttpApi {
  public:
@@ -54,7 +60,7 @@ class HttpApi {
   void Routes();
   WorkerCore* core_;
   std::unique_ptr<ApiKeys> api_keys_;  // null: no keys
-  std::unique_ptr<httplib::Server> server_;
+  std::unique_ptr<BoundedHttpServer> server_;
 };
 
 }  // namespace krul::worker

@@ -201,6 +201,14 @@ TEST(ApiErrorTest, MapsStatusCodesToHttp) {
   EXPECT_EQ(j["error"]["message"], "busy");
   EXPECT_EQ(j["error"]["type"], "rate_limit_error");
   EXPECT_TRUE(j["error"]["param"].is_null());
+  EXPECT_EQ(j["error"]["code"], "queue_full");
+  // A prompt beyond the context carries OpenAI's code for it.
+  const ApiError too_long = ApiErrorFromStatus(
+      absl::InvalidArgumentError("context_length_exceeded: the conversation is 300 tokens"));
+  EXPECT_EQ(too_long.http_status, 400);
+  EXPECT_EQ(too_long.ToJson()["error"]["code"], "context_length_exceeded");
+  EXPECT_EQ(too_long.ToJson()["error"]["param"], "messages");
+  EXPECT_TRUE(ApiErrorFromStatus(absl::InvalidArgumentError("bad max_tokens")).code.empty());
 }
 
 TEST(ResponseJsonTest, CompletionHasTheOpenAiShapeAndKrulExtras) {

@@ -42,6 +42,21 @@ TEST(WorkerOptionsTest, ErrorsNameTheField) {
   o.max_queue = -1;
   ExpectInvalid(o, "max_queue");
   o = Valid();
+  o.http_max_connections = o.max_active + o.max_queue;  // no slot left for probes and 429s
+  ExpectInvalid(o, "http_max_connections");
+  o = Valid();
+  o.http_header_timeout = absl::ZeroDuration();
+  ExpectInvalid(o, "http_header_timeout");
+  o = Valid();
+  o.http_body_timeout = absl::Seconds(-1);
+  ExpectInvalid(o, "http_body_timeout");
+  o = Valid();
+  o.http_keep_alive_timeout = absl::ZeroDuration();
+  ExpectInvalid(o, "http_keep_alive_timeout");
+  o = Valid();
+  o.http_keep_alive_max_requests = 0;
+  ExpectInvalid(o, "http_keep_alive_max_requests");
+  o = Valid();
   o.target_ratio = 2.5;
   ExpectInvalid(o, "target_ratio");
   o = Valid();
