@@ -32,6 +32,7 @@
 #include "absl/strings/str_split.h"
 #include "driver.h"
 #include "endpoint.h"
+#include "link_size.h"
 #include "local_cluster.h"
 #include "metrics_scrape.h"
 #include "netns_scope.h"
@@ -67,7 +68,15 @@ ABSL_FLAG(std::string, local_cluster_net, "loopback",
           "node, the workers and this client on a compute node: two network namespaces joined "
           "by a tc-shaped link, deploy/local/testbed.sh; needs root); auto (testbed where "
           "namespaces can be made, else loopback, said so in summary.json)");
-ABSL_FLAG(double, link_gbit_per_s, 2, "testbed: the link's rate in Gbit/s (tc, both directions)");
+ABSL_FLAG(double, link_gbit_per_s, 0,
+          "testbed: the link's rate in Gbit/s (tc, both directions); 0: sized by --link_preset "
+          "when given, else 2");
+ABSL_FLAG(std::string, link_preset, "",
+          "testbed: size the link as scripts/demo.sh does: krul-link-size (beside this binary) "
+          "measures the workers' model's recompute here and gives the rate of this preset "
+          "(ib400, ib200, eth100, eth25)");
+ABSL_FLAG(int, link_history_tokens, 0,
+          "--link_preset: the history length sized for (0: half the model's context)");
 ABSL_FLAG(double, link_delay_ms, 0,
           "testbed: one-way delay added on each end (needs tc netem; not applied without it, "
           "said so in summary.json)");
@@ -307,6 +316,29 @@ absl::Status Run(bool compare) {
       TestbedOptions t;
       t.script = absl::GetFlag(FLAGS_testbed_script);
       t.rate_gbit_per_s = absl::GetFlag(FLAGS_link_gbit_per_s);
+      json sized_by = nullptr;
+      if (!absl::GetFlag(FLAGS_link_preset).empty()) {
+        if (t.rate_gbit_per_s > 0) {
+          return absl::InvalidArgumentError("give --link_gbit_per_s or --link_preset, not both");
+        }
+        // krul-link-size takes the model (or the synthetic shape), not the
+        // tokenizer.
+        std::vector<std::string> model_args = c.model_args;
+        if (model_args.front() == "--model") model_args.resize(2);
+        auto sizing =
+            SizeLink((fs::path(c.bin_dir) / "krul-link-size").string(), model_args,
+                     absl::GetFlag(FLAGS_link_preset), absl::GetFlag(FLAGS_link_history_tokens));
+        if (!sizing.ok()) return sizing.status();
+        std::printf("krul-loadtest: link sizing: %s\n", sizing->sentence.c_str());
+        t.rate_gbit_per_s = sizing->gbit_per_s;
+        sized_by = {{"tool", "krul-link-size"},
+                    {"preset", sizing->preset},
+                    {"history_tokens", sizing->history_tokens},
+                    {"recompute_ms", sizing->recompute_ms},
+                    {"full_load_ms", sizing->full_load_ms},
+                    {"sentence", sizing->sentence}};
+      }
+      if (t.rate_gbit_per_s <= 0) t.rate_gbit_per_s = 2;
       t.delay_ms = absl::GetFlag(FLAGS_link_delay_ms);
       t.log_path = (fs::path(c.log_dir) / "testbed.log").string();
       auto up = Testbed::Up(t);
@@ -340,7 +372,8 @@ absl::Status Run(bool compare) {
               {"compute_ns", l.compute_ns},
               {"storage_addr", l.storage_addr},
               {"compute_addr", l.compute_addr},
-              {"kv_transport", "ucx-tcp"}};
+              {"kv_transport", "ucx-tcp"},
+              {"sized_by", sized_by}};
       std::printf("krul-loadtest: testbed %s up: %s\n", l.name.c_str(), kind.c_str());
       c.kvstore_prefix = testbed->StoragePrefix();
       c.worker_prefix = testbed->ComputePrefix();
