@@ -9,10 +9,13 @@ Starts the worker (synthetic model, loopback, ephemeral port), then
      connections while they hang on (timeout 3 s each);
   2. sends a 200 MB chunked POST /v1/chat/completions, stopping as soon as an answer comes,
      and reads the worker's VmRSS before and after;
-then SIGTERMs it. Bounded: about 15 s. The CTest twin with assertions is
+  3. runs 20 keep-alive clients (one connection each, reused) of 20 GET /v1/models 50 ms apart
+     and prints the latency percentiles and at which request index the slow (> 50 ms) ones were;
+then SIGTERMs it. Bounded: about 20 s. The CTest twin with assertions is
 tests/services/worker/http_hardening_test.cc; this script also runs against old binaries
 (it passes no flag they lack) to measure the before side.
 """
+import http.client
 import re
 import select
 import socket
@@ -118,6 +121,39 @@ def run(pid, port):
     s.close()
     print(f'{BODY_MB} MB chunked body: {sent >> 20} MB sent before the answer {answer!r}, '
           f'VmRSS {before:.0f} -> {rss_mb(pid):.0f} MB')
+
+    lock = threading.Lock()
+    latencies, slow_at, errors = [], [], [0]
+
+    def keep_alive_client():
+        conn = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
+        for i in range(20):
+            start = time.time()
+            try:
+                conn.request('GET', '/v1/models')
+                conn.getresponse().read()
+            except (OSError, http.client.HTTPException):
+                with lock:
+                    errors[0] += 1
+                conn = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
+                continue
+            ms = (time.time() - start) * 1000
+            with lock:
+                latencies.append(ms)
+                if ms > 50:
+                    slow_at.append(i)
+            time.sleep(0.05)
+
+    clients = [threading.Thread(target=keep_alive_client) for _ in range(20)]
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join()
+    latencies.sort()
+    print(f'20 keep-alive clients x 20 requests: {len(latencies)} ok, {errors[0]} errors, '
+          f'p50 {latencies[len(latencies) // 2]:.1f} ms, '
+          f'p99 {latencies[len(latencies) * 99 // 100]:.1f} ms, max {latencies[-1]:.1f} ms; '
+          f'slow (> 50 ms) at request index {sorted(slow_at)}')
 
 
 if __name__ == '__main__':

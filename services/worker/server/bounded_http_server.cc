@@ -196,6 +196,10 @@ void BoundedHttpServer::Serve() {
     if (stop_requested_) return;
     serving_ = true;
   }
+  // httplib listens with a backlog of 5: a burst of more new connections
+  // than that lost SYNs, and those clients waited a second for the retry.
+  // Listening again on the bound socket raises it.
+  if (const socket_t fd = svr_sock_.load(); fd != INVALID_SOCKET) ::listen(fd, SOMAXCONN);
   listen_after_bind();
   {
     std::lock_guard<std::mutex> lock(mu_);
