@@ -7,6 +7,7 @@
 //       [--neighbours 5] [--sensitivity_quantile Q | --sensitivity 0.9]
 //       [--kv_dtype f32] [--retain_angle 180] [--estimate_decay 1]
 //       [--split load|planned] [--modes a,b,...] [--max_conversations N]
+//       [--profile_exact_tokens]
 //       [--answer_tokens 64] [--krul_prior_rows auto|R] [--calibration FILE[,FILE...]]
 //
 // Conversations: a ShareGPT-style JSON array ({"conversations": [{"from":
@@ -112,6 +113,10 @@ ABSL_FLAG(double, retain_angle, 180,
           "Units of a shared pair wider than this angle (degrees) are stored unmerged");
 ABSL_FLAG(double, estimate_decay, 1.0,
           "krul: weight of the turns before in the carried estimate, per turn");
+ABSL_FLAG(bool, profile_exact_tokens, false,
+          "krul: measure the merge-error profile on the tokens computed since the last restore "
+          "(TurnEndInput::exact_from) instead of the whole history, whose shared pairs are "
+          "merged after a restore; off = the rule the worker serves");
 ABSL_FLAG(std::string, split, "load",
           "load: store whole histories (equal bytes); planned: "
           "each mode's own restore split");
@@ -580,6 +585,7 @@ int main(int argc, char** argv) {
       std::optional<krul::SimilarityEstimate> so_far;
       std::vector<int> history;
       int pos = 0;
+      int exact_from = 0;  // first token not restored from stored KV
       for (size_t t = 0; t < conv.turns.size(); ++t) {
         const Turn& turn = conv.turns[t];
         const std::vector<int> tokens = TurnTokens(turn);
@@ -599,6 +605,7 @@ int main(int argc, char** argv) {
           input.cache = cache.get();
           input.num_tokens = pos;
           input.estimate = &*so_far;
+          input.exact_from = absl::GetFlag(FLAGS_profile_exact_tokens) ? exact_from : 0;
           krul::TurnEnd end = ValueOrDie(krul::PlanTurnEnd(options, input, costs), "turn end");
           run.stored_bytes += static_cast<double>(end.kv.stored_bytes());
           run.full_bytes +=
@@ -631,6 +638,7 @@ int main(int argc, char** argv) {
                                        source.get(), *fresh, first, estimator.get()),
                      "restore");
           cache = std::move(fresh);
+          exact_from = pos;  // [0, pos) restored, merged where the plan shares
           logits.push_back(std::move(first));
           offset = 1;
           pos += 1;
@@ -733,6 +741,7 @@ int main(int argc, char** argv) {
   out["kv_dtype"] = std::string(krul::DTypeName(dtype));
   out["retain_angle"] = absl::GetFlag(FLAGS_retain_angle);
   out["estimate_decay"] = absl::GetFlag(FLAGS_estimate_decay);
+  out["profile_exact_tokens"] = absl::GetFlag(FLAGS_profile_exact_tokens);
   out["split"] = split;
   out["krul_prior_rows"] = prior_rows;
   out["krul_prior_rows_fitted"] = prior_flag == "auto";

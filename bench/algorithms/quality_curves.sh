@@ -13,7 +13,9 @@
 # (each replayed conversation leaves its own reference out); BIN is the
 # build's bin folder (default build/bin). Writes OUTDIR/NAME.tsv (one row
 # per mode and run), OUTDIR/NAME-ppl.png and OUTDIR/NAME-agreement.png.
-# Takes 20-40 minutes on a loaded 2-core machine.
+# RATIOS, BUDGETS and DTYPES (space-separated; defaults below) size the
+# sweep; PLOT_ONLY=1 only redraws the plots from an existing OUTDIR/NAME.tsv.
+# Takes 20-40 minutes on a loaded 2-core machine with the defaults.
 set -euo pipefail
 if [[ $# -lt 5 ]]; then
   sed -n '2,16p' "$0" >&2
@@ -22,23 +24,29 @@ fi
 name=$1 model=$2 conversations=$3 calibration=$4 out=$5 bin=${6:-build/bin}
 mkdir -p "$out"
 tsv="$out/$name.tsv"
-: > "$tsv"
+ratios=${RATIOS:-1.2 1.33 1.5 1.71 2.0}
+budgets=${BUDGETS:-0.005 0.01 0.02 0.04}
+dtypes=${DTYPES:-f32 f16}
 tokenizer="$(dirname "$model")/tok512.bin"
 bench() {
   "$bin/krul-bench-quality" --model "$model" --tokenizer "$tokenizer" \
     --conversations "$conversations" --pair_calibration "$calibration" --append_tsv "$tsv" \
     "$@" > /dev/null
 }
-for dtype in f32 f16; do
-  for ratio in 1.2 1.33 1.5 1.71 2.0; do
-    echo "$name: $dtype ratio $ratio" >&2
-    bench --kv_dtype "$dtype" --ratio "$ratio" --modes minicache,krul-fixed,krul
+if [[ -z ${PLOT_ONLY:-} ]]; then
+  : > "$tsv"
+  for dtype in $dtypes; do
+    for ratio in $ratios; do
+      echo "$name: $dtype ratio $ratio" >&2
+      bench --kv_dtype "$dtype" --ratio "$ratio" --modes minicache,krul-fixed,krul
+    done
+    for budget in $budgets; do
+      echo "$name: $dtype budget $budget" >&2
+      bench --kv_dtype "$dtype" --ratio 2.0 --krul_quality_budget "$budget" --modes krul
+    done
   done
-  for budget in 0.005 0.01 0.02 0.04; do
-    echo "$name: $dtype budget $budget" >&2
-    bench --kv_dtype "$dtype" --ratio 2.0 --krul_quality_budget "$budget" --modes krul
-  done
-done
+fi
+rm -f "$out/$name"-*.dat
 
 # One data file per series: fixed-ratio modes by label and dtype, budgets
 # as "krul (budget)", load as single points.
@@ -46,9 +54,10 @@ awk -F'\t' -v dir="$out" -v name="$name" '
   { series = $1; if ($1 == "krul" && $3 > 0) series = "krul-budget";
     file = dir "/" name "-" series "-" $4 ".dat";
     print $6, $7, $8 >> file }' "$tsv"
-plot() {  # column, ylabel, output
-  local series="" sep=""
-  for s in minicache krul-fixed krul krul-budget load; do
+plot() {  # column, ylabel, output[, extra series]
+  local series="${4:-}" sep=""
+  [[ -n $series ]] && sep=", "
+  for s in minicache krul-fixed krul krul-attention krul-budget load; do
     for d in f32 f16; do
       local f="$out/$name-$s-$d.dat"
       [[ -s "$f" ]] || continue
@@ -74,6 +83,6 @@ set grid
 plot $series
 EOF
 }
-plot 2 "perplexity increase (%)" "$out/$name-ppl.png"
+plot 2 "perplexity increase (%)" "$out/$name-ppl.png" "1 with lines lc rgb 'gray' dashtype 3 title 'goal: 1%'"
 plot 3 "top-1 agreement with the uncompressed cache" "$out/$name-agreement.png"
 echo "wrote $tsv, $out/$name-ppl.png, $out/$name-agreement.png" >&2

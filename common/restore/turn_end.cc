@@ -63,8 +63,12 @@ absl::StatusOr<PairChoice> ChooseTurnEndPairs(const TurnEndOptions& options,
     if (input.cache == nullptr || input.num_tokens < 1) {
       return absl::InvalidArgumentError("predicting pair costs needs the conversation's cache");
     }
+    const int begin =
+        input.exact_from > 0 && input.num_tokens - input.exact_from >= kMinProfileTokens
+            ? input.exact_from
+            : 0;
     KRUL_ASSIGN_OR_RETURN(const MergeErrors merge,
-                          MeasureMergeErrors(*input.cache, options.shape, 0, input.num_tokens));
+                          MeasureMergeErrors(*input.cache, options.shape, begin, input.num_tokens));
     auto predicted =
         options.calibration->Predict(merge, options.neighbours, options.exclude_reference);
     if (predicted.ok()) {

@@ -108,6 +108,50 @@ TEST(TurnEndTest, KrulFollowsTheNearestReferencesKind) {
   EXPECT_EQ(choice->neighbour_domains, std::vector<std::string>{"a1"});
 }
 
+// After a restore, the history's shared pairs are merged, so the profile is
+// measured on the tokens computed since (exact_from), as the references'
+// were on whole uncompressed caches; too few of them: the whole history.
+TEST(TurnEndTest, KrulProfilesTheExactTokensAfterARestore) {
+  const KvCache a1 = KindCache({0, 1, 2, 3, 4, 5}, 1, 40);
+  const KvCache b1 = KindCache({5, 2, 4, 0, 3, 1}, 3, 40);
+  PairCalibration calibration(kL);
+  ASSERT_TRUE(calibration.Add(ReferenceOf(a1, "a1", CostsFavouring({{0, 1}, {2, 3}}))).ok());
+  ASSERT_TRUE(calibration.Add(ReferenceOf(b1, "b1", CostsFavouring({{0, 5}, {1, 4}}))).ok());
+  // Tokens [0, 40) look like kind b (standing in for a distorted restored
+  // history), tokens [40, 64) are kind a.
+  const KvCache b2 = KindCache({5, 2, 4, 0, 3, 1}, 4, 40);
+  const KvCache a2 = KindCache({0, 1, 2, 3, 4, 5}, 2, 64);
+  KvCache mixed = *KvCache::Create(kL, kShape.kv_dim(), 64);
+  for (int l = 0; l < kL; ++l) {
+    for (int t = 0; t < 64; ++t) {
+      const KvCache& from = t < 40 ? b2 : a2;
+      std::copy_n(from.key(l, t), kShape.kv_dim(), mixed.key(l, t));
+      std::copy_n(from.value(l, t), kShape.kv_dim(), mixed.value(l, t));
+    }
+  }
+  TurnEndOptions options;
+  options.shape = kShape;
+  options.selector.target_ratio = 1.5;
+  options.selector.sensitivity_threshold = 1.0;
+  options.calibration = &calibration;
+  options.neighbours = 1;
+  TurnEndInput input;
+  input.cache = &mixed;
+  input.num_tokens = 64;
+  auto whole = ChooseTurnEndPairs(options, input);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(whole->neighbour_domains, std::vector<std::string>{"b1"});
+  input.exact_from = 40;  // 24 exact tokens
+  auto exact = ChooseTurnEndPairs(options, input);
+  ASSERT_TRUE(exact.ok()) << exact.status();
+  EXPECT_EQ(exact->neighbour_domains, std::vector<std::string>{"a1"});
+  EXPECT_EQ(Pairs(exact->pairs), (std::vector<std::pair<int, int>>{{0, 1}, {2, 3}}));
+  input.exact_from = 64 - kMinProfileTokens + 1;  // too few: the whole history
+  auto few = ChooseTurnEndPairs(options, input);
+  ASSERT_TRUE(few.ok()) << few.status();
+  EXPECT_EQ(few->neighbour_domains, std::vector<std::string>{"b1"});
+}
+
 TEST(TurnEndTest, BaselinesAndValidation) {
   const KvCache cache = KindCache({0, 1, 2, 3, 4, 5}, 1, 40);
   TurnEndOptions options;

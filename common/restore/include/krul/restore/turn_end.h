@@ -91,7 +91,21 @@ struct TurnEndInput {
   // Its similarity estimate so far (every turn, estimate_codec.h's carry);
   // nullptr = none observed.
   const SimilarityEstimate* estimate = nullptr;
+  // The first token the cache holds exactly as computed: after a restore,
+  // tokens [0, exact_from) came from stored KV whose shared pairs are
+  // merged (their merge errors there are ~0), so krul's merge-error profile
+  // is measured on [exact_from, num_tokens), like the calibration's
+  // references (measured on uncompressed caches), when that range holds at
+  // least kMinProfileTokens; else on the whole history. 0 = all exact (the
+  // whole history is profiled; what the worker's persister does today).
+  // Measured with krul-bench-quality --profile_exact_tokens: the references
+  // found are of the conversation's own domain more often at later turn
+  // ends, the agreement about the same (docs/benchmarks.md, issue 13).
+  int exact_from = 0;
 };
+
+// Fewest exact tokens a merge-error profile is measured on (see exact_from).
+inline constexpr int kMinProfileTokens = 16;
 
 // The pairs chosen and why.
 struct PairChoice {
