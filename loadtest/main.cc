@@ -595,6 +595,7 @@ int main(int argc, char** argv) {
       "Replays a trace against Krul workers over HTTP and reports TTFT, TPOT, latency,\n"
       "throughput and goodput (docs/loadtest.md).\n"
       "  krul-loadtest --trace FILE (--endpoints H:P,... | --local_cluster N) --out DIR\n"
+      "  krul-loadtest ... --local_cluster N --local_cluster_net testbed --link_preset ib400\n"
       "  krul-loadtest compare --trace FILE ... --modes recompute,load,krul");
   int n = static_cast<int>(args.size());
   absl::ParseCommandLine(n, args.data());
