@@ -34,6 +34,7 @@
 #include "worker/server/http_api.h"
 #include "worker/session/conversation_store.h"
 #include "worker/session/kvstore_conversation_store.h"
+#include "worker/session/sealed_conversation_store.h"
 
 ABSL_FLAG(std::string, model, "", "Model file: llama2.c checkpoint (.bin) or GGUF (.gguf)");
 ABSL_FLAG(std::string, tokenizer, "",
@@ -96,6 +97,10 @@ ABSL_FLAG(bool, kvstore_tls, false,
           "TLS to the kvstore with the system's CA roots (implied by the files above)");
 ABSL_FLAG(std::string, kvstore_token_file, "",
           "File holding the bearer token of --tenant for the kvstore (--tenant_tokens_file there)");
+ABSL_FLAG(std::string, kv_mac_key_file, "",
+          "KV MAC keys (64 hex digits: a master key line, and/or TENANT:KEY lines; chmod 600): "
+          "stored KV is sealed and verified so the kvstore cannot serve forged KV. The same file "
+          "on every worker. Empty: checksums only (no protection against a writer)");
 ABSL_FLAG(std::string, tls_cert_file, "",
           "PEM certificate of the worker's gRPC service (with --tls_key_file: TLS)");
 ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of the worker's gRPC service");
@@ -225,6 +230,7 @@ absl::StatusOr<WorkerOptions> OptionsFromFlags() {
   o.kvstore_tls.enabled = absl::GetFlag(FLAGS_kvstore_tls) || !o.kvstore_tls.ca_file.empty() ||
                           !o.kvstore_tls.cert_file.empty();
   o.kvstore_token_file = absl::GetFlag(FLAGS_kvstore_token_file);
+  o.kv_mac_key_file = absl::GetFlag(FLAGS_kv_mac_key_file);
   o.grpc_tls.cert_file = absl::GetFlag(FLAGS_tls_cert_file);
   o.grpc_tls.key_file = absl::GetFlag(FLAGS_tls_key_file);
   o.grpc_tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
@@ -318,7 +324,10 @@ int main(int argc, char** argv) {
     }
     auto remote = krul::worker::NewKvstoreConversationStore(kv);
     if (!remote.ok()) return Fail(remote.status());
-    store = *std::move(remote);
+    auto sealed = krul::worker::ProtectConversationStore(
+        *std::move(remote), options->kv_mac_key_file, options->kvstore_addresses);
+    if (!sealed.ok()) return Fail(sealed.status());
+    store = *std::move(sealed);
   } else {
     KRUL_LOG(INFO) << "krul-worker: no --kvstore: conversations live in this process only";
   }

@@ -50,6 +50,8 @@ inline constexpr std::string_view kFallbackUnavailable = "store_unavailable";
 inline constexpr std::string_view kFallbackDeadline = "deadline";
 inline constexpr std::string_view kFallbackMissingBlocks = "missing_blocks";
 inline constexpr std::string_view kFallbackChecksum = "checksum";
+// A version that fails its KV MAC seal (forged, foreign, unsealed; kv_mac.h).
+inline constexpr std::string_view kFallbackIntegrity = "integrity";
 inline constexpr std::string_view kFallbackMismatch = "mismatch";  // stored state unusable
 inline constexpr std::string_view kFallbackError = "error";
 

@@ -101,6 +101,11 @@ struct WorkerOptions {
   // hash). Plaintext to a non-loopback kvstore needs allow_insecure.
   rpc::ClientTlsOptions kvstore_tls;
   std::string kvstore_token_file;
+  // KV MAC keys (krul/kvformat/kv_mac.h: a master key and/or TENANT:KEY
+  // lines, 64 hex digits each): versions are sealed when written and
+  // verified before use, so the kvstore cannot serve forged KV. Empty: XXH3
+  // checksums only (protects against accidents, not against a writer).
+  std::string kv_mac_key_file;
   // TLS of the worker's own gRPC service; without it the service is
   // plaintext, accepted only on a loopback host or with allow_insecure.
   rpc::ServerTlsOptions grpc_tls;

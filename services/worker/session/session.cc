@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "krul/base/log.h"
+#include "krul/kvformat/kv_mac.h"
 #include "krul/restore/restore_plan.h"
 #include "worker/session/kv_blocks.h"
 #include "worker/session/session_record.h"
@@ -18,6 +19,7 @@ double MsSince(absl::Time t) { return absl::ToDoubleMilliseconds(absl::Now() - t
 
 // The fallback reason for a store or restore error.
 std::string_view FallbackReason(const absl::Status& s) {
+  if (IsKvIntegrityError(s)) return kFallbackIntegrity;
   switch (s.code()) {
     case absl::StatusCode::kUnavailable:
       return kFallbackUnavailable;
