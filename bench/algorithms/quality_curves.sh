@@ -54,7 +54,7 @@ awk -F'\t' -v dir="$out" -v name="$name" '
   { series = $1; if ($1 == "krul" && $3 > 0) series = "krul-budget";
     file = dir "/" name "-" series "-" $4 ".dat";
     print $6, $7, $8 >> file }' "$tsv"
-plot() {  # column, ylabel, output[, extra series]
+plot() {  # column, ylabel, output[, extra series[, gnuplot settings]]
   local series="${4:-}" sep=""
   [[ -n $series ]] && sep=", "
   for s in minicache krul-fixed krul krul-attention krul-budget load; do
@@ -68,7 +68,12 @@ plot() {  # column, ylabel, output[, extra series]
       [[ $s == load ]] && style="points pointsize 2"
       local dash=1
       [[ $d == f16 ]] && dash=2
-      series+="$sep'$f' using 1:$1 with $style dashtype $dash title '$title'"
+      local color
+      case $s in  # one colour per mode in both plots
+        minicache) color='#1b9e77' ;; krul-fixed) color='#d95f02' ;; krul) color='#1f78b4' ;;
+        krul-attention) color='#808080' ;; krul-budget) color='#e7298a' ;; *) color='#000000' ;;
+      esac
+      series+="$sep'$f' using 1:$1 with $style lc rgb '$color' dashtype $dash title '$title'"
       sep=", "
     done
   done
@@ -80,9 +85,14 @@ set xlabel 'times fewer bytes than the full fp32 KV'
 set ylabel '$2'
 set key outside right
 set grid
+${5:-}
 plot $series
 EOF
 }
-plot 2 "perplexity increase (%)" "$out/$name-ppl.png" "1 with lines lc rgb 'gray' dashtype 3 title 'goal: 1%'"
-plot 3 "top-1 agreement with the uncompressed cache" "$out/$name-agreement.png"
+# The goal region (a few percent) in view; minicache and ratio 2 run off
+# the top (their values are in the TSV).
+plot 2 "perplexity increase (%), clipped at ${PPL_MAX:-5}" "$out/$name-ppl.png" \
+  "1 with lines lc rgb 'gray' dashtype 3 title 'goal: 1%'" "set yrange [-1:${PPL_MAX:-5}]"
+plot 3 "top-1 agreement with the uncompressed cache" "$out/$name-agreement.png" "" \
+  "set yrange [0.65:1.01]"
 echo "wrote $tsv, $out/$name-ppl.png, $out/$name-agreement.png" >&2
