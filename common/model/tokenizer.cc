@@ -145,7 +145,8 @@ int Tokenizer::Lookup(std::string_view piece) const {
   return it == id_of_.end() ? -1 : it->second;
 }
 
-std::vector<int> Tokenizer::Encode(std::string_view text, bool bos, bool eos) const {
+std::vector<int> Tokenizer::Encode(std::string_view text, bool bos, bool eos,
+                                   bool dummy_prefix) const {
   std::vector<int> tokens;
   tokens.reserve(text.size() + 3);
   if (bos) tokens.push_back(bos_id_);
@@ -165,7 +166,7 @@ std::vector<int> Tokenizer::Encode(std::string_view text, bool bos, bool eos) co
   };
   const size_t start = tokens.size();  // merges never cross BOS
   // SentencePiece's dummy prefix: a leading space before non-empty text.
-  if (!text.empty()) push_piece(" ");
+  if (dummy_prefix && !text.empty()) push_piece(" ");
   // One code point at a time (at most 4 bytes), as llama2.c does; invalid
   // UTF-8 simply falls back to byte tokens.
   size_t i = 0;

@@ -28,7 +28,10 @@ uint64_t PrefixDigest(const std::vector<ChatMessage>& messages, size_t count) {
 
 std::vector<int> ChatTemplate::MessageTokens(const ChatMessage& message) const {
   if (kind_ == ChatTemplateKind::kPlain) {
-    if (message.role == Role::kAssistant) return tokenizer_.Encode(message.content, false, false);
+    // An answer continues the line after the newline as the model wrote
+    // it: no dummy space in front.
+    if (message.role == Role::kAssistant)
+      return tokenizer_.Encode(message.content, false, false, false);
     return tokenizer_.Encode(message.content + "\n", false, false);
   }
   switch (message.role) {
@@ -38,7 +41,10 @@ std::vector<int> ChatTemplate::MessageTokens(const ChatMessage& message) const {
       return tokenizer_.Encode("User: " + message.content + "\n", false, false);
     case Role::kAssistant: {
       std::vector<int> tokens = GenerationPrompt();
-      std::vector<int> content = tokenizer_.Encode(message.content, false, false);
+      // "Assistant:" then the answer; its own leading space, when it has
+      // one (the worker's answers do), stands for the dummy one.
+      const bool spaced = !message.content.empty() && message.content.front() == ' ';
+      std::vector<int> content = tokenizer_.Encode(message.content, false, false, !spaced);
       tokens.insert(tokens.end(), content.begin(), content.end());
       return tokens;
     }
@@ -51,12 +57,18 @@ std::vector<int> ChatTemplate::GenerationPrompt() const {
   return tokenizer_.Encode("Assistant:", false, false);
 }
 
-std::vector<int> ChatTemplate::PromptTokens(const std::vector<ChatMessage>& messages) const {
+std::vector<int> ChatTemplate::HistoryTokens(const std::vector<ChatMessage>& messages,
+                                             size_t count) const {
   std::vector<int> tokens = {tokenizer_.bos_id()};
-  for (const ChatMessage& m : messages) {
-    std::vector<int> piece = MessageTokens(m);
+  for (size_t i = 0; i < count && i < messages.size(); ++i) {
+    std::vector<int> piece = MessageTokens(messages[i]);
     tokens.insert(tokens.end(), piece.begin(), piece.end());
   }
+  return tokens;
+}
+
+std::vector<int> ChatTemplate::PromptTokens(const std::vector<ChatMessage>& messages) const {
+  std::vector<int> tokens = HistoryTokens(messages, messages.size());
   std::vector<int> prompt = GenerationPrompt();
   tokens.insert(tokens.end(), prompt.begin(), prompt.end());
   return tokens;

@@ -9,17 +9,28 @@
 //
 //   plain (default; for TinyStories-style story models that know no roles):
 //     system, user : Encode(content + "\n")
-//     assistant    : Encode(content)           generation prompt: nothing
+//     assistant    : EncodeAsIs(content)       generation prompt: nothing
 //   roles:
 //     system       : Encode("System: " + content + "\n")
 //     user         : Encode("User: " + content + "\n")
-//     assistant    : Encode("Assistant:") + Encode(content)
+//     assistant    : Encode("Assistant:") + Encode(content), where content's
+//                    own leading space, if any, is the dummy one
 //                                               generation prompt: Encode("Assistant:")
 //
 // Encode adds SentencePiece's dummy leading space to each piece, which is
-// what separates consecutive messages. An assistant message the worker
-// generated itself is not re-tokenized on the next turn: the stored history
-// keeps the sampled token ids (which re-encoding the text may not give back).
+// what separates consecutive messages; EncodeAsIs does not (Tokenizer's
+// dummy_prefix = false). Answers are encoded the way the model writes
+// them: after the plain template's newline it starts a word with no space
+// ("T" "he", not "▁The"), after "Assistant:" with one ("▁Once", which a
+// second dummy space would turn into "▁" "▁Once").
+//
+// These tokens are the canonical form of a history: a turn whose history is
+// restored from the store and the same turn recomputed from the messages'
+// text prefill the same ids (HistoryTokens / PromptTokens, used by both
+// paths), so greedy answers do not depend on the cache. The ids the model
+// sampled for an answer may still split the same text otherwise (rarely;
+// docs/worker.md); the stored version holds the canonical ones and the KV
+// of what both share (session.cc).
 //
 // Thread-safe (immutable after construction).
 #ifndef KRUL_SERVICES_WORKER_CORE_CHAT_TEMPLATE_H_
@@ -59,7 +70,10 @@ class ChatTemplate {
   // Tokens that precede the assistant's answer (appended after the last
   // message before generation starts).
   std::vector<int> GenerationPrompt() const;
-  // BOS + every message + the generation prompt.
+  // BOS + messages[0, count): the canonical tokens of a history (what a
+  // stored version holds and a recompute prefills).
+  std::vector<int> HistoryTokens(const std::vector<ChatMessage>& messages, size_t count) const;
+  // HistoryTokens of every message + the generation prompt.
   std::vector<int> PromptTokens(const std::vector<ChatMessage>& messages) const;
 
  private:

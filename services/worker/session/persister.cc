@@ -41,11 +41,18 @@ Persister::Persister(const PersisterOptions& options, ConversationStore* store,
       store_(store),
       cost_model_(cost_model),
       metrics_(metrics) {
+  rewrite_thread_ = std::thread([this] { RewriteLoop(); });
   thread_ = std::thread([this] { Loop(); });
 }
 
 Persister::~Persister() {
   Drain(options_.deadline);
+  // Rewrites first: what they finish still goes to the main queue.
+  {
+    absl::MutexLock lock(&mu_);
+    stop_rewrites_ = true;
+  }
+  rewrite_thread_.join();
   {
     absl::MutexLock lock(&mu_);
     stop_ = true;
@@ -55,18 +62,52 @@ Persister::~Persister() {
 
 bool Persister::Submit(PersistJob job) {
   absl::MutexLock lock(&mu_);
-  if (stop_ || static_cast<int>(queue_.size()) >= options_.max_pending) {
+  if (stop_ || stop_rewrites_ ||
+      static_cast<int>(queue_.size() + rewrites_.size()) >= options_.max_pending) {
     metrics_->CountPersist("dropped");
     return false;
   }
-  queue_.push_back(std::move(job));
+  (job.rewrite ? rewrites_ : queue_).push_back(std::move(job));
   return true;
 }
 
 bool Persister::Drain(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
-  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queue_.empty() && !busy_; };
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return queue_.empty() && !busy_ && rewrites_.empty() && !rewriting_;
+  };
   return mu_.AwaitWithTimeout(absl::Condition(&idle), timeout);
+}
+
+void Persister::RewriteLoop() {
+  while (true) {
+    PersistJob job;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stop_rewrites_ || !rewrites_.empty();
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (rewrites_.empty()) return;  // stop_rewrites_ with nothing left
+      job = std::move(rewrites_.front());
+      rewrites_.pop_front();
+      rewriting_ = true;
+    }
+    absl::Status status = job.cache == nullptr
+                              ? absl::InvalidArgumentError("persist job without a KV cache")
+                              : job.rewrite(*job.cache);
+    job.rewrite = nullptr;  // releases what it held (the engine slot)
+    if (!status.ok()) {
+      metrics_->CountPersist("error");
+      std::fprintf(
+          stderr, "krul-worker: rewriting the KV of conversation '%s' turn %u failed: %s\n",
+          job.key.conversation_id().c_str(), job.key.turn(), std::string(status.message()).c_str());
+      job = PersistJob();  // free the KV before reporting idle
+    }
+    absl::MutexLock lock(&mu_);
+    if (status.ok()) queue_.push_back(std::move(job));
+    rewriting_ = false;
+  }
 }
 
 void Persister::Loop() {
@@ -116,6 +157,12 @@ PairChoice Persister::ChoosePairs(RestoreMode mode,
 }
 
 absl::Status Persister::Run(PersistJob& job) {
+  if (job.rewrite) {  // a caller of Run itself (the threads rewrite first)
+    if (job.cache == nullptr) return absl::InvalidArgumentError("persist job without a KV cache");
+    absl::Status rewritten = job.rewrite(*job.cache);
+    job.rewrite = nullptr;
+    if (!rewritten.ok()) return rewritten;
+  }
   SessionRecord& record = job.record;
   const int N = record.kv_tokens;
   std::optional<SimilarityEstimate> estimate;

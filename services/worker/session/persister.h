@@ -6,10 +6,13 @@
 // turn will use and the compressed KV, committed to the store as a new
 // conversation version whose record carries the estimate on.
 //
-// Jobs run on one background thread in submission order. The queue is
-// bounded: when it is full a turn is dropped (counted in
-// krul_worker_persists_total{result="dropped"}), so a slow store costs the
-// next turn a recompute, never the worker its memory.
+// A job may first rewrite its KV on the engine slot it holds (the
+// session's re-prefill of its answer, PersistJob::rewrite): that runs on a
+// thread of its own, so the slot is free again without waiting for other
+// jobs' store writes. Jobs run on one background thread in submission order
+// (a rewritten job when its rewrite is done). The queue is bounded: when it is full a turn is
+// dropped (counted in krul_worker_persists_total{result="dropped"}), so a slow store costs the next
+// turn a recompute, never the worker its memory.
 //
 // Thread-safe.
 #ifndef KRUL_SERVICES_WORKER_SESSION_PERSISTER_H_
@@ -22,6 +25,7 @@
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -58,6 +62,11 @@ struct PersistJob {
   // turn's new input and answer. Absent after a miss or a fallback, where
   // the estimator saw the whole history prefilled.
   std::optional<SimilarityEstimate> carried_estimate;
+  // When set, run first (on the rewrite thread), then destroyed: it makes
+  // `cache` hold the KV of record.tokens[0, record.kv_tokens). It owns what
+  // it needs (the session's engine slot, released when it is destroyed). A
+  // failure drops the job (counted as an error).
+  absl::AnyInvocable<absl::Status(BackendKvCache&)> rewrite;
 };
 
 struct PersisterOptions {
@@ -96,18 +105,19 @@ class Persister {
   // `store`, `cost_model` and `metrics` are borrowed and must outlive it.
   Persister(const PersisterOptions& options, ConversationStore* store, CostModel* cost_model,
             WorkerMetrics* metrics);
-  ~Persister();  // Drain(), then stops the thread
+  ~Persister();  // Drain(), then stops the threads
 
   // Queues `job`; false (and the job dropped) when the queue is full or the
   // persister is shut down.
   bool Submit(PersistJob job);
 
-  // Waits until every queued job is done or `timeout` passed; true when
-  // the queue is empty.
+  // Waits until every queued job (rewrites included) is done or `timeout`
+  // passed; true when the queues are empty.
   bool Drain(absl::Duration timeout);
 
-  // Runs one job on the calling thread (what the background thread does).
-  // Errors of the selector, planner, compressor and store.
+  // Runs one job on the calling thread (what the background threads do,
+  // its rewrite included). Errors of the rewrite, selector, planner,
+  // compressor and store.
   absl::Status Run(PersistJob& job);
 
   // The layer pairs `mode` stores with for a conversation whose estimate
@@ -125,6 +135,7 @@ class Persister {
 
  private:
   void Loop();
+  void RewriteLoop();
 
   const PersisterOptions options_;
   const TurnEndOptions turn_end_;
@@ -134,8 +145,12 @@ class Persister {
 
   absl::Mutex mu_;
   std::deque<PersistJob> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<PersistJob> rewrites_ ABSL_GUARDED_BY(mu_);  // before queue_
   bool busy_ ABSL_GUARDED_BY(mu_) = false;
+  bool rewriting_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_rewrites_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread rewrite_thread_;
   std::thread thread_;
 };
 

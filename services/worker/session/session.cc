@@ -1,5 +1,6 @@
 #include "worker/session/session.h"
 
+#include <algorithm>
 #include <chrono>
 #include <random>
 
@@ -66,7 +67,8 @@ Session::Session(WorkerCore& core, AdmissionTicket ticket, const ChatRequest& re
 
 Session::~Session() {
   // Clearing never fails to clear; an error is only about blocks delivered.
-  slot_.backend->SetAttentionObserver(nullptr).IgnoreError();
+  // Without the ticket the slot is the persister's (Commit's rewrite).
+  if (ticket_.valid()) slot_.backend->SetAttentionObserver(nullptr).IgnoreError();
   // The lease of the restored version, released once the answer is out
   // (never on the first token's path); it also runs out by itself.
   if (pin_.lease_id != 0) {
@@ -192,6 +194,13 @@ std::string_view Session::ValidateStoredTurn(const SessionRecord& record,
       PrefixDigest(messages, record.message_count) != record.digest) {
     return kFallbackMismatch;
   }
+  // Only KV of the canonical tokens of the history's text is restored: a
+  // recompute of the same messages prefills exactly these, so the answer
+  // does not depend on which of the two happens. (A version stored with
+  // other ids for the same text, e.g. by an older worker, is not used.)
+  if (record.tokens != core_.chat_template().HistoryTokens(messages, record.message_count)) {
+    return kFallbackMismatch;
+  }
   return {};
 }
 
@@ -201,20 +210,12 @@ std::string_view Session::ValidateStoredTurn(const SessionRecord& record,
 absl::Status Session::TokenizeTurn(const StoredTurn& stored, std::vector<int>& new_tokens) {
   const ModelConfig& config = core_.model().config();
   const std::vector<ChatMessage>& messages = request_.messages;
+  // One tokenization for a restore and a recompute: the restored record's
+  // tokens are HistoryTokens of its messages (ValidateStoredTurn), hence a
+  // prefix of these.
+  tokens_ = core_.chat_template().PromptTokens(messages);
   if (stored.record.has_value()) {
-    const SessionRecord& record = *stored.record;
-    tokens_ = record.tokens;
-    new_tokens.assign(tokens_.begin() + record.kv_tokens, tokens_.end());
-    for (size_t i = record.message_count; i < messages.size(); ++i) {
-      std::vector<int> piece = core_.chat_template().MessageTokens(messages[i]);
-      new_tokens.insert(new_tokens.end(), piece.begin(), piece.end());
-      tokens_.insert(tokens_.end(), piece.begin(), piece.end());
-    }
-    std::vector<int> prompt = core_.chat_template().GenerationPrompt();
-    new_tokens.insert(new_tokens.end(), prompt.begin(), prompt.end());
-    tokens_.insert(tokens_.end(), prompt.begin(), prompt.end());
-  } else {
-    tokens_ = core_.chat_template().PromptTokens(messages);
+    new_tokens.assign(tokens_.begin() + stored.record->kv_tokens, tokens_.end());
   }
   const int prompt_len = static_cast<int>(tokens_.size());
   if (prompt_len >= config.seq_len) {
@@ -449,11 +450,36 @@ void Session::Commit() {
   std::vector<ChatMessage> history = request_.messages;
   history.push_back(ChatMessage{Role::kAssistant, content_});
   r.digest = PrefixDigest(history, history.size());
+  // The stored history is what a recompute of these messages prefills: the
+  // canonical tokens of the text (not the sampled ids, which may split it
+  // otherwise) with their KV computed as a prefill computes it (decode's
+  // one-token products sum in another order: its KV differs in the last
+  // bits, enough to flip a near-tie of a later greedy answer). So the
+  // answer is prefilled again, in one batch, before the turn is stored; on
+  // the persister's rewrite thread, off the response path, holding this
+  // session's engine slot until it is done.
+  r.tokens = core_.chat_template().HistoryTokens(history, history.size());
+  const int canonical = static_cast<int>(r.tokens.size());
+  int from = 0;  // the first token whose KV is rewritten: the answer's
+  while (from < stats_.prompt_tokens && from < canonical && r.tokens[from] == tokens_[from]) {
+    ++from;
+  }
+  r.kv_tokens = std::min(canonical, capacity_);
+  if (from < r.kv_tokens) {  // an answer (the prompt's KV is a prefill's)
+    // At least two tokens: a single one would take decode's path again.
+    from = std::max(0, std::min(from, r.kv_tokens - 2));
+    job.rewrite = [backend = slot_.backend.get(), ticket = std::move(ticket_),
+                   tokens =
+                       std::vector<int>(r.tokens.begin() + from, r.tokens.begin() + r.kv_tokens),
+                   from](BackendKvCache& cache) mutable {
+      absl::Status s = backend->Forward(cache, tokens, from, {});
+      ticket.Release();
+      return s;
+    };
+  }
   // Turn k is the version holding k assistant answers: the same number on
   // every worker, so "latest" never prefers a stale version.
   job.key.set_turn(static_cast<uint32_t>(AssistantMessages(history)));
-  r.tokens = tokens_;
-  r.kv_tokens = pos_;
   job.cache = std::move(cache_);
   job.estimator = std::move(estimator_);
   job.carried_estimate = std::move(carried_estimate_);

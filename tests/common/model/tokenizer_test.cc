@@ -62,6 +62,17 @@ TEST(TokenizerTest, MergesHighestScoreFirstAndLeftmostOnTies) {
   EXPECT_THAT(tok.Encode("", true, false), ElementsAre(1));  // no dummy prefix for empty text
 }
 
+TEST(TokenizerTest, WithoutDummyPrefixTheTextIsSplitAsItReads) {
+  // ids: 259 " ", 260 "a", 261 "b", 262 "ab", 263 " a" (the highest score).
+  Tokenizer tok =
+      WriteAndLoad(ByteVocabulary({{" ", -10}, {"a", -10}, {"b", -10}, {"ab", 1}, {" a", 2}}));
+  EXPECT_THAT(tok.Encode("ab", false, false), ElementsAre(263, 261));  // " a" "b"
+  EXPECT_THAT(tok.Encode("ab", false, false, /*dummy_prefix=*/false), ElementsAre(262));
+  // A text's own leading space is kept: " ab" without a dummy is "ab" with one.
+  EXPECT_EQ(tok.Encode(" ab", false, false, false), tok.Encode("ab", false, false));
+  EXPECT_THAT(tok.Encode("", true, true, false), ElementsAre(1, 2));
+}
+
 TEST(TokenizerTest, UnknownCodePointsFallBackToByteTokens) {
   Tokenizer tok = WriteAndLoad(ByteVocabulary({{" ", -1}}));
   // U+00E9 is 0xC3 0xA9 in UTF-8; byte token of b is 3 + b.

@@ -31,6 +31,13 @@ std::vector<int> Bytes(const std::string& text) {
   return ids;
 }
 
+// The same without the dummy space.
+std::vector<int> AsIs(const std::string& text) {
+  std::vector<int> ids;
+  for (unsigned char ch : text) ids.push_back(3 + ch);
+  return ids;
+}
+
 std::vector<int> Concat(std::initializer_list<std::vector<int>> parts) {
   std::vector<int> out;
   for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
@@ -49,8 +56,29 @@ TEST(ChatTemplateTest, PlainTemplateConcatenatesMessageTexts) {
   std::vector<ChatMessage> messages = {
       {Role::kSystem, "S"}, {Role::kUser, "hi"}, {Role::kAssistant, "yo"}, {Role::kUser, "ok"}};
   EXPECT_TRUE(t.GenerationPrompt().empty());
+  // The answer as the model writes it after the newline: no dummy space.
   EXPECT_EQ(t.PromptTokens(messages),
-            Concat({{tok.bos_id()}, Bytes("S\n"), Bytes("hi\n"), Bytes("yo"), Bytes("ok\n")}));
+            Concat({{tok.bos_id()}, Bytes("S\n"), Bytes("hi\n"), AsIs("yo"), Bytes("ok\n")}));
+  EXPECT_EQ(t.MessageTokens({Role::kAssistant, " yo"}), AsIs(" yo"));
+}
+
+// What the worker stores and what a recompute prefills: BOS and the first
+// `count` messages, the prompt's prefix.
+TEST(ChatTemplateTest, HistoryTokensArePromptTokensWithoutTheGenerationPrompt) {
+  Tokenizer tok = ByteTokenizer();
+  for (ChatTemplateKind kind : {ChatTemplateKind::kPlain, ChatTemplateKind::kRoles}) {
+    ChatTemplate t(kind, tok);
+    std::vector<ChatMessage> messages = {
+        {Role::kUser, "hi"}, {Role::kAssistant, " yo"}, {Role::kUser, "ok"}};
+    EXPECT_EQ(t.HistoryTokens(messages, 0), std::vector<int>{tok.bos_id()});
+    std::vector<int> prompt = t.PromptTokens(messages);
+    std::vector<int> all = t.HistoryTokens(messages, messages.size());
+    const std::vector<int> generation = t.GenerationPrompt();
+    all.insert(all.end(), generation.begin(), generation.end());
+    EXPECT_EQ(all, prompt);
+    std::vector<ChatMessage> two(messages.begin(), messages.begin() + 2);
+    EXPECT_EQ(t.HistoryTokens(messages, 2), t.HistoryTokens(two, 2));
+  }
 }
 
 TEST(ChatTemplateTest, RolesTemplateTagsEachMessage) {
@@ -63,9 +91,11 @@ TEST(ChatTemplateTest, RolesTemplateTagsEachMessage) {
                                               Bytes("System: S\n"),
                                               Bytes("User: hi\n"),
                                               Bytes("Assistant:"),
-                                              Bytes("yo"),
+                                              Bytes("yo"),  // a dummy space: it has none
                                               Bytes("User: ok\n"),
                                               Bytes("Assistant:")}));
+  // An answer's own leading space stands for the dummy one (not "  yo").
+  EXPECT_EQ(t.MessageTokens({Role::kAssistant, " yo"}), Concat({Bytes("Assistant:"), Bytes("yo")}));
 }
 
 TEST(ChatTemplateTest, APrefixOfMessagesIsAPrefixOfTokens) {

@@ -117,9 +117,12 @@ inline absl::StatusOr<TurnResult> RunTurn(WorkerCore& core, const std::vector<Ch
 
 // The uninterrupted reference: one KV cache for the whole conversation.
 // Each user message is BOS-less Encode(content + "\n") (the plain
-// template, written out here independently of the worker's code); the
-// assistant's tokens are the ones it sampled; after a turn that ended by
-// length, its last token is prefilled with the next message.
+// template, written out here independently of the worker's code). The
+// history continued from holds the answer as a recompute of its text
+// computes it, as the worker stores it: the cache is rewound to the
+// answer's start and the canonical tokens of the decoded answer (the plain
+// template's: Encode without a dummy space) prefilled with the next
+// message, in one batch.
 class ReferenceConversation {
  public:
   ReferenceConversation(const Model& model, const Tokenizer& tokenizer)
@@ -132,23 +135,33 @@ class ReferenceConversation {
 
   // Greedy answer of up to `max_tokens` tokens to `user`.
   std::vector<int> Turn(const std::string& user, int max_tokens) {
+    if (answer_start_ >= 0) {
+      std::string text;
+      int prev = before_answer_;
+      for (int t : answer_) {
+        text += tokenizer_.Decode(prev, t);
+        prev = t;
+      }
+      pos_ = answer_start_;
+      pending_ = tokenizer_.Encode(text, false, false, /*dummy_prefix=*/false);
+    }
     std::vector<int> piece = tokenizer_.Encode(user + "\n", false, false);
     pending_.insert(pending_.end(), piece.begin(), piece.end());
     EXPECT_TRUE(engine_->Forward(cache_, pending_, pos_, logits_).ok());
     pos_ += static_cast<int>(pending_.size());
+    before_answer_ = pending_.back();
+    answer_start_ = pos_;
     pending_.clear();
     std::vector<int> out;
     while (true) {
       const int next = ArgMax(logits_);
       if (next == tokenizer_.bos_id() || next == tokenizer_.eos_id()) break;
       out.push_back(next);
-      if (static_cast<int>(out.size()) == max_tokens) {
-        pending_.push_back(next);
-        break;
-      }
+      if (static_cast<int>(out.size()) == max_tokens) break;
       EXPECT_TRUE(engine_->Forward(cache_, std::span<const int>(&next, 1), pos_, logits_).ok());
       ++pos_;
     }
+    answer_ = out;
     return out;
   }
 
@@ -159,6 +172,10 @@ class ReferenceConversation {
   std::vector<float> logits_;
   std::vector<int> pending_;
   int pos_ = 0;
+  // The last answer, where it starts and the token before it.
+  std::vector<int> answer_;
+  int answer_start_ = -1;
+  int before_answer_ = -1;
 };
 
 }  // namespace krul::worker::testing

@@ -44,8 +44,11 @@ class Tokenizer {
   int eos_id() const { return eos_id_; }
   const std::string& piece(int id) const { return pieces_[id]; }
 
-  // Token ids of `text`, with BOS first / EOS last when asked.
-  std::vector<int> Encode(std::string_view text, bool bos, bool eos) const;
+  // Token ids of `text`, with BOS first / EOS last when asked. Without
+  // `dummy_prefix` no space is put in front: the ids of `text` as it reads
+  // after other text (how a model's own continuation is split).
+  std::vector<int> Encode(std::string_view text, bool bos, bool eos,
+                          bool dummy_prefix = true) const;
 
   // The text of `token` as it follows `prev_token`: the space after BOS is
   // dropped and byte tokens "<0xXX>" become that byte (llama2.c decode()).
