@@ -7,7 +7,7 @@
 //       [--neighbours 5] [--sensitivity_quantile Q | --sensitivity 0.9]
 //       [--kv_dtype f32] [--retain_angle 180] [--estimate_decay 1]
 //       [--split load|planned] [--modes a,b,...] [--max_conversations N]
-//       [--profile_exact_tokens]
+//       [--profile_exact_tokens] [--krul_fixed_unless_confident]
 //       [--answer_tokens 64] [--krul_prior_rows auto|R] [--calibration FILE[,FILE...]]
 //
 // Conversations: a ShareGPT-style JSON array ({"conversations": [{"from":
@@ -113,6 +113,9 @@ ABSL_FLAG(double, retain_angle, 180,
           "Units of a shared pair wider than this angle (degrees) are stored unmerged");
 ABSL_FLAG(double, estimate_decay, 1.0,
           "krul: weight of the turns before in the carried estimate, per turn");
+ABSL_FLAG(bool, krul_fixed_unless_confident, false,
+          "krul with --pair_calibration at a fixed ratio: keep krul-fixed's pairs unless the "
+          "nearest references agree krul's are cheaper (TurnEndOptions::fixed_unless_confident)");
 ABSL_FLAG(bool, profile_exact_tokens, false,
           "krul: measure the merge-error profile on the tokens computed since the last restore "
           "(TurnEndInput::exact_from) instead of the whole history, whose shared pairs are "
@@ -575,6 +578,7 @@ int main(int argc, char** argv) {
       options.prior = priors[c];
       options.prior_rows = prior_rows;
       options.fixed_pairs = fixed_pairs[c];
+      options.fixed_unless_confident = absl::GetFlag(FLAGS_krul_fixed_unless_confident);
       options.dtype = dtype;
       options.retain_angle_degrees = absl::GetFlag(FLAGS_retain_angle);
       options.load_all = split == "load";
@@ -742,6 +746,7 @@ int main(int argc, char** argv) {
   out["retain_angle"] = absl::GetFlag(FLAGS_retain_angle);
   out["estimate_decay"] = absl::GetFlag(FLAGS_estimate_decay);
   out["profile_exact_tokens"] = absl::GetFlag(FLAGS_profile_exact_tokens);
+  out["krul_fixed_unless_confident"] = absl::GetFlag(FLAGS_krul_fixed_unless_confident);
   out["split"] = split;
   out["krul_prior_rows"] = prior_rows;
   out["krul_prior_rows_fitted"] = prior_flag == "auto";

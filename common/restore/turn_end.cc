@@ -1,5 +1,9 @@
 #include "krul/restore/turn_end.h"
 
+#include <cmath>
+#include <string>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "krul/base/status_macros.h"
 #include "krul/compress/merge_error.h"
@@ -29,6 +33,46 @@ absl::Status TurnEndOptions::Validate() const {
   }
   return absl::OkStatus();
 }
+
+namespace {
+
+// fixed_unless_confident's test: true unless `fixed` is a usable
+// alternative (same pair count, no protected layer, different pairs) that
+// the references named in `neighbours` do not confidently rank above
+// `own`: mean(cost(fixed) - cost(own)) > its standard error.
+bool KrulPairsConfidentlyCheaper(const PairCalibration& calibration,
+                                 const std::vector<std::string>& neighbours,
+                                 const CompressionPlan& fixed, const CompressionPlan& own,
+                                 const std::vector<uint8_t>& protect) {
+  const int L = calibration.n_layers();
+  if (fixed.n_layers != L || fixed.pairs.size() != own.pairs.size() || fixed.pairs.empty()) {
+    return true;
+  }
+  for (const LayerPair& p : fixed.pairs) {
+    if (!protect.empty() && (protect[p.first] || protect[p.second])) return true;
+  }
+  std::vector<double> d;
+  for (const std::string& id : neighbours) {
+    for (const PairReference& r : calibration.references()) {
+      if (r.id != id) continue;
+      double diff = 0;
+      for (const LayerPair& p : fixed.pairs)
+        diff += r.cost[static_cast<size_t>(p.first) * L + p.second];
+      for (const LayerPair& p : own.pairs)
+        diff -= r.cost[static_cast<size_t>(p.first) * L + p.second];
+      d.push_back(diff);
+      break;
+    }
+  }
+  const double n = static_cast<double>(d.size());
+  if (n < 2) return false;
+  double mean = 0, var = 0;
+  for (double x : d) mean += x / n;
+  for (double x : d) var += (x - mean) * (x - mean) / (n - 1);
+  return mean > std::sqrt(var / n);
+}
+
+}  // namespace
 
 absl::StatusOr<PairChoice> ChooseTurnEndPairs(const TurnEndOptions& options,
                                               const TurnEndInput& input) {
@@ -77,6 +121,15 @@ absl::StatusOr<PairChoice> ChooseTurnEndPairs(const TurnEndOptions& options,
           SelectPlanByScore(predicted->cost, protect, options.selector,
                             input.estimate != nullptr ? input.estimate->edge_fraction : 0.1));
       choice.source = "calibration";
+      if (options.fixed_unless_confident && options.selector.quality_budget <= 0 &&
+          !KrulPairsConfidentlyCheaper(*options.calibration, predicted->neighbours,
+                                       options.fixed_pairs, choice.pairs, protect)) {
+        choice.pairs = options.fixed_pairs;
+        for (LayerPair& p : choice.pairs.pairs) {
+          p.distance = predicted->cost[static_cast<size_t>(p.first) * L + p.second];
+        }
+        choice.source = "calibration-fixed";
+      }
       for (const LayerPair& p : choice.pairs.pairs) choice.predicted_loss += p.distance;
       choice.neighbours = std::move(predicted->neighbours);
       choice.neighbour_domains = std::move(predicted->domains);

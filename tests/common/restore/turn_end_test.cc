@@ -152,6 +152,58 @@ TEST(TurnEndTest, KrulProfilesTheExactTokensAfterARestore) {
   EXPECT_EQ(few->neighbour_domains, std::vector<std::string>{"b1"});
 }
 
+// fixed_unless_confident: krul's own pairs only when its nearest references
+// agree they are cheaper than the fixed pairs.
+TEST(TurnEndTest, FixedUnlessTheReferencesAgree) {
+  const KvCache a1 = KindCache({0, 1, 2, 3, 4, 5}, 1, 40),
+                a2 = KindCache({0, 1, 2, 3, 4, 5}, 2, 40),
+                a3 = KindCache({0, 1, 2, 3, 4, 5}, 5, 40);
+  const KvCache b1 = KindCache({5, 2, 4, 0, 3, 1}, 3, 40);
+  TurnEndOptions options;
+  options.shape = kShape;
+  options.selector.target_ratio = 1.5;
+  options.selector.sensitivity_threshold = 1.0;
+  options.neighbours = 2;
+  options.fixed_pairs = CompressionPlan::Uncompressed(kL);
+  options.fixed_pairs.pairs = {{0, 5, 0}, {1, 4, 0}};
+  options.fixed_unless_confident = true;
+  TurnEndInput input;
+  input.cache = &a3;
+  input.num_tokens = 40;
+  // Both kind-a references find {0-1, 2-3} cheaper than the fixed pairs.
+  PairCalibration agree(kL);
+  ASSERT_TRUE(agree.Add(ReferenceOf(a1, "a1", CostsFavouring({{0, 1}, {2, 3}}))).ok());
+  ASSERT_TRUE(agree.Add(ReferenceOf(a2, "a2", CostsFavouring({{0, 1}, {2, 3}}))).ok());
+  ASSERT_TRUE(agree.Add(ReferenceOf(b1, "b1", CostsFavouring({{0, 5}, {1, 4}}))).ok());
+  options.calibration = &agree;
+  auto choice = ChooseTurnEndPairs(options, input);
+  ASSERT_TRUE(choice.ok()) << choice.status();
+  EXPECT_EQ(choice->source, "calibration");
+  EXPECT_EQ(Pairs(choice->pairs), (std::vector<std::pair<int, int>>{{0, 1}, {2, 3}}));
+  // One says much cheaper, the other says the fixed pairs are cheaper: the
+  // mean still favours {0-1, 2-3}, but not by more than its standard error.
+  std::vector<double> split = CostsFavouring({{0, 5}, {1, 4}});
+  split[0 * kL + 1] = split[1 * kL + 0] = 0.002;
+  split[2 * kL + 3] = split[3 * kL + 2] = 0.002;
+  PairCalibration disagree(kL);
+  ASSERT_TRUE(disagree.Add(ReferenceOf(a1, "a1", CostsFavouring({{0, 1}, {2, 3}}))).ok());
+  ASSERT_TRUE(disagree.Add(ReferenceOf(a2, "a2", split)).ok());
+  ASSERT_TRUE(disagree.Add(ReferenceOf(b1, "b1", CostsFavouring({{0, 5}, {1, 4}}))).ok());
+  options.calibration = &disagree;
+  choice = ChooseTurnEndPairs(options, input);
+  ASSERT_TRUE(choice.ok()) << choice.status();
+  std::vector<std::string> neighbours = choice->neighbours;
+  std::sort(neighbours.begin(), neighbours.end());
+  EXPECT_EQ(neighbours, (std::vector<std::string>{"a1", "a2"}));
+  EXPECT_EQ(choice->source, "calibration-fixed");
+  EXPECT_EQ(Pairs(choice->pairs), (std::vector<std::pair<int, int>>{{0, 5}, {1, 4}}));
+  // Off: krul's own pairs whenever predicted cheaper.
+  options.fixed_unless_confident = false;
+  choice = ChooseTurnEndPairs(options, input);
+  ASSERT_TRUE(choice.ok());
+  EXPECT_EQ(choice->source, "calibration");
+}
+
 TEST(TurnEndTest, BaselinesAndValidation) {
   const KvCache cache = KindCache({0, 1, 2, 3, 4, 5}, 1, 40);
   TurnEndOptions options;

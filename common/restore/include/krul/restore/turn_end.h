@@ -66,6 +66,12 @@ struct TurnEndOptions {
   double prior_rows = 0;
   // krul-fixed's pairs.
   CompressionPlan fixed_pairs;
+  // krul with a calibration at a fixed ratio: keep fixed_pairs (same pair
+  // count) unless the nearest references agree that krul's own pairs are
+  // cheaper, i.e. the mean over those references of (cost of fixed_pairs -
+  // cost of krul's pairs) exceeds its standard error (a paired test, no
+  // fitted parameter). Off: krul's pairs whenever predicted cheaper.
+  bool fixed_unless_confident = false;
   // Storage.
   DType dtype = DType::kF32;
   int chunk_tokens = 256;
@@ -110,7 +116,8 @@ inline constexpr int kMinProfileTokens = 16;
 // The pairs chosen and why.
 struct PairChoice {
   CompressionPlan pairs;  // what the mode shares (uncompressed: nothing)
-  // "none", "static", "fixed", "calibration" (predicted costs) or
+  // "none", "static", "fixed", "calibration" (predicted costs),
+  // "calibration-fixed" (fixed_unless_confident kept the fixed pairs) or
   // "attention"; "uncompressed" when krul had nothing to go on.
   std::string source;
   int protected_layers = 0;
