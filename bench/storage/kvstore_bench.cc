@@ -31,17 +31,13 @@
 // shm_get_vs_ucx_perftest, tcp_get_vs_ucx_perftest: geometric means over
 // block sizes >= 1 MiB of the per-size ratios.
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -72,6 +68,7 @@
 #include "krul/kvformat/kv_block.h"
 #include "krul/kvformat/manifest.h"
 #include "krul/transport/ucx_transport.h"
+#include "storage/kvstore_child.h"
 #include "storage/loopback_tcp.h"
 #include "storage/ucx_perftest.h"
 
@@ -123,50 +120,11 @@ uint64_t PositiveSize(uint64_t n, const std::string& what) {
 // ---------------------------------------------------------------- servers
 
 // A krul-kvstore child process on 127.0.0.1 with an ephemeral port.
-class Server {
- public:
-  Server(const std::vector<std::string>& args) {
-    int out[2];
-    if (pipe2(out, O_CLOEXEC) != 0) Die("pipe");
-    std::vector<std::string> a = {absl::GetFlag(FLAGS_server_binary), "--host=127.0.0.1",
-                                  "--port=0", "--metrics_port=-1"};
-    a.insert(a.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (std::string& s : a) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    pid_ = fork();
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      dup2(out[1], STDOUT_FILENO);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(out[1]);
-    std::string text;
-    const std::string ready = "krul-kvstore listening on 127.0.0.1:";
-    while (text.find(ready) == std::string::npos ||
-           text.find('\n', text.find(ready)) == std::string::npos) {
-      pollfd p{out[0], POLLIN, 0};
-      if (poll(&p, 1, 30000) <= 0) Die("krul-kvstore did not start");
-      char buf[512];
-      ssize_t n = read(out[0], buf, sizeof(buf));
-      if (n <= 0) Die("krul-kvstore exited: " + text);
-      text.append(buf, static_cast<size_t>(n));
-    }
-    port_ = std::atoi(text.c_str() + text.find(ready) + ready.size());
-    close(out[0]);
-  }
-  ~Server() {
-    kill(pid_, SIGTERM);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-  }
-  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
-
- private:
-  pid_t pid_ = -1;
-  int port_ = 0;
-};
+std::unique_ptr<krul::bench::KvStoreChild> StartServer(const std::vector<std::string>& args) {
+  auto server = krul::bench::KvStoreChild::Start(absl::GetFlag(FLAGS_server_binary), args);
+  if (!server.ok()) Die("krul-kvstore did not start: " + server.status().ToString());
+  return *std::move(server);
+}
 
 // ---------------------------------------------------------------- data
 
@@ -406,24 +364,24 @@ int main(int argc, char** argv) {
 
   // Servers: one with UCX (shared memory; also serves gRPC), one with UCX
   // restricted to TCP.
-  std::unique_ptr<Server> shm_server, tcp_server;
+  std::unique_ptr<krul::bench::KvStoreChild> shm_server, tcp_server;
   std::vector<Plane> planes;
   for (const std::string& name : plane_names) {
     Plane p;
     p.name = name;
     if (name == "grpc" || name == "shm") {
       if (!shm_server) {
-        shm_server = std::make_unique<Server>(std::vector<std::string>{
-            "--ucx", "--ucx_grant_scope=" + absl::GetFlag(FLAGS_grant_scope),
-            "--rocksdb_path=" + workdir + "/shm-db", "--dram_capacity=" + dram,
-            "--max_staging=" + dram, "--default_ttl=0"});
+        shm_server =
+            StartServer({"--ucx", "--ucx_grant_scope=" + absl::GetFlag(FLAGS_grant_scope),
+                         "--rocksdb_path=" + workdir + "/shm-db", "--dram_capacity=" + dram,
+                         "--max_staging=" + dram, "--default_ttl=0"});
       }
       p.address = shm_server->address();
     } else if (name == "tcp") {
-      tcp_server = std::make_unique<Server>(std::vector<std::string>{
-          "--ucx", "--ucx_force_tcp", "--ucx_grant_scope=" + absl::GetFlag(FLAGS_grant_scope),
-          "--rocksdb_path=" + workdir + "/tcp-db", "--dram_capacity=" + dram,
-          "--max_staging=" + dram, "--default_ttl=0"});
+      tcp_server = StartServer({"--ucx", "--ucx_force_tcp",
+                                "--ucx_grant_scope=" + absl::GetFlag(FLAGS_grant_scope),
+                                "--rocksdb_path=" + workdir + "/tcp-db", "--dram_capacity=" + dram,
+                                "--max_staging=" + dram, "--default_ttl=0"});
       p.address = tcp_server->address();
     } else {
       Die("unknown plane " + name);

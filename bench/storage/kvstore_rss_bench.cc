@@ -8,11 +8,6 @@
 // DRAM tier's bytes (Stats) and the overhead RSS - DRAM bytes.
 //
 //   krul-bench-kvstore-rss --dram_capacity=1G --fill=3G --idle=10s
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -35,6 +30,7 @@
 #include "krul/kvclient/kvstore_client.h"
 #include "krul/kvformat/kv_block.h"
 #include "krul/kvformat/manifest.h"
+#include "storage/kvstore_child.h"
 
 ABSL_FLAG(std::string, server_binary, KRUL_KVSTORE_BINARY, "krul-kvstore to run");
 ABSL_FLAG(krul::ByteSize, dram_capacity, krul::ByteSize(uint64_t{1} << 30), "--dram_capacity");
@@ -54,58 +50,30 @@ namespace {
   std::exit(1);
 }
 
+// A krul-kvstore with its own RocksDB folder (removed afterwards) and the
+// DRAM cap under test.
 class Server {
  public:
-  explicit Server(const std::vector<std::string>& extra) {
-    int out[2];
-    if (pipe2(out, O_CLOEXEC) != 0) Die("pipe");
-    db_ = absl::StrCat(absl::GetFlag(FLAGS_dir), "/krul-rss-", getpid());
-    std::vector<std::string> a = {
-        absl::GetFlag(FLAGS_server_binary),
-        "--host=127.0.0.1",
-        "--port=0",
-        "--metrics_port=-1",
+  explicit Server(const std::vector<std::string>& extra)
+      : db_(absl::StrCat(absl::GetFlag(FLAGS_dir), "/krul-rss-", getpid())) {
+    std::vector<std::string> args = {
         absl::StrCat("--dram_capacity=", absl::GetFlag(FLAGS_dram_capacity).bytes),
-        "--rocksdb_path=" + db_,
-        "--log_level=error"};
-    a.insert(a.end(), extra.begin(), extra.end());
-    std::vector<char*> argv;
-    for (std::string& s : a) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    pid_ = fork();
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      dup2(out[1], STDOUT_FILENO);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(out[1]);
-    std::string text;
-    const std::string ready = "krul-kvstore listening on 127.0.0.1:";
-    while (text.find(ready) == std::string::npos ||
-           text.find('\n', text.find(ready)) == std::string::npos) {
-      pollfd p{out[0], POLLIN, 0};
-      if (poll(&p, 1, 60000) <= 0) Die("krul-kvstore did not start");
-      char buf[512];
-      ssize_t n = read(out[0], buf, sizeof(buf));
-      if (n <= 0) Die("krul-kvstore exited: " + text);
-      text.append(buf, static_cast<size_t>(n));
-    }
-    port_ = std::atoi(text.c_str() + text.find(ready) + ready.size());
-    close(out[0]);
+        "--rocksdb_path=" + db_, "--log_level=error"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto child = krul::bench::KvStoreChild::Start(absl::GetFlag(FLAGS_server_binary), args);
+    if (!child.ok()) Die("krul-kvstore did not start: " + child.status().ToString());
+    child_ = *std::move(child);
   }
   ~Server() {
-    kill(pid_, SIGTERM);
-    int status = 0;
-    waitpid(pid_, &status, 0);
+    child_.reset();  // stopped before its folder goes
     std::error_code ec;
     std::filesystem::remove_all(db_, ec);
   }
-  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
+  std::string address() const { return child_->address(); }
 
   // VmRSS in bytes.
   uint64_t Rss() const {
-    std::ifstream in(absl::StrCat("/proc/", pid_, "/status"));
+    std::ifstream in(absl::StrCat("/proc/", child_->pid(), "/status"));
     std::string line;
     while (std::getline(in, line)) {
       if (line.rfind("VmRSS:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10) << 10;
@@ -114,9 +82,8 @@ class Server {
   }
 
  private:
-  pid_t pid_ = -1;
-  int port_ = 0;
   std::string db_;
+  std::unique_ptr<krul::bench::KvStoreChild> child_;
 };
 
 // One version of 8 raw blocks, `bytes` in all, with pseudo-random payloads.

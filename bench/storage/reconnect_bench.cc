@@ -13,11 +13,6 @@
 // restarted store's "listening" line to the first call that succeeds.
 //
 //   krul-bench-reconnect --rounds=5 --down=1s
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -35,6 +30,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "krul/kvclient/kvstore_client.h"
+#include "storage/kvstore_child.h"
 
 ABSL_FLAG(std::string, server_binary, KRUL_KVSTORE_BINARY, "krul-kvstore to run");
 ABSL_FLAG(int, rounds, 5, "Restarts per down time");
@@ -52,58 +48,24 @@ using Clock = std::chrono::steady_clock;
 }
 
 // krul-kvstore on 127.0.0.1:`port` (0: ephemeral); returns once it listens.
+// A DRAM-only krul-kvstore on a given port (0: ephemeral), and when it
+// became ready.
 class Server {
  public:
   explicit Server(int port) {
-    int out[2];
-    if (pipe2(out, O_CLOEXEC) != 0) Die("pipe");
-    std::vector<std::string> a = {absl::GetFlag(FLAGS_server_binary),
-                                  "--host=127.0.0.1",
-                                  absl::StrCat("--port=", port),
-                                  "--metrics_port=-1",
-                                  "--tiers=dram",
-                                  "--dram_capacity=64M",
-                                  "--log_level=error"};
-    std::vector<char*> argv;
-    for (std::string& s : a) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    pid_ = fork();
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      dup2(out[1], STDOUT_FILENO);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(out[1]);
-    std::string text;
-    const std::string ready = "krul-kvstore listening on 127.0.0.1:";
-    while (text.find(ready) == std::string::npos ||
-           text.find('\n', text.find(ready)) == std::string::npos) {
-      pollfd p{out[0], POLLIN, 0};
-      if (poll(&p, 1, 30000) <= 0) Die("krul-kvstore did not start");
-      char buf[512];
-      ssize_t n = read(out[0], buf, sizeof(buf));
-      if (n <= 0) Die("krul-kvstore exited: " + text);
-      text.append(buf, static_cast<size_t>(n));
-    }
+    auto child = krul::bench::KvStoreChild::Start(
+        absl::GetFlag(FLAGS_server_binary),
+        {"--tiers=dram", "--dram_capacity=64M", "--log_level=error"}, port);
+    if (!child.ok()) Die("krul-kvstore did not start: " + child.status().ToString());
     ready_ = Clock::now();
-    port_ = std::atoi(text.c_str() + text.find(ready) + ready.size());
-    close(out[0]);
+    child_ = *std::move(child);
   }
-  ~Server() { Kill(); }
-  void Kill() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGKILL);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-  }
-  int port() const { return port_; }
+  void Kill() { child_->Kill(); }
+  int port() const { return child_->port(); }
   Clock::time_point ready() const { return ready_; }
 
  private:
-  pid_t pid_ = -1;
-  int port_ = 0;
+  std::unique_ptr<krul::bench::KvStoreChild> child_;
   Clock::time_point ready_;
 };
 

@@ -1,4 +1,4 @@
-#include "test_support/child_process.h"
+#include "krul/base/child_process.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -14,9 +14,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
-#include "test_support/wait.h"
 
-namespace krul::testing {
+namespace krul {
 
 absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
     const std::vector<std::string>& argv, const std::string& ready_marker, absl::Duration timeout) {
@@ -113,10 +112,13 @@ int ChildProcess::Terminate(absl::Duration timeout) {
   if (pid_ <= 0) return -1;
   kill(pid_, SIGTERM);
   int status = 0;
-  if (!WaitFor([&] { return waitpid(pid_, &status, WNOHANG) == pid_; }, timeout,
-               "the child to exit after SIGTERM")) {
-    Kill();
-    return -1;
+  const absl::Time deadline = absl::Now() + timeout;
+  while (waitpid(pid_, &status, WNOHANG) != pid_) {
+    if (absl::Now() >= deadline) {
+      Kill();
+      return -1;
+    }
+    absl::SleepFor(absl::Milliseconds(10));  // polling a child's exit: no fd to wait on
   }
   pid_ = -1;
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -129,4 +131,4 @@ int PortFromLine(const std::string& line) {
   return std::stoi(m[1].str());
 }
 
-}  // namespace krul::testing
+}  // namespace krul
