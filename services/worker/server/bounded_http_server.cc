@@ -24,6 +24,9 @@ constexpr absl::Duration kPollSlice = absl::Milliseconds(100);
 // and dropped before the close (see process_and_close_socket).
 constexpr absl::Duration kLingerTime = absl::Seconds(1);
 constexpr size_t kLingerBytes = 16 << 20;
+// In a burst of connects, this many per slot may wait for a thread before a
+// new one is refused (see Admit).
+constexpr int kQueuedPerSlot = 4;
 
 int PollMillis(absl::Duration d) {
   return static_cast<int>(std::clamp<int64_t>(absl::ToInt64Milliseconds(d) + 1, 0, 1 << 30));
@@ -232,6 +235,29 @@ int BoundedHttpServer::open_connections() const {
   return static_cast<int>(connections_.size()) + queued_;
 }
 
+bool BoundedHttpServer::EvictOneLocked() {
+  // The oldest idle keep-alive connection, else the one that has been
+  // waiting for or sending its request the longest; never one running a
+  // handler.
+  Connection* victim = nullptr;
+  for (Connection& c : connections_) {
+    if (c.evicted || c.phase == Phase::kHandling) continue;
+    if (victim == nullptr) {
+      victim = &c;
+    } else if (c.phase != victim->phase) {
+      if (c.phase == Phase::kIdle) victim = &c;
+    } else if (c.since < victim->since) {
+      victim = &c;
+    }
+  }
+  if (victim == nullptr) return false;
+  victim->evicted = true;
+  ++evicting_;
+  // Its thread's poll or recv returns at once; it then unregisters.
+  ::shutdown(victim->fd, SHUT_RDWR);
+  return true;
+}
+
 BoundedHttpServer::Admission BoundedHttpServer::Admit() {
   Admission result = Admission::kRejected;
   int open = 0;
@@ -240,27 +266,14 @@ BoundedHttpServer::Admission BoundedHttpServer::Admit() {
     const int busy = static_cast<int>(connections_.size()) + queued_ - evicting_;
     if (busy < limits_.max_connections) {
       result = Admission::kFree;
-    } else {
-      // The oldest idle keep-alive connection, else the one that has been
-      // sending its request the longest; never one running a handler.
-      Connection* victim = nullptr;
-      for (Connection& c : connections_) {
-        if (c.evicted || c.phase == Phase::kHandling) continue;
-        if (victim == nullptr) {
-          victim = &c;
-        } else if (c.phase != victim->phase) {
-          if (c.phase == Phase::kIdle) victim = &c;
-        } else if (c.since < victim->since) {
-          victim = &c;
-        }
-      }
-      if (victim != nullptr) {
-        victim->evicted = true;
-        ++evicting_;
-        // Its thread's poll or recv returns at once; it then unregisters.
-        ::shutdown(victim->fd, SHUT_RDWR);
-        result = Admission::kEvicted;
-      }
+    } else if (EvictOneLocked()) {
+      result = Admission::kEvicted;
+    } else if (queued_ < kQueuedPerSlot * limits_.max_connections) {
+      // Connections still waiting for a thread are not handlers: in a burst
+      // of connects the slots are taken by connections no thread has
+      // registered yet. Queue this one; the registrations make room
+      // (process_and_close_socket).
+      result = Admission::kFree;
     }
     if (result != Admission::kRejected) ++queued_;
     open = static_cast<int>(connections_.size()) + queued_;
@@ -275,6 +288,11 @@ BoundedHttpServer::Admission BoundedHttpServer::Admit() {
 
 void BoundedHttpServer::NotifyOpen(int open) {
   if (observer_.on_open_changed) observer_.on_open_changed(open);
+}
+
+bool BoundedHttpServer::Evicted(const Connection* c) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return c->evicted;
 }
 
 void BoundedHttpServer::SetPhase(Connection* c, Phase phase) {
@@ -305,19 +323,28 @@ bool BoundedHttpServer::process_and_close_socket(socket_t sock) {
   DeadlineStream stream(sock, limits_.write_timeout, &stopping_);
   std::list<Connection>::iterator it;
   int open = 0;
+  int evicted = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     --queued_;
     Connection c;
     c.fd = sock;
+    c.phase = Phase::kReading;  // waiting for its first request
     c.since = absl::Now();
     c.stream = &stream;
     c.server = this;
     it = connections_.insert(connections_.end(), c);
     open = static_cast<int>(connections_.size()) + queued_;
     if (stop_requested_) ::shutdown(sock, SHUT_RDWR);
+    // More connections than slots (a burst queued beyond them): close the
+    // oldest idle or reading ones until they fit.
+    while (static_cast<int>(connections_.size()) + queued_ - evicting_ > limits_.max_connections &&
+           EvictOneLocked()) {
+      ++evicted;
+    }
   }
   NotifyOpen(open);
+  for (int i = 0; i < evicted && observer_.on_event; ++i) observer_.on_event(kHttpEventEvicted);
   Connection* c = &*it;
   current_ = c;
 
@@ -338,7 +365,7 @@ bool BoundedHttpServer::process_and_close_socket(socket_t sock) {
     bool connection_closed = false;
     ret = process_request(stream, /*close_connection=*/left == 1, connection_closed, nullptr);
     if (stream.timed_out() && observer_.on_event) observer_.on_event(kHttpEventReadTimeout);
-    if (!ret || connection_closed || c->close_after || c->evicted || stream.timed_out() ||
+    if (!ret || connection_closed || c->close_after || Evicted(c) || stream.timed_out() ||
         stopping_) {
       break;
     }
@@ -349,7 +376,7 @@ bool BoundedHttpServer::process_and_close_socket(socket_t sock) {
     wait_until = absl::Now() + limits_.keep_alive_timeout;
   }
 
-  if (c->close_after && !c->evicted && !stopping_) {
+  if (c->close_after && !Evicted(c) && !stopping_) {
     // The answer went out but the client may still be sending the body it
     // was refused: read and drop a bounded amount before closing, so the
     // close does not reset the connection before the client read the answer.

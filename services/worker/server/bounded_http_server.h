@@ -17,7 +17,8 @@
 //    separate from the worker's compute slots. At the limit a new connection
 //    takes the slot of the oldest idle keep-alive connection, else of the
 //    oldest one still sending its request (those are closed); when every
-//    slot runs a handler it gets a fast 503 and is closed. So a probe
+//    slot runs a handler (and four per slot wait for a thread) it gets a fast 503
+//    and is closed. So a probe
 //    (/healthz, /readyz, /metrics) is answered however many slow clients
 //    connect, as long as handlers do not hold every slot (the worker sizes
 //    the limit above its compute slots plus queue).
@@ -117,9 +118,14 @@ class BoundedHttpServer : public httplib::Server {
   bool process_and_close_socket(socket_t sock) override;
   void RejectBusy(socket_t sock);
   // Takes a slot for a new connection: a free one, or one of a connection
-  // that is closed for it.
+  // that is closed for it; in a burst, a place in the queue for a thread.
   Admission Admit();
+  // Closes the connection whose slot is given away next (see Admit); false
+  // when every one runs a handler or is already closing. Under mu_.
+  bool EvictOneLocked();
   void SetPhase(Connection* c, Phase phase);
+  // Whether Admit gave c's slot to a newer connection (under mu_).
+  bool Evicted(const Connection* c) const;
   void NotifyOpen(int open);
 
   const HttpConnectionLimits limits_;
