@@ -275,8 +275,7 @@ TEST(WorkerHttpHardeningTest, SlowConnectionsDoNotStopProbesOrChat) {
                20 + polls;
       },
       absl::Seconds(10), "the 20 slow connections to be accepted"))
-      << Exchange(w->port, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-             .body;
+      << Exchange(w->port, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").body;
 
   absl::Duration worst;
   for (int i = 0; i < 5; ++i) {
