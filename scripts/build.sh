@@ -17,6 +17,9 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
+# Paths below the checkout are hashed relative to it, so a fresh clone elsewhere
+# (CI) reuses what an earlier build compiled.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$repo_root}"
 jobs="${KRUL_JOBS:-$(nproc)}"
 read -r -a env_args <<<"${KRUL_CMAKE_ARGS:-}"
 

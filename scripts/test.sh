@@ -36,7 +36,8 @@ scripts/check-format.sh
 
 # CTest hands each test the data folder recorded at configure time
 # (KRUL_DEFAULT_DATA_DIR), so the folder is passed to the configure step.
-build_args=()
+# Warnings are errors here (the test command is what CI runs), not in the demo.
+build_args=(-DKRUL_WERROR=ON)
 if [[ -n "$data_dir" ]]; then
   build_args+=("-DKRUL_DEFAULT_DATA_DIR=$data_dir")
   echo "test: data folder: $data_dir"
