@@ -3,6 +3,9 @@
 // another conversation's) is an integrity error before the worker uses any
 // of it. A writer who crafts a block with a colliding XXH3 is simulated by a
 // store that swaps a block's bytes behind the checksum check.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -264,6 +267,50 @@ TEST(SealedStoreTest, AnotherConversationsGenuineVersionIsRejected) {
   EXPECT_TRUE(store->LookupLatest("alice", "c1", kNoDeadline).ok());
   EXPECT_TRUE(IsKvIntegrityError(store->LookupLatest("alice", "c9", kNoDeadline).status()));
   EXPECT_TRUE(IsKvIntegrityError(store->LookupLatest("carol", "c1", kNoDeadline).status()));
+}
+
+// The worker's --kv_mac_key_file rule: a key file seals (and a bad one is
+// an error at start-up); without one the store is used as it is.
+TEST(SealedStoreTest, KeyFileFlagSealsAndABadFileIsAnError) {
+  const std::string dir = ::testing::TempDir();
+  const std::string good = dir + "/kv_mac_good.key";
+  const std::string bad = dir + "/kv_mac_bad.key";
+  {
+    std::ofstream(good) << "# test key\n" << kMasterHex << "\n";
+    std::ofstream(bad) << "not a key\n";
+  }
+  std::filesystem::permissions(
+      good, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  auto memory = std::make_shared<MemoryConversationStore>();
+  StoredVersion v = Version("alice", "c1", 1);
+
+  auto plain = ProtectConversationStore(std::make_unique<testing::SharedStore>(memory), "",
+                                        {"10.0.0.7:7070"});
+  ASSERT_TRUE(plain.ok());
+  ASSERT_TRUE((*plain)->Write(v.manifest, v.blocks, kNoDeadline).ok());
+  EXPECT_FALSE(memory->LookupLatest("alice", "c1", kNoDeadline)->has_seal());
+
+  auto sealed = ProtectConversationStore(std::make_unique<testing::SharedStore>(memory), good,
+                                         {"127.0.0.1:7070"});
+  ASSERT_TRUE(sealed.ok()) << sealed.status();
+  // The unsealed version above is not used; what it writes is sealed with
+  // the file's key.
+  EXPECT_TRUE(IsKvIntegrityError((*sealed)->LookupLatest("alice", "c1", kNoDeadline).status()));
+  ASSERT_TRUE((*sealed)->Write(v.manifest, v.blocks, kNoDeadline).ok());
+  auto m = memory->LookupLatest("alice", "c1", kNoDeadline);
+  ASSERT_TRUE(m.ok());
+  EXPECT_TRUE(VerifyManifestSeal(*Ring(kMasterHex).ForTenant("alice"), *m).ok());
+  EXPECT_TRUE((*sealed)->LookupLatest("alice", "c1", kNoDeadline).ok());
+
+  EXPECT_EQ(ProtectConversationStore(std::make_unique<testing::SharedStore>(memory), bad, {})
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(ProtectConversationStore(std::make_unique<testing::SharedStore>(memory),
+                                        dir + "/kv_mac_missing.key", {})
+                   .ok());
+  std::remove(good.c_str());
+  std::remove(bad.c_str());
 }
 
 }  // namespace
