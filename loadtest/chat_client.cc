@@ -5,6 +5,7 @@
 #include <chrono>
 #include <sstream>
 
+#include "absl/strings/str_replace.h"
 #include "worker/api/openai_api.h"
 
 namespace krul::worker {
@@ -29,15 +30,21 @@ void FillError(ChatReply& reply, const std::string& body) {
 
 }  // namespace
 
-ChatClient::ChatClient(const std::string& host, int port)
-    : client_(std::make_unique<httplib::Client>(host, port)) {
+ChatClient::ChatClient(const std::string& host, int port, const std::string& api_key)
+    : api_key_(api_key), client_(std::make_unique<httplib::Client>(host, port)) {
   client_->set_read_timeout(120, 0);
   client_->set_connection_timeout(5, 0);
   client_->set_keep_alive(true);
   client_->set_tcp_nodelay(true);
+  if (!api_key_.empty()) client_->set_bearer_token_auth(api_key_);
 }
 
 ChatClient::~ChatClient() = default;
+
+void ChatClient::ScrubError(ChatReply& reply) const {
+  if (api_key_.empty() || reply.error.empty()) return;
+  reply.error = absl::StrReplaceAll(reply.error, {{api_key_, "<api key>"}});
+}
 
 ChatReply ChatClient::Chat(const json& request, const Headers& headers) {
   const bool stream = request.value("stream", false);
@@ -73,6 +80,7 @@ ChatReply ChatClient::Chat(const json& request, const Headers& headers) {
   reply.retry_after = res->get_header_value("Retry-After");
   if (res->status != 200) {
     FillError(reply, raw.empty() ? res->body : raw);
+    ScrubError(reply);
     return reply;
   }
   json usage;
@@ -88,6 +96,7 @@ ChatReply ChatClient::Chat(const json& request, const Headers& headers) {
     }
     if (chunk.contains("error")) {
       reply.error = chunk["error"].value("message", "error");
+      ScrubError(reply);
       continue;
     }
     reply.chunks.push_back(chunk);
@@ -125,6 +134,7 @@ ChatReply ChatClient::PostRaw(const std::string& body, const Headers& headers) {
   reply.retry_after = res->get_header_value("Retry-After");
   if (res->status != 200) {
     FillError(reply, res->body);
+    ScrubError(reply);
     return reply;
   }
   reply.body = json::parse(res->body, nullptr, false);

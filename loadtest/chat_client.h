@@ -36,7 +36,10 @@ struct ChatReply {
 
 class ChatClient {
  public:
-  ChatClient(const std::string& host, int port);
+  // A non-empty `api_key` goes out as "Authorization: Bearer <api_key>" on
+  // every request (workers with --api_keys_file answer 401 without it); it
+  // is replaced by "<api key>" in ChatReply::error should a server echo it.
+  ChatClient(const std::string& host, int port, const std::string& api_key = "");
   ~ChatClient();
 
   using Headers = std::vector<std::pair<std::string, std::string>>;
@@ -50,6 +53,10 @@ class ChatClient {
   std::pair<int, std::string> Get(const std::string& path);
 
  private:
+  // `reply.error` without the API key.
+  void ScrubError(ChatReply& reply) const;
+
+  std::string api_key_;
   std::unique_ptr<httplib::Client> client_;
 };
 

@@ -6,6 +6,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "worker/api/openai_api.h"
 
 namespace krul::loadtest {
@@ -115,8 +116,10 @@ std::string StringField(const json& object, const char* field, const std::string
 }
 
 StreamingChat::StreamingChat(const Endpoint& endpoint, absl::Duration connect_timeout,
-                             absl::Duration request_timeout, bool keep_alive)
+                             absl::Duration request_timeout, bool keep_alive,
+                             const std::string& api_key)
     : request_timeout_(request_timeout),
+      api_key_(api_key),
       client_(std::make_unique<httplib::Client>(endpoint.host, endpoint.port)) {
   const int64_t connect_us = absl::ToInt64Microseconds(connect_timeout);
   const int64_t read_us = absl::ToInt64Microseconds(request_timeout);
@@ -125,11 +128,18 @@ StreamingChat::StreamingChat(const Endpoint& endpoint, absl::Duration connect_ti
   client_->set_write_timeout(read_us / 1000000, read_us % 1000000);
   client_->set_keep_alive(keep_alive);
   client_->set_tcp_nodelay(true);
+  if (!api_key_.empty()) client_->set_bearer_token_auth(api_key_);
 }
 
 StreamingChat::~StreamingChat() = default;
 
 void StreamingChat::Interrupt() { client_->stop(); }
+
+std::string StreamingChat::Scrubbed(const std::string& message) const {
+  // A server that echoes the key must not put it into reports or logs.
+  if (api_key_.empty()) return message;
+  return absl::StrReplaceAll(message, {{api_key_, "<api key>"}});
+}
 
 ChatResult StreamingChat::Send(json request, const std::atomic<bool>& cancel) {
   ChatResult result;
@@ -193,15 +203,22 @@ ChatResult StreamingChat::Send(json request, const std::atomic<bool>& cancel) {
   }
   result.http_status = res->status;
   if (res->status != 200) {
-    result.error = ErrorMessage(raw.empty() ? res->body : raw);
-    result.error_kind = res->status == 400 && absl::StrContains(result.error, "context_length")
-                            ? "context_length"
-                            : absl::StrCat("http_", res->status);
+    result.error = Scrubbed(ErrorMessage(raw.empty() ? res->body : raw));
+    if (res->status == 401) {
+      result.error_kind = "unauthorized";
+      result.error =
+          absl::StrCat(api_key_.empty() ? "no API key was sent" : "the API key was refused",
+                       " (HTTP 401): ", result.error);
+    } else if (res->status == 400 && absl::StrContains(result.error, "context_length")) {
+      result.error_kind = "context_length";
+    } else {
+      result.error_kind = absl::StrCat("http_", res->status);
+    }
     return result;
   }
   if (!reader.stream_error().empty()) {
     result.error_kind = "stream";
-    result.error = reader.stream_error();
+    result.error = Scrubbed(reader.stream_error());
     return result;
   }
   if (!reader.done()) {

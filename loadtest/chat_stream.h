@@ -31,7 +31,8 @@ struct ChatResult {
   int http_status = 0;  // 0: no response
   // Empty when the request succeeded, else one of: "http_<status>",
   // "context_length" (a 400 for a conversation longer than the model's
-  // context), "timeout", "connection", "stream" (a broken or in-band error
+  // context), "unauthorized" (a 401: no API key, or one the worker does not
+  // know), "timeout", "connection", "stream" (a broken or in-band error
   // stream), "cancelled" (Ctrl-C).
   std::string error_kind;
   std::string error;    // the message
@@ -58,8 +59,12 @@ class StreamingChat {
   // Times out a request after `request_timeout` in all, a connect after
   // `connect_timeout`. With `keep_alive` the connection is reused for the
   // next request; without, each request has its own ("Connection: close").
+  // A non-empty `api_key` goes out as "Authorization: Bearer <api_key>" on
+  // every request (the worker's --api_keys_file); it is never part of a
+  // ChatResult, not even when a server echoes it in an error message.
   StreamingChat(const Endpoint& endpoint, absl::Duration connect_timeout,
-                absl::Duration request_timeout, bool keep_alive = false);
+                absl::Duration request_timeout, bool keep_alive = false,
+                const std::string& api_key = "");
   ~StreamingChat();
 
   // Sends `request` (stream and stream_options.include_usage are set here).
@@ -71,7 +76,11 @@ class StreamingChat {
   void Interrupt();
 
  private:
+  // `message` with the API key replaced.
+  std::string Scrubbed(const std::string& message) const;
+
   absl::Duration request_timeout_;
+  std::string api_key_;  // only to scrub it from error messages
   std::unique_ptr<httplib::Client> client_;
 };
 

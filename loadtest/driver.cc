@@ -111,7 +111,7 @@ class Driver::Worker {
     for (const Endpoint& e : endpoints) {
       chats_.push_back(std::make_unique<StreamingChat>(e, absl::Seconds(options.connect_timeout_s),
                                                        absl::Seconds(options.request_timeout_s),
-                                                       options.keep_alive));
+                                                       options.keep_alive, options.api_key));
     }
   }
   StreamingChat& chat(int endpoint) { return *chats_[endpoint]; }
@@ -258,6 +258,7 @@ void Driver::Finish(int conversation, RequestRecord record) {
   const bool ok = record.result.ok();
   const bool record_cancelled = record.result.error_kind == "cancelled";
   if (ok) {
+    ++answered_ok_;
     recent_ttft_.push_back(record.result.ttft_ms);
     if (recent_ttft_.size() > 100) recent_ttft_.erase(recent_ttft_.begin());
     s.history.push_back({{"role", "user"}, {"content", std::move(s.pending_user)}});
@@ -268,7 +269,15 @@ void Driver::Finish(int conversation, RequestRecord record) {
     ++s.next_turn;
   }
   const double done = record.done_s();
+  const bool refused = record.result.error_kind == "unauthorized";
   result_.records.push_back(std::move(record));
+  if (refused && answered_ok_ == 0 && !dispatch_closed_) {
+    // A missing or wrong key fails every request alike: sending the rest
+    // of the trace would only hammer the worker with 401s.
+    dispatch_closed_ = true;
+    close_reason_ = &result_.not_sent.unauthorized;
+    result_.unauthorized = true;
+  }
   if (!ok) {
     ++s.next_turn;  // the failed turn was sent; the rest of the conversation is not
     EndConversation(conversation,
@@ -431,8 +440,8 @@ RunResult Driver::Run() {
 }
 
 absl::StatusOr<double> MeasureTokensPerWord(const Endpoint& endpoint, const std::string& model,
-                                            const std::string& run_id) {
-  StreamingChat chat(endpoint, absl::Seconds(5), absl::Seconds(120));
+                                            const std::string& run_id, const std::string& api_key) {
+  StreamingChat chat(endpoint, absl::Seconds(5), absl::Seconds(120), /*keep_alive=*/false, api_key);
   const PromptSynth synth(SynthOptions{});
   std::atomic<bool> never{false};
   constexpr int kShort = 10, kLong = 50;
@@ -446,6 +455,10 @@ absl::StatusOr<double> MeasureTokensPerWord(const Endpoint& endpoint, const std:
         {"conversation_id", absl::StrCat(run_id, "/probe-", words)}};
     if (!model.empty()) request["model"] = model;
     ChatResult r = chat.Send(request, never);
+    if (r.error_kind == "unauthorized") {
+      return absl::UnauthenticatedError(
+          absl::StrCat("token probe to ", endpoint.Name(), " refused: ", r.error));
+    }
     if (!r.ok()) {
       return absl::UnavailableError(absl::StrCat("token probe to ", endpoint.Name(), " failed (",
                                                  r.error_kind, "): ", r.error));

@@ -15,9 +15,10 @@
 //
 // A run ends when every conversation is done, `max_requests` were sent,
 // `duration_s` passed (no new requests; those in flight finish, each bounded
-// by request_timeout_s), or Stop() is called (in-flight requests are
-// cancelled). Every turn of the trace is accounted for: sent (ok or failed)
-// or not sent with a reason.
+// by request_timeout_s), Stop() is called (in-flight requests are
+// cancelled), or a request is refused with 401 before any was answered (a
+// missing or wrong API key fails every request alike: no more are sent). Every turn of the trace is
+// accounted for: sent (ok or failed) or not sent with a reason.
 //
 // Thread-safe: Run() once from one thread; Stop() and Snapshot() from any.
 #ifndef KRUL_LOADTEST_DRIVER_H_
@@ -81,6 +82,9 @@ struct DriverOptions {
   // max_active + max_queue + 4) until its keep-alive timeout, so a client
   // with more sending threads than that would stall new requests.
   bool keep_alive = false;
+  // Sent as "Authorization: Bearer <api_key>" when not empty. Never part of
+  // a RequestRecord or RunResult.
+  std::string api_key;
   SynthOptions synth;
 };
 
@@ -123,8 +127,11 @@ struct NotSent {
   int stopped = 0;       // Stop() (Ctrl-C)
   int after_error = 0;   // an earlier turn of the conversation failed
   int context_full = 0;  // no room left in max_context_tokens
+  int unauthorized = 0;  // the first answers were 401s (no or a wrong API key)
 
-  int total() const { return max_requests + duration + stopped + after_error + context_full; }
+  int total() const {
+    return max_requests + duration + stopped + after_error + context_full + unauthorized;
+  }
 };
 
 struct RunResult {
@@ -133,6 +140,9 @@ struct RunResult {
   NotSent not_sent;
   double wall_s = 0;  // start -> last answer
   bool stopped = false;
+  // The run stopped early: a request was refused with 401 before any
+  // request succeeded (NotSent::unauthorized counts what was left).
+  bool unauthorized = false;
 };
 
 // A live view for progress display.
@@ -190,6 +200,7 @@ class Driver {
   uint64_t random_state_ ABSL_GUARDED_BY(mu_) = 0;
   bool dispatch_closed_ ABSL_GUARDED_BY(mu_) = false;  // a cap or Stop()
   int* close_reason_ ABSL_GUARDED_BY(mu_) = nullptr;   // which NotSent counter
+  int answered_ok_ ABSL_GUARDED_BY(mu_) = 0;
   RunResult result_ ABSL_GUARDED_BY(mu_);
   std::vector<double> recent_ttft_ ABSL_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<Worker>> workers_;  // fixed in the constructor
@@ -198,10 +209,12 @@ class Driver {
 
 // Measures the tokens per synthesized word of the worker at `endpoint` from
 // the prompt_tokens it reports for two probe prompts of different lengths
-// (the template's own tokens cancel). UNAVAILABLE when a probe fails;
-// FAILED_PRECONDITION when the worker reports no usage.
+// (the template's own tokens cancel), sending `api_key` as DriverOptions
+// does. UNAUTHENTICATED when a probe gets 401; UNAVAILABLE when a probe
+// fails otherwise; FAILED_PRECONDITION when the worker reports no usage.
 absl::StatusOr<double> MeasureTokensPerWord(const Endpoint& endpoint, const std::string& model,
-                                            const std::string& run_id);
+                                            const std::string& run_id,
+                                            const std::string& api_key = "");
 
 }  // namespace krul::loadtest
 

@@ -3,7 +3,7 @@
 // throughput and goodput, with plots (docs/loadtest.md).
 //
 //   krul-loadtest --trace FILE [--format auto|mooncake|sharegpt|mtbench|azure]
-//                 (--endpoints H:P,... | --local_cluster N [--model F --tokenizer F]
+//                 (--endpoints H:P,... [--api_key K] | --local_cluster N [--model F --tokenizer F]
 //                  [--local_cluster_net loopback|testbed|auto --link_gbit_per_s G])
 //                 --out DIR [--max_requests N] [--duration_s S] ...
 //   krul-loadtest compare ...   the same trace once per restore mode (--modes)
@@ -30,6 +30,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "api_key.h"
 #include "driver.h"
 #include "endpoint.h"
 #include "link_size.h"
@@ -50,6 +51,10 @@ ABSL_FLAG(std::string, on_bad_record, "fail",
 ABSL_FLAG(int, max_conversations, 0, "Use only the first N conversations (0 = all)");
 // ---- targets ------------------------------------------------------------
 ABSL_FLAG(std::string, endpoints, "", "Worker HTTP addresses host:port,... (or --local_cluster)");
+ABSL_FLAG(std::string, api_key, "",
+          "API key of workers that run with --api_keys_file, sent as \"Authorization: Bearer\" "
+          "on every request; empty: $KRUL_API_KEY, else $OPENAI_API_KEY, else none (the "
+          "environment keeps it out of ps). Never printed or written to the outputs");
 ABSL_FLAG(std::string, kvstore_metrics, "",
           "With --endpoints: the kvstore's /metrics address host:port, to scrape");
 ABSL_FLAG(int, local_cluster, 0,
@@ -224,6 +229,8 @@ absl::Status Run(bool compare) {
   options.seed = absl::GetFlag(FLAGS_seed);
   options.request_timeout_s = absl::GetFlag(FLAGS_request_timeout_s);
   options.keep_alive = absl::GetFlag(FLAGS_keep_alive);
+  const ApiKey api_key = ResolveApiKey(absl::GetFlag(FLAGS_api_key));
+  options.api_key = api_key.key;
   options.synth.length_scale = absl::GetFlag(FLAGS_length_scale);
   if (!(options.speedup > 0)) return absl::InvalidArgumentError("--speedup must be > 0");
   if (!(options.rate > 0)) return absl::InvalidArgumentError("--rate must be > 0");
@@ -416,7 +423,8 @@ absl::Status Run(bool compare) {
   for (const Endpoint& e : endpoints) scrape_targets.push_back({"worker", e});
   std::vector<std::string> names;
   for (const Endpoint& e : endpoints) names.push_back(e.Name());
-  std::printf("krul-loadtest: workers %s\n", absl::StrJoin(names, ",").c_str());
+  std::printf("krul-loadtest: workers %s%s\n", absl::StrJoin(names, ",").c_str(),
+              api_key.key.empty() ? "" : absl::StrCat(", API key from ", api_key.source).c_str());
 
   const std::string run_prefix =
       absl::StrFormat("lt-%d", std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -424,7 +432,12 @@ absl::Status Run(bool compare) {
                                    .count());
   options.synth.tokens_per_word = absl::GetFlag(FLAGS_tokens_per_word);
   if (synthesized && options.synth.tokens_per_word <= 0) {
-    auto measured = MeasureTokensPerWord(endpoints.front(), options.model, run_prefix);
+    auto measured =
+        MeasureTokensPerWord(endpoints.front(), options.model, run_prefix, options.api_key);
+    if (absl::IsUnauthenticated(measured.status())) {
+      return absl::UnauthenticatedError(
+          absl::StrCat(measured.status().message(), "; ", UnauthorizedHint(api_key)));
+    }
     if (!measured.ok()) return measured.status();
     options.synth.tokens_per_word = *measured;
     std::printf("krul-loadtest: %.3f tokens per synthesized word on %s (measured)\n", *measured,
@@ -440,8 +453,9 @@ absl::Status Run(bool compare) {
   report_options.slo_ttft_ms = absl::GetFlag(FLAGS_slo_ttft_ms);
 
   std::vector<ModeRun> runs;
+  bool refused = false;  // a run stopped on 401s: the other modes would too
   for (const std::string& mode : modes) {
-    if (g_interrupted.load()) break;
+    if (g_interrupted.load() || refused) break;
     const std::string label = mode.empty() ? std::string("default") : mode;
     const std::string dir = compare ? (fs::path(out_dir) / label).string() : out_dir;
     fs::create_directories(dir, ec);
@@ -503,6 +517,7 @@ absl::Status Run(bool compare) {
                       {"max_output_tokens", o.max_output_tokens},
                       {"temperature", o.temperature},
                       {"keep_alive", o.keep_alive},
+                      {"api_key", api_key.source},  // where it came from, never the key
                       {"run_id", o.run_id}};
     RETURN_IF_ERROR_STATUS(
         WriteTextFile((fs::path(dir) / "summary.json").string(), summary.dump(2) + "\n"));
@@ -536,6 +551,7 @@ absl::Status Run(bool compare) {
     std::printf("wrote %s/{summary.json,requests.csv%s}\n\n", dir.c_str(),
                 absl::GetFlag(FLAGS_plots) ? ",*.png" : "");
     std::fflush(stdout);
+    refused = result.unauthorized;
     runs.push_back({label, std::move(result), std::move(summary)});
   }
 
@@ -576,6 +592,12 @@ absl::Status Run(bool compare) {
     }
   }
   if (!teardown.ok()) return teardown;
+  if (refused) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("stopped early: the first answer was HTTP 401 (unauthorized) and none "
+                     "succeeded, so no more requests were sent; ",
+                     UnauthorizedHint(api_key), "; partial report written"));
+  }
   if (g_interrupted.load()) return absl::CancelledError("interrupted; partial report written");
   return absl::OkStatus();
 }

@@ -31,6 +31,10 @@
 //    "restore_ms_p50", "stored_bytes_per_turn", "agreement", "fallbacks",
 //    ..., "profile_p50": {...}, "turns": [...]}}, "mode_order": [...]}
 // with the link the caller describes (--link_*; it is not measured here).
+//
+// Workers with --api_keys_file need --api_key (or $KRUL_API_KEY, else
+// $OPENAI_API_KEY); the first 401 before any answer ends the replay (exit
+// 1) with what to fix. The key is never printed or written.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -49,11 +53,16 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "api_key.h"
 #include "chat_client.h"
 #include "endpoint.h"
 #include "trace.h"
 
 ABSL_FLAG(std::string, workers, "", "Comma-separated worker HTTP addresses host:port (required)");
+ABSL_FLAG(std::string, api_key, "",
+          "API key of workers that run with --api_keys_file, sent as \"Authorization: Bearer\" "
+          "on every request; empty: $KRUL_API_KEY, else $OPENAI_API_KEY, else none. Never "
+          "printed or written");
 ABSL_FLAG(std::string, conversations, "",
           "ShareGPT-format JSON ([{id, conversations: [{from, value}]}]) or MT-bench JSONL "
           "({question_id, turns}); empty = a built-in synthetic set");
@@ -179,6 +188,9 @@ const std::vector<std::pair<std::string, std::string>>& ProfileFields() {
 
 struct ModeResult {
   std::string mode;
+  // A request was refused with 401 before any request was answered: the
+  // key is missing or wrong, and the replay stops there.
+  bool unauthorized = false;
   std::vector<TurnRecord> turns;
   double stored_bytes = 0;  // krul_worker_stored_bytes_total delta, all workers
   double persists = 0;
@@ -218,6 +230,10 @@ double SumMetric(std::vector<std::unique_ptr<ChatClient>>& clients, const std::s
   return total;
 }
 
+// Whether any request of the replay got an answer (a later 401 is then a
+// key revoked mid-run, not a missing one).
+bool g_answered = false;
+
 ModeResult RunMode(const std::string& mode, const std::vector<Conversation>& conversations,
                    std::vector<std::unique_ptr<ChatClient>>& clients, const std::string& run_id) {
   ModeResult result;
@@ -250,6 +266,13 @@ ModeResult RunMode(const std::string& mode, const std::vector<Conversation>& con
       const bool settle = absl::GetFlag(FLAGS_settle);
       const double persisted_before = settle ? PersistsDone(*clients[worker]) : 0;
       ChatReply reply = clients[worker]->Chat(request);
+      if (reply.http_status == 401 && !g_answered) {
+        std::fprintf(stderr, "krul-replay: %s %s turn %d: HTTP 401 (unauthorized) %s\n",
+                     mode.c_str(), conv.id.c_str(), turn + 1, reply.error.c_str());
+        result.unauthorized = true;
+        return result;
+      }
+      g_answered |= reply.http_status == 200;
       if (settle && reply.http_status == 200) {
         // The answer goes out before the persist; wait (bounded) for it.
         const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
@@ -326,9 +349,11 @@ int main(int argc, char** argv) {
     std::cerr << "krul-replay: --workers: " << endpoints.status().message() << "\n";
     return 1;
   }
+  const krul::loadtest::ApiKey api_key =
+      krul::loadtest::ResolveApiKey(absl::GetFlag(FLAGS_api_key));
   std::vector<std::unique_ptr<ChatClient>> clients;
   for (const krul::loadtest::Endpoint& e : *endpoints) {
-    clients.push_back(std::make_unique<ChatClient>(e.host, e.port));
+    clients.push_back(std::make_unique<ChatClient>(e.host, e.port, api_key.key));
   }
   auto read = LoadConversations(absl::GetFlag(FLAGS_conversations));
   if (!read.ok()) {
@@ -348,17 +373,24 @@ int main(int argc, char** argv) {
       absl::StrSplit(absl::GetFlag(FLAGS_modes), ',', absl::SkipWhitespace());
   std::cout << absl::StrFormat(
       "krul-replay: %d conversations (%s), up to %d turns, %d answer tokens, %d workers, "
-      "modes %s\n",
+      "modes %s%s\n",
       conversations.size(),
       absl::GetFlag(FLAGS_conversations).empty() ? "built-in synthetic"
                                                  : absl::GetFlag(FLAGS_conversations),
       absl::GetFlag(FLAGS_max_turns), absl::GetFlag(FLAGS_max_tokens), clients.size(),
-      absl::StrJoin(modes, ","));
+      absl::StrJoin(modes, ","), api_key.key.empty() ? "" : ", API key from " + api_key.source);
 
   std::vector<ModeResult> results;
   for (const std::string& mode : modes) {
     std::cout << "  replaying mode " << mode << " ..." << std::flush;
     results.push_back(RunMode(mode, conversations, clients, run_id));
+    if (results.back().unauthorized) {
+      std::cout << "\n";
+      std::cerr << "krul-replay: stopped: the first request was refused with HTTP 401 "
+                   "(unauthorized); "
+                << krul::loadtest::UnauthorizedHint(api_key) << "\n";
+      return 1;
+    }
     std::cout << absl::StrFormat(" %.1f s\n", results.back().wall_s);
   }
 

@@ -146,10 +146,13 @@ json SummarizeRun(const RunResult& run, const ReportOptions& options) {
     ok += r.result.ok();
   }
   const int sent = static_cast<int>(run.records.size());
-  json not_sent = {
-      {"max_requests", run.not_sent.max_requests}, {"duration", run.not_sent.duration},
-      {"stopped", run.not_sent.stopped},           {"after_error", run.not_sent.after_error},
-      {"context_full", run.not_sent.context_full}, {"total", run.not_sent.total()}};
+  json not_sent = {{"max_requests", run.not_sent.max_requests},
+                   {"duration", run.not_sent.duration},
+                   {"stopped", run.not_sent.stopped},
+                   {"after_error", run.not_sent.after_error},
+                   {"context_full", run.not_sent.context_full},
+                   {"unauthorized", run.not_sent.unauthorized},
+                   {"total", run.not_sent.total()}};
   json j;
   j["requests"] = {{"planned", run.planned},
                    {"sent", sent},
@@ -159,6 +162,7 @@ json SummarizeRun(const RunResult& run, const ReportOptions& options) {
                    {"accounted", run.planned == sent + run.not_sent.total()}};
   j["wall_s"] = run.wall_s;
   j["stopped"] = run.stopped;
+  j["stopped_unauthorized"] = run.unauthorized;
   j["slo_ttft_ms"] = options.slo_ttft_ms;
   j["all"] = Group(all, run.wall_s, options.slo_ttft_ms);
   j["by_mode"] = json::object();
