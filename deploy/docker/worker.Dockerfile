@@ -12,6 +12,19 @@
 #   8080  HTTP: POST /v1/chat/completions, GET /healthz, /readyz, /metrics   --http_port
 # Models: mount them read-only at /models (e.g. --model=/models/model.gguf).
 # Runs as user 10001 with a read-only root filesystem (only /tmp needs to be writable).
+#
+# Secure by default: the worker refuses to serve its HTTP API on a non-loopback --host without
+# API keys, so the default command reads them from /etc/krul/api-keys/api-keys, where the Helm
+# chart mounts its Secret (auth.apiKeys). Make the file (hashes only, one tenant:sha256hex line
+# per key, readable by user 10001) and mount its folder:
+#   openssl rand -hex 24 > alice.key      # the key the client sends (16-4096 characters)
+#   mkdir keys && krul-kvstore hash-token alice < alice.key > keys/api-keys
+#   docker run -v "$PWD/keys:/etc/krul/api-keys:ro" -p 8080:8080 krul/worker:0.1.0-cpu
+#   curl -H "Authorization: Bearer $(cat alice.key)" localhost:8080/v1/models
+# Without the file the worker exits at start-up (it names the missing file). For a local try
+# without keys, give the flags yourself with --insecure_http and publish on loopback only:
+#   docker run -p 127.0.0.1:8080:8080 krul/worker:0.1.0-cpu \
+#     --host=0.0.0.0 --http_port=8080 --synthetic --insecure_http
 
 ARG VARIANT=cuda
 # CUDA 12.x release installed from NVIDIA's debian12 repository (cuda-<x>-<y> packages).
@@ -97,6 +110,7 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
   CMD ["/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"]
 ENTRYPOINT ["/usr/local/bin/krul-worker"]
-# Listens on all interfaces of the container (the binary's default is loopback); serves the
-# seeded synthetic model until you pass --model (and drop --synthetic).
-CMD ["--host=0.0.0.0", "--http_port=8080", "--synthetic"]
+# Listens on all interfaces of the container (the binary's default is loopback) with the API
+# keys mounted as above; serves the seeded synthetic model until you pass --model (and drop
+# --synthetic). Arguments given to `docker run` replace this whole list.
+CMD ["--host=0.0.0.0", "--http_port=8080", "--synthetic", "--api_keys_file=/etc/krul/api-keys/api-keys"]

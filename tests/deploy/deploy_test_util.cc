@@ -13,8 +13,10 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 
 extern char** environ;
@@ -153,6 +155,17 @@ std::string LineWith(const std::string& text, const std::string& needle) {
     if (absl::StrContains(line, needle)) return std::string(line);
   }
   return "";
+}
+
+std::set<std::string> BinaryFlags(const std::string& binary) {
+  CommandResult r = RunCommand({binary, "--helpfull"});
+  std::set<std::string> names;
+  for (absl::string_view line : absl::StrSplit(r.output, '\n')) {
+    line = absl::StripLeadingAsciiWhitespace(line);
+    if (!absl::ConsumePrefix(&line, "--")) continue;
+    names.insert(std::string(line.substr(0, line.find_first_of(" ("))));
+  }
+  return names;
 }
 
 }  // namespace krul::deploy_test

@@ -3,6 +3,7 @@
 #ifndef KRUL_TESTS_DEPLOY_DEPLOY_TEST_UTIL_H_
 #define KRUL_TESTS_DEPLOY_DEPLOY_TEST_UTIL_H_
 
+#include <set>
 #include <string>
 #include <vector>
 
@@ -60,6 +61,9 @@ std::vector<std::string> ListFiles(const std::string& dir, const std::string& su
 
 // The first line of `text` that contains `needle` ("" when none): for failure messages.
 std::string LineWith(const std::string& text, const std::string& needle);
+
+// The flag names (without "--") that `binary --helpfull` lists.
+std::set<std::string> BinaryFlags(const std::string& binary);
 
 }  // namespace krul::deploy_test
 

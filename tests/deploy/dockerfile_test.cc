@@ -2,7 +2,11 @@
 // be checked without one: every package their build stages install is one of
 // scripts/install-deps.sh (the same names the project builds with), each image is multi-stage,
 // runs as a non-root user, has a HEALTHCHECK and exposes the ports the Helm chart uses, and
-// the script that picks the runtime packages works on the binaries built here.
+// the script that picks the runtime packages works on the binaries built here. The worker
+// image's default command is secure: it serves on all interfaces only with the API keys the
+// Helm chart mounts, and those flags start the binary built here (keys required: 401 without).
+#include <httplib.h>
+
 #include <algorithm>
 #include <regex>
 #include <set>
@@ -15,6 +19,7 @@
 #include "absl/strings/strip.h"
 #include "deploy_test_util.h"
 #include "gtest/gtest.h"
+#include "test_support/child_process.h"
 
 namespace krul::deploy_test {
 namespace {
@@ -136,6 +141,91 @@ TEST(DockerfileTest, RuntimePackagesAreFoundForTheBuiltBinaries) {
     return absl::StartsWith(p, "libgrpc++");
   })) << r.output;
   for (const std::string& p : packages) EXPECT_FALSE(absl::EndsWith(p, "-dev")) << p;
+}
+
+// The arguments of the worker image's default CMD ["...", ...].
+std::vector<std::string> WorkerCmd() {
+  std::vector<std::string> args;
+  for (absl::string_view line :
+       absl::StrSplit(ReadFile(DockerDir() + "/worker.Dockerfile"), '\n')) {
+    if (!absl::ConsumePrefix(&line, "CMD [")) continue;
+    args.clear();
+    std::smatch m;
+    std::string rest(line);
+    while (std::regex_search(rest, m, std::regex("\"([^\"]*)\""))) {
+      args.push_back(m[1]);
+      rest = m.suffix();
+    }
+  }
+  return args;
+}
+
+TEST(DockerfileTest, WorkerImageServesOffLoopbackOnlyWithTheChartsApiKeys) {
+  const std::vector<std::string> cmd = WorkerCmd();
+  ASSERT_FALSE(cmd.empty()) << "no CMD in worker.Dockerfile";
+  // The chart mounts the keys Secret here; the image must read the same file.
+  const std::string chart_flag = absl::StrCat(absl::StripAsciiWhitespace(
+      LineWith(ReadFile(SourceDir() + "/helm/krul/templates/_helpers.tpl"), "--api_keys_file=")));
+  ASSERT_FALSE(chart_flag.empty()) << "the chart passes no --api_keys_file";
+  EXPECT_TRUE(std::count(cmd.begin(), cmd.end(), chart_flag)) << "CMD lacks " << chart_flag;
+  EXPECT_TRUE(std::count(cmd.begin(), cmd.end(), "--host=0.0.0.0"));
+  for (const std::string& arg : cmd) {
+    EXPECT_FALSE(absl::StartsWith(arg, "--insecure")) << "the default CMD passes " << arg;
+  }
+  const std::set<std::string> known = BinaryFlags(BinDir() + "/krul-worker");
+  ASSERT_GT(known.size(), 10u) << "krul-worker --helpfull listed no flags";
+  for (const std::string& arg : cmd) {
+    absl::string_view name(arg);
+    ASSERT_TRUE(absl::ConsumePrefix(&name, "--")) << arg;
+    EXPECT_TRUE(known.count(std::string(name.substr(0, name.find('=')))))
+        << "CMD passes " << arg << ", which krul-worker does not have";
+  }
+}
+
+// The default CMD's flags start the worker once a keys file is at the path (here a scratch
+// copy, made by krul-kvstore hash-token; loopback and an ephemeral port replace the
+// container's address), and without the file it does not start keyless.
+TEST(DockerfileTest, WorkerImageDefaultCommandStartsWithMountedKeysOnly) {
+  const std::vector<std::string> cmd = WorkerCmd();
+  ASSERT_FALSE(cmd.empty());
+  ScopedTempDir tmp("krul-docker-cmd");
+  ASSERT_FALSE(tmp.path().empty());
+  const std::string key = "sk-docker-cmd-test-5b0e91";
+  ASSERT_TRUE(WriteFile(tmp.path() + "/alice.key", key + "\n"));
+  CommandResult hashed = RunCommand({"/bin/sh", "-c", "\"$0\" hash-token alice < \"$1\"",
+                                     BinDir() + "/krul-kvstore", tmp.path() + "/alice.key"});
+  ASSERT_EQ(hashed.exit_code, 0) << hashed.output;
+  ASSERT_TRUE(WriteFile(tmp.path() + "/api-keys", hashed.output));
+  auto args_with = [&](const std::string& keys_file) {
+    std::vector<std::string> argv = {BinDir() + "/krul-worker"};
+    for (const std::string& a : cmd) {
+      if (absl::StartsWith(a, "--api_keys_file=")) {
+        argv.push_back("--api_keys_file=" + keys_file);
+      } else if (!absl::StartsWith(a, "--host=") && !absl::StartsWith(a, "--http_port=")) {
+        argv.push_back(a);
+      }
+    }
+    argv.insert(argv.end(), {"--host=127.0.0.1", "--http_port=0", "--threads=1"});
+    return argv;
+  };
+
+  CommandResult missing = RunCommand(args_with(tmp.path() + "/absent"), "", absl::Seconds(60));
+  EXPECT_NE(missing.exit_code, 0) << missing.output;
+  EXPECT_TRUE(absl::StrContains(missing.output, "absent")) << missing.output;
+
+  auto worker = testing::ChildProcess::Start(args_with(tmp.path() + "/api-keys"), "listening on",
+                                             absl::Seconds(60));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  const std::string ready = (*worker)->ready_line();
+  const int port = std::stoi(ready.substr(ready.rfind(':') + 1));
+  httplib::Client client("127.0.0.1", port);
+  auto without = client.Get("/v1/models");
+  ASSERT_TRUE(without) << httplib::to_string(without.error());
+  EXPECT_EQ(without->status, 401);
+  auto with = client.Get("/v1/models", {{"Authorization", "Bearer " + key}});
+  ASSERT_TRUE(with) << httplib::to_string(with.error());
+  EXPECT_EQ(with->status, 200) << with->body;
+  EXPECT_EQ((*worker)->Terminate(), 0);
 }
 
 }  // namespace

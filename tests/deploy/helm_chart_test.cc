@@ -229,17 +229,6 @@ const std::set<std::string>& PendingFlags() {
   return *flags;
 }
 
-std::set<std::string> BinaryFlags(const std::string& binary) {
-  CommandResult r = RunCommand({binary, "--helpfull"});
-  std::set<std::string> names;
-  for (absl::string_view line : absl::StrSplit(r.output, '\n')) {
-    line = absl::StripLeadingAsciiWhitespace(line);
-    if (!absl::ConsumePrefix(&line, "--")) continue;
-    names.insert(std::string(line.substr(0, line.find_first_of(" ("))));
-  }
-  return names;
-}
-
 TEST_F(HelmChartTest, EveryRenderedFlagIsAFlagOfTheBinary) {
   CommandResult r = Template({"-f", ProductionValues()});
   ASSERT_EQ(r.exit_code, 0) << r.output;
