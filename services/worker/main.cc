@@ -330,6 +330,10 @@ int main(int argc, char** argv) {
     store = *std::move(sealed);
   } else {
     KRUL_LOG(INFO) << "krul-worker: no --kvstore: conversations live in this process only";
+    if (!options->kv_mac_key_file.empty()) {
+      KRUL_LOG(INFO) << "krul-worker: --kv_mac_key_file has no effect without --kvstore (nothing "
+                        "leaves this process)";
+    }
   }
   if (store != nullptr) {
     // Opens the channels now, so the first restore does not pay for it. A
