@@ -147,6 +147,9 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if .Values.auth.apiKeys.enabled }}
 --api_keys_file=/etc/krul/api-keys/api-keys
 {{- end }}
+{{- if .Values.auth.kvMac.enabled }}
+--kv_mac_key_file=/etc/krul/kv-mac/kv-mac-key
+{{- end }}
 {{- range $w.extraFlags }}
 {{ . }}
 {{- end }}
