@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -24,7 +25,10 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "krul/kvformat/kv_block.h"
 #include "nlohmann/json.hpp"
+#include "worker/session/kv_blocks.h"
+#include "worker/session/session_record.h"
 #include "worker_test_util.h"
 
 namespace krul::worker {
@@ -260,6 +264,67 @@ TEST(DeterminismTest, AnAnswerSampledAsOtherIdsIsStoredCanonically) {
   std::printf("determinism: %d sampled answers with other ids than their text's canonical ones\n",
               found);
   EXPECT_GT(found, 0) << "no seed sampled a non-canonical answer";
+}
+
+// The KV stored for a turn (load mode: every layer, fp32, as computed) is
+// bit for bit what a prefill of the record's tokens computes, answer
+// included: not the decode steps' KV, whose one-token products are summed
+// in another order.
+TEST(DeterminismTest, StoredKvIsBitForBitAPrefillOfTheCanonicalTokens) {
+  WorkerOptions o = TestModelOptions();
+  o.mode = RestoreMode::kLoad;
+  auto store = std::make_shared<MemoryConversationStore>();
+  auto core = WorkerCore::Create(o, std::make_unique<SharedStore>(store));
+  ASSERT_TRUE(core.ok()) << core.status();
+  const std::vector<ChatMessage> messages = {
+      {Role::kUser, "Tell me a story about a little dog named Max."}};
+  auto turn = RunTurn(**core, messages, kMaxTokens, "bits");
+  ASSERT_TRUE(turn.ok()) << turn.status();
+  ASSERT_FALSE(turn->ids.empty());
+  auto manifest = store->LookupLatest(o.tenant, "c:bits", absl::InfiniteFuture());
+  ASSERT_TRUE(manifest.ok()) << manifest.status();
+  auto record = DecodeSessionRecord(manifest->plan());
+  ASSERT_TRUE(record.ok()) << record.status();
+  ASSERT_GT(record->kv_tokens,
+            static_cast<int>((*core)->chat_template().PromptTokens(messages).size()));
+
+  const Model& model = (*core)->model();
+  const int kv_dim = model.config().kv_dim();
+  auto engine = Engine::Create(model, EngineOptions{.num_threads = 1});
+  ASSERT_TRUE(engine.ok());
+  auto cache = KvCache::Create(model.config(), record->kv_tokens);
+  ASSERT_TRUE(cache.ok());
+  ASSERT_TRUE(
+      (*engine)
+          ->Forward(*cache, std::span<const int>(record->tokens.data(), record->kv_tokens), 0, {})
+          .ok());
+
+  std::vector<uint32_t> all(manifest->blocks_size());
+  for (uint32_t i = 0; i < all.size(); ++i) all[i] = i;
+  int rows = 0, differing = 0;
+  auto sink = [&](uint32_t, std::string encoded) -> absl::Status {
+    auto block = DecodeBlock(encoded);
+    if (!block.ok()) return block.status();
+    auto segment = SegmentFromBlock(*block);
+    if (!segment.ok()) return segment.status();
+    EXPECT_EQ(segment->kind, SegmentKind::kPlain);
+    EXPECT_EQ(segment->dtype, DType::kF32);
+    const int n = segment->num_tokens();
+    const float* k = reinterpret_cast<const float*>(segment->payload.data());
+    const float* v = k + static_cast<size_t>(n) * kv_dim;
+    for (int t = 0; t < n; ++t) {
+      const int pos = segment->begin + t;
+      ++rows;
+      differing += std::memcmp(k + static_cast<size_t>(t) * kv_dim, cache->key(segment->layer, pos),
+                               kv_dim * sizeof(float)) != 0 ||
+                   std::memcmp(v + static_cast<size_t>(t) * kv_dim,
+                               cache->value(segment->layer, pos), kv_dim * sizeof(float)) != 0;
+    }
+    return absl::OkStatus();
+  };
+  ASSERT_TRUE(store->ReadBlocks(*manifest, all, sink, absl::InfiniteFuture()).ok());
+  EXPECT_EQ(rows, record->kv_tokens * model.config().n_layers);
+  EXPECT_EQ(differing, 0) << "of " << rows << " stored (layer, token) rows";
 }
 
 }  // namespace
