@@ -3,6 +3,8 @@
 // validate-k8s.sh), check that what the production values ask for is rendered, that bad
 // values files are refused with a message naming the problem, and that every flag the chart
 // passes to the binaries is one they have. Skips with a message when helm is missing.
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstring>
 #include <map>
@@ -150,6 +152,9 @@ TEST_F(HelmChartTest, ProductionValuesRenderWhatTheyAskFor) {
   EXPECT_TRUE(absl::StrContains(sts, "secretName: krul-kvstore-tls"));
   EXPECT_TRUE(absl::StrContains(deploy, "secretName: krul-worker-tls"));
   EXPECT_TRUE(absl::StrContains(deploy, "secretName: krul-api-keys"));
+  EXPECT_TRUE(absl::StrContains(deploy, "secretName: krul-kv-mac-key"));
+  // The KV MAC key is the workers' alone: the kvstore must never see it.
+  EXPECT_FALSE(absl::StrContains(sts, "kv-mac")) << sts;
   const std::string& config = docs["ConfigMap/krul-config"];
   std::vector<std::string> kv_flags = FlagLines(config, "kvstore.flags");
   std::vector<std::string> w_flags = FlagLines(config, "worker.flags");
@@ -164,6 +169,7 @@ TEST_F(HelmChartTest, ProductionValuesRenderWhatTheyAskFor) {
                         "kvstore_token_file", "api_keys_file"}) {
     EXPECT_TRUE(w_names.count(f)) << "worker.flags lacks --" << f;
   }
+  EXPECT_FALSE(kv_names.count("kv_mac_key_file"));
   // Services bind loopback by default: the chart must say where to listen.
   EXPECT_TRUE(std::count(kv_flags.begin(), kv_flags.end(), "--host=0.0.0.0"));
   EXPECT_TRUE(std::count(w_flags.begin(), w_flags.end(), "--host=0.0.0.0"));
@@ -199,6 +205,109 @@ TEST_F(HelmChartTest, WorkersDiscoverEveryShardThroughTheHeadlessService) {
                 absl::StrCat("krul-kvstore-", i, ".krul-kvstore.krul.svc.cluster.local:7070"));
     }
   }
+}
+
+// The lines of the list item "- name: NAME" (at any indentation) after the `nth` such item in
+// `doc`, up to the next line indented no deeper than its dash; empty when there is none.
+std::vector<std::string> ListItem(const std::string& doc, const std::string& name, int nth) {
+  std::vector<std::string> lines = absl::StrSplit(doc, '\n');
+  int seen = 0;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    absl::string_view l = absl::StripLeadingAsciiWhitespace(lines[i]);
+    if (l != absl::StrCat("- name: ", name) || seen++ != nth) continue;
+    const size_t indent = lines[i].size() - l.size();
+    std::vector<std::string> item;
+    for (size_t j = i + 1; j < lines.size(); ++j) {
+      absl::string_view m = absl::StripLeadingAsciiWhitespace(lines[j]);
+      if (lines[j].size() - m.size() <= indent) break;
+      item.emplace_back(m);
+    }
+    return item;
+  }
+  return {};
+}
+
+bool Has(const std::vector<std::string>& lines, const std::string& line) {
+  return std::count(lines.begin(), lines.end(), line) > 0;
+}
+
+// auth.kvMac: the Secret's key file is mounted read-only (0400) into every worker pod, the
+// rendered --kv_mac_key_file names the mounted file, and a key made as docs/deploy.md says
+// (`openssl rand -hex 32`) is one krul-worker accepts there, while a malformed one stops it.
+TEST_F(HelmChartTest, KvMacKeySecretIsMountedIntoTheWorkersAndNamedByTheirFlag) {
+  // Off (the default): neither the flag nor the volume.
+  CommandResult off = Template({});
+  ASSERT_EQ(off.exit_code, 0) << off.output;
+  std::map<std::string, std::string> off_docs = Documents(off.output);
+  for (const std::string& f : FlagLines(off_docs["ConfigMap/krul-config"], "worker.flags")) {
+    EXPECT_NE(FlagName(f), "kv_mac_key_file") << f;
+  }
+  EXPECT_FALSE(absl::StrContains(off_docs["Deployment/krul-worker"], "kv-mac"));
+
+  CommandResult r =
+      Template({"--set", "auth.kvMac.enabled=true", "--set", "auth.kvMac.secretName=my-kv-mac"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::map<std::string, std::string> docs = Documents(r.output);
+  const std::string& deploy = docs["Deployment/krul-worker"];
+  std::vector<std::string> mount = ListItem(deploy, "kv-mac", 0);
+  std::vector<std::string> volume = ListItem(deploy, "kv-mac", 1);
+  ASSERT_FALSE(mount.empty()) << deploy;
+  ASSERT_FALSE(volume.empty()) << deploy;
+  EXPECT_TRUE(Has(mount, "readOnly: true")) << absl::StrJoin(mount, "\n");
+  std::string mount_path;
+  for (absl::string_view l : mount) {
+    if (absl::ConsumePrefix(&l, "mountPath: ")) mount_path = std::string(l);
+  }
+  ASSERT_FALSE(mount_path.empty()) << absl::StrJoin(mount, "\n");
+  for (const char* want : {"secret:", "secretName: my-kv-mac", "defaultMode: 0400",
+                           "- key: kv-mac-key", "path: kv-mac-key"}) {
+    EXPECT_TRUE(Has(volume, want)) << want << " not in\n" << absl::StrJoin(volume, "\n");
+  }
+  std::string flag;
+  for (const std::string& f : FlagLines(docs["ConfigMap/krul-config"], "worker.flags")) {
+    if (FlagName(f) == "kv_mac_key_file") flag = f;
+  }
+  EXPECT_EQ(flag, "--kv_mac_key_file=" + mount_path + "/kv-mac-key");
+  for (const std::string& f : FlagLines(docs["ConfigMap/krul-config"], "kvstore.flags")) {
+    EXPECT_FALSE(absl::StrContains(f, "kv_mac")) << f;
+  }
+  EXPECT_FALSE(absl::StrContains(docs["StatefulSet/krul-kvstore"], "kv-mac"));
+
+  // The worker reads the file the flag names: a key made as the docs say starts it.
+  CommandResult key = RunCommand({"openssl", "rand", "-hex", "32"});
+  if (key.exit_code != 0) GTEST_SKIP() << "no openssl (scripts/install-deps.sh installs it)";
+  ScopedTempDir tmp("krul-chart-kv-mac");
+  ASSERT_FALSE(tmp.path().empty());
+  const std::string good = tmp.path() + "/kv-mac-key";
+  const std::string bad = tmp.path() + "/bad-kv-mac-key";
+  ASSERT_TRUE(WriteFile(good, key.output));
+  ASSERT_EQ(chmod(good.c_str(), 0400), 0);
+  ASSERT_TRUE(WriteFile(bad, "not-a-key\n"));
+  auto kv =
+      testing::ChildProcess::Start({BinDir() + "/krul-kvstore", "--host=127.0.0.1", "--port=0",
+                                    "--metrics_port=0", "--tiers=dram", "--dram_capacity=64M"},
+                                   "listening on");
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  std::vector<std::string> parts = absl::StrSplit((*kv)->ready_line(), ' ');
+  auto at = std::find(parts.begin(), parts.end(), "on");
+  ASSERT_TRUE(at != parts.end() && at + 1 != parts.end()) << (*kv)->ready_line();
+  auto worker_argv = [&](const std::string& key_file) {
+    return std::vector<std::string>{BinDir() + "/krul-worker",
+                                    "--synthetic",
+                                    "--host=127.0.0.1",
+                                    "--http_port=0",
+                                    "--threads=1",
+                                    "--kvstore=" + *(at + 1),
+                                    "--kv_mac_key_file=" + key_file};
+  };
+  auto worker = testing::ChildProcess::Start(worker_argv(good), "listening on", absl::Seconds(60));
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  EXPECT_EQ((*worker)->Terminate(), 0);
+  CommandResult refused = RunCommand(worker_argv(bad), "", absl::Seconds(60));
+  EXPECT_FALSE(refused.timed_out) << "krul-worker started with a malformed key file";
+  EXPECT_NE(refused.exit_code, 0) << refused.output;
+  EXPECT_TRUE(absl::StrContains(refused.output, bad)) << refused.output;
+  EXPECT_EQ((*kv)->Terminate(), 0);
 }
 
 TEST_F(HelmChartTest, BadValuesFilesAreRejectedWithAClearMessage) {
