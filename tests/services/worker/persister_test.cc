@@ -3,10 +3,13 @@
 // estimate (krul_prior_rows).
 #include "worker/session/persister.h"
 
+#include <memory>
 #include <optional>
+#include <string>
 
 #include "gtest/gtest.h"
 #include "krul/compress/selector.h"
+#include "krul/engine/kv_cache.h"
 
 namespace krul::worker {
 namespace {
@@ -99,6 +102,67 @@ TEST(PersisterTest, KrulWithoutAnEstimateSharesNothing) {
   Harness h(o);
   std::optional<SimilarityEstimate> none;
   EXPECT_TRUE(h.persister.PairsFor(RestoreMode::kKrul, none).pairs.empty());
+}
+
+const std::string& ModelId() {
+  static const std::string* id = new std::string("model-m");
+  return *id;
+}
+
+// A job with a rewrite (the session's canonical re-prefill): the rewrite
+// runs before anything is stored, and then what it held (the session's
+// engine slot) is released; a failed rewrite drops the job, counted.
+PersistJob RewriteJob(const std::string& id, std::shared_ptr<int> held, absl::Status result,
+                      bool* ran, size_t* versions_then, const MemoryConversationStore* store) {
+  PersistJob job;
+  job.key.set_tenant("t");
+  job.key.set_conversation_id(id);
+  job.key.set_turn(1);
+  job.record.model_id = ModelId();
+  job.record.mode = RestoreMode::kLoad;
+  job.record.message_count = 2;
+  job.record.tokens = {1, 5, 6, 7};
+  job.record.kv_tokens = 4;
+  auto cache = KvCache::Create(kLayers, 4, 4);
+  EXPECT_TRUE(cache.ok());
+  job.cache = std::make_unique<KvCache>(*std::move(cache));
+  job.rewrite = [held = std::move(held), result, ran, versions_then, store](BackendKvCache&) {
+    *ran = true;
+    *versions_then = store->versions();
+    return result;
+  };
+  return job;
+}
+
+TEST(PersisterTest, ARewriteRunsBeforeTheStoreAndReleasesWhatItHolds) {
+  PersisterOptions o = Options();
+  o.model_id = ModelId();
+  Harness h(o);
+  auto held = std::make_shared<int>(0);
+  bool ran = false;
+  size_t versions_then = 99;
+  ASSERT_TRUE(
+      h.persister.Submit(RewriteJob("ok", held, absl::OkStatus(), &ran, &versions_then, &h.store)));
+  ASSERT_TRUE(h.persister.Drain(absl::Seconds(30)));
+  EXPECT_TRUE(ran);
+  EXPECT_EQ(versions_then, 0u);
+  EXPECT_EQ(h.store.versions(), 1u);
+  EXPECT_EQ(held.use_count(), 1);  // the job's copy is gone
+}
+
+TEST(PersisterTest, AFailedRewriteDropsTheJob) {
+  Harness h(Options());
+  auto held = std::make_shared<int>(0);
+  bool ran = false;
+  size_t versions_then = 99;
+  ASSERT_TRUE(h.persister.Submit(
+      RewriteJob("bad", held, absl::InternalError("device lost"), &ran, &versions_then, &h.store)));
+  ASSERT_TRUE(h.persister.Drain(absl::Seconds(30)));
+  EXPECT_TRUE(ran);
+  EXPECT_EQ(h.store.versions(), 0u);
+  EXPECT_EQ(held.use_count(), 1);
+  EXPECT_NE(h.metrics.Serialize().find("krul_worker_persists_total{result=\"error\"} 1"),
+            std::string::npos);
 }
 
 }  // namespace
