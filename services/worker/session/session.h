@@ -14,7 +14,12 @@
 //   Next:   one decode step with the similarity estimator observing (krul).
 //   Commit: after the answer was delivered, hands the KV, the token ids and
 //           the estimator to the persister; the response never waits for
-//           selection, compression or the store.
+//           selection, compression or the store. The ids stored are the
+//           canonical tokens of the history's text (ChatTemplate), what a
+//           recompute of the same messages prefills, and the answer's KV is
+//           prefilled again in one batch first (the persister's rewrite,
+//           holding this turn's engine slot until done), so a restored turn
+//           and a recomputed one give the same tokens.
 //
 // Not thread-safe: one thread drives a session (the request's). Destroying
 // it releases the engine slot.
