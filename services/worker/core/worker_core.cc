@@ -114,6 +114,13 @@ absl::StatusOr<StoreLoadProbe> ProbeStoreLoad(ConversationStore& store, const st
       blocks.push_back(*std::move(block));
     }
     if (auto s = store.Write(m, std::move(blocks), absl::Now() + deadline); !s.ok()) return s;
+    // Read back what the store committed, not what was handed to it: a
+    // sealing store (--kv_mac_key_file) writes a sealed copy and verifies
+    // that seal on every read.
+    auto stored =
+        store.LookupLatest(m.key().tenant(), m.key().conversation_id(), absl::Now() + deadline);
+    if (!stored.ok()) return stored.status();
+    v.manifest = *std::move(stored);
     versions.push_back(std::move(v));
   }
   StoreLoadProbe result;

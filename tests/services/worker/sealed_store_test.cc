@@ -14,6 +14,7 @@
 #include "krul/kvformat/kv_block.h"
 #include "krul/kvformat/kv_mac.h"
 #include "krul/kvformat/manifest.h"
+#include "worker/core/worker_core.h"
 #include "worker/session/kv_blocks.h"
 #include "worker/session/sealed_conversation_store.h"
 #include "worker_test_util.h"
@@ -190,6 +191,23 @@ TEST(SealedStoreTest, ABlockBehindACollidingChecksumIsRejectedBeforeTheSinkSeesI
     EXPECT_EQ(ReadAll(*genuine, *m, &read), v.blocks);
     EXPECT_TRUE(read.ok()) << read;
   }
+}
+
+// The worker's start-up load probe writes two versions and reads them back
+// through the store it serves from: behind a sealing store it must read the
+// sealed copy (it read its own unsealed manifest, every probe failed with an
+// integrity error, and the cost model silently kept the flag values).
+TEST(SealedStoreTest, TheWorkersLoadProbeWorksThroughIt) {
+  auto memory = std::make_shared<MemoryConversationStore>();
+  WorkerOptions o = testing::TestModelOptions();
+  o.probe_load = true;
+  o.load_gbps = 1e-4;  // a flag value no in-process read is as slow as
+  auto core = WorkerCore::Create(
+      o,
+      NewSealedConversationStore(std::make_unique<testing::SharedStore>(memory), Ring(kMasterHex)));
+  ASSERT_TRUE(core.ok()) << core.status();
+  EXPECT_GT((*core)->cost_model().Snapshot().load.bytes_per_second, 100 * o.load_gbps * 1e9)
+      << "the load cost is still the flag value: the probe failed";
 }
 
 TEST(SealedStoreTest, AnotherKeyOrAnotherTenantsVersionIsRejected) {
