@@ -53,10 +53,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "api_key.h"
-#include "chat_client.h"
-#include "endpoint.h"
-#include "trace.h"
+#include "client/api_key.h"
+#include "client/chat_client.h"
+#include "client/endpoint.h"
+#include "trace/trace.h"
 
 ABSL_FLAG(std::string, workers, "", "Comma-separated worker HTTP addresses host:port (required)");
 ABSL_FLAG(std::string, api_key, "",

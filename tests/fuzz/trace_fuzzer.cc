@@ -1,4 +1,4 @@
-// Fuzzes one of krul-loadtest's trace parsers (loadtest/trace.h): files a
+// Fuzzes one of krul-loadtest's trace parsers (loadtest/trace/trace.h): files a
 // user hands to krul-loadtest. Built four times (tests/fuzz/CMakeLists.txt),
 // once per format, selected by KRUL_FUZZ_TRACE_<format>.
 //
@@ -14,7 +14,7 @@
 #include <string>
 
 #include "fuzz_util.h"
-#include "trace.h"
+#include "trace/trace.h"
 
 namespace {
 

@@ -7,7 +7,7 @@
 // (summary.json, requests.csv, the console), even when the server echoes
 // it. The binaries are run as a user would: the key from --api_key or from
 // KRUL_API_KEY / OPENAI_API_KEY.
-#include "api_key.h"
+#include "client/api_key.h"
 
 #include <httplib.h>
 
@@ -25,12 +25,12 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "chat_client.h"
-#include "chat_stream.h"
-#include "command.h"
-#include "driver.h"
+#include "client/chat_client.h"
+#include "client/chat_stream.h"
+#include "client/driver.h"
+#include "cluster/command.h"
 #include "gtest/gtest.h"
-#include "report.h"
+#include "report/report.h"
 #include "worker/api/openai_api.h"
 
 namespace krul::loadtest {

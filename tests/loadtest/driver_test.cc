@@ -3,7 +3,7 @@
 // caps, routing, errors by kind, context limits, Stop(), and the request
 // accounting. The servers answer from the request alone, so every expected
 // value follows from the trace written in the test.
-#include "driver.h"
+#include "client/driver.h"
 
 #include <httplib.h>
 

@@ -1,6 +1,6 @@
 // Synthesized prompt text: deterministic per block id, prefixes of a block
 // are prefixes of its text, lengths follow the scale and the word rate.
-#include "prompt_synth.h"
+#include "trace/prompt_synth.h"
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

@@ -1,11 +1,11 @@
 // Quantiles, the run summary's accounting and groups, requests.csv quoting,
 // the mode comparison, and the Prometheus exposition parser. Expected
 // values are worked out by hand in the comments.
-#include "report.h"
+#include "report/report.h"
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "metrics_scrape.h"
+#include "report/metrics_scrape.h"
 
 namespace krul::loadtest {
 namespace {

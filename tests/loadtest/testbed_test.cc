@@ -3,15 +3,15 @@
 // NetnsScope's refusals, and Testbed's argument checks before it calls
 // deploy/local/testbed.sh. The testbed itself is exercised end to end in
 // loadtest_testbed_test.cc.
-#include "testbed.h"
+#include "cluster/testbed.h"
 
 #include <filesystem>
 #include <string>
 
 #include "absl/time/clock.h"
-#include "command.h"
+#include "cluster/command.h"
+#include "cluster/netns_scope.h"
 #include "gtest/gtest.h"
-#include "netns_scope.h"
 #include "test_support/test_data.h"
 
 namespace krul::loadtest {

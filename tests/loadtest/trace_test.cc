@@ -3,7 +3,7 @@
 // tail, sed -n) or are counted here with a method other than the parser's
 // (std::getline, substring search); the Mooncake conversation counts come
 // from a separate Python implementation of the next-turn rule in trace.h.
-#include "trace.h"
+#include "trace/trace.h"
 
 #include <fstream>
 #include <regex>
@@ -11,8 +11,8 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "prompt_synth.h"
 #include "test_support/test_data.h"
+#include "trace/prompt_synth.h"
 
 namespace krul::loadtest {
 namespace {

@@ -12,7 +12,7 @@ Starts the worker (synthetic model, loopback, ephemeral port), then
   3. runs 20 keep-alive clients (one connection each, reused) of 20 GET /v1/models 50 ms apart
      and prints the latency percentiles and at which request index the slow (> 50 ms) ones were;
 then SIGTERMs it. Bounded: about 20 s. The CTest twin with assertions is
-tests/services/worker/http_hardening_test.cc; this script also runs against old binaries
+tests/services/worker/process/http_hardening_test.cc; this script also runs against old binaries
 (it passes no flag they lack) to measure the before side.
 """
 import http.client
