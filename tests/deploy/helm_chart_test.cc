@@ -3,6 +3,7 @@
 // validate-k8s.sh), check that what the production values ask for is rendered, that bad
 // values files are refused with a message naming the problem, and that every flag the chart
 // passes to the binaries is one they have. Skips with a message when helm is missing.
+#include <httplib.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -15,11 +16,14 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "deploy_test_util.h"
 #include "gtest/gtest.h"
 #include "test_support/child_process.h"
+#include "test_support/tls_certs.h"
+#include "test_support/wait.h"
 
 namespace krul::deploy_test {
 namespace {
@@ -235,8 +239,8 @@ bool Has(const std::vector<std::string>& lines, const std::string& line) {
 // rendered --kv_mac_key_file names the mounted file, and a key made as docs/deploy.md says
 // (`openssl rand -hex 32`) is one krul-worker accepts there, while a malformed one stops it.
 TEST_F(HelmChartTest, KvMacKeySecretIsMountedIntoTheWorkersAndNamedByTheirFlag) {
-  // Off (the default): neither the flag nor the volume.
-  CommandResult off = Template({});
+  // Off (explicitly; the default is on): neither the flag nor the volume.
+  CommandResult off = Template({"--set", "auth.kvMac.enabled=false"});
   ASSERT_EQ(off.exit_code, 0) << off.output;
   std::map<std::string, std::string> off_docs = Documents(off.output);
   for (const std::string& f : FlagLines(off_docs["ConfigMap/krul-config"], "worker.flags")) {
@@ -326,48 +330,150 @@ TEST_F(HelmChartTest, BadValuesFilesAreRejectedWithAClearMessage) {
   }
 }
 
-// Flags the chart passes that binaries built before issue 17 (TLS, tenant tokens, API keys)
-// and the --device switch do not have yet; docs/deploy.md says which releases have them.
-const std::set<std::string>& PendingFlags() {
-  static const auto* flags =
-      new std::set<std::string>{"tls_cert_file",        "tls_key_file",
-                                "tls_client_ca_file",   "tenant_tokens_file",
-                                "kvstore_tls_ca_file",  "kvstore_tls_cert_file",
-                                "kvstore_tls_key_file", "kvstore_token_file",
-                                "api_keys_file",        "device"};
-  return *flags;
+// The values that turn every protection off, each with its explicit opt-out.
+const std::vector<std::string>& AllProtectionsOff() {
+  static const auto* args = new std::vector<std::string>{"--set", "tls.enabled=false",
+                                                         "--set", "insecure.allowPlaintext=true",
+                                                         "--set", "auth.tenantTokens.enabled=false",
+                                                         "--set", "insecure.allowAnyTenant=true",
+                                                         "--set", "auth.apiKeys.enabled=false",
+                                                         "--set", "worker.insecureHttp=true",
+                                                         "--set", "auth.kvMac.enabled=false"};
+  return *args;
 }
 
 TEST_F(HelmChartTest, EveryRenderedFlagIsAFlagOfTheBinary) {
-  CommandResult r = Template({"-f", ProductionValues()});
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  const std::string config = Documents(r.output)["ConfigMap/krul-config"];
-  std::vector<std::string> pending_missing;
-  for (const auto& [key, binary] :
-       {std::pair<std::string, std::string>{"worker.flags", "krul-worker"},
-        {"kvstore.flags", "krul-kvstore"}}) {
-    std::set<std::string> known = BinaryFlags(BinDir() + "/" + binary);
-    ASSERT_GT(known.size(), 10u) << binary << " --helpfull listed no flags";
-    std::vector<std::string> flags = FlagLines(config, key);
-    ASSERT_GT(flags.size(), 5u) << key;
-    for (const std::string& f : flags) {
-      const std::string name = FlagName(f);
-      if (known.count(name)) continue;
-      if (PendingFlags().count(name)) {
-        pending_missing.push_back(binary + " --" + name);
-      } else {
-        ADD_FAILURE() << key << " passes --" << name << ", which " << binary << " does not have";
+  // The default values, the production ones, and every protection explicitly off.
+  const std::vector<std::string> defaults;
+  const std::vector<std::string> production = {"-f", ProductionValues()};
+  for (const std::vector<std::string>* args : {&defaults, &production, &AllProtectionsOff()}) {
+    SCOPED_TRACE(absl::StrJoin(*args, " "));
+    CommandResult r = Template(*args);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const std::string config = Documents(r.output)["ConfigMap/krul-config"];
+    for (const auto& [key, binary] :
+         {std::pair<std::string, std::string>{"worker.flags", "krul-worker"},
+          {"kvstore.flags", "krul-kvstore"}}) {
+      std::set<std::string> known = BinaryFlags(BinDir() + "/" + binary);
+      ASSERT_GT(known.size(), 10u) << binary << " --helpfull listed no flags";
+      std::vector<std::string> flags = FlagLines(config, key);
+      ASSERT_GT(flags.size(), 5u) << key;
+      for (const std::string& f : flags) {
+        EXPECT_TRUE(known.count(FlagName(f)))
+            << key << " passes " << f << ", which " << binary << " does not have";
       }
     }
   }
-  if (!pending_missing.empty()) {
-    std::cout << "note: flags the chart uses that these binaries do not have yet (TLS / auth / "
-                 "device work in progress): "
-              << absl::StrJoin(pending_missing, ", ") << "\n";
-  }
 }
 
-// The default values' flag files start the real binaries (values parse, ports bind).
+// `helm install --dry-run=client`: the rendered release notes (helm template leaves them out).
+std::string Notes(const std::string& helm, const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {helm,   "install",         "krul", Chart(), "--namespace",
+                                   "krul", "--dry-run=client"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  CommandResult r = RunCommand(argv);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  const size_t at = r.output.find("\nNOTES:\n");
+  EXPECT_NE(at, std::string::npos) << r.output;
+  return at == std::string::npos ? "" : r.output.substr(at);
+}
+
+// Secure by default: the default values turn on mTLS, tenant tokens, API keys and the KV MAC
+// key, mount each from a Secret of a default name (never created by the chart), pass no
+// --insecure flag, and the release notes say how to create each of those Secrets.
+TEST_F(HelmChartTest, DefaultValuesTurnEveryProtectionOnAndNameTheirSecrets) {
+  CommandResult r = Template({});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::map<std::string, std::string> docs = Documents(r.output);
+  const std::string& sts = docs["StatefulSet/krul-kvstore"];
+  const std::string& deploy = docs["Deployment/krul-worker"];
+  std::set<std::string> kv_names, w_names;
+  for (const auto& f : FlagLines(docs["ConfigMap/krul-config"], "kvstore.flags")) {
+    kv_names.insert(FlagName(f));
+  }
+  for (const auto& f : FlagLines(docs["ConfigMap/krul-config"], "worker.flags")) {
+    w_names.insert(FlagName(f));
+  }
+  for (const char* f :
+       {"tls_cert_file", "tls_key_file", "tls_client_ca_file", "tenant_tokens_file"}) {
+    EXPECT_TRUE(kv_names.count(f)) << "kvstore.flags lacks --" << f;
+  }
+  for (const char* f : {"kvstore_tls_ca_file", "kvstore_tls_cert_file", "kvstore_tls_key_file",
+                        "kvstore_token_file", "api_keys_file", "kv_mac_key_file"}) {
+    EXPECT_TRUE(w_names.count(f)) << "worker.flags lacks --" << f;
+  }
+  for (const char* f : {"insecure", "insecure_http"}) {
+    EXPECT_FALSE(kv_names.count(f)) << "kvstore.flags passes --" << f;
+    EXPECT_FALSE(w_names.count(f)) << "worker.flags passes --" << f;
+  }
+  const std::vector<std::pair<std::string, const std::string*>> secrets = {
+      {"krul-kvstore-tls", &sts},   {"krul-kvstore-tenant-tokens", &sts},
+      {"krul-worker-tls", &deploy}, {"krul-worker-tenant-token", &deploy},
+      {"krul-api-keys", &deploy},   {"krul-kv-mac-key", &deploy}};
+  for (const auto& [name, doc] : secrets) {
+    EXPECT_TRUE(absl::StrContains(*doc, "secretName: " + name)) << name << " not mounted";
+  }
+  for (const auto& [id, doc] : docs) EXPECT_FALSE(absl::StartsWith(id, "Secret/")) << id;
+  // values-production.yaml names the same Secrets.
+  const std::string production = ReadFile(ProductionValues());
+  for (const auto& [name, doc] : secrets) {
+    EXPECT_TRUE(absl::StrContains(production, name)) << name << " not in values-production";
+  }
+
+  const std::string notes = Notes(helm_, {});
+  for (const auto& [name, doc] : secrets) {
+    EXPECT_TRUE(absl::StrContains(notes, "kubectl -n krul create secret generic " + name))
+        << name << " missing from the notes:\n"
+        << notes;
+  }
+  EXPECT_TRUE(absl::StrContains(notes, "krul-kvstore hash-token default")) << notes;
+  EXPECT_TRUE(absl::StrContains(notes, "openssl rand -hex 32")) << notes;
+  EXPECT_FALSE(absl::StrContains(notes, "WARNING")) << notes;
+}
+
+// Turning a protection off needs its explicit opt-out, which renders the binaries' own
+// --insecure / --insecure_http and a warning in the release notes.
+TEST_F(HelmChartTest, TurningProtectionsOffIsExplicitAndLoud) {
+  CommandResult r = Template(AllProtectionsOff());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::map<std::string, std::string> docs = Documents(r.output);
+  std::vector<std::string> kv_flags = FlagLines(docs["ConfigMap/krul-config"], "kvstore.flags");
+  std::vector<std::string> w_flags = FlagLines(docs["ConfigMap/krul-config"], "worker.flags");
+  EXPECT_TRUE(Has(kv_flags, "--insecure")) << absl::StrJoin(kv_flags, "\n");
+  EXPECT_TRUE(Has(w_flags, "--insecure")) << absl::StrJoin(w_flags, "\n");
+  EXPECT_TRUE(Has(w_flags, "--insecure_http")) << absl::StrJoin(w_flags, "\n");
+  EXPECT_FALSE(absl::StrContains(r.output, "secretName:")) << "a Secret is still mounted";
+  const std::string notes = Notes(helm_, AllProtectionsOff());
+  for (const char* want :
+       {"WARNING: INSECURE kvstore", "PLAINTEXT", "authenticates nobody",
+        "WARNING: INSECURE workers", "NO API keys", "WARNING: stored KV is not sealed"}) {
+    EXPECT_TRUE(absl::StrContains(notes, want)) << want << " not in:\n" << notes;
+  }
+  EXPECT_FALSE(absl::StrContains(notes, "create secret")) << notes;
+
+  // An opt-out alone changes nothing while its protection is on.
+  CommandResult on =
+      Template({"--set", "insecure.allowPlaintext=true", "--set", "insecure.allowAnyTenant=true",
+                "--set", "worker.insecureHttp=true"});
+  ASSERT_EQ(on.exit_code, 0) << on.output;
+  for (const std::string& key : {std::string("kvstore.flags"), std::string("worker.flags")}) {
+    for (const std::string& f : FlagLines(Documents(on.output)["ConfigMap/krul-config"], key)) {
+      EXPECT_FALSE(absl::StartsWith(f, "--insecure")) << key << ": " << f;
+    }
+  }
+  // A loopback worker listener needs no API keys (the binary's own rule).
+  EXPECT_EQ(
+      Template({"--set", "auth.apiKeys.enabled=false", "--set", "worker.listenAddress=127.0.0.1"})
+          .exit_code,
+      0);
+}
+
+// The default values' flag files start the real binaries once the Secrets' files are where
+// the pods mount them: each service's "/etc/krul/" becomes a scratch folder holding the files
+// made as the release notes say (certificates from a throwaway CA, `openssl rand` tokens
+// hashed by `krul-kvstore hash-token`, `openssl rand -hex 32` for the KV MAC key). Loopback,
+// ephemeral ports and the local shard's address replace the pod's. A chat turn then runs
+// over mTLS with the tenant token (its persist succeeds) and the API needs a key.
 TEST_F(HelmChartTest, DefaultFlagFilesStartTheServices) {
   CommandResult r = Template({});
   ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -375,13 +481,49 @@ TEST_F(HelmChartTest, DefaultFlagFilesStartTheServices) {
   ScopedTempDir tmp("krul-chart-flags");
   const std::string& dir = tmp.path();
   ASSERT_FALSE(dir.empty());
-  auto write_flags = [&](const std::string& key, const std::string& binary,
+
+  absl::StatusOr<testing::TestCerts> certs = testing::MakeTestCerts();
+  if (!certs.ok()) GTEST_SKIP() << "no throwaway certificates: " << certs.status();
+  const std::string kv_root = dir + "/kvstore-etc-krul";
+  const std::string w_root = dir + "/worker-etc-krul";
+  auto put = [&](const std::string& path, const std::string& content) {
+    ASSERT_EQ(RunCommand({"mkdir", "-p", path.substr(0, path.rfind('/'))}).exit_code, 0);
+    ASSERT_TRUE(WriteFile(path, content)) << path;
+    ASSERT_EQ(chmod(path.c_str(), 0400), 0) << path;
+  };
+  const std::string ca = ReadFile(certs->Cert("ca"));
+  // Secret krul-kvstore-tls and krul-worker-tls (tls.crt, tls.key, ca.crt).
+  put(kv_root + "/tls/tls.crt", ReadFile(certs->Cert("server")));
+  put(kv_root + "/tls/tls.key", ReadFile(certs->Key("server")));
+  put(kv_root + "/tls/ca.crt", ca);
+  put(w_root + "/tls/tls.crt", ReadFile(certs->Cert("client")));
+  put(w_root + "/tls/tls.key", ReadFile(certs->Key("client")));
+  put(w_root + "/tls/ca.crt", ca);
+  // Tenant token, API key, KV MAC key: made with the commands of the release notes.
+  auto random_hex = [](int bytes) {
+    CommandResult c = RunCommand({"openssl", "rand", "-hex", absl::StrCat(bytes)});
+    EXPECT_EQ(c.exit_code, 0) << c.output;
+    return c.output;
+  };
+  auto hash = [&](const std::string& tenant, const std::string& token_file) {
+    CommandResult c = RunCommand({"/bin/sh", "-c", "\"$0\" hash-token \"$1\" < \"$2\"",
+                                  BinDir() + "/krul-kvstore", tenant, token_file});
+    EXPECT_EQ(c.exit_code, 0) << c.output;
+    return c.output;
+  };
+  put(w_root + "/tenant-token/token", random_hex(24));
+  put(kv_root + "/tenant-tokens/tokens", hash("default", w_root + "/tenant-token/token"));
+  const std::string api_key = std::string(absl::StripAsciiWhitespace(random_hex(24)));
+  put(dir + "/api.key", api_key + "\n");
+  put(w_root + "/api-keys/api-keys", hash("default", dir + "/api.key"));
+  put(w_root + "/kv-mac/kv-mac-key", random_hex(32));
+  if (HasFailure()) return;
+
+  auto write_flags = [&](const std::string& key, const std::string& root,
                          const std::vector<std::string>& overrides) {
-    std::set<std::string> known = BinaryFlags(BinDir() + "/" + binary);
     std::string text;
     for (const std::string& f : FlagLines(config, key)) {
-      if (!known.count(FlagName(f)) && PendingFlags().count(FlagName(f))) continue;
-      text += f + "\n";
+      text += absl::StrReplaceAll(f, {{"/etc/krul/", root + "/"}}) + "\n";
     }
     // Later flags win: loopback, ephemeral ports, a scratch data folder.
     for (const std::string& o : overrides) text += o + "\n";
@@ -390,7 +532,7 @@ TEST_F(HelmChartTest, DefaultFlagFilesStartTheServices) {
     return path;
   };
   const std::string kv_flags =
-      write_flags("kvstore.flags", "krul-kvstore",
+      write_flags("kvstore.flags", kv_root,
                   {"--host=127.0.0.1", "--port=0", "--metrics_port=0",
                    "--rocksdb_path=" + dir + "/kv", "--dram_capacity=64M"});
   auto kv = testing::ChildProcess::Start({BinDir() + "/krul-kvstore", "--flagfile=" + kv_flags},
@@ -400,11 +542,42 @@ TEST_F(HelmChartTest, DefaultFlagFilesStartTheServices) {
   auto at = std::find(parts.begin(), parts.end(), "on");
   ASSERT_TRUE(at != parts.end() && at + 1 != parts.end()) << (*kv)->ready_line();
   const std::string w_flags =
-      write_flags("worker.flags", "krul-worker",
-                  {"--host=127.0.0.1", "--http_port=0", "--kvstore=" + *(at + 1), "--threads=1"});
+      write_flags("worker.flags", w_root,
+                  {"--host=127.0.0.1", "--http_port=0", "--kvstore=" + *(at + 1), "--threads=1",
+                   "--max_tokens_limit=64", "--default_max_tokens=4"});
   auto worker = testing::ChildProcess::Start({BinDir() + "/krul-worker", "--flagfile=" + w_flags},
                                              "listening on", absl::Seconds(60));
   ASSERT_TRUE(worker.ok()) << worker.status();
+
+  const std::string ready = (*worker)->ready_line();
+  httplib::Client client("127.0.0.1", std::stoi(ready.substr(ready.rfind(':') + 1)));
+  client.set_read_timeout(60, 0);
+  const std::string body =
+      R"({"model": "synthetic", "conversation_id": "chart-1", "max_tokens": 4,)"
+      R"( "messages": [{"role": "user", "content": "Hello"}]})";
+  auto without = client.Post("/v1/chat/completions", body, "application/json");
+  ASSERT_TRUE(without) << httplib::to_string(without.error());
+  EXPECT_EQ(without->status, 401);
+  const httplib::Headers auth = {{"Authorization", "Bearer " + api_key}};
+  auto with = client.Post("/v1/chat/completions", auth, body, "application/json");
+  ASSERT_TRUE(with) << httplib::to_string(with.error());
+  EXPECT_EQ(with->status, 200) << with->body;
+  // The turn's KV reaches the kvstore over mTLS with the tenant token (and sealed).
+  std::string metrics;
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        auto m = client.Get("/metrics");
+        metrics = m ? m->body : "";
+        for (absl::string_view line : absl::StrSplit(metrics, '\n')) {
+          if (absl::StartsWith(line, "krul_worker_persists_total{") &&
+              absl::StrContains(line, "result=\"ok\"") && !absl::EndsWith(line, " 0")) {
+            return true;
+          }
+        }
+        return false;
+      },
+      absl::Seconds(60), "a successful persist"))
+      << metrics;
   EXPECT_EQ((*worker)->Terminate(), 0);
   EXPECT_EQ((*kv)->Terminate(), 0);
 }

@@ -91,6 +91,24 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- join "," $addrs }}
 {{- end }}
 
+{{/* "true" when the address is a loopback one (the binaries' rule: 127.x, ::1, localhost). */}}
+{{- define "krul.isLoopback" -}}
+{{- $h := trimSuffix "]" (trimPrefix "[" (toString .)) }}
+{{- if or (hasPrefix "127." $h) (eq $h "::1") (eq $h "localhost") }}true{{ end }}
+{{- end }}
+
+{{/* The explicit opt-outs (values `insecure`, worker.insecureHttp) that turn into the binaries'
+     --insecure / --insecure_http: non-empty when rendered. */}}
+{{- define "krul.kvstore.insecure" -}}
+{{- if or (and (not .Values.tls.enabled) .Values.insecure.allowPlaintext) (and (not .Values.auth.tenantTokens.enabled) .Values.insecure.allowAnyTenant) }}true{{ end }}
+{{- end }}
+{{- define "krul.worker.insecure" -}}
+{{- if and (not .Values.tls.enabled) .Values.insecure.allowPlaintext }}true{{ end }}
+{{- end }}
+{{- define "krul.worker.insecureHttp" -}}
+{{- if and (not .Values.auth.apiKeys.enabled) .Values.worker.insecureHttp }}true{{ end }}
+{{- end }}
+
 {{/* krul-worker flags, one per line (the ConfigMap's worker.flags, read with --flagfile). */}}
 {{- define "krul.worker.flags" -}}
 {{- $w := .Values.worker -}}
@@ -150,6 +168,12 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if .Values.auth.kvMac.enabled }}
 --kv_mac_key_file=/etc/krul/kv-mac/kv-mac-key
 {{- end }}
+{{- if include "krul.worker.insecure" . }}
+--insecure
+{{- end }}
+{{- if include "krul.worker.insecureHttp" . }}
+--insecure_http
+{{- end }}
 {{- range $w.extraFlags }}
 {{ . }}
 {{- end }}
@@ -192,6 +216,9 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 {{- if .Values.auth.tenantTokens.enabled }}
 --tenant_tokens_file=/etc/krul/tenant-tokens/tokens
+{{- end }}
+{{- if include "krul.kvstore.insecure" . }}
+--insecure
 {{- end }}
 {{- range $k.extraFlags }}
 {{ . }}

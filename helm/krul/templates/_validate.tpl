@@ -31,4 +31,15 @@
 {{- if and (not $w.gpu.enabled) (eq $w.device "cuda") }}
 {{- fail "worker.device=cuda needs worker.gpu.enabled=true (the pod gets no GPU otherwise)" }}
 {{- end }}
+{{- /* Secure by default: a protection that is off must be accepted explicitly, as the binaries
+       refuse to start insecurely off loopback without their --insecure flags. */}}
+{{- if and (not .Values.tls.enabled) (not .Values.insecure.allowPlaintext) }}
+{{- fail "tls.enabled=false would run the kvstore's gRPC and the workers' link to it in plaintext, which krul-kvstore and krul-worker refuse off loopback: keep TLS on (create the Secrets tls.kvstoreSecretName and tls.workerSecretName), or accept plaintext explicitly with insecure.allowPlaintext=true" }}
+{{- end }}
+{{- if and (not .Values.auth.tenantTokens.enabled) (not .Values.insecure.allowAnyTenant) (not (include "krul.isLoopback" $k.listenAddress)) }}
+{{- fail (printf "auth.tenantTokens.enabled=false with kvstore.listenAddress %s (not loopback) lets any caller name any tenant, which krul-kvstore refuses: keep tenant tokens on (create the Secrets auth.tenantTokens.*SecretName), or accept it explicitly with insecure.allowAnyTenant=true" $k.listenAddress) }}
+{{- end }}
+{{- if and (not .Values.auth.apiKeys.enabled) (not $w.insecureHttp) (not (include "krul.isLoopback" $w.listenAddress)) }}
+{{- fail (printf "auth.apiKeys.enabled=false with worker.listenAddress %s (not loopback) would serve the OpenAI API without API keys, which krul-worker refuses: keep API keys on (create the Secret auth.apiKeys.secretName), or accept it explicitly with worker.insecureHttp=true" $w.listenAddress) }}
+{{- end }}
 {{- end }}
