@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "test_support/shell.h"
 #include "test_support/test_data.h"
 #include "test_support/wait.h"
 
@@ -48,14 +49,8 @@ constexpr int kTurns = 6;
 
 // stdout + stderr of a shell command, and its exit code.
 std::pair<int, std::string> Shell(const std::string& command) {
-  std::string output;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return {-1, ""};
-  std::array<char, 4096> buffer;
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+  const testing::ShellResult r = testing::RunShell(command);
+  return {r.exit_code, r.output};
 }
 
 // Whether `ip netns list` names a namespace that starts with `prefix`.

@@ -6,21 +6,17 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "test_support/shell.h"
 
 namespace krul::testing {
 namespace {
 
 // Runs a shell command; INTERNAL with its output when it fails.
 absl::Status Run(const std::string& command) {
-  std::string full = absl::StrCat(command, " 2>&1");
-  FILE* p = popen(full.c_str(), "r");
-  if (p == nullptr) return absl::InternalError(absl::StrCat("popen failed: ", command));
-  std::string output;
-  char buf[512];
-  while (fgets(buf, sizeof(buf), p) != nullptr) output += buf;
-  const int rc = pclose(p);
-  if (rc != 0) {
-    return absl::InternalError(absl::StrCat("'", command, "' failed (", rc, "): ", output));
+  const ShellResult r = RunShell(command);
+  if (r.exit_code != 0) {
+    return absl::InternalError(
+        absl::StrCat("'", command, "' failed (", r.exit_code, "): ", r.output));
   }
   return absl::OkStatus();
 }

@@ -16,6 +16,7 @@
 #include "krul/kvclient/kvstore_client.h"
 #include "kv_test_util.h"
 #include "kvstore_process.h"
+#include "test_support/shell.h"
 #include "test_support/wait.h"
 
 namespace krul::testing {
@@ -633,16 +634,10 @@ TEST(KvStoreIntegrationTest, MetricsEndpointExportsTheDesignNames) {
   }
 }
 
-// Runs `command` through the shell; its stdout and stderr, and its exit code.
+// `command`'s stdout and stderr, and its exit code.
 std::pair<std::string, int> RunShell(const std::string& command) {
-  std::string out;
-  FILE* p = popen((command + " 2>&1").c_str(), "r");
-  if (p == nullptr) return {"", -1};
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  return {out, WIFEXITED(status) ? WEXITSTATUS(status) : -1};
+  const krul::testing::ShellResult r = krul::testing::RunShell(command);
+  return {r.output, r.exit_code};
 }
 
 TEST(KvStoreIntegrationTest, HelpListsTheServersOwnFlags) {

@@ -32,6 +32,7 @@
 #include "krul/model/tokenizer.h"
 #include "services/worker/worker_test_util.h"
 #include "test_support/child_process.h"
+#include "test_support/shell.h"
 #include "test_support/wait.h"
 
 namespace krul::worker {
@@ -51,18 +52,9 @@ constexpr int kMaxTokens = 20;
 
 // Runs `command` through the shell; its stdout, and the exit code in `rc`.
 std::string Shell(const std::string& command, int* rc) {
-  std::string out;
-  FILE* p = popen(command.c_str(), "r");
-  if (p == nullptr) {
-    *rc = -1;
-    return out;
-  }
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
+  krul::testing::ShellResult r = krul::testing::RunShell(command, /*merge_stderr=*/false);
+  *rc = r.exit_code;
+  return std::move(r.output);
 }
 
 // Runs `fn` on a thread that joined network namespace `ns`: sockets it

@@ -13,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "krul/engine/backend_factory.h"
 #include "test_support/child_process.h"
+#include "test_support/shell.h"
 
 namespace krul {
 namespace {
@@ -27,18 +28,9 @@ struct WorkerRun {
 // Runs krul-worker with `args` to completion (bounded by `timeout`, which
 // kills it) and collects its output.
 WorkerRun RunWorker(const std::string& args) {
-  const std::string command =
-      std::string("timeout --signal=KILL 60 ") + KRUL_WORKER_BIN + " " + args + " 2>&1";
-  WorkerRun run;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return run;
-  std::array<char, 4096> buffer;
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0)
-    run.output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  if (WIFEXITED(status)) run.exit_code = WEXITSTATUS(status);
-  return run;
+  const krul::testing::ShellResult r = krul::testing::RunShell(
+      std::string("timeout --signal=KILL 60 ") + KRUL_WORKER_BIN + " " + args);
+  return {r.exit_code, r.output};
 }
 
 TEST(WorkerDeviceTest, HelpListsTheDeviceFlag) {

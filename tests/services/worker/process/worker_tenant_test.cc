@@ -24,6 +24,7 @@
 #include "krul/v1/worker.grpc.pb.h"
 #include "services/worker/worker_test_util.h"
 #include "test_support/child_process.h"
+#include "test_support/shell.h"
 #include "test_support/test_data.h"
 #include "test_support/wait.h"
 
@@ -54,16 +55,9 @@ std::vector<std::string> ModelFlags() {
 
 // Runs krul-worker with `args` to completion (bounded): exit code, output.
 std::pair<int, std::string> RunWorker(const std::string& args) {
-  const std::string command =
-      std::string("timeout --signal=KILL 60 ") + KRUL_WORKER_BIN + " " + args + " 2>&1";
-  std::string output;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return {-1, ""};
-  std::array<char, 4096> buffer;
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+  const krul::testing::ShellResult r = krul::testing::RunShell(
+      std::string("timeout --signal=KILL 60 ") + KRUL_WORKER_BIN + " " + args);
+  return {r.exit_code, r.output};
 }
 
 json Request(const json& messages, const std::string& conversation_id) {

@@ -16,6 +16,7 @@
 #include "krul/rpc/credentials.h"
 #include "krul/v1/worker.grpc.pb.h"
 #include "test_support/child_process.h"
+#include "test_support/shell.h"
 #include "test_support/tls_certs.h"
 
 namespace krul {
@@ -25,16 +26,9 @@ using ::testing::HasSubstr;
 
 // Runs krul-worker with `args` to completion; its exit code and output.
 std::pair<int, std::string> RunWorker(const std::string& args) {
-  const std::string command =
-      std::string("timeout --signal=KILL 60 ") + KRUL_WORKER_BIN + " " + args + " 2>&1";
-  std::string output;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return {-1, ""};
-  std::array<char, 4096> buffer;
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+  const krul::testing::ShellResult r = krul::testing::RunShell(
+      std::string("timeout --signal=KILL 60 ") + KRUL_WORKER_BIN + " " + args);
+  return {r.exit_code, r.output};
 }
 
 TEST(WorkerTlsTest, PlaintextOffLoopbackIsRefusedWithoutInsecure) {
