@@ -48,6 +48,9 @@ EXPOSE 7070 9464
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/7070"]
 ENTRYPOINT ["/usr/local/bin/krul-kvstore"]
-# Listens on all interfaces of the container (whatever the binary's default); keep it on a
-# network you trust or turn on TLS (docs/deploy.md).
-CMD ["--host=0.0.0.0", "--port=7070", "--metrics_port=9464", "--rocksdb_path=/var/lib/krul/kv", "--dram_capacity=1G"]
+# Listens on all interfaces of the container, so it is secure by default: mutual TLS and
+# per-tenant tokens from the paths the Helm chart mounts (mount the same files with -v:
+# tls.crt, tls.key, ca.crt under /etc/krul/tls and the tokens file made with
+# `krul-kvstore hash-token` at /etc/krul/tenant-tokens/tokens; docs/deploy.md "Images").
+# For a local try without them, pass your own flags with --insecure and publish on 127.0.0.1.
+CMD ["--host=0.0.0.0", "--port=7070", "--metrics_port=9464", "--rocksdb_path=/var/lib/krul/kv", "--dram_capacity=1G", "--tls_cert_file=/etc/krul/tls/tls.crt", "--tls_key_file=/etc/krul/tls/tls.key", "--tls_client_ca_file=/etc/krul/tls/ca.crt", "--tenant_tokens_file=/etc/krul/tenant-tokens/tokens"]

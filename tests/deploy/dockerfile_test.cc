@@ -143,11 +143,10 @@ TEST(DockerfileTest, RuntimePackagesAreFoundForTheBuiltBinaries) {
   for (const std::string& p : packages) EXPECT_FALSE(absl::EndsWith(p, "-dev")) << p;
 }
 
-// The arguments of the worker image's default CMD ["...", ...].
-std::vector<std::string> WorkerCmd() {
+// The arguments of an image's default CMD ["...", ...].
+std::vector<std::string> ImageCmd(const std::string& dockerfile) {
   std::vector<std::string> args;
-  for (absl::string_view line :
-       absl::StrSplit(ReadFile(DockerDir() + "/worker.Dockerfile"), '\n')) {
+  for (absl::string_view line : absl::StrSplit(ReadFile(DockerDir() + "/" + dockerfile), '\n')) {
     if (!absl::ConsumePrefix(&line, "CMD [")) continue;
     args.clear();
     std::smatch m;
@@ -161,7 +160,7 @@ std::vector<std::string> WorkerCmd() {
 }
 
 TEST(DockerfileTest, WorkerImageServesOffLoopbackOnlyWithTheChartsApiKeys) {
-  const std::vector<std::string> cmd = WorkerCmd();
+  const std::vector<std::string> cmd = ImageCmd("worker.Dockerfile");
   ASSERT_FALSE(cmd.empty()) << "no CMD in worker.Dockerfile";
   // The chart mounts the keys Secret here; the image must read the same file.
   const std::string chart_flag = absl::StrCat(absl::StripAsciiWhitespace(
@@ -182,11 +181,36 @@ TEST(DockerfileTest, WorkerImageServesOffLoopbackOnlyWithTheChartsApiKeys) {
   }
 }
 
+// The kvstore image listens off loopback too, so its default CMD turns on
+// mutual TLS and tenant tokens, reading the files where the chart mounts
+// them, with flags krul-kvstore has.
+TEST(DockerfileTest, KvstoreImageServesOffLoopbackOnlyWithTheChartsTlsAndTokens) {
+  const std::vector<std::string> cmd = ImageCmd("kvstore.Dockerfile");
+  ASSERT_FALSE(cmd.empty()) << "no CMD in kvstore.Dockerfile";
+  EXPECT_TRUE(std::count(cmd.begin(), cmd.end(), "--host=0.0.0.0"));
+  const std::string helpers = ReadFile(SourceDir() + "/helm/krul/templates/_helpers.tpl");
+  for (const char* flag :
+       {"--tls_cert_file=", "--tls_key_file=", "--tls_client_ca_file=", "--tenant_tokens_file="}) {
+    const std::string chart_flag = std::string(absl::StripAsciiWhitespace(LineWith(helpers, flag)));
+    ASSERT_FALSE(chart_flag.empty()) << "the chart passes no " << flag;
+    EXPECT_TRUE(std::count(cmd.begin(), cmd.end(), chart_flag)) << "CMD lacks " << chart_flag;
+  }
+  const std::set<std::string> known = BinaryFlags(BinDir() + "/krul-kvstore");
+  ASSERT_GT(known.size(), 10u) << "krul-kvstore --helpfull listed no flags";
+  for (const std::string& arg : cmd) {
+    EXPECT_FALSE(absl::StartsWith(arg, "--insecure")) << "the default CMD passes " << arg;
+    absl::string_view name(arg);
+    ASSERT_TRUE(absl::ConsumePrefix(&name, "--")) << arg;
+    EXPECT_TRUE(known.count(std::string(name.substr(0, name.find('=')))))
+        << "CMD passes " << arg << ", which krul-kvstore does not have";
+  }
+}
+
 // The default CMD's flags start the worker once a keys file is at the path (here a scratch
 // copy, made by krul-kvstore hash-token; loopback and an ephemeral port replace the
 // container's address), and without the file it does not start keyless.
 TEST(DockerfileTest, WorkerImageDefaultCommandStartsWithMountedKeysOnly) {
-  const std::vector<std::string> cmd = WorkerCmd();
+  const std::vector<std::string> cmd = ImageCmd("worker.Dockerfile");
   ASSERT_FALSE(cmd.empty());
   ScopedTempDir tmp("krul-docker-cmd");
   ASSERT_FALSE(tmp.path().empty());
