@@ -14,6 +14,7 @@
 #include "krul/engine/sampler.h"
 #include "krul/model/tokenizer.h"
 #include "test_support/test_data.h"
+#include "worker/api/openai_api.h"
 #include "worker/core/options.h"
 #include "worker/core/worker_core.h"
 #include "worker/session/conversation_store.h"
@@ -120,9 +121,11 @@ inline absl::StatusOr<TurnResult> RunTurn(WorkerCore& core, const std::vector<Ch
 // template, written out here independently of the worker's code). The
 // history continued from holds the answer as a recompute of its text
 // computes it, as the worker stores it: the cache is rewound to the
-// answer's start and the canonical tokens of the decoded answer (the plain
+// answer's start and the canonical tokens of the answer's text (the plain
 // template's: Encode without a dummy space) prefilled with the next
-// message, in one batch.
+// message, in one batch. The text is the one a client receives and sends
+// back: the decoded bytes as valid UTF-8, a byte token that forms no
+// character (frequent in the synthetic model's answers) as U+FFFD.
 class ReferenceConversation {
  public:
   ReferenceConversation(const Model& model, const Tokenizer& tokenizer)
@@ -143,7 +146,7 @@ class ReferenceConversation {
         prev = t;
       }
       pos_ = answer_start_;
-      pending_ = tokenizer_.Encode(text, false, false, /*dummy_prefix=*/false);
+      pending_ = tokenizer_.Encode(SanitizeUtf8(text), false, false, /*dummy_prefix=*/false);
     }
     std::vector<int> piece = tokenizer_.Encode(user + "\n", false, false);
     pending_.insert(pending_.end(), piece.begin(), piece.end());
