@@ -27,6 +27,7 @@
 #include "krul/rpc/bearer_token.h"
 #include "krul/rpc/credentials.h"
 #include "krul/transport/ucx_transport.h"
+#include "kvstore/memory_trimmer.h"
 #include "kvstore/options.h"
 #include "kvstore/server.h"
 
@@ -62,6 +63,9 @@ ABSL_FLAG(krul::ByteSize, rocksdb_min_blob_size, krul::ByteSize(4 << 10),
           "Values at least this big go to blob files");
 ABSL_FLAG(krul::ByteSize, rocksdb_write_buffer, krul::ByteSize(32 << 20),
           "RocksDB memtable size (memory: up to two of them on top of the DRAM tier)");
+ABSL_FLAG(absl::Duration, malloc_trim_interval, absl::Seconds(1),
+          "Give freed heap pages back to the OS this often (glibc malloc_trim; 0 = never): "
+          "without it, evicted small blocks leave RSS far above the DRAM cap");
 ABSL_FLAG(bool, rocksdb_recover, true,
           "On a corrupt RocksDB at start-up, quarantine it and salvage the intact versions "
           "(false: refuse to start)");
@@ -169,6 +173,7 @@ int Run() {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const MemoryTrimmer trimmer(absl::GetFlag(FLAGS_malloc_trim_interval));
 
   std::unique_ptr<Transport> transport;
   if (absl::GetFlag(FLAGS_ucx)) {
