@@ -89,6 +89,48 @@ absl::Status MemoryConversationStore::Health(absl::Time) {
   return failure_;
 }
 
+ForwardingConversationStore::ForwardingConversationStore(std::shared_ptr<ConversationStore> inner)
+    : inner_(std::move(inner)) {}
+
+absl::StatusOr<v1::Manifest> ForwardingConversationStore::LookupLatest(
+    const std::string& tenant, const std::string& conversation_id, absl::Time deadline) {
+  return inner_->LookupLatest(tenant, conversation_id, deadline);
+}
+
+absl::Status ForwardingConversationStore::ReadBlocks(const v1::Manifest& manifest,
+                                                     std::span<const uint32_t> indices,
+                                                     const BlockSink& sink, absl::Time deadline) {
+  return inner_->ReadBlocks(manifest, indices, sink, deadline);
+}
+
+absl::Status ForwardingConversationStore::Write(const v1::Manifest& manifest,
+                                                std::vector<std::string> blocks,
+                                                absl::Time deadline) {
+  return inner_->Write(manifest, std::move(blocks), deadline);
+}
+
+absl::Status ForwardingConversationStore::Delete(const std::string& tenant,
+                                                 const std::string& conversation_id,
+                                                 absl::Time deadline) {
+  return inner_->Delete(tenant, conversation_id, deadline);
+}
+
+absl::Status ForwardingConversationStore::Health(absl::Time deadline) {
+  return inner_->Health(deadline);
+}
+
+absl::StatusOr<StorePin> ForwardingConversationStore::Pin(const v1::ConversationKey& key,
+                                                          absl::Duration lease,
+                                                          absl::Time deadline) {
+  return inner_->Pin(key, lease, deadline);
+}
+
+absl::Status ForwardingConversationStore::Unpin(const StorePin& pin, absl::Time deadline) {
+  return inner_->Unpin(pin, deadline);
+}
+
+std::string ForwardingConversationStore::data_plane() const { return inner_->data_plane(); }
+
 absl::StatusOr<StorePin> MemoryConversationStore::Pin(const v1::ConversationKey& key,
                                                       absl::Duration lease, absl::Time) {
   absl::MutexLock lock(&mu_);

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -90,6 +91,35 @@ class ConversationStore {
 
   // How blocks move, for logs: "ucx", "grpc", "in-process".
   virtual std::string data_plane() const { return "in-process"; }
+};
+
+// Hands every call to `inner`: the base of a store that changes a few calls
+// (the sealing store; spies and fault injectors in tests) and forwards the
+// rest. Thread-safe when `inner` is.
+class ForwardingConversationStore : public ConversationStore {
+ public:
+  explicit ForwardingConversationStore(std::shared_ptr<ConversationStore> inner);
+
+  absl::StatusOr<v1::Manifest> LookupLatest(const std::string& tenant,
+                                            const std::string& conversation_id,
+                                            absl::Time deadline) override;
+  absl::Status ReadBlocks(const v1::Manifest& manifest, std::span<const uint32_t> indices,
+                          const BlockSink& sink, absl::Time deadline) override;
+  absl::Status Write(const v1::Manifest& manifest, std::vector<std::string> blocks,
+                     absl::Time deadline) override;
+  absl::Status Delete(const std::string& tenant, const std::string& conversation_id,
+                      absl::Time deadline) override;
+  absl::Status Health(absl::Time deadline) override;
+  absl::StatusOr<StorePin> Pin(const v1::ConversationKey& key, absl::Duration lease,
+                               absl::Time deadline) override;
+  absl::Status Unpin(const StorePin& pin, absl::Time deadline) override;
+  std::string data_plane() const override;
+
+ protected:
+  ConversationStore& inner() const { return *inner_; }
+
+ private:
+  const std::shared_ptr<ConversationStore> inner_;  // never null
 };
 
 // Versions in this process's memory; only the newest version of a

@@ -153,18 +153,18 @@ class OrderedVerifier {
   absl::Status failure_ ABSL_GUARDED_BY(mu_);
 };
 
-class SealedConversationStore final : public ConversationStore {
+class SealedConversationStore final : public ForwardingConversationStore {
  public:
   SealedConversationStore(std::unique_ptr<ConversationStore> inner, KvMacKeyring keys,
                           int verify_threads)
-      : inner_(std::move(inner)),
+      : ForwardingConversationStore(std::move(inner)),
         keys_(std::move(keys)),
         pool_(verify_threads > 0 ? std::make_unique<VerifyPool>(verify_threads) : nullptr) {}
 
   absl::StatusOr<v1::Manifest> LookupLatest(const std::string& tenant,
                                             const std::string& conversation_id,
                                             absl::Time deadline) override {
-    absl::StatusOr<v1::Manifest> m = inner_->LookupLatest(tenant, conversation_id, deadline);
+    absl::StatusOr<v1::Manifest> m = inner().LookupLatest(tenant, conversation_id, deadline);
     if (!m.ok()) return m;
     if (m->key().tenant() != tenant || m->key().conversation_id() != conversation_id) {
       return Rejected(*m, KvIntegrityError("the store answered with another conversation's "
@@ -181,7 +181,7 @@ class SealedConversationStore final : public ConversationStore {
     if (absl::Status s = VerifyManifestSeal(*key, manifest); !s.ok()) return Rejected(manifest, s);
     absl::Status status;
     if (pool_ == nullptr) {
-      status = inner_->ReadBlocks(
+      status = inner().ReadBlocks(
           manifest, indices,
           [&](uint32_t index, std::string encoded) -> absl::Status {
             // The inner store checked the XXH3 against the sealed BlockRef;
@@ -192,7 +192,7 @@ class SealedConversationStore final : public ConversationStore {
           deadline);
     } else {
       OrderedVerifier verifier(*key, manifest, sink, *pool_);
-      status = inner_->ReadBlocks(
+      status = inner().ReadBlocks(
           manifest, indices,
           [&verifier](uint32_t index, std::string encoded) {
             return verifier.Add(index, std::move(encoded));
@@ -214,22 +214,8 @@ class SealedConversationStore final : public ConversationStore {
     v1::Manifest sealed = manifest;
     std::vector<std::string_view> views(blocks.begin(), blocks.end());
     if (absl::Status s = SealManifest(*key, views, sealed); !s.ok()) return s;
-    return inner_->Write(sealed, std::move(blocks), deadline);
+    return inner().Write(sealed, std::move(blocks), deadline);
   }
-
-  absl::Status Delete(const std::string& tenant, const std::string& conversation_id,
-                      absl::Time deadline) override {
-    return inner_->Delete(tenant, conversation_id, deadline);
-  }
-  absl::Status Health(absl::Time deadline) override { return inner_->Health(deadline); }
-  absl::StatusOr<StorePin> Pin(const v1::ConversationKey& key, absl::Duration lease,
-                               absl::Time deadline) override {
-    return inner_->Pin(key, lease, deadline);
-  }
-  absl::Status Unpin(const StorePin& pin, absl::Time deadline) override {
-    return inner_->Unpin(pin, deadline);
-  }
-  std::string data_plane() const override { return inner_->data_plane(); }
 
  private:
   // The tenant's key; an integrity error when the ring has none (the
@@ -257,7 +243,6 @@ class SealedConversationStore final : public ConversationStore {
     return s;
   }
 
-  const std::unique_ptr<ConversationStore> inner_;
   const KvMacKeyring keys_;
   const std::unique_ptr<VerifyPool> pool_;  // null: blocks are verified inline
 };

@@ -48,36 +48,10 @@ inline WorkerOptions TestModelOptions(bool* real = nullptr) {
 
 // Lets several WorkerCores (each owning its store) share one store, like
 // several worker processes sharing the kvstore.
-class SharedStore final : public ConversationStore {
+class SharedStore final : public ForwardingConversationStore {
  public:
-  explicit SharedStore(std::shared_ptr<MemoryConversationStore> store) : store_(std::move(store)) {}
-  absl::StatusOr<v1::Manifest> LookupLatest(const std::string& tenant, const std::string& id,
-                                            absl::Time deadline) override {
-    return store_->LookupLatest(tenant, id, deadline);
-  }
-  absl::Status ReadBlocks(const v1::Manifest& manifest, std::span<const uint32_t> indices,
-                          const BlockSink& sink, absl::Time deadline) override {
-    return store_->ReadBlocks(manifest, indices, sink, deadline);
-  }
-  absl::Status Write(const v1::Manifest& manifest, std::vector<std::string> blocks,
-                     absl::Time deadline) override {
-    return store_->Write(manifest, std::move(blocks), deadline);
-  }
-  absl::Status Delete(const std::string& tenant, const std::string& id,
-                      absl::Time deadline) override {
-    return store_->Delete(tenant, id, deadline);
-  }
-  absl::Status Health(absl::Time deadline) override { return store_->Health(deadline); }
-  absl::StatusOr<StorePin> Pin(const v1::ConversationKey& key, absl::Duration lease,
-                               absl::Time deadline) override {
-    return store_->Pin(key, lease, deadline);
-  }
-  absl::Status Unpin(const StorePin& pin, absl::Time deadline) override {
-    return store_->Unpin(pin, deadline);
-  }
-
- private:
-  std::shared_ptr<MemoryConversationStore> store_;
+  explicit SharedStore(std::shared_ptr<MemoryConversationStore> store)
+      : ForwardingConversationStore(std::move(store)) {}
 };
 
 struct TurnResult {

@@ -47,34 +47,17 @@ const std::vector<std::string> kUserTurns = {
 
 // Below the worker's sealing layer, where the store sits: remembers the key
 // of the last version written, which is all the forger needs to know.
-class KeySpy final : public ConversationStore {
+class KeySpy final : public ForwardingConversationStore {
  public:
-  explicit KeySpy(std::unique_ptr<ConversationStore> inner) : inner_(std::move(inner)) {}
-  absl::StatusOr<v1::Manifest> LookupLatest(const std::string& t, const std::string& id,
-                                            absl::Time d) override {
-    return inner_->LookupLatest(t, id, d);
-  }
-  absl::Status ReadBlocks(const v1::Manifest& m, std::span<const uint32_t> indices,
-                          const BlockSink& sink, absl::Time d) override {
-    return inner_->ReadBlocks(m, indices, sink, d);
-  }
+  explicit KeySpy(std::unique_ptr<ConversationStore> inner)
+      : ForwardingConversationStore(std::move(inner)) {}
   absl::Status Write(const v1::Manifest& m, std::vector<std::string> b, absl::Time d) override {
     {
       absl::MutexLock lock(&mu_);
       last_key_ = m.key();
     }
-    return inner_->Write(m, std::move(b), d);
+    return ForwardingConversationStore::Write(m, std::move(b), d);
   }
-  absl::Status Delete(const std::string& t, const std::string& id, absl::Time d) override {
-    return inner_->Delete(t, id, d);
-  }
-  absl::Status Health(absl::Time d) override { return inner_->Health(d); }
-  absl::StatusOr<StorePin> Pin(const v1::ConversationKey& key, absl::Duration lease,
-                               absl::Time d) override {
-    return inner_->Pin(key, lease, d);
-  }
-  absl::Status Unpin(const StorePin& pin, absl::Time d) override { return inner_->Unpin(pin, d); }
-  std::string data_plane() const override { return inner_->data_plane(); }
 
   v1::ConversationKey last_key() const {
     absl::MutexLock lock(&mu_);
@@ -82,7 +65,6 @@ class KeySpy final : public ConversationStore {
   }
 
  private:
-  std::unique_ptr<ConversationStore> inner_;
   mutable absl::Mutex mu_;
   v1::ConversationKey last_key_ ABSL_GUARDED_BY(mu_);
 };

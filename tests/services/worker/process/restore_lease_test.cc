@@ -36,15 +36,13 @@ const std::vector<std::string> kUserTurns = {
 // and lease) first writes `fillers` versions of `filler_bytes` each under
 // other conversation ids, more than the kvstore's DRAM holds, so its
 // eviction runs while the restore is under way.
-class FillingStore final : public ConversationStore {
+class FillingStore final : public ForwardingConversationStore {
  public:
   FillingStore(std::unique_ptr<ConversationStore> inner, int fillers, size_t filler_bytes)
-      : inner_(std::move(inner)), fillers_(fillers), filler_bytes_(filler_bytes) {}
+      : ForwardingConversationStore(std::move(inner)),
+        fillers_(fillers),
+        filler_bytes_(filler_bytes) {}
 
-  absl::StatusOr<v1::Manifest> LookupLatest(const std::string& t, const std::string& id,
-                                            absl::Time d) override {
-    return inner_->LookupLatest(t, id, d);
-  }
   absl::Status ReadBlocks(const v1::Manifest& m, std::span<const uint32_t> indices,
                           const BlockSink& sink, absl::Time d) override {
     if (!filled_ && !m.key().conversation_id().starts_with("__krul_probe__")) {
@@ -53,21 +51,8 @@ class FillingStore final : public ConversationStore {
         if (absl::Status s = WriteFiller(m.key().tenant(), i); !s.ok()) return s;
       }
     }
-    return inner_->ReadBlocks(m, indices, sink, absl::Now() + absl::Seconds(10));
+    return inner().ReadBlocks(m, indices, sink, absl::Now() + absl::Seconds(10));
   }
-  absl::Status Write(const v1::Manifest& m, std::vector<std::string> b, absl::Time d) override {
-    return inner_->Write(m, std::move(b), d);
-  }
-  absl::Status Delete(const std::string& t, const std::string& id, absl::Time d) override {
-    return inner_->Delete(t, id, d);
-  }
-  absl::Status Health(absl::Time d) override { return inner_->Health(d); }
-  absl::StatusOr<StorePin> Pin(const v1::ConversationKey& key, absl::Duration lease,
-                               absl::Time d) override {
-    return inner_->Pin(key, lease, d);
-  }
-  absl::Status Unpin(const StorePin& pin, absl::Time d) override { return inner_->Unpin(pin, d); }
-  std::string data_plane() const override { return inner_->data_plane(); }
 
   bool filled() const { return filled_; }
 
@@ -86,10 +71,9 @@ class FillingStore final : public ConversationStore {
     *m.add_blocks() = *ref;
     std::vector<std::string> blocks;
     blocks.push_back(*std::move(block));
-    return inner_->Write(m, std::move(blocks), absl::Now() + absl::Seconds(10));
+    return inner().Write(m, std::move(blocks), absl::Now() + absl::Seconds(10));
   }
 
-  std::unique_ptr<ConversationStore> inner_;
   const int fillers_;
   const size_t filler_bytes_;
   bool filled_ = false;

@@ -134,34 +134,24 @@ TEST(SealedStoreTest, ZeroedBlocksWithValidChecksumsAreAnIntegrityError) {
 
 // Forwards to the memory store but hands out `replacement` for block
 // `index`, as if its XXH3 matched: the checksum check cannot see it.
-class CollidingStore final : public ConversationStore {
+class CollidingStore final : public ForwardingConversationStore {
  public:
   CollidingStore(std::shared_ptr<MemoryConversationStore> inner, uint32_t index,
                  std::string replacement)
-      : inner_(std::move(inner)), index_(index), replacement_(std::move(replacement)) {}
-  absl::StatusOr<v1::Manifest> LookupLatest(const std::string& t, const std::string& id,
-                                            absl::Time d) override {
-    return inner_->LookupLatest(t, id, d);
-  }
+      : ForwardingConversationStore(std::move(inner)),
+        index_(index),
+        replacement_(std::move(replacement)) {}
   absl::Status ReadBlocks(const v1::Manifest& m, std::span<const uint32_t> indices,
                           const BlockSink& sink, absl::Time d) override {
-    return inner_->ReadBlocks(
+    return inner().ReadBlocks(
         m, indices,
         [&](uint32_t index, std::string encoded) {
           return sink(index, index == index_ ? replacement_ : std::move(encoded));
         },
         d);
   }
-  absl::Status Write(const v1::Manifest& m, std::vector<std::string> b, absl::Time d) override {
-    return inner_->Write(m, std::move(b), d);
-  }
-  absl::Status Delete(const std::string& t, const std::string& id, absl::Time d) override {
-    return inner_->Delete(t, id, d);
-  }
-  absl::Status Health(absl::Time d) override { return inner_->Health(d); }
 
  private:
-  std::shared_ptr<MemoryConversationStore> inner_;
   const uint32_t index_;
   const std::string replacement_;
 };

@@ -183,30 +183,13 @@ TEST(SessionTest, FaultsFallBackToRecompute) {
 }
 
 // A store whose leases fail as a store that lost the version does.
-class NoLeaseStore final : public ConversationStore {
+class NoLeaseStore final : public ForwardingConversationStore {
  public:
-  explicit NoLeaseStore(std::shared_ptr<MemoryConversationStore> store) : inner_(store) {}
-  absl::StatusOr<v1::Manifest> LookupLatest(const std::string& t, const std::string& id,
-                                            absl::Time d) override {
-    return inner_.LookupLatest(t, id, d);
-  }
-  absl::Status ReadBlocks(const v1::Manifest& m, std::span<const uint32_t> i, const BlockSink& s,
-                          absl::Time d) override {
-    return inner_.ReadBlocks(m, i, s, d);
-  }
-  absl::Status Write(const v1::Manifest& m, std::vector<std::string> b, absl::Time d) override {
-    return inner_.Write(m, std::move(b), d);
-  }
-  absl::Status Delete(const std::string& t, const std::string& id, absl::Time d) override {
-    return inner_.Delete(t, id, d);
-  }
-  absl::Status Health(absl::Time d) override { return inner_.Health(d); }
+  explicit NoLeaseStore(std::shared_ptr<MemoryConversationStore> store)
+      : ForwardingConversationStore(std::move(store)) {}
   absl::StatusOr<StorePin> Pin(const v1::ConversationKey&, absl::Duration, absl::Time) override {
     return absl::NotFoundError("the version is gone");
   }
-
- private:
-  SharedStore inner_;
 };
 
 TEST(SessionTest, ARestoreLeasesTheVersionItReadsAndReleasesIt) {
