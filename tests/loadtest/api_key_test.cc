@@ -31,8 +31,8 @@
 #include "cluster/command.h"
 #include "gtest/gtest.h"
 #include "report/report.h"
+#include "test_support/test_data.h"
 #include "worker/api/openai_api.h"
-
 namespace krul::loadtest {
 namespace {
 
@@ -170,22 +170,7 @@ std::string ReadFile(const fs::path& path) {
   return s.str();
 }
 
-// A scratch folder, removed at the end.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "krul-api-key-XXXXXX").string();
-    path_ = mkdtemp(pattern.data()) != nullptr ? pattern : "";
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using krul::testing::TempDir;
 
 TEST(ApiKeyTest, TheFlagWinsThenKrulApiKeyThenOpenAiApiKey) {
   unsetenv("KRUL_API_KEY");

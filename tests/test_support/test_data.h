@@ -3,6 +3,7 @@
 #ifndef KRUL_TESTS_TEST_SUPPORT_TEST_DATA_H_
 #define KRUL_TESTS_TEST_SUPPORT_TEST_DATA_H_
 
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -20,6 +21,25 @@ std::optional<std::string> DataDirectory(std::string_view relative);
 
 // A fresh directory under the test's temp dir, removed by the OS later.
 std::string ScratchDir();
+
+// A scratch directory removed (with its contents) when the object dies, so
+// tests that write large files (RocksDB, reports) do not fill /tmp.
+class TempDir {
+ public:
+  TempDir() : path_(ScratchDir()) {}
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::string& path() const { return path_; }
+  std::string Sub(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
 
 // Writes `bytes` to `path`, failing the test on error.
 void WriteFileOrDie(const std::string& path, std::string_view bytes);

@@ -18,22 +18,6 @@
 
 namespace krul::testing {
 
-// A scratch directory removed (with its contents) when the object dies, so
-// tests that write large RocksDB files do not fill /tmp.
-class TempDir {
- public:
-  TempDir() : path_(ScratchDir()) {}
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string Sub(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
 // A complete version: manifest and encoded blocks, consistent with each
 // other. The payload bytes are pseudo-random (seeded), so two versions built
 // with different seeds differ in every block.
